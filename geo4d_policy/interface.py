@@ -1,0 +1,299 @@
+"""Plain data types shared by ``sim/`` and ``geo4d_policy/``.
+
+This is the only module both sides import. It depends on numpy alone: the simulator never
+sees torch, and the learning side never sees pydrake. Everything that crosses the boundary
+(observations, actions, camera data, task names, seed streams) is defined here once.
+
+Conventions (see DESIGN.md):
+  * Units are metres, radians, seconds. Transforms are 4x4 homogeneous float64 arrays named
+    ``X_AB`` (pose of frame B in frame A), as Drake names them.
+  * ``T`` is the task frame: table-top centre, z up, arms on the -x side facing +x.
+  * Camera frames follow Drake/OpenCV: +z forward, +x right, +y down.
+  * Depth is float32 metres in memory, ``0.0`` where the camera saw nothing (the same
+    convention as uint16 millimetres on disk). Use :func:`depth_valid` rather than testing
+    values by hand.
+  * The gripper frame ``G`` of each arm is Franka's ``panda_link8`` (the flange), as in
+    lbm_eval's action space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+ARM_NAMES: tuple[str, ...] = ("left", "right")
+"""The two arms. ``left`` is at +y (the robot's left, looking along +x), ``right`` at -y."""
+
+TASK_NAMES: tuple[str, ...] = (
+    "PlaceAppleFromBowlIntoBin",
+    "PutSpatulaOnTable",
+    "StoreCerealBoxUnderShelf",
+)
+
+GRIPPER_OPEN_WIDTH = 0.08
+"""Franka Hand stroke: the fingers open to 80 mm between them."""
+
+CONTROL_HZ = 10.0
+"""Policy/control rate (as lbm_eval)."""
+
+EVAL_SEED_OFFSET = 1_000_000_000
+"""Evaluation seeds start here; data-collection seeds must stay below it (disjoint streams)."""
+
+
+class UnknownNameError(ValueError):
+    """A task/policy/config name that is not registered; the message lists the valid ones."""
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def canonical_task_name(name: str) -> str:
+    """Return the CamelCase task name for ``name`` (CamelCase or snake_case accepted).
+
+    Raises:
+        UnknownNameError: ``name`` is not one of :data:`TASK_NAMES`; the message lists them.
+    """
+    for task in TASK_NAMES:
+        if name in (task, _snake(task)):
+            return task
+    raise UnknownNameError(
+        f"unknown task {name!r}; valid tasks: "
+        + ", ".join(f"{t} ({_snake(t)})" for t in TASK_NAMES)
+    )
+
+
+def eval_seed(base_seed: int, index: int) -> int:
+    """Seed of evaluation episode ``index`` of a run started with ``base_seed``.
+
+    Evaluation seeds live in ``[EVAL_SEED_OFFSET, ...)``, data seeds below it, so a policy is
+    never evaluated on a layout it was trained on.
+    """
+    if base_seed < 0 or index < 0:
+        raise ValueError(f"seeds must be non-negative, got base={base_seed} index={index}")
+    return EVAL_SEED_OFFSET + base_seed * 100_000 + index
+
+
+def data_seed(base_seed: int, index: int) -> int:
+    """Seed of data-collection episode ``index`` (always below :data:`EVAL_SEED_OFFSET`)."""
+    seed = base_seed * 100_000 + index
+    if base_seed < 0 or index < 0 or seed >= EVAL_SEED_OFFSET:
+        raise ValueError(f"data seed out of range: base={base_seed} index={index}")
+    return seed
+
+
+# --------------------------------------------------------------------------------------------
+# Cameras
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics of an undistorted camera (pixels)."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    @property
+    def K(self) -> np.ndarray:  # noqa: N802 - the standard symbol
+        """The 3x3 intrinsic matrix."""
+        return np.array(
+            [[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]], dtype=np.float64
+        )
+
+    @classmethod
+    def from_fov_y(cls, *, width: int, height: int, fov_y: float) -> CameraIntrinsics:
+        """Intrinsics of a centred camera with vertical field of view ``fov_y`` (radians)."""
+        f = 0.5 * height / np.tan(0.5 * fov_y)
+        return cls(width, height, f, f, 0.5 * (width - 1), 0.5 * (height - 1))
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraSpec:
+    """A camera: a name, its intrinsics and its pose ``X_TC`` in the task frame."""
+
+    name: str
+    intrinsics: CameraIntrinsics
+    X_TC: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "intrinsics": self.intrinsics.to_dict(), "X_TC": self.X_TC.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CameraSpec:
+        return cls(d["name"], CameraIntrinsics(**d["intrinsics"]), np.asarray(d["X_TC"], dtype=np.float64))
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraFrame:
+    """One rendered image set of one camera.
+
+    Attributes:
+        spec: the camera.
+        rgb: (H, W, 3) uint8.
+        depth: (H, W) float32 metres along the optical axis, 0.0 where nothing was hit.
+        label: (H, W) int32 label image; values map to bodies through ``label_map``.
+        label_map: body name (``"<model instance>/<body>"``, e.g. ``"left/panda_leftfinger"``,
+            ``"apple/apple"``) -> label value. Masks are always taken by name, never by a
+            hard-coded id.
+    """
+
+    spec: CameraSpec
+    rgb: np.ndarray
+    depth: np.ndarray
+    label: np.ndarray
+    label_map: Mapping[str, int]
+
+    def mask(self, *body_names: str) -> np.ndarray:
+        """Boolean mask of the pixels showing any of ``body_names`` (unknown names raise)."""
+        missing = [n for n in body_names if n not in self.label_map]
+        if missing:
+            raise KeyError(f"no body named {missing} in this frame's label map")
+        return np.isin(self.label, [self.label_map[n] for n in body_names])
+
+
+def depth_valid(depth: np.ndarray) -> np.ndarray:
+    """Validity mask of a float depth image (finite and positive)."""
+    return np.isfinite(depth) & (depth > 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Robot state, observations, actions
+# --------------------------------------------------------------------------------------------
+
+
+def gripper_link_names(arm: str) -> dict[str, str]:
+    """Label-map names of one arm's gripper parts: ``hand`` (palm), ``left_finger``, ``right_finger``."""
+    return {
+        "hand": f"{arm}/panda_hand",
+        "left_finger": f"{arm}/panda_leftfinger",
+        "right_finger": f"{arm}/panda_rightfinger",
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmState:
+    """Measured state of one arm: joint positions/velocities, gripper pose ``X_TG`` and width."""
+
+    q: np.ndarray
+    v: np.ndarray
+    X_TG: np.ndarray
+    width: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivilegedState:
+    """Simulator ground truth, for the scripted expert and the oracle only.
+
+    Learned policies must not read it; the evaluation runner gives it to every policy because
+    policies run in the simulator's process, but only ``expert``/``oracle`` are allowed to use it.
+    """
+
+    object_poses: Mapping[str, np.ndarray]
+    layout: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """What a policy sees at one control step.
+
+    ``cameras`` is a mapping that renders on first access (rendering dominates the cost of a
+    step, and most steps of a receding-horizon policy need no image). ``eval_cameras`` are
+    the policy's views, reference view ``n`` first; ``train_cameras`` are the views data is
+    collected from. A policy may use only ``X_TC`` of ``eval_cameras[0]``.
+    """
+
+    task: str
+    time: float
+    arms: Mapping[str, ArmState]
+    camera_specs: Mapping[str, CameraSpec]
+    cameras: Mapping[str, CameraFrame]
+    eval_cameras: tuple[str, ...]
+    train_cameras: tuple[str, ...]
+    privileged: PrivilegedState | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmCommand:
+    """Target of one arm for one control step: pose of ``panda_link8`` in T, gripper width (m)."""
+
+    X_TG: np.ndarray
+    width: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """One 10 Hz command for both arms (an idle arm is commanded to hold its pose)."""
+
+    arms: Mapping[str, ArmCommand]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionChunk:
+    """A sequence of 10 Hz actions a policy commits to (executed open loop, then replan).
+
+    Attributes:
+        X_TG: arm -> (N, 4, 4) target poses of ``panda_link8`` in T.
+        width: arm -> (N,) gripper widths in metres.
+    """
+
+    X_TG: Mapping[str, np.ndarray]
+    width: Mapping[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        lengths = {arm: len(p) for arm, p in self.X_TG.items()}
+        if set(self.X_TG) != set(self.width):
+            raise ValueError(f"poses for {sorted(self.X_TG)} but widths for {sorted(self.width)}")
+        for arm, poses in self.X_TG.items():
+            poses = np.asarray(poses)
+            widths = np.asarray(self.width[arm])
+            if poses.ndim != 3 or poses.shape[1:] != (4, 4):
+                raise ValueError(f"X_TG[{arm!r}] must be (N, 4, 4), got {poses.shape}")
+            if widths.shape != (len(poses),):
+                raise ValueError(f"width[{arm!r}] must be ({len(poses)},), got {widths.shape}")
+            if not (np.isfinite(poses).all() and np.isfinite(widths).all()):
+                raise ValueError(f"non-finite target for arm {arm!r}")
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"arms have chunks of different lengths: {lengths}")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.X_TG.values()))) if self.X_TG else 0
+
+    def __getitem__(self, i: int) -> Action:
+        return Action({arm: ArmCommand(np.asarray(self.X_TG[arm][i]), float(self.width[arm][i])) for arm in self.X_TG})
+
+    def __iter__(self) -> Iterator[Action]:
+        return (self[i] for i in range(len(self)))
+
+    @classmethod
+    def from_actions(cls, actions: list[Action]) -> ActionChunk:
+        """Stack single-step actions (all for the same arms) into a chunk."""
+        if not actions:
+            raise ValueError("an action chunk needs at least one action")
+        arms = list(actions[0].arms)
+        return cls(
+            {a: np.stack([act.arms[a].X_TG for act in actions]) for a in arms},
+            {a: np.array([act.arms[a].width for act in actions], dtype=np.float64) for a in arms},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    """What the environment reports after a step."""
+
+    time: float
+    success: bool
+    done: bool
+    failure_reason: str | None = None
+    extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
