@@ -39,7 +39,7 @@ from pydrake.multibody.plant import (
 from pydrake.multibody.tree import BodyIndex, JointActuatorIndex, PdControllerGains
 from pydrake.systems.analysis import Simulator
 from pydrake.systems.framework import DiagramBuilder
-from pydrake.systems.sensors import CameraInfo, ImageDepth32F, ImageLabel16I, ImageRgba8U
+from pydrake.systems.sensors import CameraInfo
 
 from geo4d_policy.interface import ARM_NAMES, GRIPPER_OPEN_WIDTH, ArmState, CameraFrame, CameraSpec
 from sim.assets_gen.robot import HAND_YAW
@@ -72,10 +72,10 @@ class StationConfig:
     arm_kd: tuple[float, ...] = (120.0, 120.0, 120.0, 120.0, 30.0, 30.0, 15.0)
     finger_kp: float = 2000.0
     finger_kd: float = 40.0
-    left: ArmMount = ArmMount(xyz=(-0.52, 0.32, 0.0), yaw=0.0)
-    right: ArmMount = ArmMount(xyz=(-0.52, -0.32, 0.0), yaw=0.0)
-    table_size: tuple[float, float, float] = (1.3, 1.7, 0.05)
-    table_centre_x: float = -0.1
+    left: ArmMount = ArmMount(xyz=(-0.42, 0.30, 0.0), yaw=0.0)
+    right: ArmMount = ArmMount(xyz=(-0.42, -0.30, 0.0), yaw=0.0)
+    table_size: tuple[float, float, float] = (1.35, 1.7, 0.05)
+    table_centre_x: float = -0.07
     settle_time: float = 0.6
     limits: ControllerLimits = ControllerLimits()
 
@@ -238,19 +238,16 @@ class Station:
     def render(self, spec: CameraSpec, *, near: float = 0.05, far: float = 4.0) -> CameraFrame:
         """Render RGB, depth (metres, 0 = no hit) and labels for camera ``spec`` at the current state."""
         intr = spec.intrinsics
-        info = CameraInfo(width=intr.width, height=intr.height, fx=intr.fx, fy=intr.fy, cx=intr.cx, cy=intr.cy)
+        info = CameraInfo(intr.width, intr.height, intr.fx, intr.fy, intr.cx, intr.cy)
         core = RenderCameraCore(RENDERER, info, ClippingRange(near * 0.5, far * 1.25), RigidTransform())
         color_cam = ColorRenderCamera(core, False)
         depth_cam = DepthRenderCamera(core, DepthRange(near, far))
         query = self.scene_graph.get_query_output_port().Eval(self.sg_context)
         world = self.scene_graph.world_frame_id()
         X_TC = RigidTransform(np.asarray(spec.X_TC, dtype=float))
-        rgba = ImageRgba8U(intr.width, intr.height)
-        depth = ImageDepth32F(intr.width, intr.height)
-        label = ImageLabel16I(intr.width, intr.height)
-        query.RenderColorImage(color_cam, world, X_TC, rgba)
-        query.RenderDepthImage(depth_cam, world, X_TC, depth)
-        query.RenderLabelImage(color_cam, world, X_TC, label)
+        rgba = query.RenderColorImage(color_cam, world, X_TC)
+        depth = query.RenderDepthImage(depth_cam, world, X_TC)
+        label = query.RenderLabelImage(color_cam, world, X_TC)
         d = np.array(depth.data[:, :, 0], dtype=np.float32)
         d[~np.isfinite(d)] = 0.0
         return CameraFrame(

@@ -1,0 +1,230 @@
+"""The gym-like environment: ``reset(seed) -> Observation``, ``step(Action) -> (obs, done, info)``.
+
+One episode = one station built from the task's layout for that seed, with 16 cameras sampled
+from the same seed (a separate random stream, so layouts and views vary independently). The
+policy acts at 10 Hz; each ``step`` holds the commanded gripper poses/widths for 0.1 s of
+simulation. Camera images in observations are rendered lazily (see :class:`LazyCameras`).
+The episode succeeds the first step all task predicates hold and fails at ``t_max``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geo4d_policy.config import CONFIG_DIR, load_config
+from geo4d_policy.interface import (
+    ARM_NAMES,
+    CONTROL_HZ,
+    Action,
+    CameraFrame,
+    CameraSpec,
+    Observation,
+    PrivilegedState,
+    StepInfo,
+    canonical_task_name,
+)
+from sim.cameras import CameraConfig, sample_cameras, split_names
+from sim.station import Station, StationConfig, build_station
+from sim.tasks import make_task
+from sim.tasks.base import Layout
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Everything that defines an episode besides the task and seed (``configs/env.yaml``)."""
+
+    station: StationConfig = StationConfig()
+    cameras: CameraConfig = CameraConfig()
+    video_fps: float = CONTROL_HZ
+
+
+def load_env_config(path: str | Path | None = None) -> EnvConfig:
+    """Load ``configs/env.yaml`` (or ``path``)."""
+    return load_config(EnvConfig, path or CONFIG_DIR / "env.yaml")
+
+
+class StaleObservationError(RuntimeError):
+    """Camera images of an observation were requested after the environment moved on."""
+
+
+class LazyCameras(Mapping[str, CameraFrame]):
+    """Camera frames rendered on first access and cached, valid until the next ``step``."""
+
+    def __init__(self, env: Env, specs: Mapping[str, CameraSpec], stamp: int) -> None:
+        self._env, self._specs, self._stamp = env, specs, stamp
+        self._cache: dict[str, CameraFrame] = {}
+
+    def __getitem__(self, name: str) -> CameraFrame:
+        if name not in self._cache:
+            if name not in self._specs:
+                raise KeyError(f"no camera {name!r}; cameras: {sorted(self._specs)}")
+            if self._env._stamp != self._stamp:
+                raise StaleObservationError(f"camera {name!r} requested after the environment stepped")
+            self._cache[name] = self._env.station.render(self._specs[name])
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+class Env:
+    """A task in the station. See the module docstring."""
+
+    def __init__(self, task: str, *, config: EnvConfig | None = None, record_video: bool = False,
+                 meshcat: bool = False) -> None:
+        self.task = make_task(canonical_task_name(task))
+        self.config = config or load_env_config()
+        self.record_video = record_video
+        self._meshcat = None
+        if meshcat:
+            from pydrake.geometry import Meshcat
+
+            self._meshcat = Meshcat()
+        self.station: Station | None = None
+        self.layout: Layout | None = None
+        self.cameras: dict[str, CameraSpec] = {}
+        self.train_cameras, self.heldout_cameras, self.eval_cameras = split_names(self.config.cameras)
+        self._stamp = 0
+        self._t0 = 0.0
+        self._commands: dict[str, tuple[np.ndarray, float]] = {}
+        self._frames: list[np.ndarray] = []
+        self._done = True
+        self.seed: int | None = None
+
+    @property
+    def t_max(self) -> float:
+        return self.task.t_max
+
+    @property
+    def time(self) -> float:
+        """Episode time (s) since the end of the settling phase."""
+        return self.station.time - self._t0 if self.station else 0.0
+
+    def reset(self, seed: int) -> Observation:
+        """Start the episode of ``seed``: layout, cameras, settle objects, observe."""
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.seed = seed
+        self.layout = self.task.sample_layout(np.random.default_rng([seed, 0]))
+        specs = sample_cameras(np.random.default_rng([seed, 1]), self.config.cameras)
+        self.cameras = {s.name: s for s in specs}
+        if self._meshcat is not None:
+            self._meshcat.Delete()
+        self.station = build_station(config=self.config.station, objects=self.layout.objects, meshcat=self._meshcat)
+        self.station.reset()
+        self._commands = {}
+        for arm in ARM_NAMES:
+            state = self.station.arm_state(arm)
+            self._commands[arm] = (state.X_TG, state.width)
+        if self._meshcat is not None and self.station.meshcat_visualizer is not None:
+            self.station.meshcat_visualizer.StartRecording()
+        # Let objects settle (e.g. the apple onto the fruit in the bowl) before time zero.
+        self.station.advance(self.config.station.settle_time)
+        self._t0 = self.station.time
+        self._stamp += 1
+        self._frames = []
+        self._done = False
+        if self.record_video:
+            self._record_frame()
+        return self._observe()
+
+    def step(self, action: Action) -> tuple[Observation, bool, StepInfo]:
+        """Apply ``action`` for one control period (0.1 s)."""
+        if self.station is None or self._done:
+            raise RuntimeError("call reset() before step(), and again after an episode ends")
+        unknown = set(action.arms) - set(ARM_NAMES)
+        if unknown:
+            raise ValueError(f"unknown arm(s) {sorted(unknown)}; arms: {ARM_NAMES}")
+        for arm, cmd in action.arms.items():
+            X = np.asarray(cmd.X_TG, dtype=float)
+            if X.shape != (4, 4) or not np.all(np.isfinite(X)) or not np.isfinite(cmd.width):
+                raise ValueError(f"invalid command for arm {arm!r}: X_TG must be a finite 4x4, width finite")
+            self._commands[arm] = (X, float(cmd.width))
+        for arm, (X, width) in self._commands.items():
+            self.station.set_command(arm, X, width)
+        self.station.advance(1.0 / CONTROL_HZ)
+        self._stamp += 1
+        if self.record_video:
+            self._record_frame()
+        evaluation = self.task.evaluate(self.station, self.layout)
+        timeout = self.time >= self.t_max - 1e-9
+        self._done = evaluation.success or timeout
+        reason = None
+        if self._done and not evaluation.success:
+            reason = f"{evaluation.reason} at t_max ({self.t_max:.0f} s)"
+        extras = {f"ik_error_{arm}": self.station.controller_status(arm)[1] for arm in ARM_NAMES}
+        info = StepInfo(time=self.time, success=evaluation.success, done=self._done, failure_reason=reason,
+                        extras=extras)
+        return self._observe(), self._done, info
+
+    def evaluate(self):
+        """The task predicates on the current state (for tests and diagnostics)."""
+        return self.task.evaluate(self.station, self.layout)
+
+    def _observe(self) -> Observation:
+        st = self.station
+        return Observation(
+            task=self.task.name,
+            time=self.time,
+            arms={arm: st.arm_state(arm) for arm in ARM_NAMES},
+            camera_specs=dict(self.cameras),
+            cameras=LazyCameras(self, self.cameras, self._stamp),
+            eval_cameras=self.eval_cameras,
+            train_cameras=self.train_cameras,
+            privileged=PrivilegedState(object_poses=st.object_poses(), layout=self.layout.params),
+        )
+
+    # ---- recording -----------------------------------------------------------------------------
+    def _record_frame(self) -> None:
+        frames = [self.station.render(self.cameras[name]).rgb for name in self.eval_cameras]
+        self._frames.append(np.concatenate(frames, axis=1))
+
+    def save_video(self, path: str | Path) -> None:
+        """Write the evaluation cameras' video (side by side, 10 fps) recorded since ``reset``."""
+        if not self._frames:
+            raise RuntimeError("no frames recorded: create the env with record_video=True")
+        import imageio.v2 as imageio
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        imageio.mimwrite(tmp, self._frames, fps=self.config.video_fps, macro_block_size=1)
+        tmp.replace(path)
+
+    def save_meshcat_html(self, path: str | Path) -> None:
+        """Write a self-contained Meshcat replay of the episode (needs ``meshcat=True``)."""
+        if self._meshcat is None or self.station is None or self.station.meshcat_visualizer is None:
+            raise RuntimeError("create the env with meshcat=True")
+        vis = self.station.meshcat_visualizer
+        vis.StopRecording()
+        vis.PublishRecording()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self._meshcat.StaticHtml())
+
+    def episode_info(self) -> dict[str, Any]:
+        """Task, seed, layout and cameras of the current episode (for records and datasets)."""
+        return {
+            "task": self.task.name,
+            "seed": self.seed,
+            "layout": self.layout.to_dict() if self.layout else None,
+            "cameras": [s.to_dict() for s in self.cameras.values()],
+        }
+
+    def close(self) -> None:
+        self.station = None
+        self._frames = []
+
+
+def make_env(task: str, *, record_video: bool = False, meshcat: bool = False,
+             config: EnvConfig | None = None) -> Env:
+    """Factory used by the rollout runner (one env per worker process)."""
+    return Env(task, config=config, record_video=record_video, meshcat=meshcat)

@@ -1,0 +1,63 @@
+"""What a task is: layout randomisation from a seed, success predicates, time limit.
+
+A task never touches the controller or cameras; the environment (``sim/env.py``) builds the
+station from the task's :class:`Layout`, steps it, and asks :meth:`Task.evaluate` after every
+control step. Layout parameters that experts and recorders need (container frames, targets)
+travel in ``Layout.params`` as plain JSON-able values.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sim.station import ObjectPlacement, Station
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Objects of one episode and task-specific parameters (JSON-able values)."""
+
+    objects: tuple[ObjectPlacement, ...]
+    params: dict[str, Any]
+
+    def placement(self, name: str) -> ObjectPlacement:
+        for o in self.objects:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objects": [{"name": o.name, "model": o.model, "X_TO": np.asarray(o.X_TO).tolist(), "fixed": o.fixed}
+                        for o in self.objects],
+            "params": self.params,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Result of the success predicates at one instant; ``reason`` says what is not yet true."""
+
+    success: bool
+    reason: str = ""
+
+
+class Task(abc.ABC):
+    """A benchmark task: subclasses set ``name``, ``t_max`` and implement the two methods."""
+
+    name: ClassVar[str]
+    t_max: ClassVar[float]
+    arms: ClassVar[tuple[str, ...]]
+    """Arms the scripted expert moves (the others hold their home pose)."""
+
+    @abc.abstractmethod
+    def sample_layout(self, rng: np.random.Generator) -> Layout:
+        """Draw the episode's object layout (deterministic given ``rng``)."""
+
+    @abc.abstractmethod
+    def evaluate(self, station: Station, layout: Layout) -> Evaluation:
+        """Check every success predicate on the station's current state."""
