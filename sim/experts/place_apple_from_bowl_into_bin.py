@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from sim.assets_gen.objects import APPLE_HEIGHT, BIN_HEIGHT
-from sim.assets_gen.robot import TCP_Z
 from sim.experts.base import Grip, Hold, Move
-from sim.station import gripper_down
+from sim.experts.grasping import tcp_pose
 
 OPEN, CLOSED = 0.08, 0.0
 APPROACH = 0.12  # pre-grasp height of the TCP above the grasp point
@@ -28,10 +27,10 @@ def pick(obs, arm: str, *, yaw: float = 0.0, retries: int = 2):
     for _ in range(retries + 1):
         p = _apple(obs)
         grasp_tcp = p + np.array([0.0, 0.0, -0.004])
-        obs = yield Move(arm, gripper_down(grasp_tcp + [0, 0, TCP_Z + APPROACH], yaw), width=OPEN)
-        obs = yield Move(arm, gripper_down(grasp_tcp + [0, 0, TCP_Z], yaw), linear_speed=0.15)
+        obs = yield Move(arm, tcp_pose(grasp_tcp + [0, 0, APPROACH], yaw=yaw), width=OPEN)
+        obs = yield Move(arm, tcp_pose(grasp_tcp, yaw=yaw), linear_speed=0.15)
         obs = yield Grip(arm, CLOSED, duration=0.8)
-        obs = yield Move(arm, gripper_down(np.r_[grasp_tcp[:2], LIFT_Z + TCP_Z], yaw), linear_speed=0.2)
+        obs = yield Move(arm, tcp_pose(np.r_[grasp_tcp[:2], LIFT_Z], yaw=yaw), linear_speed=0.2)
         if _apple(obs)[2] > p[2] + 0.05:
             return obs
         obs = yield Grip(arm, OPEN, duration=0.5)
@@ -40,10 +39,10 @@ def pick(obs, arm: str, *, yaw: float = 0.0, retries: int = 2):
 
 def place(obs, arm: str, xy, release_tcp_z: float, *, yaw: float = 0.0):
     """Carry the held apple over ``xy``, lower the TCP to ``release_tcp_z``, open, retreat up."""
-    obs = yield Move(arm, gripper_down(np.r_[xy, LIFT_Z + TCP_Z], yaw))
-    obs = yield Move(arm, gripper_down(np.r_[xy, release_tcp_z + TCP_Z], yaw), linear_speed=0.15)
+    obs = yield Move(arm, tcp_pose(np.r_[xy, LIFT_Z], yaw=yaw))
+    obs = yield Move(arm, tcp_pose(np.r_[xy, release_tcp_z], yaw=yaw), linear_speed=0.15)
     obs = yield Grip(arm, OPEN, duration=0.6)
-    obs = yield Move(arm, gripper_down(np.r_[xy, LIFT_Z + TCP_Z], yaw), linear_speed=0.2)
+    obs = yield Move(arm, tcp_pose(np.r_[xy, LIFT_Z], yaw=yaw), linear_speed=0.2)
     return obs
 
 
@@ -54,9 +53,7 @@ def script(obs):
     obs = yield from pick(obs, first)
     obs = yield from place(obs, first, handover, APPLE_HEIGHT / 2 + 0.008)
     # Clear the hand-over place for the second arm.
-    home = obs.arms[first].X_TG.copy()
-    home[:3, 3] = [-0.2, -0.3, 0.45]
-    obs = yield Move(first, gripper_down(home[:3, 3], 0.0))
+    obs = yield Move(first, tcp_pose((-0.2, -0.3, 0.35)))
     obs = yield from pick(obs, second)
     bin_xy = obs.privileged.object_poses["bin"][:2, 3]
     obs = yield from place(obs, second, bin_xy, BIN_HEIGHT + APPLE_HEIGHT / 2 + 0.02)
