@@ -1,20 +1,22 @@
-"""The episode loop shared by the rollout runner and the data collector.
+"""The episode loop shared by the rollout worker and the data collector.
 
-``run_episode`` resets an environment and a policy for one seed and executes the policy's
+:func:`run_episode` resets an environment and a policy for one seed and executes the policy's
 action chunks open loop until the environment reports the episode done (success or t_max).
-An optional observer sees every observation with the action that follows it, which is how the
-dataset recorder logs robot state at 10 Hz and renders cameras at 2 Hz. numpy-level code: the
-environment is any object with the ``sim.env.Env`` interface, so this module imports no simulator.
+An optional observer sees every observation with the action that follows it (the dataset
+recorder logs robot state at 10 Hz and renders cameras at 2 Hz through it). Progress is kept
+in an :class:`EpisodeProgress` the caller may pass in, so that after an exception it still
+knows how far the episode got. The environment is anything with the ``sim.env.Env``
+interface: this module imports no simulator.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
+import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from geo4d_policy.interface import Action, Observation, StepInfo
+from geo4d_policy.interface import CONTROL_HZ, Action, ActionChunk, Observation, StepInfo
 
 
 class EnvLike(Protocol):
@@ -28,65 +30,60 @@ class EnvLike(Protocol):
 class PolicyLike(Protocol):
     def reset(self, *, seed: int) -> None: ...
 
-    def act(self, obs: Observation): ...
+    def act(self, obs: Observation) -> ActionChunk: ...
 
 
-Observer = Callable[[int, Observation, Action | None, StepInfo | None], None]
-"""Called as ``observer(step, obs, next_action, info_that_led_to_obs)``; ``next_action`` is None
-for the final observation and ``info`` is None for the first one."""
+Observer = Callable[[int, Observation, Action | None], None]
+"""Called as ``observer(step, obs, next_action)`` before every step and once after the last
+(with ``next_action=None``)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class EpisodeOutcome:
-    """How one episode ended."""
+@dataclasses.dataclass
+class EpisodeProgress:
+    """How far an episode got (updated in place while it runs)."""
 
-    seed: int
-    success: bool
-    failure_reason: str | None
-    sim_time_s: float
-    duration_s: float
-    steps: int
-    chunks: int
-    extras: dict[str, Any]
+    steps: int = 0
+    policy_calls: int = 0
+    obs: Observation | None = None
+    info: StepInfo | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.info is not None and self.info.done
 
 
-def run_episode(env: EnvLike, policy: PolicyLike, *, seed: int, observer: Observer | None = None) -> EpisodeOutcome:
-    """Run one episode of ``policy`` in ``env`` from ``seed`` (see module docstring).
+def run_episode(env: EnvLike, policy: PolicyLike, *, seed: int, observer: Observer | None = None,
+                progress: EpisodeProgress | None = None) -> EpisodeProgress:
+    """Run one episode of ``policy`` in ``env`` from ``seed``; return its final progress.
 
     Exceptions from the policy or the environment propagate: the caller decides whether an
-    error fails the episode (the runner does) or the whole job.
+    error fails the episode (the rollout worker) or the job (the collector).
+
+    Raises:
+        ValueError: the policy returned an empty action chunk.
+        RuntimeError: the environment did not end the episode within twice its ``t_max``.
     """
-    t0 = time.perf_counter()
-    obs = env.reset(seed)
+    progress = progress if progress is not None else EpisodeProgress()
+    progress.obs = env.reset(seed)
     policy.reset(seed=seed)
-    info: StepInfo | None = None
-    steps = chunks = 0
-    done = False
-    while not done:
-        chunk = policy.act(obs)
+    # A correct env ends every episode at t_max; this bound only stops a broken one looping forever.
+    t_max = getattr(env, "t_max", None)
+    max_steps = math.ceil(2 * t_max * CONTROL_HZ) + 100 if t_max else None
+    while not progress.done:
+        chunk = policy.act(progress.obs)
+        progress.policy_calls += 1
         if len(chunk) == 0:
-            raise RuntimeError("the policy returned an empty action chunk")
-        chunks += 1
+            raise ValueError("the policy returned an empty action chunk")
         for action in chunk:
             if observer is not None:
-                observer(steps, obs, action, info)
-            obs, done, info = env.step(action)
-            steps += 1
-            if done:
+                observer(progress.steps, progress.obs, action)
+            progress.obs, _, progress.info = env.step(action)
+            progress.steps += 1
+            if progress.done:
                 break
+        if max_steps is not None and progress.steps > max_steps and not progress.done:
+            raise RuntimeError(f"the environment did not end the episode after {progress.steps} steps "
+                               f"(t_max={t_max} s)")
     if observer is not None:
-        observer(steps, obs, None, info)
-    extras = dict(info.extras) if info is not None else {}
-    policy_stats = getattr(policy, "episode_stats", None)
-    if callable(policy_stats):
-        extras.update(policy_stats())
-    return EpisodeOutcome(
-        seed=seed,
-        success=bool(info.success),
-        failure_reason=None if info.success else (info.failure_reason or "episode ended without success"),
-        sim_time_s=float(info.time),
-        duration_s=time.perf_counter() - t0,
-        steps=steps,
-        chunks=chunks,
-        extras=extras,
-    )
+        observer(progress.steps, progress.obs, None)
+    return progress

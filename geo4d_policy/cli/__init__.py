@@ -1,0 +1,1 @@
+"""Console entry points declared in ``pyproject.toml`` (``[project.scripts]``)."""

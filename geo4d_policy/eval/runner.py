@@ -1,0 +1,382 @@
+"""The rollout runner: evaluate one policy on one task over many seeded episodes.
+
+Each episode runs in its own freshly spawned process (``multiprocessing`` "spawn" context, one
+process per episode even with ``workers=1``), so a simulator segfault or a leaking policy can
+only take its own episode down: a dead worker is recorded as a failed episode with reason
+``"worker crashed (exit code N)"`` and the run goes on. Processes are scheduled by hand rather
+than with ``ProcessPoolExecutor`` because a dead worker breaks a whole executor, losing the
+other running episodes and the exit code.
+
+Run directory layout (``RolloutConfig.out_dir``)::
+
+    config.yaml        the resolved RolloutConfig
+    episodes.jsonl     one record per finished episode (see geo4d_policy.eval.records)
+    summary.json       success rate, Wilson 95% CI, failure reasons, timings
+    errors/<seed>.txt  traceback of each episode that raised
+    videos/episode_<idx>_seed_<seed>.mp4    the first ``video`` episodes
+    meshcat/episode_<idx>.html              with ``meshcat`` (single worker)
+
+``episodes.jsonl`` and ``summary.json`` are rewritten atomically after every finished episode,
+so a run killed at any moment resumes (``resume=True``) with exactly the unfinished episodes.
+Episode ``i`` always has seed ``interface.eval_seed(seed, i)``: results are reproducible and
+independent of the number of workers and of interruptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from geo4d_policy.config import ConfigError, load_config, save_config, to_dict
+from geo4d_policy.eval.records import (
+    CONFIG_FILE,
+    EPISODES_FILE,
+    SUMMARY_FILE,
+    RecordError,
+    Summary,
+    read_records,
+    read_summary,
+    summarize,
+    write_records,
+    write_summary,
+)
+from geo4d_policy.eval.worker import EpisodeSpec, episode_process_main
+from geo4d_policy.interface import canonical_task_name, eval_seed
+from geo4d_policy.policies.registry import check_policy_available, resolve_policy_target
+
+DEFAULT_ENV_FACTORY = "sim.env:make_env"
+MAX_EPISODES = 100_000
+"""``eval_seed`` gives each base seed 100 000 indices; more would overlap the next base seed."""
+
+
+class RolloutConfigError(ValueError):
+    """A rollout request that cannot run as given (bad values, or a clash with an existing run dir)."""
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    """One evaluation run: ``episodes`` episodes of ``policy`` on ``task``.
+
+    Attributes:
+        task: task name (CamelCase or snake_case; stored CamelCase once resolved).
+        policy: registered policy name.
+        episodes: number of episodes (indices ``0..episodes-1``).
+        seed: base seed; episode ``i`` uses ``interface.eval_seed(seed, i)``.
+        workers: episodes run in parallel (each in its own process).
+        out_dir: run directory; ``None`` means ``runs/rollout/<task>/<policy>/seed<seed>``.
+        resume: continue the run in ``out_dir``, running only unfinished episodes.
+        video: record an mp4 of the first ``video`` episode indices.
+        meshcat: Meshcat replay (HTML) of every episode; needs ``workers == 1``.
+        policy_options: keyword options for the policy factory.
+        device: torch device of learned policies (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        episode_timeout_s: wall-clock limit of one episode (its process is killed and the
+            episode failed); ``None`` for no limit.
+    """
+
+    task: str
+    policy: str = "geo4d"
+    episodes: int = 30
+    seed: int = 0
+    workers: int = 1
+    out_dir: str | None = None
+    resume: bool = False
+    video: int = 0
+    meshcat: bool = False
+    policy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device: str = "cpu"
+    episode_timeout_s: float | None = None
+
+
+def default_out_dir(task: str, policy: str, seed: int) -> Path:
+    """``runs/rollout/<task>/<policy>/seed<seed>`` (relative to the working directory)."""
+    return Path("runs") / "rollout" / task / policy / f"seed{seed}"
+
+
+def resolve_config(config: RolloutConfig) -> RolloutConfig:
+    """Validate ``config`` and fill in defaults (canonical task name, ``out_dir``).
+
+    Raises:
+        UnknownNameError: unknown task or policy (the message lists the valid ones).
+        RolloutConfigError: an out-of-range value or an invalid combination.
+    """
+    task = canonical_task_name(config.task)
+    resolve_policy_target(config.policy)
+    problems = []
+    if not 0 < config.episodes <= MAX_EPISODES:
+        problems.append(f"episodes must be in 1..{MAX_EPISODES}, got {config.episodes}")
+    if config.seed < 0:
+        problems.append(f"seed must be non-negative, got {config.seed}")
+    if config.workers <= 0:
+        problems.append(f"workers must be positive, got {config.workers}")
+    if config.video < 0:
+        problems.append(f"video must be >= 0 (number of episodes to record), got {config.video}")
+    if config.meshcat and config.workers != 1:
+        problems.append(f"meshcat needs workers=1 (one Meshcat server at a time), got workers={config.workers}")
+    if not (config.device == "cpu" or config.device == "cuda" or config.device.startswith("cuda:")):
+        problems.append(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {config.device!r}")
+    if config.episode_timeout_s is not None and config.episode_timeout_s <= 0:
+        problems.append(f"episode_timeout_s must be positive, got {config.episode_timeout_s}")
+    if problems:
+        raise RolloutConfigError("; ".join(problems))
+    out_dir = config.out_dir or str(default_out_dir(task, config.policy, config.seed))
+    return dataclasses.replace(config, task=task, out_dir=str(out_dir), policy_options=dict(config.policy_options))
+
+
+def _comparable(config: RolloutConfig, key: str) -> Any:
+    value = getattr(config, key)
+    return canonical_task_name(value) if key == "task" else to_dict(value)
+
+
+def _load_previous(config: RolloutConfig, out: Path) -> dict[int, dict[str, Any]]:
+    """Finished records of the run in ``out``, after checking that ``config`` may continue it."""
+    has_run = (out / CONFIG_FILE).exists() or (out / EPISODES_FILE).exists()
+    if not config.resume:
+        if has_run:
+            raise RolloutConfigError(
+                f"{out} already holds a rollout run; pass --resume to continue it, "
+                "or choose another --out directory"
+            )
+        return {}
+    if not has_run:
+        return {}
+    if (out / CONFIG_FILE).exists():
+        try:
+            saved = load_config(RolloutConfig, out / CONFIG_FILE)
+        except ConfigError as e:
+            raise RolloutConfigError(f"cannot resume: {out / CONFIG_FILE} is unreadable ({e})") from None
+        clashes = [
+            f"{key}: saved {getattr(saved, key)!r}, requested {getattr(config, key)!r}"
+            for key in ("task", "policy", "seed", "policy_options")
+            if _comparable(saved, key) != _comparable(config, key)
+        ]
+        if clashes:
+            raise RolloutConfigError(
+                f"cannot resume the run in {out}: it was started with a different configuration "
+                f"({'; '.join(clashes)}); resume with the same task, policy, seed and policy options, "
+                "or choose another --out directory"
+            )
+    try:
+        records = read_records(out / EPISODES_FILE)
+    except RecordError as e:
+        raise RolloutConfigError(f"cannot resume: {e}") from None
+    done: dict[int, dict[str, Any]] = {}
+    for rec in records:
+        idx = rec["episode_index"]
+        if rec["seed"] != eval_seed(config.seed, idx) or rec["task"] != config.task or rec["policy"] != config.policy:
+            raise RolloutConfigError(f"cannot resume: record {idx} in {out / EPISODES_FILE} belongs to another run")
+        done[idx] = rec
+    beyond = sorted(i for i in done if i >= config.episodes)
+    if beyond:
+        raise RolloutConfigError(
+            f"cannot resume with episodes={config.episodes}: {out} already has episode indices up to "
+            f"{beyond[-1]}; ask for at least {beyond[-1] + 1} episodes"
+        )
+    return done
+
+
+@dataclasses.dataclass
+class _Job:
+    index: int
+    seed: int
+    process: Any
+    conn: Any
+    started: float
+    result: dict[str, Any] | None = None
+    conn_open: bool = True
+
+
+def _crash_record(config: RolloutConfig, job: _Job, reason: str) -> dict[str, Any]:
+    return {
+        "task": config.task,
+        "policy": config.policy,
+        "seed": job.seed,
+        "episode_index": job.index,
+        "success": False,
+        "duration_s": time.perf_counter() - job.started,
+        "sim_time_s": None,
+        "failure_reason": reason,
+    }
+
+
+def run_rollouts(
+    config: RolloutConfig,
+    *,
+    env_factory: str = DEFAULT_ENV_FACTORY,
+    show: bool = True,
+    console: Any = None,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
+) -> Summary:
+    """Run (or resume) the evaluation described by ``config``.
+
+    Args:
+        config: what to run; validated and completed with :func:`resolve_config`.
+        env_factory: ``"module:attribute"`` of ``make_env(task, *, record_video, meshcat)``,
+            imported only inside the worker processes.
+        show: draw the progress bar and print the final tables.
+        console: a ``rich.console.Console`` for the tables (default: stdout).
+        on_episode: called in this process with each finished record, after the run files
+            were rewritten (e.g. for logging); an exception from it stops the run like Ctrl-C.
+
+    Returns:
+        The summary of all finished episodes of the run (earlier sessions included).
+
+    Raises:
+        UnknownNameError: unknown task or policy.
+        PolicyUnavailableError: the policy's module does not exist yet.
+        RolloutConfigError: invalid values, or ``out_dir`` clashes with an existing run.
+        KeyboardInterrupt: after stopping the running episodes; finished ones are saved.
+    """
+    from tqdm.auto import tqdm
+
+    config = resolve_config(config)
+    check_policy_available(config.policy)
+    policy_target = resolve_policy_target(config.policy)
+    out = Path(config.out_dir)
+    done = _load_previous(config, out)
+    previous_wall = 0.0
+    if config.resume:
+        prev = read_summary(out / SUMMARY_FILE)
+        previous_wall = float(prev.get("wall_s") or 0.0) if prev else 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / CONFIG_FILE)
+
+    t0 = time.perf_counter()
+
+    def current_summary() -> Summary:
+        return summarize(list(done.values()), task=config.task, policy=config.policy,
+                         episodes=config.episodes, wall_s=previous_wall + time.perf_counter() - t0,
+                         out_dir=out)
+
+    def save() -> Summary:
+        write_records(out / EPISODES_FILE, done.values())
+        summary = current_summary()
+        write_summary(out / SUMMARY_FILE, summary)
+        return summary
+
+    save()
+    pending = [i for i in range(config.episodes) if i not in done]
+    # Split the CPU between concurrent episodes so parallel torch/BLAS pools do not oversubscribe.
+    threads = max(1, (os.cpu_count() or 1) // min(config.workers, max(1, len(pending))))
+    ctx = multiprocessing.get_context("spawn")
+    running: dict[int, _Job] = {}
+    bar = tqdm(total=config.episodes, initial=len(done), desc=f"{config.task} / {config.policy}", unit="ep",
+               disable=not show, dynamic_ncols=True)
+
+    def postfix() -> None:
+        n = len(done)
+        k = sum(1 for r in done.values() if r["success"])
+        bar.set_postfix_str(f"success {k}/{n} ({100 * k / n:.0f}%)" if n else "success -")
+
+    def start(index: int) -> None:
+        seed = eval_seed(config.seed, index)
+        spec = EpisodeSpec(
+            task=config.task, policy=config.policy, policy_target=policy_target,
+            policy_options=dict(config.policy_options), seed=seed, episode_index=index,
+            env_factory=env_factory, out_dir=str(out), record_video=index < config.video,
+            meshcat=config.meshcat, device=config.device, threads=threads,
+        )
+        reader, writer = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=episode_process_main, args=(spec, writer), name=f"episode-{index}")
+        proc.start()
+        writer.close()  # so the reader sees EOF if the child dies
+        running[index] = _Job(index, seed, proc, reader, time.perf_counter())
+
+    def finish(job: _Job, record: dict[str, Any]) -> None:
+        del running[job.index]
+        job.conn.close()
+        done[job.index] = record
+        save()
+        bar.update(1)
+        postfix()
+        if on_episode is not None:
+            on_episode(record)
+
+    def receive(job: _Job) -> None:
+        try:
+            job.result = job.conn.recv()
+        except (EOFError, OSError):
+            pass
+        job.conn_open = False
+
+    postfix()
+    try:
+        while pending or running:
+            while pending and len(running) < config.workers:
+                start(pending.pop(0))
+            waitables: dict[Any, tuple[str, _Job]] = {}
+            for job in running.values():
+                waitables[job.process.sentinel] = ("exit", job)
+                if job.conn_open:
+                    waitables[job.conn] = ("data", job)
+            timeout = 1.0 if config.episode_timeout_s else None
+            for obj in wait(list(waitables), timeout=timeout):
+                kind, job = waitables[obj]
+                if kind == "data" and job.conn_open:
+                    receive(job)
+            for job in list(running.values()):
+                if job.process.exitcode is not None:
+                    job.process.join()
+                    if job.conn_open and job.conn.poll():
+                        receive(job)
+                    record = job.result or _crash_record(
+                        config, job, f"worker crashed (exit code {job.process.exitcode})")
+                    finish(job, record)
+                elif config.episode_timeout_s and time.perf_counter() - job.started > config.episode_timeout_s:
+                    if job.conn_open and job.conn.poll():
+                        receive(job)
+                    if job.result is not None:
+                        continue  # finished in time; its process is exiting
+                    job.process.kill()
+                    job.process.join()
+                    finish(job, _crash_record(config, job, f"timeout after {config.episode_timeout_s:g} s"))
+    except BaseException:
+        for job in running.values():
+            if job.process.is_alive():
+                job.process.terminate()
+        for job in running.values():
+            job.process.join(timeout=10)
+            if job.process.is_alive():
+                job.process.kill()
+                job.process.join()
+            job.conn.close()
+        bar.close()
+        try:
+            summary = save()
+        except Exception:  # noqa: BLE001,S110 - re-raise the original error, not a follow-up one
+            pass
+        else:
+            if show:
+                _print_interrupted(summary, console)
+        raise
+    bar.close()
+    summary = save()
+    if show:
+        from geo4d_policy.eval.report import print_report
+
+        print_report([summary], console=console)
+        print_where(summary, console)
+    return summary
+
+
+def print_where(summary: Summary, console: Any = None) -> None:
+    """Tell the user where the run's files are."""
+    from rich.console import Console
+
+    console = console or Console()
+    console.print(f"records: {Path(summary.out_dir) / EPISODES_FILE}   summary: {Path(summary.out_dir) / SUMMARY_FILE}")
+
+
+def _print_interrupted(summary: Summary, console: Any) -> None:
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    console.print(
+        f"[yellow]stopped after {summary.finished}/{summary.episodes} episodes; finished ones are saved in "
+        f"{summary.out_dir}; continue with --resume[/yellow]"
+    )

@@ -1,0 +1,98 @@
+"""``geo4d-rollout`` argument handling and exit codes; one small end-to-end run on the test doubles."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # spawned workers inherit sys.path: they must find the doubles too
+    sys.path.insert(0, str(HERE))
+
+import fake_rollout_env as fake
+
+from geo4d_policy.cli.rollout import main, parse_policy_options
+from geo4d_policy.policies.registry import is_policy_available, register_policy, unregister_policy
+
+TASK = "PutSpatulaOnTable"
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--task", "StackBlocks", "--episodes", "2", "--policy", "expert"],
+         ["unknown task 'StackBlocks'", "PlaceAppleFromBowlIntoBin", "put_spatula_on_table"]),
+        (["--task", TASK, "--episodes", "2", "--policy", "nope"],
+         ["unknown policy 'nope'", "expert", "geo4d", "diffusion_policy"]),
+        (["--task", TASK, "--episodes", "0", "--policy", "expert"], ["--episodes", "positive integer, got 0"]),
+        (["--task", TASK, "--episodes", "-1", "--policy", "expert"], ["--episodes", "positive integer, got -1"]),
+        (["--task", TASK, "--episodes", "x", "--policy", "expert"], ["--episodes"]),
+        (["--task", TASK, "--episodes", "2", "--policy", "expert", "--workers", "0"], ["--workers"]),
+        (["--task", TASK, "--episodes", "2", "--policy", "expert", "--workers", "2", "--meshcat"],
+         ["--meshcat needs --workers 1"]),
+        (["--task", TASK, "--episodes", "2", "--policy", "expert", "--device", "tpu"], ["--device"]),
+        (["--task", TASK, "--episodes", "2", "--policy", "expert", "--policy-option", "novalue"], ["key=value"]),
+        (["--episodes", "2"], ["--task"]),
+    ],
+)
+def test_bad_input_exits_2_with_a_useful_message(capsys, argv, needles):
+    code, text = _run(capsys, *argv)
+    assert code == 2
+    for needle in needles:
+        assert needle in text
+
+
+@pytest.mark.skipif(is_policy_available("geo4d"), reason="the geo4d policy exists now")
+def test_default_policy_geo4d_not_available_yet(capsys, tmp_path):
+    code, text = _run(capsys, "--task", TASK, "--episodes", "1", "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert "the geo4d policy is not available yet (issue: 4D generator); use --policy expert" in text
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_and_passive_omp(capsys, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    code, text = _run(capsys, "--help")
+    assert code == 0 and "--policy-option" in text and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_parse_policy_options():
+    assert parse_policy_options(["steps=25", "ckpt=a/b.pt", "guide=true", "scale=0.5", "ids=[1, 2]", "x="]) == {
+        "steps": 25, "ckpt": "a/b.pt", "guide": True, "scale": 0.5, "ids": [1, 2], "x": ""}
+    with pytest.raises(ValueError, match="twice"):
+        parse_policy_options(["a=1", "a=2"])
+
+
+def test_cli_end_to_end_refuse_resume_and_mismatch(capsys, tmp_path):
+    register_policy("fake_reach", fake.POLICY_TARGET, replace=True)
+    try:
+        out = str(tmp_path / "run")
+        base = ["--task", "put_spatula_on_table", "--policy", "fake_reach", "--env-factory", fake.ENV_FACTORY,
+                "--out", out, "--policy-option", f"counter_file={tmp_path / 'seeds.txt'}"]
+        code, text = _run(capsys, *base, "--episodes", "2")
+        assert code == 0, text
+        assert "Rollout results" in text and "PutSpatulaOnTable" in text and "fake_reach" in text
+        assert len((Path(out) / "episodes.jsonl").read_text().splitlines()) == 2
+        assert json.loads((Path(out) / "summary.json").read_text())["finished"] == 2
+
+        code, text = _run(capsys, *base, "--episodes", "2")
+        assert code == 2 and "--resume" in text and "--out" in text
+
+        code, text = _run(capsys, *base, "--episodes", "3", "--resume")  # extend the run by one episode
+        assert code == 0, text
+        assert len((tmp_path / "seeds.txt").read_text().split()) == 3  # earlier episodes were not re-run
+
+        code, text = _run(capsys, *base, "--episodes", "3", "--resume", "--seed", "1")
+        assert code == 2 and "different configuration" in text and "seed" in text
+    finally:
+        unregister_policy("fake_reach")
