@@ -1,0 +1,42 @@
+"""Perception on (predicted) RGB-D / pointmap videos: gripper pose tracking, open/close state,
+two-view fusion and the cross-view consistency metric (DESIGN.md, "Perception").
+
+Modules:
+  * :mod:`.gripper_model` - the gripper CAD model in the gripper frame ``G`` (``panda_link8``).
+  * :mod:`.tracker` - :class:`PoseTracker` protocol, :class:`ICPGripperTracker` (default),
+    :func:`track_gripper_sequence`.
+  * :mod:`.gripper_state` - finger-cluster centroid distance and open/closed with hysteresis.
+  * :mod:`.fusion` - keep the more confident view per frame, map ``X_CnG`` to ``X_TG``.
+  * :mod:`.metrics` - the paper's cross-view mIoU, pose errors.
+  * :mod:`.synthetic` - synthetic gripper observations for tests and benchmarks.
+  * :mod:`.foundationpose`, :mod:`.sam2_adapter` - optional adapters for user-installed
+    FoundationPose / SAM2 (imported only on use).
+
+Nothing here imports pydrake.
+"""
+
+from geo4d_policy.perception.fusion import FusedPose, estimate_relative_pose, fuse_arms, fuse_views
+from geo4d_policy.perception.gripper_model import PART_HAND, PART_LEFT, PART_RIGHT, PARTS, GripperModel
+from geo4d_policy.perception.gripper_state import (
+    FingerMeasurement,
+    GripperStateEstimate,
+    GripperStateEstimator,
+    measure_finger_opening,
+)
+from geo4d_policy.perception.metrics import cross_view_iou, cross_view_miou, pose_error_summary, pose_errors
+from geo4d_policy.perception.tracker import (
+    ICPGripperTracker,
+    ICPTrackerConfig,
+    PoseTracker,
+    TrackingFrame,
+    TrackResult,
+    track_gripper_sequence,
+)
+
+__all__ = [
+    "PARTS", "PART_HAND", "PART_LEFT", "PART_RIGHT", "GripperModel",
+    "PoseTracker", "TrackResult", "TrackingFrame", "ICPGripperTracker", "ICPTrackerConfig", "track_gripper_sequence",
+    "FingerMeasurement", "GripperStateEstimate", "GripperStateEstimator", "measure_finger_opening",
+    "FusedPose", "fuse_views", "fuse_arms", "estimate_relative_pose",
+    "cross_view_iou", "cross_view_miou", "pose_errors", "pose_error_summary",
+]

@@ -1,0 +1,156 @@
+"""Two-view fusion of per-frame gripper tracks, and conversion to the task frame.
+
+This module owns the last step of the paper's section 3.4: the tracker runs on view n's
+pointmap ``X^n`` and on view m's ``X^{m->n}`` (both in camera n's frame), and for every frame
+the more confident result is kept; ``X_CnG`` is then mapped to the task frame with ``X_TCn``,
+the only extrinsic a policy knows. Both arms go through the same code.
+
+Ties go to view n (its pointmap is the reference the generator is anchored to). A frame lost
+in both views holds the previous fused pose with confidence 0 and status ``"lost"``.
+
+It also offers :func:`estimate_relative_pose`, the rigid transform between two pixel-aligned
+pointmaps of the same view (e.g. ``X^m`` in m's own frame and ``X^{m->n}``), which is how an
+image-based tracker run in view m's own camera can be brought into camera n's frame without
+calibrating m.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+
+from geo4d_policy.perception.tracker import TrackResult
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedPose:
+    """One frame of a fused track.
+
+    Attributes:
+        X_TG: 4x4 gripper pose in the task frame.
+        X_CnG: 4x4 gripper pose in camera n's frame.
+        confidence: of the chosen view (0 when lost in both).
+        source: ``"n"``, ``"m"``, or ``"none"`` when both views lost the gripper.
+        status: ``"ok"`` or ``"lost"``.
+        width: finger opening reported by the chosen view's tracker, if any.
+    """
+
+    X_TG: np.ndarray
+    X_CnG: np.ndarray
+    confidence: float
+    source: Literal["n", "m", "none"]
+    status: Literal["ok", "lost"]
+    width: float | None = None
+
+
+def fuse_views(
+    results_n: Sequence[TrackResult],
+    results_m: Sequence[TrackResult] | None,
+    *,
+    X_TCn: np.ndarray,
+) -> list[FusedPose]:
+    """Per frame, keep the more confident of the two views' results and express it in T.
+
+    Args:
+        results_n: per-frame results of the tracker on ``X^n``.
+        results_m: per-frame results on ``X^{m->n}`` (same length), or None for one view.
+        X_TCn: pose of camera n in the task frame.
+
+    Returns:
+        One :class:`FusedPose` per frame.
+    """
+    X_TCn = np.asarray(X_TCn, dtype=np.float64)
+    if X_TCn.shape != (4, 4) or not np.isfinite(X_TCn).all():
+        raise ValueError(f"X_TCn must be a finite 4x4 transform, got shape {X_TCn.shape}")
+    if results_m is not None and len(results_m) != len(results_n):
+        raise ValueError(f"view n has {len(results_n)} frames, view m {len(results_m)}")
+    out: list[FusedPose] = []
+    for t, rn in enumerate(results_n):
+        rm = None if results_m is None else results_m[t]
+        cands = [(rn, "n")] + ([(rm, "m")] if rm is not None else [])
+        ok = [(r, s) for r, s in cands if r.ok and r.confidence > 0 and np.isfinite(r.X_CG).all()]
+        if ok:
+            # max() keeps the first of equals, so view n wins ties.
+            best, src = max(ok, key=lambda rs: rs[0].confidence)
+            X_CnG = np.asarray(best.X_CG, dtype=np.float64)
+            out.append(FusedPose(X_TCn @ X_CnG, X_CnG.copy(), float(best.confidence), src, "ok", best.width))
+            continue
+        if out:
+            X_CnG = out[-1].X_CnG
+            width = out[-1].width
+        else:
+            # Nothing good yet: the trackers' held poses (their hints) are the best guess.
+            held = [r for r, _ in cands if np.isfinite(r.X_CG).all()]
+            X_CnG = np.asarray(held[0].X_CG, dtype=np.float64) if held else np.eye(4)
+            width = held[0].width if held else None
+        out.append(FusedPose(X_TCn @ X_CnG, X_CnG.copy(), 0.0, "none", "lost", width))
+    return out
+
+
+def fuse_arms(
+    per_arm: Mapping[str, tuple[Sequence[TrackResult], Sequence[TrackResult] | None]],
+    *,
+    X_TCn: np.ndarray,
+) -> dict[str, list[FusedPose]]:
+    """:func:`fuse_views` for each arm: ``{arm: (results_n, results_m)}`` -> ``{arm: fused}``."""
+    return {arm: fuse_views(rn, rm, X_TCn=X_TCn) for arm, (rn, rm) in per_arm.items()}
+
+
+def poses_in_task_frame(fused: Sequence[FusedPose]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack a fused track: ((T, 4, 4) ``X_TG``, (T,) confidences)."""
+    return np.stack([f.X_TG for f in fused]), np.array([f.confidence for f in fused])
+
+
+def estimate_relative_pose(
+    points_src: np.ndarray,
+    points_dst: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    trim_fraction: float = 0.2,
+    iterations: int = 3,
+) -> np.ndarray:
+    """Rigid ``X_dst_src`` aligning pixel-aligned pointmaps (``dst ~ X @ src``), robustly.
+
+    Kabsch/Umeyama without scale on corresponding points, re-solved ``iterations`` times on the
+    ``1 - trim_fraction`` best residuals (predicted pointmaps have outliers).
+
+    Args:
+        points_src: (..., 3) points in the source frame (e.g. ``X^m`` in camera m's frame).
+        points_dst: (..., 3) the same pixels in the destination frame (e.g. ``X^{m->n}``).
+        valid: optional (...) mask of usable correspondences.
+        trim_fraction: share of the worst residuals dropped at each re-solve.
+        iterations: re-solves after the first.
+
+    Returns:
+        4x4 ``X_dst_src``.
+
+    Raises:
+        ValueError: fewer than 3 valid correspondences.
+    """
+    src = np.asarray(points_src, dtype=np.float64).reshape(-1, 3)
+    dst = np.asarray(points_dst, dtype=np.float64).reshape(-1, 3)
+    ok = np.isfinite(src).all(axis=1) & np.isfinite(dst).all(axis=1)
+    if valid is not None:
+        ok &= np.asarray(valid, dtype=bool).reshape(-1)
+    src, dst = src[ok], dst[ok]
+    if len(src) < 3:
+        raise ValueError("estimate_relative_pose needs at least 3 valid correspondences")
+    use = np.ones(len(src), dtype=bool)
+    X = np.eye(4)
+    for _ in range(iterations + 1):
+        a, b = src[use], dst[use]
+        ca, cb = a.mean(axis=0), b.mean(axis=0)
+        U, _, Vt = np.linalg.svd((a - ca).T @ (b - cb))
+        D = np.diag([1.0, 1.0, np.sign(np.linalg.det(Vt.T @ U.T)) or 1.0])
+        R = Vt.T @ D @ U.T
+        X = np.eye(4)
+        X[:3, :3] = R
+        X[:3, 3] = cb - R @ ca
+        res = np.linalg.norm(src @ R.T + X[:3, 3] - dst, axis=1)
+        keep = max(3, int(np.ceil((1.0 - trim_fraction) * len(src))))
+        use = np.zeros(len(src), dtype=bool)
+        use[np.argsort(res)[:keep]] = True
+    return X

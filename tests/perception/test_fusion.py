@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from geo4d_policy.perception.fusion import estimate_relative_pose, fuse_arms, fuse_views
+from geo4d_policy.perception.tracker import TrackResult
+
+
+def _pose(seed):
+    rng = np.random.default_rng(seed)
+    X = np.eye(4)
+    X[:3, :3] = Rotation.random(random_state=seed).as_matrix()
+    X[:3, 3] = rng.uniform(-0.5, 0.5, 3)
+    return X
+
+
+def _res(X, conf, status="ok"):
+    return TrackResult(X, conf if status == "ok" else 0.0, status)
+
+
+X_TCn = _pose(100)
+
+
+def test_picks_the_more_confident_view_and_converts_with_X_TCn():
+    Xa, Xb = _pose(1), _pose(2)
+    rn = [_res(Xa, 0.9), _res(Xa, 0.3), _res(Xa, 0.5)]
+    rm = [_res(Xb, 0.4), _res(Xb, 0.8), _res(Xb, 0.5)]
+    fused = fuse_views(rn, rm, X_TCn=X_TCn)
+    assert [f.source for f in fused] == ["n", "m", "n"]  # ties go to the reference view
+    assert np.allclose(fused[0].X_TG, X_TCn @ Xa)
+    assert np.allclose(fused[1].X_TG, X_TCn @ Xb)
+    assert np.allclose(fused[1].X_CnG, Xb)
+    assert fused[1].confidence == 0.8
+
+
+def test_lost_in_both_views_holds_the_previous_fused_pose():
+    Xa, Xb = _pose(3), _pose(4)
+    rn = [_res(Xa, 0.7), _res(Xb, 0.0, "lost"), _res(Xb, 0.0, "lost")]
+    rm = [_res(Xb, 0.0, "lost"), _res(Xb, 0.0, "lost"), _res(Xb, 0.6)]
+    fused = fuse_views(rn, rm, X_TCn=X_TCn)
+    assert fused[1].status == "lost" and fused[1].source == "none" and fused[1].confidence == 0.0
+    assert np.allclose(fused[1].X_TG, X_TCn @ Xa)
+    assert fused[2].source == "m"
+    # Lost from the first frame: the trackers' held pose, still finite.
+    first = fuse_views([_res(Xa, 0.0, "lost")], None, X_TCn=X_TCn)[0]
+    assert first.status == "lost" and np.allclose(first.X_TG, X_TCn @ Xa)
+
+
+def test_both_arms_and_bad_input():
+    Xl, Xr = _pose(5), _pose(6)
+    out = fuse_arms({"left": ([_res(Xl, 0.9)], [_res(Xr, 0.1)]), "right": ([_res(Xr, 0.2)], [_res(Xl, 0.6)])},
+                    X_TCn=X_TCn)
+    assert np.allclose(out["left"][0].X_TG, X_TCn @ Xl)
+    assert np.allclose(out["right"][0].X_TG, X_TCn @ Xl) and out["right"][0].source == "m"
+    with pytest.raises(ValueError):
+        fuse_views([_res(Xl, 0.9)], [], X_TCn=X_TCn)
+    with pytest.raises(ValueError):
+        fuse_views([_res(Xl, 0.9)], None, X_TCn=np.full((4, 4), np.nan))
+
+
+def test_relative_pose_between_pixel_aligned_pointmaps(rng):
+    X = _pose(7)
+    src = rng.uniform(-0.5, 0.5, (40, 50, 3)) + [0, 0, 1.0]
+    dst = src @ X[:3, :3].T + X[:3, 3]
+    dst = dst + rng.normal(scale=0.002, size=dst.shape)
+    bad = rng.random(dst.shape[:2]) < 0.1
+    dst[bad] += rng.uniform(-0.3, 0.3, (bad.sum(), 3))  # 10 % outliers
+    valid = rng.random(src.shape[:2]) > 0.05
+    est = estimate_relative_pose(src, dst, valid=valid)
+    assert np.linalg.norm(est[:3, 3] - X[:3, 3]) < 0.002
+    assert Rotation.from_matrix(est[:3, :3].T @ X[:3, :3]).magnitude() < np.deg2rad(0.3)
+    with pytest.raises(ValueError):
+        estimate_relative_pose(src[:1, :2], dst[:1, :2])

@@ -1,0 +1,155 @@
+"""ICP gripper tracker on synthetic observations (seeded; see geo4d_policy.perception.synthetic)."""
+
+import numpy as np
+import pytest
+
+from geo4d_policy.perception.gripper_model import GripperModel
+from geo4d_policy.perception.metrics import pose_errors
+from geo4d_policy.perception.synthetic import gripper_cloud, render_gripper, smooth_trajectory
+from geo4d_policy.perception.tracker import (
+    ICPGripperTracker,
+    PoseTracker,
+    TrackingFrame,
+    part_label_image,
+    track_gripper_sequence,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return GripperModel.load()
+
+
+def _widths(n):
+    # Open for the first half, then closing on a 3 cm object.
+    return np.where(np.arange(n) < n // 2, 0.08, 0.03)
+
+
+def _assert_finite(result):
+    assert result.X_CG.shape == (4, 4) and np.isfinite(result.X_CG).all()
+    assert 0.0 <= result.confidence <= 1.0
+
+
+def test_is_a_pose_tracker(model):
+    assert isinstance(ICPGripperTracker(model), PoseTracker)
+
+
+@pytest.mark.parametrize("use_labels, use_hint", [(True, False), (False, True)])
+def test_tracks_a_noisy_one_sided_cloud_along_a_smooth_trajectory(model, use_labels, use_hint):
+    traj = smooth_trajectory(9, seed=1)
+    widths = _widths(len(traj))
+    tracker = ICPGripperTracker(model)
+    est = []
+    for t, (X, w) in enumerate(zip(traj, widths)):
+        # 2 mm noise, 20 % dropped, 5 % outliers, back faces culled.
+        cloud = gripper_cloud(model, X, w, noise=0.002, drop=0.2, outliers=0.05, seed=10 + t)
+        labels = cloud.part_labels if use_labels else None
+        if t == 0:
+            r = tracker.register(cloud.points, part_labels=labels, init_pose=X if use_hint else None)
+        else:
+            r = tracker.track(cloud.points, part_labels=labels)
+        assert r.ok, r.reason
+        _assert_finite(r)
+        est.append(r.X_CG)
+    trans_mm, rot_deg = pose_errors(np.stack(est), traj)
+    assert np.median(trans_mm) < 5.0 and np.median(rot_deg) < 3.0, (trans_mm, rot_deg)
+    assert trans_mm.max() < 10.0 and rot_deg.max() < 6.0
+    # The free finger opening follows the fingers.
+    assert abs(r.width - widths[-1]) < 0.01
+
+
+def test_rendered_sequence_with_first_frame_mask_and_scene_clutter(model):
+    """Only frame 0 is segmented; later frames are whole pointmaps with a table under the gripper."""
+    H, W = 96, 120
+    f = 381 * W / 640
+    K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
+    traj = smooth_trajectory(7, seed=2, depth=0.8)
+    rng = np.random.default_rng(0)
+    # A wall of points 15 cm behind the gripper stands in for the table/background.
+    wall = np.column_stack([rng.uniform(-0.6, 0.6, 20000), rng.uniform(-0.5, 0.5, 20000), np.full(20000, 1.15)])
+    views = [render_gripper(model, X, w, K, H, W, noise=0.002, seed=t, background=wall)
+             for t, (X, w) in enumerate(zip(traj, _widths(len(traj))))]
+    pm = np.stack([v.pointmap for v in views])
+    valid = np.stack([v.valid for v in views])
+    masks = [views[0].part_labels >= 0] + [None] * (len(views) - 1)
+    results = track_gripper_sequence(pm, valid, masks, first_pose_hint=traj[0])
+    assert all(r.ok for r in results)
+    trans_mm, rot_deg = pose_errors(np.stack([r.X_CG for r in results]), traj)
+    assert np.median(trans_mm) < 5.0 and np.median(rot_deg) < 3.0, (trans_mm, rot_deg)
+
+
+def test_bad_frames_are_lost_with_the_last_pose_held(model):
+    X = smooth_trajectory(2, seed=3)[0]
+    tracker = ICPGripperTracker(model)
+    good = tracker.register(gripper_cloud(model, X, 0.08, seed=0).points, init_pose=X)
+    assert good.ok
+    H, W = 8, 10
+    bad_inputs = {
+        "no points": np.zeros((0, 3)),
+        "all NaN": np.full((500, 3), np.nan),
+        "too few": X[:3, 3] + np.zeros((5, 3)),
+        "out of view": gripper_cloud(model, X, 0.08, seed=1).points + [2.0, 0.0, 0.0],
+        "empty mask": TrackingFrame(np.ones((H, W, 3)), np.ones((H, W), bool), mask=np.zeros((H, W), bool)),
+        "all invalid": TrackingFrame(np.ones((H, W, 3)), np.zeros((H, W), bool), mask=np.ones((H, W), bool)),
+    }
+    for name, obs in bad_inputs.items():
+        r = tracker.track(obs)
+        assert r.status == "lost" and r.confidence == 0.0, name
+        _assert_finite(r)
+        assert np.allclose(r.X_CG, good.X_CG), name
+    # The gripper comes back: tracking resumes (the gate widened while it was lost).
+    back = tracker.track(gripper_cloud(model, X, 0.08, seed=2).points)
+    assert back.ok and pose_errors(back.X_CG, X)[0][0] < 5.0
+
+
+def test_register_on_nothing_is_lost_not_a_crash(model):
+    tracker = ICPGripperTracker(model)
+    r = tracker.register(np.zeros((0, 3)))
+    assert r.status == "lost" and r.confidence == 0.0 and np.allclose(r.X_CG, np.eye(4))
+    hint = smooth_trajectory(1, seed=0)[0]
+    r = tracker.register(np.full((100, 3), np.nan), init_pose=hint)
+    assert r.status == "lost" and np.allclose(r.X_CG, hint)
+    assert np.allclose(tracker.track(np.zeros((0, 3))).X_CG, hint)
+    # The gripper appears: tracking registers, starting from the remembered hint.
+    model = tracker.model
+    r = tracker.track(gripper_cloud(model, hint, 0.08, seed=0).points)
+    assert r.ok and pose_errors(r.X_CG, hint)[0][0] < 5.0
+    # Garbage (uniform noise) is not confidently a gripper.
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, (800, 3)) + [0, 0, 1.0]
+    r = tracker.register(noise)
+    assert r.status == "lost" and r.confidence == 0.0
+    _assert_finite(r)
+
+
+def test_a_jump_beyond_the_motion_gate_is_rejected(model):
+    X = smooth_trajectory(1, seed=4)[0]
+    tracker = ICPGripperTracker(model, max_translation=0.05, reacquire=True)
+    assert tracker.register(gripper_cloud(model, X, 0.08, seed=0).points, init_pose=X).ok
+    far = X.copy()
+    far[:3, 3] += [0.0, 0.25, 0.0]  # 25 cm in one frame: a teleport, not a gripper motion
+    r = tracker.track(gripper_cloud(model, far, 0.08, seed=1).points)
+    assert r.status == "lost" and np.allclose(r.X_CG, X, atol=0.01)
+
+
+def test_score_pose_prefers_the_truth(model):
+    X = smooth_trajectory(1, seed=5)[0]
+    cloud = gripper_cloud(model, X, 0.08, seed=0)
+    tracker = ICPGripperTracker(model)
+    wrong = X.copy()
+    wrong[:3, 3] += [0.03, 0.0, 0.0]
+    assert tracker.score_pose(cloud.points, X, width=0.08).confidence > 0.8
+    assert tracker.score_pose(cloud.points, wrong, width=0.08).confidence < 0.5
+
+
+def test_part_label_image_from_packed_masks():
+    from geo4d_policy.data.masks import pack_masks
+
+    hand = np.zeros((4, 5), bool)
+    hand[0, 0] = True
+    lf = np.zeros((4, 5), bool)
+    lf[1, 1] = True
+    other = np.zeros((4, 5), bool)
+    other[2, 2] = True  # the other arm's palm
+    packed = pack_masks({"left_hand": hand, "left_left_finger": lf, "right_hand": other})
+    labels = part_label_image(packed, "left")
+    assert labels[0, 0] == 0 and labels[1, 1] == 1 and labels[2, 2] == -1 and (labels == -1).sum() == 18
