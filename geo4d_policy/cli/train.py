@@ -1,0 +1,134 @@
+"""``geo4d-train``: train the image/pointmap VAEs and the 4D generator on collected datasets.
+
+    geo4d-train vae --modality rgb|pointmap --data DIR [DIR ...] --out RUN [--config small]
+                    [--steps N] [--batch-size B] [--init CKPT] [--resume]
+    geo4d-train generator --task T|all --data DIR [DIR ...] --out RUN [--config small]
+                    --image-vae CKPT --pointmap-vae CKPT [--steps N] [--batch-size B]
+                    [--init PATH | --init-svd-unet FILE] [--resume]
+
+One generator may be trained on several tasks at once (``--task all`` with one dataset per
+task): it is conditioned on the task, which keeps the shipped checkpoints within the
+repository's size budget. Checkpoints: ``RUN/step_<N>/`` (config.json + model.safetensors of
+the EMA weights + training state) with a ``RUN/last`` pointer; ``--resume`` continues exactly.
+Multi-GPU: launch with ``accelerate launch -m geo4d_policy.cli.train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU timings swing 20x without it (notes/mlstack.md)
+
+
+class _TaskTagged:
+    """A dataset whose samples carry their task name (the generator is task-conditioned)."""
+
+    def __init__(self, dataset, task: str) -> None:
+        self.dataset, self.task = dataset, task
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = dict(self.dataset[i])
+        sample["task"] = self.task
+        return sample
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
+def make_data_iter_factory(data_dirs: Sequence[str], *, batch_size: int, num_workers: int, seed: int,
+                           split: str = "train"):
+    """``factory(epoch=, rank=, world_size=)`` over the clip datasets of ``data_dirs``."""
+    import torch
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    from geo4d_policy.data.datasets import GeneratorClipDataset
+    from geo4d_policy.data.format import load_meta
+
+    parts = []
+    for d in data_dirs:
+        meta = load_meta(d)
+        parts.append(_TaskTagged(GeneratorClipDataset(d, split=split, seed=seed), meta.task))
+    dataset = ConcatDataset(parts)
+
+    def factory(*, epoch: int, rank: int, world_size: int):
+        for part in parts:
+            part.set_epoch(epoch)
+        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        order = torch.randperm(len(dataset), generator=g)[rank::world_size].tolist()
+        return DataLoader(torch.utils.data.Subset(dataset, order), batch_size=batch_size, shuffle=False,
+                          num_workers=num_workers, drop_last=True, persistent_workers=False,
+                          pin_memory=torch.cuda.is_available())
+
+    return factory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geo4d-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    for name in ("vae", "generator"):
+        s = sub.add_parser(name)
+        s.add_argument("--data", nargs="+", required=True, help="dataset directories (geo4d-collect)")
+        s.add_argument("--out", required=True, help="run directory")
+        s.add_argument("--config", default="small", help="model config: tiny|small|paper or a YAML path")
+        s.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+        s.add_argument("--batch-size", type=int, default=4)
+        s.add_argument("--lr", type=float, default=None)
+        s.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--ckpt-every", type=int, default=None)
+        s.add_argument("--resume", action="store_true")
+        s.add_argument("--init", default=None, help="start from these weights (see --help of the kind)")
+    sub.choices["vae"].add_argument("--modality", choices=("rgb", "pointmap"), required=True)
+    g = sub.choices["generator"]
+    g.add_argument("--task", required=True, help="task name, or 'all' for every dataset's task")
+    g.add_argument("--image-vae", required=True, help="trained image VAE checkpoint (run or step directory)")
+    g.add_argument("--pointmap-vae", default=None, help="trained pointmap VAE checkpoint")
+    g.add_argument("--init-svd-unet", default=None, help="local SVD U-Net safetensors (paper config only)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from geo4d_policy.config import ConfigError
+    from geo4d_policy.data.format import DatasetError, load_meta
+    from geo4d_policy.interface import UnknownNameError, canonical_task_name
+    from geo4d_policy.train.config import TrainConfig
+    from geo4d_policy.train.trainer import train
+
+    try:
+        tasks = tuple(load_meta(d).task for d in args.data)
+        if args.what == "generator" and args.task != "all":
+            wanted = canonical_task_name(args.task)
+            if any(t != wanted for t in tasks):
+                raise ValueError(f"--task {wanted} but the datasets hold {sorted(set(tasks))}")
+        kind = "generator" if args.what == "generator" else f"{'image' if args.modality == 'rgb' else 'pointmap'}_vae"
+        overrides = {k: v for k, v in (("max_steps", args.steps), ("lr", args.lr), ("ckpt_every", args.ckpt_every))
+                     if v is not None}
+        config = TrainConfig(
+            kind=kind, model=args.config, tasks=tuple(dict.fromkeys(tasks)), seed=args.seed,
+            image_vae=getattr(args, "image_vae", None), pointmap_vae=getattr(args, "pointmap_vae", None),
+            init_from=args.init, init_svd_unet=getattr(args, "init_svd_unet", None),
+            progress=sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS")), **overrides,
+        )
+        factory = make_data_iter_factory(args.data, batch_size=args.batch_size, num_workers=args.workers,
+                                         seed=args.seed)
+        result = train(config, data_iter_factory=factory, out_dir=args.out, resume=args.resume)
+    except (UnknownNameError, ValueError, ConfigError, DatasetError, FileExistsError, FileNotFoundError) as e:
+        print(f"geo4d-train: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ngeo4d-train: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    print(f"geo4d-train: done; last checkpoint {result.checkpoint} (step {result.step})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
