@@ -1,0 +1,277 @@
+"""Typed model configs of the 4D generator: VAEs, spatio-temporal U-Net, EDM, the whole model.
+
+``configs/model/{tiny,small,paper}.yaml`` load into :class:`GeneratorConfig` through
+:func:`load_model_config`; the resolved config is saved inside every checkpoint's
+``config.json`` (:mod:`geo4d_policy.models.checkpoint`). Plain dataclasses only (no torch), so
+the CLI can read and validate configs without importing diffusers.
+
+Sizes (parameter counts measured by ``scripts/bench_generator.py``):
+
+* ``tiny``: tests and CI. Fast to build, not meant to generate anything useful.
+* ``small``: the model trained on the GPU machine and shipped for CPU inference.
+* ``paper``: SVD-sized U-Net and SD-sized VAEs at 256x320 (32x40 latents); for users with
+  local SVD weights (:func:`geo4d_policy.models.generator.load_svd_unet_weights`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from geo4d_policy.config import CONFIG_DIR, ConfigError, from_dict, load_config, to_dict
+from geo4d_policy.interface import TASK_NAMES
+
+MODEL_CONFIG_DIR = CONFIG_DIR / "model"
+
+NUM_ADDED_TIME_IDS = 3
+"""``added_time_ids`` per clip: (fps, motion bucket, conditioning noise-augmentation strength)."""
+
+
+@dataclasses.dataclass
+class VAEConfig:
+    """A diffusers ``AutoencoderKL`` with 8x spatial downsampling plus its latent normalisation.
+
+    ``shift_factor``/``scaling_factor`` map raw posterior means to zero-mean latents whose
+    standard deviation is the EDM ``sigma_data`` (0.5), as the preconditioning assumes:
+    ``z = (mean - shift_factor) * scaling_factor``. They are measured on data when a VAE
+    checkpoint is written (:meth:`geo4d_policy.models.vae.VAE.calibrate`) and stored in it.
+    """
+
+    block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+    latent_channels: int = 4
+    in_channels: int = 3
+    mid_block_add_attention: bool = True
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    kl_weight: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if len(self.block_out_channels) != 4:
+            raise ConfigError(
+                "VAEConfig.block_out_channels needs 4 levels (8x downsampling), "
+                f"got {self.block_out_channels}"
+            )
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ConfigError(
+                f"VAEConfig: channels {bad} are not divisible by norm_num_groups={self.norm_num_groups}"
+            )
+        if not self.scaling_factor > 0:
+            raise ConfigError(f"VAEConfig.scaling_factor must be > 0, got {self.scaling_factor}")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclasses.dataclass
+class UNetConfig:
+    """The diffusers ``UNetSpatioTemporalConditionModel`` building blocks of :class:`Geo4DUNet`.
+
+    The last level uses plain spatio-temporal ResNet blocks, every other level cross-attention
+    blocks (the SVD layout). Channels must be multiples of 32 (diffusers hard-wires 32 groups).
+    ``xattn_head_dim`` sets the heads of the cross-view attention layers (channels / head dim).
+    """
+
+    block_out_channels: tuple[int, ...] = (64, 128, 256)
+    layers_per_block: int = 1
+    num_attention_heads: tuple[int, ...] = (2, 4, 8)
+    cross_attention_dim: int = 256
+    transformer_layers_per_block: int = 1
+    addition_time_embed_dim: int = 32
+    xattn_head_dim: int = 32
+
+    def __post_init__(self) -> None:
+        n = len(self.block_out_channels)
+        if n < 2:
+            raise ConfigError("UNetConfig.block_out_channels needs at least 2 levels")
+        if len(self.num_attention_heads) != n:
+            raise ConfigError(
+                f"UNetConfig.num_attention_heads has {len(self.num_attention_heads)} entries, "
+                f"block_out_channels {n}"
+            )
+        bad = [c for c in self.block_out_channels if c % 32 or c % self.xattn_head_dim]
+        if bad:
+            raise ConfigError(
+                f"UNetConfig: channels {bad} must be multiples of 32 and of "
+                f"xattn_head_dim={self.xattn_head_dim}"
+            )
+
+
+@dataclasses.dataclass
+class EDMConfig:
+    """EDM (Karras et al. 2022) training and sampling settings.
+
+    Training draws one ``ln sigma ~ N(p_mean, p_std)`` per clip (the official release's
+    ``p_mean=1.0, p_std=1.6``, SVD-like, noisier than EDM's image default). The loss is the
+    EDM-weighted x0 error, RGB (both views) plus ``pointmap_loss_weight`` times the pointmap
+    error (view n and view m->n), multiplied by ``gripper_loss_weight`` on latent cells that
+    touch the gripper. Pointmap latent cells are weighted by the valid fraction of their 8x8
+    pixel block, floored at ``invalid_latent_weight`` (see :func:`geo4d_policy.models.edm.latent_weights`).
+
+    ``cond_drop_prob`` > 0 trains the unconditional model used by classifier-free guidance;
+    ``guidance_scale`` 1.0 (the default) switches guidance off at sampling.
+    """
+
+    sigma_data: float = 0.5
+    p_mean: float = 1.0
+    p_std: float = 1.6
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    num_steps: int = 25
+    pointmap_loss_weight: float = 1.0
+    gripper_loss_weight: float = 2.0
+    invalid_latent_weight: float = 0.1
+    cond_drop_prob: float = 0.0
+    guidance_scale: float = 1.0
+    cond_noise_aug: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(
+                f"EDMConfig needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
+            )
+        if self.num_steps < 1:
+            raise ConfigError("EDMConfig.num_steps must be >= 1")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ConfigError("EDMConfig.cond_drop_prob must be in [0, 1)")
+
+
+@dataclasses.dataclass
+class GeneratorConfig:
+    """The geometry-aware 4D generator: what ``configs/model/<name>.yaml`` holds.
+
+    Attributes:
+        name: size name (tiny/small/paper), informative only.
+        height, width: pixel resolution of the model (multiples of 8); other inputs are resized.
+        num_frames: predicted frames per clip (at ``fps``).
+        fps: frame rate of the predicted video; one of the ``added_time_ids``.
+        use_pointmaps: False gives the RGB-only variant (U-Net in 8 / out 4 channels), which is
+            also the Dreamitate baseline generator.
+        cross_view_attention: the cross-attention from branch m's decoder to branch n's
+            (off = the paper's "w/o MV attn" ablation).
+        separate_decoders: branch m has its own decoder weights (the paper); False shares the
+            reference decoder between views (the plain "SVD" stereo baseline).
+        tasks: the task vocabulary of the task-embedding table (multi-task ready). Which
+            tasks a checkpoint was trained on is recorded in the checkpoint, not here.
+        pointmap_range: metric range ``[lo, hi]`` (every axis, metres) mapped affinely to [-1, 1]
+            before the pointmap VAE (the official release uses [-1, 2]).
+    """
+
+    name: str = "small"
+    height: int = 128
+    width: int = 160
+    num_frames: int = 10
+    fps: float = 2.0
+    use_pointmaps: bool = True
+    cross_view_attention: bool = True
+    separate_decoders: bool = True
+    tasks: tuple[str, ...] = TASK_NAMES
+    pointmap_range: tuple[float, float] = (-1.0, 2.0)
+    image_vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
+    pointmap_vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
+    unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    edm: EDMConfig = dataclasses.field(default_factory=EDMConfig)
+
+    def __post_init__(self) -> None:
+        f = self.image_vae.downsample_factor
+        if self.height % f or self.width % f:
+            raise ConfigError(
+                f"GeneratorConfig: height/width must be multiples of {f}, got {self.height}x{self.width}"
+            )
+        pm = self.pointmap_vae
+        if pm.downsample_factor != f or pm.latent_channels != self.image_vae.latent_channels:
+            raise ConfigError(
+                "GeneratorConfig: image and pointmap VAEs must share downsampling and latent channels"
+            )
+        if not self.tasks:
+            raise ConfigError("GeneratorConfig.tasks must name at least one task")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"GeneratorConfig.tasks has duplicates: {self.tasks}")
+        lo, hi = self.pointmap_range
+        if not hi > lo:
+            raise ConfigError(f"GeneratorConfig.pointmap_range needs lo < hi, got {self.pointmap_range}")
+
+    @property
+    def latent_channels(self) -> int:
+        return self.image_vae.latent_channels
+
+    @property
+    def target_channels(self) -> int:
+        """Channels of one view's clean latent: RGB (+ pointmap)."""
+        return self.latent_channels * (2 if self.use_pointmaps else 1)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        f = self.image_vae.downsample_factor
+        return self.height // f, self.width // f
+
+
+# Fields measured from data (or only used during training): ignored when a checkpoint's config is
+# compared with the one a caller expects.
+DATA_DERIVED_KEYS: frozenset[str] = frozenset(
+    {
+        "image_vae.scaling_factor",
+        "image_vae.shift_factor",
+        "pointmap_vae.scaling_factor",
+        "pointmap_vae.shift_factor",
+    }
+)
+
+
+def load_model_config(
+    name_or_path: str | os.PathLike[str], *, overrides: dict[str, Any] | None = None
+) -> GeneratorConfig:
+    """Load a :class:`GeneratorConfig` from ``configs/model/<name>.yaml`` or a YAML path.
+
+    Args:
+        name_or_path: ``tiny``/``small``/``paper`` or a path to a YAML file.
+        overrides: shallow top-level overrides (e.g. ``{"num_frames": 4}``).
+
+    Raises:
+        ConfigError: unknown name (the message lists the shipped ones) or invalid content.
+    """
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = MODEL_CONFIG_DIR / f"{name_or_path}.yaml"
+        if not p.is_file():
+            names = sorted(q.stem for q in MODEL_CONFIG_DIR.glob("*.yaml"))
+            raise ConfigError(f"unknown model config {str(name_or_path)!r}; shipped: {names}")
+    return load_config(GeneratorConfig, p, overrides=overrides)
+
+
+def model_config_from_dict(data: dict[str, Any]) -> GeneratorConfig:
+    """Typed :class:`GeneratorConfig` from its plain form (as stored in ``config.json``)."""
+    return from_dict(GeneratorConfig, data)
+
+
+def flat_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"unet.block_out_channels": [...], ...}``: the config flattened to dotted keys."""
+    out: dict[str, Any] = {}
+    d = to_dict(cfg) if not isinstance(cfg, dict) else cfg
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_config(v, prefix=f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(
+    expected: GeneratorConfig, actual: GeneratorConfig, *, ignore: frozenset[str] = DATA_DERIVED_KEYS
+) -> list[str]:
+    """Human-readable ``key: expected X, checkpoint has Y`` lines where two configs differ."""
+    a, b = flat_config(expected), flat_config(actual)
+    lines = []
+    for k in sorted(set(a) | set(b)):
+        if k in ignore:
+            continue
+        if a.get(k) != b.get(k):
+            lines.append(f"{k}: expected {a.get(k)!r}, checkpoint has {b.get(k)!r}")
+    return lines

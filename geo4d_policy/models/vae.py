@@ -1,0 +1,241 @@
+"""Image and pointmap VAEs: diffusers ``AutoencoderKL`` plus latent normalisation and I/O.
+
+Owns the frame <-> latent maps of the 4D generator. Both VAEs are the same architecture
+(8x downsampling, 4 latent channels); the pointmap VAE encodes normalised XYZ (the fixed affine
+map of ``GeneratorConfig.pointmap_range`` onto [-1, 1]) as a 3-channel image and may be
+initialised from the image VAE's weights (:meth:`VAE.init_from`), as the paper does with SVD's.
+
+Latents handed to the diffusion model are ``(posterior_mean - shift) * scale``; both numbers are
+measured on data (:meth:`VAE.calibrate`) and stored in :class:`~geo4d_policy.models.config.VAEConfig`.
+The posterior *mean* is used everywhere outside VAE training, which makes encoding
+deterministic (the KL term keeps the posterior variance small anyway).
+
+Training objective (:meth:`VAE.loss`): L1 reconstruction, averaged over valid pixels for
+pointmaps (invalid pixels are filled before encoding and ignored in the loss), plus
+``kl_weight`` times the KL divergence averaged per latent element.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+from geo4d_policy.config import from_dict, to_dict
+from geo4d_policy.models.checkpoint import (
+    CheckpointError,
+    load_weights,
+    read_config_json,
+    state_dict_for_saving,
+    write_checkpoint_dir,
+)
+from geo4d_policy.models.config import VAEConfig
+from geo4d_policy.models.inputs import fill_invalid_points
+
+VAE_FORMAT = "geo4d-vae"
+VAEKind = Literal["image", "pointmap"]
+
+
+def _flatten_frames(x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+    lead = x.shape[:-3]
+    return x.reshape(-1, *x.shape[-3:]), lead
+
+
+class VAE(nn.Module):
+    """An 8x-downsampling KL autoencoder for RGB frames or normalised pointmaps.
+
+    Args:
+        config: architecture and latent normalisation.
+        kind: ``"image"`` (inputs in [-1, 1]) or ``"pointmap"`` (normalised XYZ, invalid
+            pixels filled before encoding).
+    """
+
+    def __init__(self, config: VAEConfig, *, kind: VAEKind = "image") -> None:
+        super().__init__()
+        self.config = config
+        self.kind: VAEKind = kind
+        n = len(config.block_out_channels)
+        self.model = AutoencoderKL(
+            in_channels=config.in_channels,
+            out_channels=config.in_channels,
+            down_block_types=("DownEncoderBlock2D",) * n,
+            up_block_types=("UpDecoderBlock2D",) * n,
+            block_out_channels=tuple(config.block_out_channels),
+            layers_per_block=config.layers_per_block,
+            latent_channels=config.latent_channels,
+            norm_num_groups=config.norm_num_groups,
+            mid_block_add_attention=config.mid_block_add_attention,
+        )
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    # ---------------------------------------------------------------------------------------
+    # Encode / decode
+    # ---------------------------------------------------------------------------------------
+
+    def _posterior(self, x: torch.Tensor) -> Any:
+        return self.model.encode(x).latent_dist
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        *,
+        valid: torch.Tensor | None = None,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Frames -> normalised latents.
+
+        Args:
+            x: (..., C, H, W) frames; H, W multiples of 8.
+            valid: (..., H, W) validity of pointmap pixels (pointmap VAE only). Invalid and
+                non-finite pixels are filled before encoding either way.
+            sample: draw from the posterior instead of taking its mean.
+            generator: RNG for ``sample``.
+
+        Returns:
+            (..., latent_channels, H/8, W/8) latents, ``(mean - shift) * scale``.
+        """
+        if self.kind == "pointmap":
+            x, _ = fill_invalid_points(x, valid)
+        flat, lead = _flatten_frames(x)
+        post = self._posterior(flat.to(self.model.dtype))
+        z = post.sample(generator=generator) if sample else post.mean
+        z = (z.float() - self.config.shift_factor) * self.config.scaling_factor
+        return z.reshape(*lead, *z.shape[1:])
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (..., c, h, w) -> frames (..., C, 8h, 8w) (unclamped)."""
+        flat, lead = _flatten_frames(z)
+        flat = flat.float() / self.config.scaling_factor + self.config.shift_factor
+        x = self.model.decode(flat.to(self.model.dtype)).sample
+        return x.reshape(*lead, *x.shape[1:])
+
+    # ---------------------------------------------------------------------------------------
+    # Training
+    # ---------------------------------------------------------------------------------------
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        *,
+        valid: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """L1 reconstruction (masked by ``valid``) + ``kl_weight`` * mean KL of a batch of frames.
+
+        Args:
+            x: (..., C, H, W) frames (RGB in [-1, 1] or normalised pointmaps).
+            valid: (..., H, W) pixel validity; the reconstruction loss ignores invalid pixels.
+            generator: RNG of the posterior sample.
+
+        Returns:
+            ``(loss, metrics)`` with the scalar loss and float metrics (``l1``, ``kl``).
+        """
+        if self.kind == "pointmap":
+            x, valid = fill_invalid_points(x, valid)
+        flat, _ = _flatten_frames(x)
+        post = self._posterior(flat)
+        z = post.sample(generator=generator)
+        rec = self.model.decode(z).sample
+        err = (rec.float() - flat.float()).abs()
+        if valid is not None:
+            m = valid.reshape(-1, 1, *valid.shape[-2:]).to(err.dtype)
+            l1 = (err * m).sum() / (m.sum() * err.shape[1]).clamp_min(1.0)
+        else:
+            l1 = err.mean()
+        kl = 0.5 * (post.mean.float() ** 2 + post.var.float() - 1.0 - post.logvar.float()).mean()
+        loss = l1 + self.config.kl_weight * kl
+        return loss, {"loss": float(loss.detach()), "l1": float(l1.detach()), "kl": float(kl.detach())}
+
+    def forward(
+        self, x: torch.Tensor, *, valid: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss (so that DDP wrappers see a forward call)."""
+        return self.loss(x, valid=valid, generator=generator)
+
+    @torch.no_grad()
+    def calibrate(
+        self, frames: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]], *, target_std: float = 1.0
+    ) -> tuple[float, float]:
+        """Measure and store the latent shift (mean) and scale (``target_std`` / std) on data.
+
+        Args:
+            frames: iterable of (N, C, H, W) frame batches, or ``(frames, valid)`` pairs for the
+                pointmap VAE.
+            target_std: standard deviation of the normalised latents. The trainer passes the
+                EDM ``sigma_data`` (0.5), so that the preconditioning's assumption about the
+                data's scale holds.
+
+        Returns:
+            ``(shift_factor, scaling_factor)``, also written into ``self.config``.
+        """
+        total, s1, s2 = 0, 0.0, 0.0
+        device = next(self.parameters()).device
+        for item in frames:
+            x, valid = item if isinstance(item, tuple) else (item, None)
+            x = x.to(device)
+            if self.kind == "pointmap":
+                x, _ = fill_invalid_points(x, None if valid is None else valid.to(device))
+            z = self._posterior(x.reshape(-1, *x.shape[-3:])).mean.double()
+            total += z.numel()
+            s1 += float(z.sum())
+            s2 += float((z * z).sum())
+        if total == 0:
+            raise ValueError("VAE.calibrate: no data")
+        mean = s1 / total
+        std = max((s2 / total - mean * mean), 1e-12) ** 0.5
+        self.config.shift_factor = float(mean)
+        self.config.scaling_factor = float(target_std / std)
+        return self.config.shift_factor, self.config.scaling_factor
+
+    def init_from(self, other: VAE) -> None:
+        """Copy another VAE's weights (e.g. pointmap VAE from the image VAE; same architecture)."""
+        def arch(c: VAEConfig) -> VAEConfig:
+            return dataclasses.replace(c, scaling_factor=1.0, shift_factor=0.0, kl_weight=0.0)
+
+        a, b = arch(self.config), arch(other.config)
+        if a != b:
+            raise ValueError(f"VAE.init_from: architectures differ: {to_dict(a)} vs {to_dict(b)}")
+        self.model.load_state_dict(other.model.state_dict())
+
+    # ---------------------------------------------------------------------------------------
+    # Save / load
+    # ---------------------------------------------------------------------------------------
+
+    def checkpoint_config(self, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``config.json`` content of this VAE."""
+        return {
+            "format": VAE_FORMAT,
+            "version": 1,
+            "kind": self.kind,
+            "vae": to_dict(self.config),
+            **(extra or {}),
+        }
+
+    def save_pretrained(self, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (weights of the inner ``AutoencoderKL``)."""
+        write_checkpoint_dir(path, self.checkpoint_config(extra=extra), state_dict_for_saving(self.model))
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu", kind: VAEKind | None = None
+    ) -> VAE:
+        """Load a VAE saved by :meth:`save_pretrained` (a step directory or a run directory).
+
+        Raises:
+            CheckpointError: not a VAE checkpoint, or of another ``kind`` than asked.
+        """
+        data = read_config_json(path, expect_format=VAE_FORMAT)
+        if kind is not None and data["kind"] != kind:
+            raise CheckpointError(f"{path} holds a {data['kind']} VAE, not the {kind} VAE that was asked for")
+        vae = cls(from_dict(VAEConfig, data["vae"]), kind=data["kind"])
+        vae.model.load_state_dict(load_weights(path))
+        return vae.to(device).eval()

@@ -1,0 +1,513 @@
+"""The training loop shared by the 4D generator and the two VAEs.
+
+``train(config, data_iter_factory=..., out_dir=..., resume=...)`` runs AdamW with warm-up,
+gradient clipping and an EMA of the weights under ``accelerate`` (bf16 autocast on CUDA, fp32
+on the CPU; launch with ``accelerate launch`` for several GPUs: each process trains on the
+batches its factory call returns for its rank, gradients are all-reduced).
+
+Output directory layout::
+
+    out_dir/
+      train_config.yaml        the resolved TrainConfig of the latest (re)start
+      metrics.jsonl            one JSON line per ``log_every`` steps (averaged metrics, lr, s/step)
+      last                     the name of the newest step directory
+      step_<N>/
+        config.json            loadable by Generator4D / VAE .from_pretrained
+        model.safetensors      EMA weights
+        training_state/        raw weights, EMA, optimizer, LR schedule, RNG states, counters
+
+Data: ``data_iter_factory(epoch=e, rank=r, world_size=w)`` returns an iterable of batch dicts
+(any iterable: a DataLoader, a generator of synthetic tensors). When it is exhausted the
+next epoch is requested. ``resume=True`` restores everything in ``training_state`` and re-enters
+the interrupted epoch by skipping the batches already consumed, so a resumed run reproduces
+an uninterrupted one exactly when the factory is deterministic given ``epoch`` (seed the
+loader's shuffling with it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from geo4d_policy.config import save_config, to_dict
+from geo4d_policy.data.geometry import PointmapNormalization
+from geo4d_policy.models.checkpoint import LAST_POINTER, CheckpointError, read_config_json
+from geo4d_policy.models.config import (
+    GeneratorConfig,
+    config_differences,
+    load_model_config,
+    model_config_from_dict,
+)
+from geo4d_policy.models.generator import load_svd_unet_weights
+from geo4d_policy.models.pipeline import GENERATOR_FORMAT, Generator4D, canonical_task
+from geo4d_policy.models.vae import VAE
+from geo4d_policy.train.config import TrainConfig
+from geo4d_policy.train.ema import EMA
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "training_state"
+Batch = Mapping[str, Any]
+
+
+class DataIterFactory(Protocol):
+    """Returns the batches of one epoch for one process."""
+
+    def __call__(self, *, epoch: int, rank: int, world_size: int) -> Iterable[Batch]: ...
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    out_dir: Path
+    checkpoint: Path
+    step: int
+    metrics: dict[str, float]
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes: what is trained, its loss on a batch, and how a checkpoint is written
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_model_config(model: str | GeneratorConfig) -> GeneratorConfig:
+    """A :class:`GeneratorConfig` from a name, a YAML path or the config itself (copied)."""
+    if isinstance(model, GeneratorConfig):
+        return model_config_from_dict(to_dict(model))
+    return load_model_config(model)
+
+
+def vae_frames(
+    batch: Batch,
+    *,
+    kind: str,
+    max_images: int,
+    generator: torch.Generator,
+    pointmap_range: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Frames (N, 3, H, W) (+ validity (N, H, W)) for a VAE step from a dataset batch.
+
+    Uses the conditioning and target frames of both views (``rgb_cond``/``rgb`` or
+    ``pm_cond``/``pm`` with ``valid_cond``/``valid``; without ``valid_cond``, conditioning
+    points count as valid when finite with metric z > 0), or ``images`` (+ ``valid``) when the
+    batch holds plain frames; then draws at most ``max_images`` of them.
+    """
+    if "images" in batch:
+        x, valid = batch["images"], batch.get("valid")
+        x = x.reshape(-1, *x.shape[-3:])
+        valid = None if valid is None else valid.reshape(-1, *valid.shape[-2:])
+    else:
+        key = "rgb" if kind == "image_vae" else "pm"
+        cond, seq = batch[f"{key}_cond"], batch[key]
+        x = torch.cat([cond.reshape(-1, *cond.shape[-3:]), seq.reshape(-1, *seq.shape[-3:])])
+        valid = None
+        if kind == "pointmap_vae":
+            v_seq = batch["valid"].reshape(-1, *seq.shape[-2:]).bool()
+            v_cond = batch.get("valid_cond")
+            if v_cond is None:
+                z = PointmapNormalization(*pointmap_range).denormalize(cond[..., 2, :, :])
+                v_cond = torch.isfinite(cond).all(-3) & (torch.nan_to_num(z, nan=0.0) > 0)
+            v_cond = v_cond.reshape(-1, *seq.shape[-2:]).bool()
+            valid = torch.cat([v_cond, v_seq])
+    if x.shape[0] > max_images:
+        idx = torch.randperm(x.shape[0], generator=generator)[:max_images].to(x.device)
+        x = x[idx]
+        valid = None if valid is None else valid[idx]
+    return x, valid
+
+
+class _VAEModule(nn.Module):
+    """Adapter giving a VAE the ``forward(batch, generator=...)`` interface of the loop."""
+
+    def __init__(self, vae: VAE, kind: str, max_images: int, pointmap_range: tuple[float, float]) -> None:
+        super().__init__()
+        self.vae = vae
+        self.kind = kind
+        self.max_images = max_images
+        self.pointmap_range = pointmap_range
+        self.recent: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def forward(self, batch: Batch, *, generator: torch.Generator):
+        x, valid = vae_frames(
+            batch,
+            kind=self.kind,
+            max_images=self.max_images,
+            generator=generator,
+            pointmap_range=self.pointmap_range,
+        )
+        # Frames kept for measuring the latent scale at checkpoint time.
+        kept = (x.detach().cpu(), None if valid is None else valid.detach().cpu())
+        self.recent = (self.recent + [kept])[-4:]
+        return self.vae.loss(x, valid=valid, generator=generator)
+
+
+class _Recipe:
+    """Model construction, trainable module and checkpoint writing for one ``kind``."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: GeneratorConfig) -> None:
+        self.cfg = cfg
+        self.model_cfg = model_cfg
+        self.tasks = tuple(canonical_task(t) for t in cfg.tasks)
+        if cfg.kind == "generator":
+            self.module = self._build_generator()
+            self.trainable = self.module.unet
+        else:
+            self.module = self._build_vae()
+            self.trainable = self.module
+
+    def _build_generator(self) -> Generator4D:
+        cfg, mc = self.cfg, self.model_cfg
+        model = Generator4D(mc, trained_tasks=self.tasks)
+        if cfg.image_vae is not None or cfg.pointmap_vae is not None:
+            if cfg.image_vae is None or (mc.use_pointmaps and cfg.pointmap_vae is None):
+                raise ValueError(
+                    "generator training: give both image_vae and pointmap_vae checkpoints (or neither)"
+                )
+            image = VAE.from_pretrained(cfg.image_vae, kind="image")
+            pm = VAE.from_pretrained(cfg.pointmap_vae, kind="pointmap") if mc.use_pointmaps else None
+            for name, vae in (("image", image), ("pointmap", pm)):
+                if vae is None:
+                    continue
+                probe = dataclasses.replace(mc, **{f"{name}_vae": vae.config})
+                diff = [d for d in config_differences(mc, probe) if not d.startswith(f"{name}_vae.kl_weight")]
+                if diff:
+                    raise CheckpointError(
+                        f"{name} VAE checkpoint does not match the model config:\n  " + "\n  ".join(diff)
+                    )
+            model.set_vaes(image, pm)
+        else:
+            log.warning("generator training with random VAEs (no image_vae/pointmap_vae given): tests only")
+        model.freeze_vaes()
+        if cfg.init_from is not None:
+            src = Generator4D.from_pretrained(cfg.init_from, config=mc)
+            model.unet.load_state_dict(src.unet.state_dict())
+        if cfg.init_svd_unet is not None:
+            missing = load_svd_unet_weights(model.unet, load_file(cfg.init_svd_unet))
+            if missing:
+                log.warning("SVD init left %d U-Net tensors at their initialisation", len(missing))
+        return model
+
+    def _build_vae(self) -> _VAEModule:
+        cfg, mc = self.cfg, self.model_cfg
+        kind = "image" if cfg.kind == "image_vae" else "pointmap"
+        vae = VAE(mc.image_vae if kind == "image" else mc.pointmap_vae, kind=kind)
+        if cfg.init_from is not None:
+            # Either VAE kind: the paper starts the pointmap VAE from the image VAE's weights.
+            vae.init_from(VAE.from_pretrained(cfg.init_from))
+        return _VAEModule(vae, cfg.kind, cfg.vae_max_images, tuple(mc.pointmap_range))
+
+    def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator):
+        return module(batch, generator=generator)
+
+    def save(self, path: Path, *, module: nn.Module, ema: EMA, extra: dict[str, Any]) -> None:
+        """Write a loadable checkpoint directory holding the EMA weights."""
+        with ema.swapped():
+            if self.cfg.kind == "generator":
+                module.save_pretrained(path, extra={"training": extra})
+            else:
+                vae = module.vae
+                if module.recent:
+                    vae.calibrate(module.recent, target_std=self.model_cfg.edm.sigma_data)
+                vae.save_pretrained(path, extra={"training": extra, "tasks": list(self.tasks)})
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        if cfg.lr_schedule == "cosine":
+            t = min(1.0, step / max(1, cfg.max_steps))
+            return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+        return warm
+
+    return f
+
+
+def _to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {
+        "train_generator": gen.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    gen.set_state(state["train_generator"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _prune(out_dir: Path, keep: int, protect: Path) -> None:
+    steps = sorted(
+        (p for p in out_dir.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
+        key=lambda p: int(p.name[5:]),
+    )
+    for p in steps[:-keep]:
+        if p.resolve() != protect.resolve():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_last(out_dir: Path, name: str) -> None:
+    tmp = out_dir / f".{LAST_POINTER}.tmp"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, out_dir / LAST_POINTER)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _batches(
+    factory: DataIterFactory, *, epoch: int, skip: int, rank: int, world_size: int
+) -> Iterator[tuple[int, int, Batch]]:
+    """(epoch, index in epoch, batch) forever, re-entering ``epoch`` after ``skip`` batches."""
+    while True:
+        n = 0
+        for i, batch in enumerate(factory(epoch=epoch, rank=rank, world_size=world_size)):
+            n += 1
+            if i < skip:
+                continue
+            yield epoch, i, batch
+        if n == 0:
+            raise RuntimeError(f"data_iter_factory returned no batches for epoch {epoch}")
+        epoch, skip = epoch + 1, 0
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data_iter_factory: DataIterFactory,
+    out_dir: str | os.PathLike[str],
+    resume: bool = False,
+) -> TrainResult:
+    """Train the generator or a VAE (``config.kind``) and write checkpoints to ``out_dir``.
+
+    Args:
+        config: the run's recipe.
+        data_iter_factory: ``factory(epoch=, rank=, world_size=)`` -> iterable of batch dicts
+            (keys: see :mod:`geo4d_policy.models.pipeline`; VAE runs use the same batches).
+        out_dir: run directory (created).
+        resume: continue from ``out_dir/last`` (model, EMA, optimizer, schedule, RNG, data
+            position) when it exists, else start fresh; without it an existing run
+            directory is refused.
+
+    Returns:
+        :class:`TrainResult` with the last checkpoint directory and the last logged metrics.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a run and ``resume`` is False.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    if (out / LAST_POINTER).exists() and not resume:
+        raise FileExistsError(
+            f"{out} already holds a training run: pass resume=True or use another directory"
+        )
+    model_cfg = resolve_model_config(config.model)
+    unknown = [t for t in config.tasks if canonical_task(t) not in model_cfg.tasks]
+    if unknown:
+        raise ValueError(f"tasks {unknown} are not in the model's task table {list(model_cfg.tasks)}")
+
+    mp = config.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    # cpu=True on CPU-only hosts lets torchrun/accelerate start multi-process (gloo) runs there.
+    accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    torch.manual_seed(config.seed)
+    recipe = _Recipe(config, model_cfg)
+    module = recipe.module
+    params = [p for p in recipe.trainable.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    module.to(accelerator.device)
+    ema = EMA(recipe.trainable, decay=config.ema_decay)
+    gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
+
+    step, epoch, in_epoch = 0, 0, 0
+    if resume and (out / LAST_POINTER).exists():
+        ckpt = out / (out / LAST_POINTER).read_text().strip()
+        sd = ckpt / STATE_DIR
+        meta = json.loads((sd / "state.json").read_text())
+        if meta["kind"] != config.kind:
+            raise CheckpointError(f"{out} is a {meta['kind']} run, not {config.kind}")
+        stored = model_config_from_dict(meta["model"])
+        diff = config_differences(model_cfg, stored)
+        if diff:
+            raise CheckpointError(f"{out} was trained with another model config:\n  " + "\n  ".join(diff))
+        recipe.trainable.load_state_dict(load_file(str(sd / "raw.safetensors")))
+        ema.load_state_dict(load_file(str(sd / "ema.safetensors")))
+        optimizer.load_state_dict(torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(torch.load(sd / "scheduler.pt", weights_only=True))
+        _set_rng_state(torch.load(sd / f"rng_{rank}.pt", weights_only=False), gen)
+        step, epoch, in_epoch = meta["step"], meta["epoch"], meta["next_batch_in_epoch"]
+        if accelerator.is_main_process:
+            _truncate_metrics(out / "metrics.jsonl", step)
+        log.info("resumed %s at step %d (epoch %d, batch %d)", out, step, epoch, in_epoch)
+    # The LR scheduler stays outside prepare(): accelerate would step it once per process,
+    # making the schedule depend on the number of GPUs; ours is a function of the step.
+    module, optimizer = accelerator.prepare(module, optimizer)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(dataclasses.replace(config, model=model_cfg), out / "train_config.yaml")
+
+    def save_checkpoint() -> Path:
+        path = out / f"step_{step}"
+        accelerator.wait_for_everyone()
+        raw = accelerator.unwrap_model(module)
+        if accelerator.is_main_process:
+            # The full model config sits at the top of config.json; keep only its name here.
+            model_ref = model_cfg.name if isinstance(config.model, GeneratorConfig) else config.model
+            named = dataclasses.replace(config, model=model_ref)
+            extra = {
+                "step": step,
+                "kind": config.kind,
+                "tasks": list(recipe.tasks),
+                "train_config": to_dict(named),
+            }
+            recipe.save(path, module=raw, ema=ema, extra=extra)
+            sd = path / STATE_DIR
+            sd.mkdir(exist_ok=True)
+            trainable = recipe.trainable
+            save_file(
+                {k: v.detach().cpu().contiguous().clone() for k, v in trainable.state_dict().items()},
+                str(sd / "raw.safetensors"),
+            )
+            save_file(ema.state_dict(), str(sd / "ema.safetensors"))
+            torch.save(optimizer.state_dict(), sd / "optimizer.pt")
+            torch.save(scheduler.state_dict(), sd / "scheduler.pt")
+            meta = {
+                "kind": config.kind,
+                "step": step,
+                "epoch": epoch,
+                "next_batch_in_epoch": in_epoch,
+                "model": to_dict(model_cfg),
+            }
+            (sd / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
+        accelerator.wait_for_everyone()
+        torch.save(_rng_state(gen), path / STATE_DIR / f"rng_{rank}.pt")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_last(out, path.name)
+            _prune(out, config.keep_last, path)
+        return path
+
+    last_ckpt = out / (out / LAST_POINTER).read_text().strip() if (out / LAST_POINTER).exists() else None
+    metrics_path = out / "metrics.jsonl"
+    acc: dict[str, float] = {}
+    n_acc = 0
+    last_metrics: dict[str, float] = {}
+    bar = tqdm(
+        total=config.max_steps,
+        initial=step,
+        disable=not (config.progress and accelerator.is_main_process),
+        desc=f"train {config.kind}",
+        dynamic_ncols=True,
+    )
+    t_log = time.perf_counter()
+    module.train()
+    if config.kind == "generator":
+        accelerator.unwrap_model(module).freeze_vaes()
+    data = _batches(data_iter_factory, epoch=epoch, skip=in_epoch, rank=rank, world_size=world)
+    while step < config.max_steps:
+        epoch, idx, batch = next(data)
+        in_epoch = idx + 1
+        batch = _to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            loss, metrics = recipe.loss(module, batch, gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}: {metrics}")
+        accelerator.backward(loss)
+        grad_norm = float("nan")
+        if config.grad_clip > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(params, config.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(step)
+        step += 1
+        for k, v in {**metrics, "grad_norm": grad_norm}.items():
+            acc[k] = acc.get(k, 0.0) + v
+        n_acc += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if step % config.log_every == 0 or step == config.max_steps:
+            now = time.perf_counter()
+            keys = sorted(acc)
+            # Average over processes too (every rank logs at the same steps).
+            vals = accelerator.reduce(
+                torch.tensor([acc[k] / n_acc for k in keys], dtype=torch.float64, device=accelerator.device),
+                "mean",
+            )
+            last_metrics = dict(zip(keys, vals.tolist()))
+            rec = {
+                "step": step,
+                "epoch": epoch,
+                "lr": scheduler.get_last_lr()[0],
+                "s_per_step": (now - t_log) / n_acc,
+            }
+            rec.update(last_metrics)
+            if accelerator.is_main_process:
+                with metrics_path.open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+            acc, n_acc, t_log = {}, 0, now
+        if step % config.ckpt_every == 0 or step == config.max_steps:
+            last_ckpt = save_checkpoint()
+    bar.close()
+    if last_ckpt is None:
+        last_ckpt = save_checkpoint()
+    return TrainResult(out_dir=out, checkpoint=last_ckpt, step=step, metrics=last_metrics)
+
+
+def load_trained(path: str | os.PathLike[str], *, device: str = "cpu") -> Generator4D | VAE:
+    """Load whatever a run directory or step directory holds (generator or VAE)."""
+    data = read_config_json(path)
+    if data.get("format") == GENERATOR_FORMAT:
+        return Generator4D.from_pretrained(path, device=device)
+    return VAE.from_pretrained(path, device=device)

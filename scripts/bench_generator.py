@@ -1,0 +1,160 @@
+"""Benchmark the 4D generator: parameter counts, fp16 sizes and one prediction's latency.
+
+One prediction = encode the two conditioning views (RGB + pointmap), 25 Euler EDM steps over
+two views x 10 frames at 128x160 pixels (16x20 latents), decode RGB and pointmaps of both
+views. Random weights (timing does not depend on them). On CUDA the prediction runs under bf16
+autocast. ``paper`` is counted on the meta device (no memory) and not timed by default.
+
+    .venv/bin/python scripts/bench_generator.py                      # tiny + small on the CPU
+    .venv/bin/python scripts/bench_generator.py --device cuda --configs tiny small paper
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _observation(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(2, h, w, 3), dtype=np.uint8)
+    yy, xx = np.meshgrid(np.linspace(-0.3, 0.3, h), np.linspace(-0.4, 0.4, w), indexing="ij")
+    pm = np.stack([xx, yy, 0.9 + 0.1 * xx], axis=-1).astype(np.float32)
+    return rgb, pm, pm[:, ::-1].copy()
+
+
+def _bench_training(name: str, batch: int, steps: int) -> float:
+    """Median seconds per generator training step on synthetic batches (random VAEs)."""
+    import json as _json
+    import tempfile
+
+    from geo4d_policy.models.config import load_model_config
+    from geo4d_policy.train.config import TrainConfig
+    from geo4d_policy.train.trainer import train
+
+    cfg = load_model_config(name)
+    g = torch.Generator().manual_seed(0)
+    f, h, w = cfg.num_frames, cfg.height, cfg.width
+    clip = {
+        "rgb_cond": torch.rand(batch, 2, 3, h, w, generator=g) * 2 - 1,
+        "rgb": torch.rand(batch, 2, f, 3, h, w, generator=g) * 2 - 1,
+        "pm_cond": torch.rand(batch, 2, 3, h, w, generator=g) - 0.2,
+        "pm": torch.rand(batch, 2, f, 3, h, w, generator=g) - 0.2,
+        "valid": torch.rand(batch, 2, f, h, w, generator=g) > 0.1,
+        "gripper": torch.rand(batch, 2, f, h, w, generator=g) > 0.95,
+    }
+
+    def factory(*, epoch: int, rank: int, world_size: int):
+        return [clip] * steps
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tc = TrainConfig(kind="generator", model=name, tasks=(cfg.tasks[0],), max_steps=steps, log_every=1,
+                         ckpt_every=10**9, progress=False)
+        train(tc, data_iter_factory=factory, out_dir=tmp)
+        rows = [_json.loads(x) for x in open(os.path.join(tmp, "metrics.jsonl"))]
+    return statistics.median(r["s_per_step"] for r in rows[2:])
+
+
+def main() -> None:
+    from geo4d_policy.models.config import load_model_config
+    from geo4d_policy.models.pipeline import Generator4D, fp16_megabytes, parameter_summary
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--repeats", type=int, default=1, help="timed predictions per config (median reported)")
+    ap.add_argument("--time-paper", action="store_true", help="also time the paper size (slow, large)")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="weights dtype for prediction (fp32 runs under bf16 autocast on CUDA)")
+    ap.add_argument(
+        "--compile", default=None, help="torch.compile mode for the U-Net (e.g. reduce-overhead; CUDA)"
+    )
+    ap.add_argument("--train-batch", type=int, default=0, help="also time training steps at this batch size")
+    ap.add_argument(
+        "--train-steps", type=int, default=12, help="training steps to run (the first 2 are not timed)"
+    )
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+
+    dev = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    results = []
+    for name in args.configs:
+        cfg = load_model_config(name)
+        timed = name != "paper" or args.time_paper
+        torch.manual_seed(0)
+        if timed:
+            model = Generator4D(cfg, trained_tasks=cfg.tasks[:1]).to(dev).eval()
+            if args.dtype == "bf16":
+                model = model.to(torch.bfloat16)
+            if args.compile:
+                model.compile_unet(mode=args.compile)
+        else:
+            with torch.device("meta"):
+                model = Generator4D(cfg, trained_tasks=cfg.tasks[:1])
+        counts = parameter_summary(model)
+        rec = {
+            "config": name,
+            "resolution": [cfg.height, cfg.width],
+            "latent": list(cfg.latent_size),
+            "frames": cfg.num_frames,
+            "dtype": args.dtype,
+            "compile": args.compile,
+            "params": counts,
+            "fp16_MB": {k: round(fp16_megabytes(v), 2) for k, v in counts.items()},
+        }
+        lh, lw = cfg.latent_size
+        print(f"\n== {name}: {cfg.height}x{cfg.width} px -> {lh}x{lw} latents, "
+              f"{cfg.num_frames} frames")
+        for k, v in counts.items():
+            print(f"  {k:28s} {v / 1e6:9.3f} M   fp16 {fp16_megabytes(v):8.2f} MB")
+        if timed:
+            rgb, pn, pm = _observation(cfg.height, cfg.width)
+            t_warm = time.perf_counter()
+            model.predict(rgb, pn, pm, num_steps=2)  # warm-up: first passes on new shapes are slow
+            rec["warmup_s"] = time.perf_counter() - t_warm
+            runs = []
+            for _ in range(args.repeats):
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = model.predict(rgb, pn, pm, num_steps=args.steps, seed=0)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                out["timings"]["wall"] = time.perf_counter() - t0
+                # CPU time of this process: on a shared machine, cpu / threads estimates the
+                # wall time the prediction would take with the cores to itself.
+                out["timings"]["cpu"] = time.process_time() - c0
+                runs.append(out["timings"])
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            rec["latency_s"] = med
+            rec["steps"] = args.steps
+            if dev.type == "cuda":
+                rec["peak_gpu_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+            print(f"  predict ({args.steps} steps, 2 views): total {med['wall']:.2f} s "
+                  f"(encode {med['encode']:.2f}, sample {med['sample']:.2f}, decode {med['decode']:.2f}); "
+                  f"{med['sample'] / args.steps * 1000:.0f} ms per step; process CPU time {med['cpu']:.2f} s")
+        del model
+        if timed and args.train_batch > 0:
+            rec["train_s_per_step"] = _bench_training(name, args.train_batch, args.train_steps)
+            print(f"  train step (batch {args.train_batch} clips, fwd+bwd+AdamW+EMA): "
+                  f"{rec['train_s_per_step']:.3f} s")
+        results.append(rec)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"device": str(dev), "results": results}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

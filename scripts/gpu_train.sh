@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# On the GPU machine: train the shipped 4D generator on the datasets scripts/gpu_collect.sh made.
+# Stages are resumable (each run directory keeps step_<N>/ checkpoints and a `last` pointer), so
+# the script can be called again in a later command of the same lease to continue.
+#   usage: bash scripts/gpu_train.sh STAGE [SECONDS]
+#     STAGE vae      image VAE, then pointmap VAE (initialised from it)
+#     STAGE gen      generator (all tasks, task-conditioned), stops cleanly after SECONDS
+#     STAGE export   fp16 checkpoint + eval on held-out views + latency -> $OUT
+set -uo pipefail
+stage=$1; budget=${2:-480}
+root=${GEO4D_WORK:-/tmp/geo4d}; runs=$root/runs; mkdir -p "$runs"
+cfg=${GEO4D_MODEL:-small}
+data=$(ls -d "$root"/data/*/ 2>/dev/null | sed 's:/$::' | tr '\n' ' ')
+export OMP_WAIT_POLICY=PASSIVE
+train() { python -m geo4d_policy.cli.train "$@" --config "$cfg" --data $data --workers 12 --resume; }
+case $stage in
+  vae)
+    train vae --modality rgb --out "$runs/image_vae" --steps "${VAE_STEPS:-1500}" --batch-size 8 --ckpt-every 500 --lr 3e-4
+    train vae --modality pointmap --out "$runs/pointmap_vae" --init "$runs/image_vae" --steps "${VAE_STEPS:-1500}" \
+      --batch-size 8 --ckpt-every 500 --lr 3e-4
+    ;;
+  gen)
+    # SIGINT after the time budget: the run keeps its last periodic checkpoint (every 250 steps).
+    timeout --signal=INT "$budget" python -m geo4d_policy.cli.train generator --task all --config "$cfg" --data $data \
+      --workers 12 --resume --out "$runs/generator" --image-vae "$runs/image_vae" --pointmap-vae "$runs/pointmap_vae" \
+      --steps "${GEN_STEPS:-20000}" --batch-size "${GEN_BATCH:-16}" --lr 2e-4 --ckpt-every 250
+    tail -n 2 "$runs/generator/metrics.jsonl"
+    ;;
+  export)
+    ship=$root/ship; rm -rf "$ship"; mkdir -p "$ship"
+    python - "$runs/generator" "$ship/geo4d_small" <<'PY'
+import sys, torch
+from geo4d_policy.models.pipeline import Generator4D
+g = Generator4D.from_pretrained(sys.argv[1])
+g.save_pretrained(sys.argv[2], dtype=torch.float16)
+print("exported", sys.argv[2], g.trained_tasks)
+PY
+    python -m geo4d_policy.cli.eval_video --checkpoint "$ship/geo4d_small" --data $data --out "$root/eval_video" \
+      --clips "${EVAL_CLIPS:-12}" --steps 25 --device cuda
+    if [ -n "${OUT:-}" ]; then
+      (cd "$ship/geo4d_small" && split -b 15000000 -d model.safetensors "$OUT/model.safetensors.part" && cp config.json "$OUT/")
+      (cd "$root" && tar czf "$OUT/train_results.tar.gz" runs/*/metrics.jsonl runs/*/train_config.yaml eval_video/metrics.json)
+    fi
+    ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
