@@ -163,6 +163,22 @@ class CameraFrame:
         return np.isin(self.label, [self.label_map[n] for n in body_names])
 
 
+def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
+    """``X_TC`` of a camera at ``position`` looking at ``target`` (+z forward, +x right, +y down,
+    the image's up as close to ``up`` as possible)."""
+    z = np.asarray(target, float) - np.asarray(position, float)
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    if np.linalg.norm(x) < 1e-9:
+        raise ValueError("camera looks straight along the up vector")
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    X = np.eye(4)
+    X[:3, :3] = np.stack([x, y, z], axis=1)
+    X[:3, 3] = position
+    return X
+
+
 def depth_valid(depth: np.ndarray) -> np.ndarray:
     """Validity mask of a float depth image (finite and positive)."""
     return np.isfinite(depth) & (depth > 0.0)

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from geo4d_policy.interface import CameraIntrinsics, CameraSpec
+from geo4d_policy.interface import CameraIntrinsics, CameraSpec, look_at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,21 +46,6 @@ class CameraConfig:
             raise ValueError("more evaluation views than held-out cameras")
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"bad resolution {self.height}x{self.width}")
-
-
-def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
-    """``X_TC`` of a camera at ``position`` looking at ``target`` (+z forward, +x right, +y down)."""
-    z = np.asarray(target, float) - np.asarray(position, float)
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    if np.linalg.norm(x) < 1e-9:
-        raise ValueError("camera looks straight along the up vector")
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    X = np.eye(4)
-    X[:3, :3] = np.stack([x, y, z], axis=1)
-    X[:3, 3] = position
-    return X
 
 
 def camera_name(index: int) -> str:

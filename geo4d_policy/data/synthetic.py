@@ -28,7 +28,7 @@ from geo4d_policy.data.format import (
     write_episode,
 )
 from geo4d_policy.data.masks import MASK_BITS
-from geo4d_policy.interface import ARM_NAMES, CameraIntrinsics, CameraSpec
+from geo4d_policy.interface import ARM_NAMES, CameraIntrinsics, CameraSpec, look_at
 
 TABLE_HALF_EXTENT = (0.6, 0.8)
 
@@ -43,19 +43,6 @@ class Box:
     part: str | None = None
 
 
-def look_at(position: np.ndarray, target: np.ndarray = np.zeros(3)) -> np.ndarray:
-    """``X_TC`` of a camera at ``position`` looking at ``target`` (+z forward, +y down, image up ~ +z)."""
-    z = np.asarray(target, float) - np.asarray(position, float)
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    X = np.eye(4)
-    X[:3, :3] = np.stack([x, y, z], axis=1)
-    X[:3, 3] = position
-    return X
-
-
 def sample_cameras(
     rng: np.random.Generator, *, n: int = 16, resolution: tuple[int, int] = (32, 40)
 ) -> list[CameraSpec]:
@@ -67,7 +54,7 @@ def sample_cameras(
     while len(specs) < n:
         p = rng.uniform([0.2, -0.5, 0.7], [0.6, 0.5, 1.2])
         if 0.7 <= np.linalg.norm(p) <= 1.2:
-            specs.append(CameraSpec(f"cam{len(specs):02d}", intr, look_at(p)))
+            specs.append(CameraSpec(f"cam{len(specs):02d}", intr, look_at(p, np.zeros(3))))
     return specs
 
 

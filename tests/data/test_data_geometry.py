@@ -10,7 +10,7 @@ import torch
 
 from geo4d_policy.data import geometry as g
 from geo4d_policy.data import synthetic
-from geo4d_policy.interface import CameraIntrinsics, CameraSpec
+from geo4d_policy.interface import CameraIntrinsics, CameraSpec, look_at
 
 
 def test_fronto_parallel_plane_pointmap():
@@ -42,7 +42,7 @@ def test_known_transform_and_inverse():
 def _look_at_spec(name: str, position, target, hw=(33, 41)) -> CameraSpec:
     h, w = hw
     intr = CameraIntrinsics(w, h, 30.0, 30.0, 0.5 * (w - 1), 0.5 * (h - 1))
-    return CameraSpec(name, intr, synthetic.look_at(np.asarray(position, float), np.asarray(target, float)))
+    return CameraSpec(name, intr, look_at(np.asarray(position, float), np.asarray(target, float)))
 
 
 @pytest.mark.parametrize("target", [(0.0, -0.2, 0.0), (0.1, 0.0, 0.1)])  # table point; box top
@@ -128,7 +128,7 @@ def test_torch_twins_match_numpy(rng):
     pts_t, valid_t = g.depth_to_pointmap_torch(torch.from_numpy(depth), torch.from_numpy(intr.K))
     np.testing.assert_allclose(pts_t.numpy(), pts, atol=1e-6)
     assert (valid_t.numpy() == valid).all()
-    X = synthetic.look_at(np.array([0.3, 0.2, 0.9]))
+    X = look_at(np.array([0.3, 0.2, 0.9]), np.zeros(3))
     np.testing.assert_allclose(g.transform_points_torch(torch.from_numpy(X), torch.from_numpy(pts)).numpy(),
                                g.transform_points(X, pts), atol=1e-5)
     batched = g.transform_points_torch(torch.from_numpy(np.stack([X, np.eye(4)])), torch.from_numpy(pts))
@@ -155,7 +155,7 @@ def test_pointmap_chw_matches_the_reference_path(rng):
     intr = CameraIntrinsics(8, 6, 7.0, 6.0, 3.5, 2.5)
     depth = rng.uniform(0.5, 2.0, (3, 6, 8)).astype(np.float32)
     depth[1, 2, 3] = 0.0
-    X_AC = synthetic.look_at(np.array([0.3, -0.2, 0.9]))
+    X_AC = look_at(np.array([0.3, -0.2, 0.9]), np.zeros(3))
     norm = g.PointmapNormalization()
     fast, valid = g.pointmap_chw(depth, intr, X_AC=X_AC, normalization=norm)
     pts, ok = g.depth_to_pointmap(depth, intr)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from sim.cameras import CameraConfig, look_at, sample_cameras, split_names
+from geo4d_policy.interface import look_at
+from sim.cameras import CameraConfig, sample_cameras, split_names
 
 
 def test_sampler_respects_bounds_and_looks_at_origin(rng):

@@ -5,6 +5,7 @@ import pytest
 from pydrake.math import RigidTransform
 
 from geo4d_policy.interface import eval_seed
+from geo4d_policy.eval.episode import run_episode
 from sim.env import make_env
 from sim.experts import make_expert_policy
 from sim.station import build_station, pose
@@ -71,13 +72,7 @@ def test_expert_succeeds_on_a_seed():
     env = make_env(TASK)
     policy = make_expert_policy(task=TASK)
     seed = eval_seed(0, 0)
-    obs = env.reset(seed)
-    policy.reset(seed=seed)
-    done = False
-    while not done:
-        for action in policy.act(obs):
-            obs, done, info = env.step(action)
-            if done:
-                break
+    progress = run_episode(env, policy, seed=seed)
+    obs, info = progress.obs, progress.info
     assert info.success, info.failure_reason
     assert info.time < env.t_max
