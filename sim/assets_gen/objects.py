@@ -32,15 +32,29 @@ COMPLIANT = Contact(mu=0.9, hydro="compliant", modulus=1e6, resolution_hint=0.01
 BOWL_RADIUS, BOWL_HEIGHT, BOWL_BOTTOM_RADIUS = 0.095, 0.07, 0.05
 BIN_INNER, BIN_HEIGHT, BIN_WALL = (0.30, 0.22), 0.11, 0.012
 CROCK_RADIUS, CROCK_HEIGHT, CROCK_WALL = 0.055, 0.125, 0.01
+# A divider insert just below the crock's rim: a plate with a square hole around the crock axis
+# that keeps a standing utensil from toppling against the rim if it is knocked (the spatula's
+# 22 x 12 mm handle, 25 mm across its diagonal, has >= 3 mm clearance at any yaw). Hole side,
+# plate height (top, in the crock frame), thickness.
+CROCK_COLLAR_HOLE, CROCK_COLLAR_Z, CROCK_COLLAR_T = 0.031, 0.115, 0.008
+# Point contact (no hydroelastic properties): a utensil standing on its small end face in the crock
+# stays upright with point contact, while a hydroelastic end-face contact either bounced it out
+# (stiff) or let it slowly topple (soft).
+CROCK_CONTACT = Contact(mu=0.6)
 SHELF_SIZE = (0.26, 0.56)  # depth (x), width (y)
 SHELF_TOP_Z = 0.30  # top level surface above the lower level surface
 SHELF_PLATE = 0.018
 CEREAL_BOX_SIZE = (0.0505, 0.15, 0.20)
 APPLE_RADIUS, APPLE_HEIGHT = 0.037, 0.068
 FRUIT_RADIUS = 0.034
-SPATULA_HANDLE = (0.18, 0.022, 0.012)  # length (x), width (y), thickness (z)
-SPATULA_BLADE = (0.10, 0.065, 0.004)
+# A flat wooden spatula (36 cm): it stands handle-end down in the crock with the handle centre
+# (its origin) 0.15 m above the crock bottom, so the handle is long enough to reach the bottom.
+SPATULA_HANDLE = (0.276, 0.022, 0.012)  # length (x), width (y), thickness (z)
+SPATULA_BLADE = (0.09, 0.065, 0.006)  # 6 mm: a thinner compliant box gets a needlessly stiff pressure field
+SPATULA_OVERLAP = 0.005  # the blade overlaps the handle's blade-side end
 SPATULA_HANDLE_END = SPATULA_HANDLE[0] / 2
+SPATULA_BLADE_TIP = -(SPATULA_HANDLE[0] / 2 + SPATULA_BLADE[0] - SPATULA_OVERLAP)
+SPATULA_HANDLE_MASS, SPATULA_BLADE_MASS = 0.05, 0.02
 
 
 def _material(rgba) -> str:
@@ -142,11 +156,19 @@ def bin_sdf() -> str:
 def crock_sdf() -> str:
     parts = [((2 * CROCK_RADIUS, 2 * CROCK_RADIUS, 0.01), (0, 0, -0.005, 0, 0, 0))]
     parts += _ring(CROCK_RADIUS, CROCK_RADIUS, CROCK_HEIGHT, CROCK_WALL, 12)
+    # Divider insert: four bars framing the square hole, reaching the wall (corners stay inside
+    # the outer radius).
+    half_hole, reach = CROCK_COLLAR_HOLE / 2, 0.045
+    bar_w, z = reach - half_hole, CROCK_COLLAR_Z - CROCK_COLLAR_T / 2
+    for sgn in (-1, 1):
+        offset = sgn * (half_hole + bar_w / 2)
+        parts.append(((2 * reach, bar_w, CROCK_COLLAR_T), (0, offset, z, 0, 0, 0)))
+        parts.append(((bar_w, CROCK_COLLAR_HOLE, CROCK_COLLAR_T), (offset, 0, z, 0, 0, 0)))
     body = _inertial(0.8, box_inertia(0.8, (0.11, 0.11, 0.12)))
     body += _part("visual", "shell", _cyl_geom(CROCK_RADIUS + CROCK_WALL, CROCK_HEIGHT), (0, 0, CROCK_HEIGHT / 2, 0, 0, 0),
                   rgba=(0.55, 0.33, 0.22, 1))
     for i, (size, pose6) in enumerate(parts):
-        body += _part("collision", f"c{i}", _box_geom(size), pose6, contact=RIGID)
+        body += _part("collision", f"c{i}", _box_geom(size), pose6, contact=CROCK_CONTACT)
     return _sdf("crock", body)
 
 
@@ -247,10 +269,20 @@ def cereal_box_sdf(name: str = "cereal_box", rgba=(0.85, 0.65, 0.15, 1)) -> str:
 def spatula_sdf() -> str:
     hx, hy, hz = SPATULA_HANDLE
     bx, by, bz = SPATULA_BLADE
-    blade_pose = (-(hx / 2 + bx / 2) + 0.005, 0, 0, 0, 0, 0)
-    mass = 0.08
-    body = _inertial(mass, box_inertia(mass, (hx + bx, by, hz)), (-0.03, 0, 0))
-    contact = Contact(mu=0.8, hydro="compliant", modulus=5e6, resolution_hint=0.006, dissipation=3.0)
+    blade_x = -(hx / 2 + bx / 2) + SPATULA_OVERLAP
+    blade_pose = (blade_x, 0, 0, 0, 0, 0)
+    mh, mb = SPATULA_HANDLE_MASS, SPATULA_BLADE_MASS
+    mass = mh + mb
+    com_x = mb * blade_x / mass
+    # Inertia of the two boxes about the common centre of mass (parallel-axis terms along x).
+    inertia = box_inertia(mh, SPATULA_HANDLE) + box_inertia(mb, SPATULA_BLADE)
+    inertia += np.diag([0.0, 1.0, 1.0]) * (mh * com_x**2 + mb * (blade_x - com_x) ** 2)
+    body = _inertial(mass, inertia, (com_x, 0, 0))
+    # Softer than the other manipulands on purpose: a compliant box's pressure field scales with
+    # 1 / its half thickness (6 mm here), so at 5e6 (and still 1e6) Pa a drop onto the 22 x 12 mm
+    # handle end against a rigid hydroelastic surface bounced the spatula out (SAP added momentum);
+    # at 3e5 Pa it lands cleanly and the fingers still hold it firmly.
+    contact = Contact(mu=0.8, hydro="compliant", modulus=3e5, resolution_hint=0.006, dissipation=3.0)
     body += _part("visual", "handle", _box_geom(SPATULA_HANDLE), rgba=(0.62, 0.42, 0.24, 1))
     body += _part("visual", "blade", _box_geom(SPATULA_BLADE), blade_pose, rgba=(0.7, 0.5, 0.3, 1))
     body += _part("collision", "handle", _box_geom(SPATULA_HANDLE), contact=contact)
