@@ -121,11 +121,15 @@ class ArmController(LeafSystem):
         w, v = step_toward(X_cur, X_goal, self._dt, self._limits)
         V = np.concatenate([w, v])
         self._plant.SetVelocities(self._ctx, x[7:14])
-        result = DoDifferentialInverseKinematics(self._plant, self._ctx, V, self._frame_E, self._params)
-        if result.status == DifferentialInverseKinematicsStatus.kSolutionFound and result.joint_velocities is not None:
-            qd = np.asarray(result.joint_velocities).reshape(-1)
-        else:
-            qd = np.zeros(7)
+        # At some postures the QP is infeasible for the full speed request (joint velocity limits);
+        # a smaller step in the same direction usually is, and keeps the arm from stalling forever.
+        qd = np.zeros(7)
+        for scale in (1.0, 0.5, 0.25, 0.1):
+            result = DoDifferentialInverseKinematics(self._plant, self._ctx, scale * V, self._frame_E, self._params)
+            if (result.status == DifferentialInverseKinematicsStatus.kSolutionFound
+                    and result.joint_velocities is not None):
+                qd = np.asarray(result.joint_velocities).reshape(-1)
+                break
         q_new = np.clip(q + qd * self._dt, JOINT_LOWER, JOINT_UPPER)
         width_cmd = float(np.clip(self._w_in.Eval(context)[0], 0.0, 2 * FINGER_TRAVEL))
         dw = np.clip(width_cmd - x[14], -2 * FINGER_VELOCITY * self._dt, 2 * FINGER_VELOCITY * self._dt)

@@ -53,7 +53,6 @@ SPATULA_HANDLE = (0.276, 0.022, 0.012)  # length (x), width (y), thickness (z)
 SPATULA_BLADE = (0.09, 0.065, 0.006)  # 6 mm: a thinner compliant box gets a needlessly stiff pressure field
 SPATULA_OVERLAP = 0.005  # the blade overlaps the handle's blade-side end
 SPATULA_HANDLE_END = SPATULA_HANDLE[0] / 2
-SPATULA_BLADE_TIP = -(SPATULA_HANDLE[0] / 2 + SPATULA_BLADE[0] - SPATULA_OVERLAP)
 SPATULA_HANDLE_MASS, SPATULA_BLADE_MASS = 0.05, 0.02
 
 
