@@ -268,6 +268,16 @@ def _load_object(parser: Parser, plant: MultibodyPlant, placement: ObjectPlaceme
     return instance
 
 
+def make_control_plant(mount: ArmMount) -> MultibodyPlant:
+    """The arm-only plant (base welded at ``mount``) that an :class:`ArmController` solves IK on."""
+    plant = MultibodyPlant(0.0)
+    (inst,) = Parser(plant).AddModels(str(ROBOT_DIR / "panda_arm.urdf"))
+    plant.WeldFrames(plant.world_frame(), plant.GetFrameByName("panda_link0", inst),
+                     RigidTransform(RotationMatrix.MakeZRotation(mount.yaw), mount.xyz))
+    plant.Finalize()
+    return plant
+
+
 def build_station(*, config: StationConfig, objects: Sequence[ObjectPlacement], meshcat=None) -> Station:
     """Build the station diagram for one episode's object layout.
 
@@ -344,13 +354,8 @@ def build_station(*, config: StationConfig, objects: Sequence[ObjectPlacement], 
     controllers = {}
     for arm in ARM_NAMES:
         mount = config.mount(arm)
-        cplant = MultibodyPlant(0.0)
-        (inst,) = Parser(cplant).AddModels(str(ROBOT_DIR / "panda_arm.urdf"))
-        cplant.WeldFrames(cplant.world_frame(), cplant.GetFrameByName("panda_link0", inst),
-                          RigidTransform(RotationMatrix.MakeZRotation(mount.yaw), mount.xyz))
-        cplant.Finalize()
-        ctrl = builder.AddSystem(ArmController(cplant, q_home=np.array(mount.q_home), dt=config.control_dt,
-                                               limits=config.limits))
+        ctrl = builder.AddSystem(ArmController(make_control_plant(mount), q_home=np.array(mount.q_home),
+                                               dt=config.control_dt, limits=config.limits))
         ctrl.set_name(f"{arm}_controller")
         builder.Connect(ctrl.GetOutputPort("arm_desired_state"), plant.get_desired_state_input_port(arm_instances[arm]))
         builder.Connect(ctrl.GetOutputPort("finger_desired_state"), plant.get_desired_state_input_port(hand_instances[arm]))

@@ -204,21 +204,14 @@ class ReachCheck:
     """Replays gripper waypoints through a copy of the station's right-arm controller."""
 
     def __init__(self) -> None:
-        from pydrake.multibody.parsing import Parser
-        from pydrake.multibody.plant import MultibodyPlant
-
         from sim.controller import ArmController
         from sim.env import load_env_config
-        from sim.station import ROBOT_DIR
+        from sim.station import make_control_plant
 
         cfg = load_env_config().station
         mount = cfg.mount(ARM)
-        plant = MultibodyPlant(0.0)
-        (inst,) = Parser(plant).AddModels(str(ROBOT_DIR / "panda_arm.urdf"))
-        plant.WeldFrames(plant.world_frame(), plant.GetFrameByName("panda_link0", inst),
-                         RigidTransform(RotationMatrix.MakeZRotation(mount.yaw), mount.xyz))
-        plant.Finalize()
-        self._ctrl = ArmController(plant, q_home=np.array(mount.q_home), dt=cfg.control_dt, limits=cfg.limits)
+        self._ctrl = ArmController(make_control_plant(mount), q_home=np.array(mount.q_home), dt=cfg.control_dt,
+                                   limits=cfg.limits)
         self._ctx = self._ctrl.CreateDefaultContext()
         self._ticks = max(1, int(round(1.0 / (CONTROL_HZ * cfg.control_dt))))
 

@@ -3,6 +3,7 @@
 import numpy as np
 
 from geo4d_policy.data.geometry import invert_transform
+from geo4d_policy.interface import look_at
 from geo4d_policy.perception.metrics import (
     bbox_iou,
     cross_view_iou,
@@ -19,15 +20,7 @@ BOX_LO, BOX_HI = np.array([-0.06, -0.04, 0.0]), np.array([0.06, 0.04, 0.07])
 
 def _camera(position):
     """X_TC looking at the origin (+z forward, +y down, world z up)."""
-    p = np.asarray(position, dtype=float)
-    z = -p / np.linalg.norm(p)
-    x = np.cross(z, [0, 0, 1.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    X = np.eye(4)
-    X[:3, :3] = np.stack([x, y, z], axis=1)
-    X[:3, 3] = p
-    return X
+    return look_at(np.asarray(position, dtype=float), np.zeros(3))
 
 
 def _render_box(X_TC):
