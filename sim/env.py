@@ -31,7 +31,7 @@ from geo4d_policy.interface import (
 from sim.cameras import CameraConfig, sample_cameras, split_names
 from sim.station import Station, StationConfig, build_station
 from sim.tasks import make_task
-from sim.tasks.base import Layout
+from sim.tasks.base import CAMERA_STREAM, Layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +113,8 @@ class Env:
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.seed = seed
-        self.layout = self.task.sample_layout(np.random.default_rng([seed, 0]))
-        specs = sample_cameras(np.random.default_rng([seed, 1]), self.config.cameras)
+        self.layout = self.task.layout_for_seed(seed)
+        specs = sample_cameras(np.random.default_rng([seed, CAMERA_STREAM]), self.config.cameras)
         self.cameras = {s.name: s for s in specs}
         if self._meshcat is not None:
             self._meshcat.Delete()

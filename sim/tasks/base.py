@@ -17,6 +17,17 @@ import numpy as np
 from sim.station import ObjectPlacement, Station
 
 
+LAYOUT_STREAM, CAMERA_STREAM = 0, 1
+"""Sub-streams of an episode seed: ``default_rng([seed, stream])``."""
+
+
+def random_rotation(rng: np.random.Generator) -> tuple[float, float, float]:
+    """Roll-pitch-yaw of a uniformly random orientation."""
+    from scipy.spatial.transform import Rotation
+
+    return tuple(Rotation.random(random_state=rng.integers(2**31)).as_euler("xyz"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Objects of one episode and task-specific parameters (JSON-able values)."""
@@ -57,6 +68,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def sample_layout(self, rng: np.random.Generator) -> Layout:
         """Draw the episode's object layout (deterministic given ``rng``)."""
+
+    def layout_for_seed(self, seed: int) -> Layout:
+        """The layout of episode ``seed`` (its own random stream, independent of the cameras')."""
+        return self.sample_layout(np.random.default_rng([seed, LAYOUT_STREAM]))
 
     @abc.abstractmethod
     def evaluate(self, station: Station, layout: Layout) -> Evaluation:

@@ -17,15 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from sim.station import ObjectPlacement, pose
-from sim.tasks.base import Evaluation, Layout, Task
+from sim.tasks.base import Evaluation, Layout, Task, random_rotation
 from sim.tasks.predicates import on_top_of
-
-
-def random_rotation(rng: np.random.Generator) -> tuple[float, float, float]:
-    """Roll-pitch-yaw of a uniformly random orientation."""
-    from scipy.spatial.transform import Rotation
-
-    return tuple(Rotation.random(random_state=rng.integers(2**31)).as_euler("xyz"))
 
 
 class PlaceAppleFromBowlIntoBin(Task):

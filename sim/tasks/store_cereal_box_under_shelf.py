@@ -33,8 +33,7 @@ import numpy as np
 
 from sim.assets_gen.objects import CEREAL_BOX_SIZE, SHELF_PLATE, SHELF_SIZE, SHELF_TOP_Z
 from sim.station import ObjectPlacement, pose
-from sim.tasks.base import Evaluation, Layout, Task
-from sim.tasks.place_apple_from_bowl_into_bin import random_rotation
+from sim.tasks.base import Evaluation, Layout, Task, random_rotation
 from sim.tasks.predicates import fingers_touching, upright_angle
 
 # The shelf's origin (the lower level's surface) sits one plate thickness above the table.

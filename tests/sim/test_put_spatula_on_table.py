@@ -20,7 +20,7 @@ REST_Z = SPATULA_HANDLE[2] / 2  # spatula origin height when it lies flat on the
 
 
 def _layout(seed):
-    return make_task(TASK).sample_layout(np.random.default_rng([seed, 0]))
+    return make_task(TASK).layout_for_seed(seed)
 
 
 def test_same_seed_same_layout_and_ranges():
