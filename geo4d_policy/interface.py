@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -218,6 +218,9 @@ class PrivilegedState:
 
     object_poses: Mapping[str, np.ndarray]
     layout: Mapping[str, Any]
+    snapshot: Callable[[], Any] | None = None
+    """Returns the simulator's full state at this observation (for the oracle's look-ahead copy
+    of the episode); only valid in the environment's process and before the next step."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 # On the GPU machine (16 cores, EGL rendering): collect expert demonstrations for every task and
 # benchmark the expert, all tasks in parallel. Datasets stay on the machine (/tmp/geo4d/data);
 # small results (rollout records, dataset info) go to $OUT/collect_results.tar.gz.
-#   usage: bash scripts/gpu_collect.sh EPISODES_PER_TASK ROLLOUT_EPISODES [TASK ...]
+#   usage: [COLLECT_SECONDS=S] bash scripts/gpu_collect.sh EPISODES_PER_TASK ROLLOUT_EPISODES [TASK ...]
 set -uo pipefail
 n=${1:-50}; m=${2:-30}; shift 2 || true
 tasks=("$@"); [ ${#tasks[@]} -eq 0 ] && tasks=(PlaceAppleFromBowlIntoBin PutSpatulaOnTable StoreCerealBoxUnderShelf)
@@ -11,8 +11,9 @@ export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
 cores=$(nproc); per=$(( cores / ${#tasks[@]} )); [ "$per" -lt 1 ] && per=1
 t0=$(date +%s)
 for t in "${tasks[@]}"; do
-  python -m geo4d_policy.cli.collect --task "$t" --episodes "$n" --out "$root/data/$t" --workers "$per" --resume \
-    > "$root/collect_$t.log" 2>&1 &
+  # COLLECT_SECONDS: stop collecting (SIGINT: finished episodes are kept, the run resumes later).
+  ${COLLECT_SECONDS:+timeout --signal=INT "$COLLECT_SECONDS"} python -m geo4d_policy.cli.collect --task "$t" \
+    --episodes "$n" --out "$root/data/$t" --workers "$per" --resume > "$root/collect_$t.log" 2>&1 &
 done
 wait
 t1=$(date +%s)

@@ -4,7 +4,9 @@
 # the script can be called again in a later command of the same lease to continue.
 #   usage: bash scripts/gpu_train.sh STAGE [SECONDS]
 #     STAGE vae      image VAE, then pointmap VAE (initialised from it)
-#     STAGE gen      generator (all tasks, task-conditioned), stops cleanly after SECONDS
+#     STAGE vae-from CKPT   take both VAEs from a generator checkpoint (e.g. the shipped one)
+#     STAGE gen      generator (all tasks, task-conditioned), stops cleanly after SECONDS;
+#                    GEN_INIT=CKPT starts its U-Net from a generator checkpoint
 #     STAGE export   fp16 checkpoint + eval on held-out views + latency -> $OUT
 set -uo pipefail
 stage=$1; budget=${2:-480}
@@ -12,18 +14,30 @@ root=${GEO4D_WORK:-/tmp/geo4d}; runs=$root/runs; mkdir -p "$runs"
 cfg=${GEO4D_MODEL:-small}
 data=$(ls -d "$root"/data/*/ 2>/dev/null | sed 's:/$::' | tr '\n' ' ')
 export OMP_WAIT_POLICY=PASSIVE
-train() { python -m geo4d_policy.cli.train "$@" --config "$cfg" --data $data --workers 12 --resume; }
+train() { python -m geo4d_policy.cli.train "$@" --config "$cfg" --data $data --workers "${GEN_WORKERS:-12}" --resume; }
 case $stage in
   vae)
     train vae --modality rgb --out "$runs/image_vae" --steps "${VAE_STEPS:-1500}" --batch-size 8 --ckpt-every 500 --lr 3e-4
     train vae --modality pointmap --out "$runs/pointmap_vae" --init "$runs/image_vae" --steps "${VAE_STEPS:-1500}" \
       --batch-size 8 --ckpt-every 500 --lr 3e-4
     ;;
+  vae-from)
+    python - "$budget" "$runs" <<'PY'
+import sys
+from geo4d_policy.models.pipeline import Generator4D
+g = Generator4D.from_pretrained(sys.argv[1])
+g.image_vae.save_pretrained(f"{sys.argv[2]}/image_vae")
+if g.pointmap_vae is not None:
+    g.pointmap_vae.save_pretrained(f"{sys.argv[2]}/pointmap_vae")
+print("VAEs of", sys.argv[1], "->", sys.argv[2])
+PY
+    ;;
   gen)
     # SIGINT after the time budget: the run keeps its last periodic checkpoint (every 250 steps).
     timeout --signal=INT "$budget" python -m geo4d_policy.cli.train generator --task all --config "$cfg" --data $data \
-      --workers 12 --resume --out "$runs/generator" --image-vae "$runs/image_vae" --pointmap-vae "$runs/pointmap_vae" \
-      --steps "${GEN_STEPS:-20000}" --batch-size "${GEN_BATCH:-16}" --lr 2e-4 --ckpt-every 250
+      --workers "${GEN_WORKERS:-12}" --resume --out "$runs/generator" --image-vae "$runs/image_vae" --pointmap-vae "$runs/pointmap_vae" \
+      --steps "${GEN_STEPS:-20000}" --batch-size "${GEN_BATCH:-16}" --lr 2e-4 --ckpt-every 250 \
+      ${GEN_INIT:+--init "$GEN_INIT"}
     tail -n 2 "$runs/generator/metrics.jsonl"
     ;;
   export)

@@ -10,6 +10,7 @@ The episode succeeds the first step all task predicates hold and fails at ``t_ma
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from geo4d_policy.interface import (
     canonical_task_name,
 )
 from sim.cameras import CameraConfig, sample_cameras, split_names
-from sim.station import Station, StationConfig, build_station
+from sim.station import Station, StationConfig, StationSnapshot, build_station
 from sim.tasks import make_task
 from sim.tasks.base import CAMERA_STREAM, Layout
 
@@ -46,6 +47,17 @@ class EnvConfig:
 def load_env_config(path: str | Path | None = None) -> EnvConfig:
     """Load ``configs/env.yaml`` (or ``path``)."""
     return load_config(EnvConfig, path or CONFIG_DIR / "env.yaml")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSnapshot:
+    """An episode's state: see :meth:`Env.snapshot` and :meth:`Env.restore`."""
+
+    task: str
+    seed: int | None
+    station: StationSnapshot
+    commands: Mapping[str, tuple[np.ndarray, float]]
+    episode_time: float
 
 
 class StaleObservationError(RuntimeError):
@@ -179,8 +191,42 @@ class Env:
             cameras=LazyCameras(self, self.cameras, self._stamp),
             eval_cameras=self.eval_cameras,
             train_cameras=self.train_cameras,
-            privileged=PrivilegedState(object_poses=st.object_poses(), layout=self.layout.params),
+            privileged=PrivilegedState(object_poses=st.object_poses(), layout=self.layout.params,
+                                       snapshot=functools.partial(self._snapshot_at, self._stamp)),
         )
+
+    # ---- state copies (the oracle's look-ahead) ------------------------------------------------
+    def _snapshot_at(self, stamp: int) -> EnvSnapshot:
+        if stamp != self._stamp:
+            raise StaleObservationError("this observation's simulator state is gone: the env has stepped since")
+        return self.snapshot()
+
+    def snapshot(self) -> EnvSnapshot:
+        """The episode's full state now (simulator, commands, episode clock)."""
+        if self.station is None:
+            raise RuntimeError("call reset() first")
+        return EnvSnapshot(
+            task=self.task.name, seed=self.seed, station=self.station.snapshot(),
+            commands={arm: (X.copy(), w) for arm, (X, w) in self._commands.items()}, episode_time=self.time,
+        )
+
+    def restore(self, snapshot: EnvSnapshot) -> Observation:
+        """Continue from ``snapshot`` (taken from this env or another env of the same task and seed).
+
+        Raises:
+            ValueError: the snapshot belongs to another task or seed.
+        """
+        if (snapshot.task, snapshot.seed) != (self.task.name, self.seed):
+            raise ValueError(f"snapshot of {snapshot.task} seed {snapshot.seed} cannot be restored into "
+                             f"{self.task.name} seed {self.seed}: reset(seed) this env first")
+        self.station.restore(snapshot.station)
+        self._commands = {arm: (X.copy(), w) for arm, (X, w) in snapshot.commands.items()}
+        for arm, (X, width) in self._commands.items():
+            self.station.set_command(arm, X, width)
+        self._t0 = self.station.time - snapshot.episode_time
+        self._stamp += 1
+        self._done = False
+        return self._observe()
 
     # ---- recording -----------------------------------------------------------------------------
     def _record_frame(self) -> None:

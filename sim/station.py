@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydrake.geometry import (
@@ -105,6 +106,15 @@ def _table_sdf(size: tuple[float, float, float], centre_x: float) -> str:
 </collision></link></model></sdf>"""
 
 
+@dataclasses.dataclass(frozen=True)
+class StationSnapshot:
+    """A copy of a station's simulator state (see :meth:`Station.snapshot`)."""
+
+    time: float
+    discrete: tuple[np.ndarray, ...]
+    abstract: tuple[Any, ...]
+
+
 class Station:
     """A built station with its simulator. Create with :func:`build_station`."""
 
@@ -176,6 +186,40 @@ class Station:
         for name, placement in self.placements.items():
             if not placement.fixed:
                 self.plant.SetFreeBodyPose(self.plant_context, self.body(name), RigidTransform(placement.X_TO))
+        self.simulator.Initialize()
+
+    def snapshot(self) -> StationSnapshot:
+        """The simulator's full state (time, plant and controller state, the plant's step memory).
+
+        :meth:`restore` puts it into this or another station built from the same config and
+        objects (e.g. a look-ahead copy of an episode); commands are not part of it.
+        """
+        ctx = self.context
+        ds = ctx.get_discrete_state()
+        abstract = ctx.get_abstract_state()
+        return StationSnapshot(
+            time=ctx.get_time(),
+            discrete=tuple(ds.get_vector(i).get_value().copy() for i in range(ds.num_groups())),
+            abstract=tuple(abstract.get_value(i).Clone() for i in range(abstract.size())),
+        )
+
+    def restore(self, snapshot: StationSnapshot) -> None:
+        """Put a :meth:`snapshot` (of this or an identically built station) into the simulator.
+
+        Raises:
+            ValueError: the snapshot's state layout differs from this station's.
+        """
+        ctx = self.context
+        ds = ctx.get_discrete_state()
+        sizes = tuple(ds.get_vector(i).size() for i in range(ds.num_groups()))
+        if sizes != tuple(len(v) for v in snapshot.discrete) or ctx.num_abstract_states() != len(snapshot.abstract):
+            raise ValueError(f"snapshot state layout {[len(v) for v in snapshot.discrete]} does not match this "
+                             f"station's {list(sizes)}: was it taken from another task or layout?")
+        ctx.SetTime(snapshot.time)
+        for i, value in enumerate(snapshot.discrete):
+            ctx.SetDiscreteState(i, value)
+        for i, value in enumerate(snapshot.abstract):
+            ctx.get_mutable_abstract_state(i).SetFrom(value)
         self.simulator.Initialize()
 
     def set_command(self, arm: str, X_TG: np.ndarray, width: float) -> None:

@@ -24,7 +24,9 @@ independent of the number of workers and of interruptions.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import multiprocessing
 import os
 import time
@@ -237,6 +239,10 @@ def run_rollouts(
     config = resolve_config(config)
     check_policy_available(config.policy)
     policy_target = resolve_policy_target(config.policy)
+    # A policy module may check its options (e.g. that a checkpoint exists) before any episode runs.
+    preflight = getattr(importlib.import_module(policy_target.partition(":")[0]), "preflight", None)
+    if preflight is not None:
+        preflight(task=config.task, options=dict(config.policy_options))
     out = Path(config.out_dir)
     done = _load_previous(config, out)
     previous_wall = 0.0
@@ -265,6 +271,7 @@ def run_rollouts(
     threads = max(1, (os.cpu_count() or 1) // min(config.workers, max(1, len(pending))))
     ctx = multiprocessing.get_context("spawn")
     running: dict[int, _Job] = {}
+    shared: dict[str, Any] = {}
     bar = tqdm(total=config.episodes, initial=len(done), desc=f"{config.task} / {config.policy}", unit="ep",
                disable=not show, dynamic_ncols=True)
 
@@ -277,7 +284,7 @@ def run_rollouts(
         seed = eval_seed(config.seed, index)
         spec = EpisodeSpec(
             task=config.task, policy=config.policy, policy_target=policy_target,
-            policy_options=dict(config.policy_options), seed=seed, episode_index=index,
+            policy_options={**config.policy_options, **shared}, seed=seed, episode_index=index,
             env_factory=env_factory, out_dir=str(out), record_video=index < config.video,
             meshcat=config.meshcat, device=config.device, threads=threads,
         )
@@ -305,7 +312,11 @@ def run_rollouts(
         job.conn_open = False
 
     postfix()
+    # Resources the policy's episodes share (e.g. one generator server on the GPU), set up once.
+    resources = contextlib.ExitStack()
     try:
+        shared = resources.enter_context(_policy_shared_resources(config, policy_target, min(config.workers,
+                                                                                          len(pending))))
         while pending or running:
             while pending and len(running) < config.workers:
                 start(pending.pop(0))
@@ -345,6 +356,7 @@ def run_rollouts(
                 job.process.kill()
                 job.process.join()
             job.conn.close()
+        resources.close()
         bar.close()
         try:
             summary = save()
@@ -354,6 +366,7 @@ def run_rollouts(
             if show:
                 _print_interrupted(summary, console)
         raise
+    resources.close()
     bar.close()
     summary = save()
     if show:
@@ -362,6 +375,18 @@ def run_rollouts(
         print_report([summary], console=console)
         print_where(summary, console)
     return summary
+
+
+def _policy_shared_resources(config: RolloutConfig, policy_target: str, parallel: int):
+    """The policy module's ``shared_resources`` hook (a context manager yielding extra policy
+    options), used only for parallel episodes on a GPU; otherwise nothing is shared."""
+    if parallel <= 1 or not config.device.startswith("cuda"):
+        return contextlib.nullcontext({})
+    module = importlib.import_module(policy_target.partition(":")[0])
+    hook = getattr(module, "shared_resources", None)
+    if hook is None:
+        return contextlib.nullcontext({})
+    return hook(config.policy_options, device=config.device, workers=parallel)
 
 
 def print_where(summary: Summary, console: Any = None) -> None:

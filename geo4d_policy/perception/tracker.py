@@ -442,6 +442,22 @@ class ICPGripperTracker:
             return self._lost("no confident registration", held=hint, fit=fit)
         return self._accept(fit)
 
+    def start_from(self, X_CG: np.ndarray, *, width: float | None = None) -> None:
+        """Start tracking from a pose known without measuring it (e.g. the robot's own report of
+        its gripper when the first frame does not show it); :meth:`track` continues from here.
+
+        Raises:
+            ValueError: ``X_CG`` is not a finite 4x4 transform.
+        """
+        X = self._valid_pose(X_CG)
+        if X is None:
+            raise ValueError("start_from needs a finite 4x4 pose")
+        self.reset()
+        self._X_last = X
+        self._hint = X
+        if width is not None and np.isfinite(width):
+            self._width = float(np.clip(width, 0.0, self.model.stroke))
+
     def track(self, observation: Observation, *, part_labels: np.ndarray | None = None) -> TrackResult:
         """Track the gripper into the next frame.
 

@@ -52,12 +52,12 @@ def test_bad_input_exits_2_with_a_useful_message(capsys, argv, needles):
         assert needle in text
 
 
-@pytest.mark.skipif(is_policy_available("geo4d"), reason="the geo4d policy exists now")
-def test_default_policy_geo4d_not_available_yet(capsys, tmp_path):
-    code, text = _run(capsys, "--task", TASK, "--episodes", "1", "--out", str(tmp_path / "r"))
+def test_geo4d_with_a_missing_checkpoint_exits_2_naming_path_and_fix(capsys, tmp_path):
+    code, text = _run(capsys, "--task", TASK, "--episodes", "1", "--out", str(tmp_path / "r"),
+                      "--policy-option", f"checkpoint={tmp_path / 'missing'}")
     assert code == 2
-    assert "the geo4d policy is not available yet (issue: 4D generator); use --policy expert" in text
-    assert not (tmp_path / "r").exists()
+    assert f"no generator checkpoint at {tmp_path / 'missing'}" in text and "geo4d-train generator" in text
+    assert not (tmp_path / "r" / "episodes.jsonl").exists()
 
 
 def test_help_and_passive_omp(capsys, monkeypatch):

@@ -1,0 +1,190 @@
+"""Receding-horizon execution: 2 Hz gripper keyframes from a predicted video -> a 10 Hz action chunk.
+
+This module owns the last step of every video policy (geo4d, oracle, dreamitate): the tracked
+gripper poses of the first few predicted frames become waypoints at the control rate that
+respect the controller's speed limits, with a gripper-width schedule, and the chunk is
+executed open loop before the next prediction (the receding horizon).
+
+Timing: keyframe ``k`` is predicted ``k * frame_dt`` seconds ahead (keyframe 0 is where the
+arm is commanded now). Each segment takes at least ``frame_dt`` (the video's own pace) and
+longer when the video asks for more than the speed limits allow, so a fast (or wrong)
+prediction is slowed down rather than clipped by the controller.
+
+Gripper widths change at the middle of a segment: the first half keeps the state of the
+segment's start frame, the second half takes the end frame's, so a gripper seen closed in
+frame k+1 closes while the arm completes its approach towards that frame's pose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from geo4d_policy.control.trajectory import (
+    DEFAULT_ANGULAR_SPEED,
+    DEFAULT_LINEAR_SPEED,
+    interpolate_poses,
+    segment_steps,
+)
+from geo4d_policy.interface import CONTROL_HZ, GRIPPER_OPEN_WIDTH, ActionChunk
+
+
+@dataclasses.dataclass(frozen=True)
+class RecedingHorizonConfig:
+    """How predicted frames become executed actions.
+
+    Attributes:
+        frame_dt: seconds between predicted frames (the generator's 2 Hz).
+        execute_frames: predicted frames executed before replanning (the paper's open-loop
+            horizon); ``execute_frames * frame_dt * 10`` is the chunk's nominal length.
+        linear_speed: peak commanded speed (m/s), below the controller's 0.4 m/s.
+        angular_speed: peak commanded angular speed (rad/s), below its 90 deg/s.
+        open_width: commanded width of an open gripper (m).
+        closed_width: commanded width of a closed gripper (m); the fingers are force-limited,
+            so 0 squeezes a held object with the hand's maximum force.
+        min_confidence: tracked frames below this confidence end an arm's keyframes (the arm
+            stops at its last trustworthy pose).
+        hold_steps: length (10 Hz steps) of the hold chunk returned when nothing can be
+            executed (e.g. the track is lost in the first predicted frame).
+        idle_translation: an arm whose keyframes all stay within this distance (m) ...
+        idle_rotation: ... and this angle (rad) of its start, with an unchanged gripper state,
+            holds its last command instead of chasing tracking noise.
+    """
+
+    frame_dt: float = 0.5
+    execute_frames: int = 4
+    linear_speed: float = DEFAULT_LINEAR_SPEED
+    angular_speed: float = DEFAULT_ANGULAR_SPEED
+    open_width: float = GRIPPER_OPEN_WIDTH
+    closed_width: float = 0.0
+    min_confidence: float = 0.3
+    hold_steps: int = 5
+    idle_translation: float = 0.012
+    idle_rotation: float = float(np.deg2rad(4.0))
+
+    def __post_init__(self) -> None:
+        if self.frame_dt <= 0 or self.execute_frames < 1 or self.hold_steps < 1:
+            raise ValueError("frame_dt must be > 0, execute_frames and hold_steps >= 1")
+        if self.linear_speed <= 0 or self.angular_speed <= 0:
+            raise ValueError("speed limits must be positive")
+        if not 0.0 <= self.closed_width <= self.open_width:
+            raise ValueError(f"need 0 <= closed_width <= open_width, got {self.closed_width}, {self.open_width}")
+
+    @property
+    def steps_per_frame(self) -> int:
+        return max(1, int(round(self.frame_dt * CONTROL_HZ)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmKeyframes:
+    """One arm's plan for the executed part of a prediction.
+
+    Attributes:
+        X_TG: (K, 4, 4) gripper poses in T of predicted frames 1..K (K may be 0: hold).
+        closed: (K,) gripper state of those frames (True = closed).
+    """
+
+    X_TG: np.ndarray
+    closed: np.ndarray
+
+    def __post_init__(self) -> None:
+        X = np.asarray(self.X_TG, dtype=np.float64).reshape(-1, 4, 4)
+        closed = np.asarray(self.closed, dtype=bool).reshape(-1)
+        if len(X) != len(closed):
+            raise ValueError(f"{len(X)} keyframe poses but {len(closed)} gripper states")
+        if not np.isfinite(X).all():
+            raise ValueError("keyframe poses must be finite")
+        object.__setattr__(self, "X_TG", X)
+        object.__setattr__(self, "closed", closed)
+
+
+def is_idle(X_start: np.ndarray, keyframes: ArmKeyframes, *, start_closed: bool,
+            config: RecedingHorizonConfig) -> bool:
+    """Whether an arm's keyframes stay within the idle tolerances of ``X_start`` (state unchanged)."""
+    if len(keyframes.X_TG) == 0:
+        return True
+    if np.any(keyframes.closed != start_closed):
+        return False
+    dp = np.linalg.norm(keyframes.X_TG[:, :3, 3] - X_start[:3, 3], axis=1)
+    R_rel = np.einsum("ij,kjl->kil", X_start[:3, :3].T, keyframes.X_TG[:, :3, :3])
+    cos = np.clip((np.trace(R_rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+    return bool(dp.max() <= config.idle_translation and np.arccos(cos).max() <= config.idle_rotation)
+
+
+def keyframes_to_chunk(
+    start: Mapping[str, tuple[np.ndarray, bool]],
+    keyframes: Mapping[str, ArmKeyframes],
+    *,
+    config: RecedingHorizonConfig,
+) -> ActionChunk:
+    """Interpolate every arm's keyframes to 10 Hz within the speed limits; one chunk for all arms.
+
+    Args:
+        start: arm -> (4x4 pose commanded now, gripper closed now); every arm of the chunk.
+        keyframes: arm -> its keyframes (missing arms and arms with no keyframes hold).
+        config: timing, limits and widths.
+
+    Returns:
+        An :class:`ActionChunk` whose arms all have the same length (arms that finish early
+        hold their last pose); at least ``config.hold_steps`` long.
+
+    Raises:
+        ValueError: a keyframe arm has no start, or a start pose is not a finite 4x4.
+    """
+    unknown = set(keyframes) - set(start)
+    if unknown:
+        raise ValueError(f"keyframes for arm(s) {sorted(unknown)} without a start pose")
+    per_frame = config.steps_per_frame
+
+    def width(closed: bool) -> float:
+        return config.closed_width if closed else config.open_width
+
+    plans: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for arm, (X0, closed0) in start.items():
+        X0 = np.asarray(X0, dtype=np.float64)
+        if X0.shape != (4, 4) or not np.isfinite(X0).all():
+            raise ValueError(f"start pose of arm {arm!r} must be a finite 4x4")
+        kf = keyframes.get(arm)
+        poses, widths = [], []
+        X_prev, closed_prev = X0, bool(closed0)
+        if kf is not None:
+            for X_next, closed_next in zip(kf.X_TG, kf.closed):
+                n = max(per_frame, segment_steps(X_prev, X_next, linear_speed=config.linear_speed,
+                                                 angular_speed=config.angular_speed))
+                poses.append(interpolate_poses(X_prev, X_next, n, smooth=False))
+                half = n // 2
+                widths.append(np.array([width(closed_prev)] * half + [width(bool(closed_next))] * (n - half)))
+                X_prev, closed_prev = X_next, bool(closed_next)
+        if poses:
+            plans[arm] = (np.concatenate(poses), np.concatenate(widths))
+        else:
+            plans[arm] = (X0[None].copy(), np.array([width(bool(closed0))]))
+    n = max(config.hold_steps, max(len(p) for p, _ in plans.values()))
+    X_TG, widths = {}, {}
+    for arm, (poses, w) in plans.items():
+        pad = n - len(poses)
+        X_TG[arm] = np.concatenate([poses, np.repeat(poses[-1:], pad, axis=0)])
+        widths[arm] = np.concatenate([w, np.repeat(w[-1:], pad)])
+    return ActionChunk(X_TG, widths)
+
+
+def hold_chunk(start: Mapping[str, tuple[np.ndarray, bool]], *, config: RecedingHorizonConfig,
+               steps: int | None = None) -> ActionChunk:
+    """Every arm holds its commanded pose and gripper state for ``steps`` (default ``hold_steps``)."""
+    n = steps or config.hold_steps
+    return ActionChunk(
+        {arm: np.repeat(np.asarray(X, dtype=np.float64)[None], n, axis=0) for arm, (X, _) in start.items()},
+        {arm: np.full(n, config.closed_width if closed else config.open_width) for arm, (_, closed) in start.items()},
+    )
+
+
+def truncate_keyframes(X_TG: Sequence[np.ndarray], closed: Sequence[bool], confidence: Sequence[float], *,
+                       config: RecedingHorizonConfig) -> ArmKeyframes:
+    """The first ``execute_frames`` keyframes, cut before the first one below ``min_confidence``."""
+    k = 0
+    limit = min(config.execute_frames, len(X_TG))
+    while k < limit and float(confidence[k]) >= config.min_confidence:
+        k += 1
+    return ArmKeyframes(np.asarray(X_TG[:k], dtype=np.float64).reshape(-1, 4, 4), np.asarray(closed[:k], dtype=bool))

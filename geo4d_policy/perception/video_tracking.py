@@ -1,0 +1,198 @@
+"""Tracking both grippers through a predicted two-view 4D video (the paper's section 3.4, per replan).
+
+This module owns the step between a video source (the generator, the oracle's look-ahead, ...)
+and the receding-horizon controller:
+
+* :class:`PredictedVideo`: F future frames of both views, pointmaps in camera n's frame
+  (``X^n`` and ``X^{m->n}``), optional RGB and per-arm part labels (from a segmenter, or ground
+  truth for the oracle).
+* :class:`CurrentView`: the conditioning frame of view n as observed (real depth, and part
+  labels from the simulator's label image: SAM2's role in the paper), where every track starts.
+* :func:`track_video`: for each arm, register the gripper on the current frame (seeded with the
+  pose the robot reports, ``X_CnT @ X_TG``), track it through view n's and view m's predicted
+  pointmaps, keep the more confident view per frame (:func:`fusion.fuse_views`) and measure the
+  finger opening per frame (finger-cluster centroid distance where the fingers are segmented,
+  else the tracker's fitted opening mapped to the same distance).
+
+Both views' tracks start from the same registered frame: ``X^{m->n}`` lives in camera n's frame,
+so the current view n is the right first frame for both, and no calibration of m is needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from geo4d_policy.data.geometry import invert_transform
+from geo4d_policy.perception.fusion import FusedPose, fuse_views
+from geo4d_policy.perception.gripper_model import PART_LEFT, PART_RIGHT, GripperModel
+from geo4d_policy.perception.gripper_state import measure_finger_opening
+from geo4d_policy.perception.tracker import (
+    ICPGripperTracker,
+    ICPTrackerConfig,
+    PoseTracker,
+    TrackingFrame,
+    TrackResult,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictedVideo:
+    """F predicted frames of views n and m.
+
+    Attributes:
+        pointmaps: (2, F, H, W, 3) float points in camera n's frame (view 0 = n, 1 = m).
+        valid: (2, F, H, W) bool validity.
+        rgb: optional (2, F, H, W, 3) uint8 frames.
+        part_labels: optional arm -> (2, F, H, W) int part codes (-1 none, 0 palm, 1/2 fingers).
+    """
+
+    pointmaps: np.ndarray
+    valid: np.ndarray
+    rgb: np.ndarray | None = None
+    part_labels: Mapping[str, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        pm = np.asarray(self.pointmaps)
+        if pm.ndim != 5 or pm.shape[0] != 2 or pm.shape[-1] != 3:
+            raise ValueError(f"pointmaps must be (2, F, H, W, 3), got {pm.shape}")
+        valid = np.asarray(self.valid, dtype=bool) & np.isfinite(pm).all(axis=-1)
+        if valid.shape != pm.shape[:-1]:
+            raise ValueError(f"valid must be {pm.shape[:-1]}, got {np.shape(self.valid)}")
+        object.__setattr__(self, "valid", valid)
+        for arm, lab in (self.part_labels or {}).items():
+            if np.shape(lab) != pm.shape[:-1]:
+                raise ValueError(f"part_labels[{arm!r}] must be {pm.shape[:-1]}, got {np.shape(lab)}")
+
+    @property
+    def num_frames(self) -> int:
+        return int(np.shape(self.pointmaps)[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class CurrentView:
+    """The observed conditioning frame of view n.
+
+    Attributes:
+        pointmap: (H, W, 3) points in camera n's frame (from the measured depth).
+        valid: (H, W) bool.
+        part_labels: arm -> (H, W) part codes of that arm's gripper (None: unsegmented).
+    """
+
+    pointmap: np.ndarray
+    valid: np.ndarray
+    part_labels: Mapping[str, np.ndarray | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmTrack:
+    """One arm through one prediction.
+
+    Attributes:
+        fused: fused poses of the tracked frames (1..F of the prediction, or fewer with ``max_frames``).
+        registration: the result on the current frame (frame 0, view n).
+        finger_distance: (F,) finger-cluster centroid distance per frame (m), NaN if unmeasured.
+        per_view: the trackers' raw results on predicted frames, ``(view n, view m)``.
+    """
+
+    fused: list[FusedPose]
+    registration: TrackResult
+    finger_distance: np.ndarray
+    per_view: tuple[list[TrackResult], list[TrackResult]]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return np.array([f.confidence for f in self.fused])
+
+    @property
+    def X_TG(self) -> np.ndarray:
+        return np.stack([f.X_TG for f in self.fused]) if self.fused else np.zeros((0, 4, 4))
+
+
+def _track_view(tracker: PoseTracker, current: CurrentView, arm: str, pointmaps: np.ndarray, valid: np.ndarray,
+                labels: np.ndarray | None, hint: np.ndarray, width: float | None) -> tuple[TrackResult, list[TrackResult]]:
+    tracker.reset()
+    first = TrackingFrame(current.pointmap, current.valid, None, current.part_labels.get(arm))
+    reg = tracker.register(first, init_pose=hint)
+    if not reg.ok and hasattr(tracker, "start_from"):
+        # The current view does not show this gripper (occluded or out of frame), but the robot
+        # reports where it is: track the predicted frames from there.
+        tracker.start_from(hint, width=width)
+    out = []
+    for t in range(len(pointmaps)):
+        out.append(tracker.track(TrackingFrame(pointmaps[t], valid[t], None, None if labels is None else labels[t])))
+    return reg, out
+
+
+def _finger_distance(video: PredictedVideo, arm: str, fused: FusedPose, t: int, model: GripperModel) -> float:
+    """Centroid distance of the finger clusters in the frame's chosen view (NaN if unmeasurable)."""
+    labels = (video.part_labels or {}).get(arm)
+    if labels is not None and fused.source in ("n", "m"):
+        v = 0 if fused.source == "n" else 1
+        lab = np.asarray(labels[v, t])
+        sel = video.valid[v, t] & ((lab == PART_LEFT) | (lab == PART_RIGHT))
+        m = measure_finger_opening(np.asarray(video.pointmaps[v, t])[sel], model=model, X_CG=fused.X_CnG,
+                                   part_labels=lab[sel])
+        if m.distance is not None:
+            return float(m.distance)
+    if fused.status == "ok" and fused.width is not None and np.isfinite(fused.width):
+        return float(model.finger_centroid_distance(float(np.clip(fused.width, 0.0, model.stroke))))
+    return float("nan")
+
+
+def track_video(
+    video: PredictedVideo,
+    current: CurrentView,
+    *,
+    X_TCn: np.ndarray,
+    X_TG_now: Mapping[str, np.ndarray],
+    width_now: Mapping[str, float] | None = None,
+    max_frames: int | None = None,
+    model: GripperModel | None = None,
+    tracker_config: ICPTrackerConfig | None = None,
+    trackers: Mapping[str, Sequence[PoseTracker]] | None = None,
+    single_view: bool = False,
+) -> dict[str, ArmTrack]:
+    """Track every arm of ``X_TG_now`` through ``video`` (see the module docstring).
+
+    Args:
+        video: the predicted frames.
+        current: the observed frame of view n the tracks start from.
+        X_TCn: pose of camera n in T (the only extrinsic a policy knows).
+        X_TG_now: arm -> the arm's measured gripper pose in T (proprioception).
+        width_now: arm -> measured finger opening (m), the trackers' starting width.
+        max_frames: track only the first frames (a policy executes only a few of them).
+        model: the gripper model (default: the repository's).
+        tracker_config: options of the default ICP trackers.
+        trackers: optional arm -> (tracker for view n, tracker for view m) to use instead.
+        single_view: track only in view n (ablation; ``video`` still holds both views).
+
+    Returns:
+        arm -> :class:`ArmTrack`.
+    """
+    model = model or GripperModel.load()
+    X_CnT = invert_transform(np.asarray(X_TCn, dtype=np.float64))
+    out: dict[str, ArmTrack] = {}
+    for arm, X_TG in X_TG_now.items():
+        hint = X_CnT @ np.asarray(X_TG, dtype=np.float64)
+        if trackers is not None and arm in trackers:
+            pair = list(trackers[arm])
+        else:
+            base = ICPGripperTracker(model, config=tracker_config)
+            pair = [base, copy.deepcopy(base)]
+        labels = (video.part_labels or {}).get(arm)
+        width = None if width_now is None else width_now.get(arm)
+        F = video.num_frames if max_frames is None else max(1, min(int(max_frames), video.num_frames))
+        reg, res_n = _track_view(pair[0], current, arm, video.pointmaps[0, :F], video.valid[0, :F],
+                                 None if labels is None else labels[0, :F], hint, width)
+        res_m = None
+        if not single_view:
+            _, res_m = _track_view(pair[1], current, arm, video.pointmaps[1, :F], video.valid[1, :F],
+                                   None if labels is None else labels[1, :F], hint, width)
+        fused = fuse_views(res_n, res_m, X_TCn=X_TCn)
+        dist = np.array([_finger_distance(video, arm, f, t, model) for t, f in enumerate(fused)])
+        out[arm] = ArmTrack(fused, reg, dist, (res_n, res_m or []))
+    return out

@@ -1,0 +1,188 @@
+"""The ``geo4d`` policy: the paper's receding-horizon 4D-generation policy (the default of ``geo4d-rollout``).
+
+Every replan: the two evaluation views' current RGB-D (view n = ``eval_cameras[0]``, view m
+uncalibrated: only its intrinsics are used, to turn its depth into a pointmap in its own
+frame) -> :class:`~geo4d_policy.models.pipeline.Generator4D` predicts 10 frames of RGB and the
+pointmaps ``X^n`` and ``X^{m->n}`` -> the shared video pipeline
+(:class:`~geo4d_policy.policies.video_policy.VideoPolicy`) tracks both grippers, reads the
+gripper state, maps the poses to T with ``X_TCn`` and executes the first frames at 10 Hz.
+
+Generation can run in this process (``device``) or in a shared model server
+(``server=ADDRESS``, see :mod:`geo4d_policy.policies.generator_server`), which is how parallel
+rollout workers share one copy of the model on a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geo4d_policy.data.geometry import depth_to_pointmap
+from geo4d_policy.interface import Observation, canonical_task_name
+from geo4d_policy.policies.generator_server import shared_resources  # noqa: F401 - the runner's hook
+from geo4d_policy.perception.video_tracking import PredictedVideo
+from geo4d_policy.policies.registry import PolicyUnavailableError
+from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "geo4d_small"
+"""The shipped generator (all three tasks, task-conditioned)."""
+
+TRAIN_HINT = ("train one with `geo4d-collect` + `geo4d-train vae ...` + `geo4d-train generator --task all ...` "
+              "(README: 'Training') and pass --checkpoint RUN_OR_CHECKPOINT_DIR")
+
+MIN_DEPTH = 0.05
+"""Predicted points closer to camera n than this (m) are treated as invalid."""
+
+
+def resolve_device(device: str | None) -> str:
+    """``"auto"``/None -> ``"cuda"`` when available, else ``"cpu"``; other names pass through."""
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def load_generator(checkpoint: str | Path | None, *, task: str, device: str = "cpu", compile_unet: bool = False):
+    """Load the generator for ``task``, with errors that name the expected path and the fix.
+
+    Raises:
+        PolicyUnavailableError: the checkpoint is missing, unreadable, or not trained on ``task``.
+    """
+    import torch
+
+    from geo4d_policy.models.checkpoint import CheckpointError
+    from geo4d_policy.models.pipeline import Generator4D
+
+    path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    if not path.exists():
+        raise PolicyUnavailableError(f"no generator checkpoint at {path}; {TRAIN_HINT}")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        model = Generator4D.from_pretrained(path, device=device, task=task, dtype=dtype)
+    except CheckpointError as e:
+        raise PolicyUnavailableError(f"{e}; {TRAIN_HINT}") from e
+    if compile_unet and device.startswith("cuda"):
+        model.compile_unet()
+    return model
+
+
+def preflight(*, task: str, options: dict[str, Any]) -> None:
+    """Rollout-runner hook: refuse a missing or mismatched checkpoint before any episode starts.
+
+    Raises:
+        PolicyUnavailableError: the message names the path and how to train or select one.
+    """
+    from geo4d_policy.models.checkpoint import CheckpointError, read_config_json
+
+    if options.get("server"):
+        return
+    path = Path(options.get("checkpoint") or DEFAULT_CHECKPOINT)
+    if not path.exists():
+        raise PolicyUnavailableError(f"no generator checkpoint at {path}; {TRAIN_HINT}")
+    try:
+        tasks = read_config_json(path, expect_format="geo4d-generator")["tasks"]
+    except (CheckpointError, KeyError) as e:
+        raise PolicyUnavailableError(f"{path} is not a usable generator checkpoint ({e}); {TRAIN_HINT}") from e
+    if canonical_task_name(task) not in tasks:
+        raise PolicyUnavailableError(f"{path} is a generator for {', '.join(tasks)}; it was not trained on "
+                                     f"{canonical_task_name(task)!r}; {TRAIN_HINT}")
+
+
+def generator_inputs(obs: Observation) -> dict[str, np.ndarray]:
+    """The generator's inputs from an observation: RGB of n and m, each pointmap in its own frame."""
+    frames = [obs.cameras[name] for name in obs.eval_cameras[:2]]
+    pms = [depth_to_pointmap(f.depth, f.spec.intrinsics) for f in frames]
+    return {
+        "rgb": np.stack([f.rgb for f in frames]),
+        "pointmap_n": pms[0][0], "pointmap_m": pms[1][0], "valid_n": pms[0][1], "valid_m": pms[1][1],
+    }
+
+
+def video_from_prediction(out: dict[str, Any]) -> PredictedVideo:
+    """Wrap :meth:`Generator4D.predict`'s output (pointmaps in camera n's frame) for tracking."""
+    points = np.asarray(out["pointmaps"], dtype=np.float32)
+    valid = np.isfinite(points).all(axis=-1) & (points[..., 2] > MIN_DEPTH)
+    return PredictedVideo(pointmaps=points, valid=valid, rgb=out.get("rgb"))
+
+
+class Geo4DPolicy(VideoPolicy):
+    """Generator + tracking + receding-horizon control (see the module docstring).
+
+    Args:
+        task: canonical task name.
+        predictor: callable ``(inputs dict, *, task, seed, num_steps) -> predict() output``; a
+            local model's :meth:`Generator4D.predict` or a server client.
+        num_steps: sampler steps per prediction (default: the checkpoint's, 25).
+        config: the shared video-policy options.
+        record_predictions: keep predictions for :meth:`save_predictions`.
+    """
+
+    name = "geo4d"
+
+    def __init__(self, *, task: str, predictor: Any, num_steps: int | None = None,
+                 config: VideoPolicyConfig | None = None, record_predictions: bool = False) -> None:
+        self.predictor = predictor
+        self.num_steps = num_steps
+        super().__init__(task=task, config=config, record_predictions=record_predictions)
+
+    def predict_video(self, obs: Observation) -> PredictedVideo:
+        seed = (self.seed * 1009 + self._stats["replans"]) % (2**31)  # new noise per replan, reproducible
+        out = self.predictor(generator_inputs(obs), task=self.task, seed=seed, num_steps=self.num_steps)
+        if out.get("pointmaps") is None:
+            raise RuntimeError("the generator returned no pointmaps: geo4d needs a model with use_pointmaps=True")
+        timings = out.get("timings") or {}
+        for key in ("sample", "total"):
+            if key in timings:
+                self._times.setdefault(f"generator_{key}", []).append(float(timings[key]))
+        return video_from_prediction(out)
+
+
+def local_predictor(model: Any):
+    """A predictor running ``model.predict`` in this process."""
+
+    def predict(inputs: dict[str, np.ndarray], *, task: str, seed: int, num_steps: int | None) -> dict[str, Any]:
+        return model.predict(inputs["rgb"], inputs["pointmap_n"], inputs["pointmap_m"], valid_n=inputs["valid_n"],
+                             valid_m=inputs["valid_m"], task=task, seed=seed, num_steps=num_steps)
+
+    return predict
+
+
+def make_policy(*, task: str, checkpoint: str | None = None, device: str | None = "auto",
+                num_steps: int | None = None, execute_frames: int | None = None, server: str | None = None,
+                compile_unet: bool = False, record_predictions: bool = False) -> Geo4DPolicy:
+    """The ``geo4d`` policy for ``task``.
+
+    Args:
+        task: task name (CamelCase or snake_case).
+        checkpoint: generator checkpoint or run directory (default: the shipped ``geo4d_small``).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
+        num_steps: sampler steps per prediction (default 25; fewer is faster and coarser).
+        execute_frames: predicted frames executed before replanning (default 4 = 2 s).
+        server: address of a running generator server (``host:port`` or a socket path);
+            when given no model is loaded in this process.
+        compile_unet: ``torch.compile`` the U-Net (CUDA only; first prediction compiles).
+        record_predictions: keep each replan's predicted frames for ``--video``.
+
+    Raises:
+        PolicyUnavailableError: missing checkpoint, or one not trained on ``task``; the
+            message names the path and how to train or select one.
+    """
+    task = canonical_task_name(task)
+    if server is not None:
+        from geo4d_policy.policies.generator_server import GeneratorClient
+
+        predictor = GeneratorClient(server)
+    else:
+        predictor = local_predictor(load_generator(checkpoint, task=task, device=resolve_device(device),
+                                                   compile_unet=compile_unet))
+    config = VideoPolicyConfig()
+    if execute_frames is not None:
+        config = dataclasses.replace(config, control=dataclasses.replace(config.control,
+                                                                         execute_frames=int(execute_frames)))
+    return Geo4DPolicy(task=task, predictor=predictor, num_steps=num_steps, config=config,
+                       record_predictions=record_predictions)

@@ -1,0 +1,199 @@
+"""The ``oracle`` policy: the geo4d tracking/control pipeline fed with ground-truth future RGB-D.
+
+At every replan the oracle copies the episode's simulator state into a private look-ahead
+environment (same task and seed, so the same layout and cameras), lets the scripted expert
+continue the task there for ``F`` predicted frames and renders the two evaluation views at
+2 Hz. Those frames go through exactly the pipeline the ``geo4d`` policy uses
+(:class:`~geo4d_policy.policies.video_policy.VideoPolicy`): tracking, gripper state, waypoints,
+open-loop execution. Its success rate is the pipeline's upper bound; the gap to ``geo4d`` is
+what generation costs.
+
+Look-ahead bookkeeping: the expert is a generator script, which cannot be copied, so its state
+is reproduced by replaying the observations it consumed during the *executed* part of earlier
+look-aheads into a fresh script (the expert is deterministic given its observations), together
+with the unexecuted rest of its current action chunk. Which part was executed is known only
+after tracking (the chunk's length), hence :meth:`ExpertLookahead.commit`.
+
+Only the oracle and the expert may read ``Observation.privileged``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from geo4d_policy.data.geometry import depth_to_pointmap, pointmap_to_view
+from geo4d_policy.data.masks import masks_from_frame
+from geo4d_policy.interface import ARM_NAMES, Action, CameraFrame, Observation, canonical_task_name
+from geo4d_policy.perception.tracker import part_label_image
+from geo4d_policy.perception.video_tracking import PredictedVideo
+from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
+
+
+@dataclasses.dataclass
+class _StepRecord:
+    history_len: int  # expert observations consumed before this step
+    queue: list[Action]  # the expert's unexecuted actions at this step
+
+
+class ExpertLookahead:
+    """The scripted expert continued from the current state in a private copy of the episode.
+
+    Args:
+        task: canonical task name.
+        num_frames: frames per look-ahead.
+        frame_steps: control steps between frames (5 at 10 Hz for the 2 Hz video).
+        env_factory: ``f(task) -> Env`` (default: ``sim.env.make_env``).
+    """
+
+    def __init__(self, task: str, *, num_frames: int = 10, frame_steps: int = 5, env_factory: Any = None) -> None:
+        self.task = task
+        self.num_frames = num_frames
+        self.frame_steps = frame_steps
+        self._env_factory = env_factory
+        self._env = None
+        self._seed: int | None = None
+        self.reset(seed=0)
+
+    def reset(self, *, seed: int) -> None:
+        if self._seed != seed:
+            self._env = None
+        self._seed = seed
+        self._history: list[Observation] = []
+        self._pending: list[Action] = []
+        self._records: list[_StepRecord] = []
+        self._new_history: list[Observation] = []
+        self.frame_poses: dict[str, np.ndarray] = {}
+        """arm -> (F, 4, 4) true gripper poses at the last look-ahead's frames."""
+
+    def _make_expert(self):
+        from sim.experts import make_expert_policy
+
+        expert = make_expert_policy(task=self.task)
+        expert.reset(seed=self._seed)
+        return expert
+
+    def rollout(self, obs: Observation) -> list[tuple[CameraFrame, CameraFrame]]:
+        """Continue the expert from ``obs``'s state; views n and m rendered at each future frame."""
+        if obs.privileged is None or obs.privileged.snapshot is None:
+            raise RuntimeError("the oracle needs the simulator's state (Observation.privileged.snapshot)")
+        if self._env is None:
+            if self._env_factory is None:
+                from sim.env import make_env
+
+                self._env_factory = make_env
+            self._env = self._env_factory(self.task)
+            self._env.reset(self._seed)
+        o = self._env.restore(obs.privileged.snapshot())
+        expert = self._make_expert()
+        for h in self._history:  # replay: brings the script to the phase it was in
+            expert.act(h)
+        queue = list(self._pending)
+        new_history: list[Observation] = []
+        records: list[_StepRecord] = []
+        frames: list[tuple[CameraFrame, CameraFrame]] = []
+        poses: list[dict[str, np.ndarray]] = []
+        done = rendered_done = False
+        n_name, m_name = obs.eval_cameras[:2]
+        for k in range(self.num_frames * self.frame_steps):
+            records.append(_StepRecord(len(new_history), list(queue)))
+            if not done:
+                if not queue:
+                    new_history.append(o)
+                    queue = list(expert.act(o))
+                o, done, _ = self._env.step(queue.pop(0))
+            if (k + 1) % self.frame_steps == 0:
+                # Rendered now: a lazy camera goes stale at the next step. After the episode
+                # ends in the look-ahead (success or t_max) the last frame repeats.
+                if not (done and rendered_done):
+                    frames.append((o.cameras[n_name], o.cameras[m_name]))
+                    poses.append({arm: s.X_TG.copy() for arm, s in o.arms.items()})
+                    rendered_done = done
+                else:
+                    frames.append(frames[-1])
+                    poses.append(poses[-1])
+        records.append(_StepRecord(len(new_history), list(queue)))
+        self._records, self._new_history = records, new_history
+        self.frame_poses = {arm: np.stack([p[arm] for p in poses]) for arm in poses[0]}
+        return frames
+
+    def commit(self, steps: int) -> None:
+        """The real episode executes ``steps`` control steps of the last look-ahead's plan."""
+        if not self._records:
+            return
+        rec = self._records[min(max(0, steps), len(self._records) - 1)]
+        self._history.extend(self._new_history[:rec.history_len])
+        self._pending = rec.queue
+        self._records, self._new_history = [], []
+
+
+def video_from_frames(frames: list[tuple[CameraFrame, CameraFrame]], *, future_labels: bool) -> PredictedVideo:
+    """A :class:`PredictedVideo` from rendered observations of both evaluation views.
+
+    View m's pointmaps go to camera n's frame with both cameras' true poses (privileged).
+    """
+    pms, valids, rgbs, labels = [], [], [], {arm: [] for arm in ARM_NAMES}
+    for fn, fm in frames:
+        pn, vn = depth_to_pointmap(fn.depth, fn.spec.intrinsics)
+        pm, vm = depth_to_pointmap(fm.depth, fm.spec.intrinsics)
+        pm = pointmap_to_view(pm, vm, X_TCm=fm.spec.X_TC, X_TCn=fn.spec.X_TC)
+        pms.append(np.stack([pn, pm]))
+        valids.append(np.stack([vn, vm]))
+        rgbs.append(np.stack([fn.rgb, fm.rgb]))
+        if future_labels:
+            packed = [masks_from_frame(f) for f in (fn, fm)]
+            for arm in ARM_NAMES:
+                labels[arm].append(np.stack([part_label_image(p, arm) for p in packed]))
+    # (F, 2, ...) -> (2, F, ...)
+    return PredictedVideo(
+        pointmaps=np.stack(pms, axis=1), valid=np.stack(valids, axis=1), rgb=np.stack(rgbs, axis=1),
+        part_labels={arm: np.stack(v, axis=1) for arm, v in labels.items()} if future_labels else None,
+    )
+
+
+class OraclePolicy(VideoPolicy):
+    """Ground-truth future frames through the geo4d pipeline (see the module docstring)."""
+
+    name = "oracle"
+
+    def __init__(self, *, task: str, config: VideoPolicyConfig | None = None, num_frames: int = 10,
+                 future_labels: bool = False, record_predictions: bool = False, env_factory: Any = None) -> None:
+        self.lookahead = ExpertLookahead(task, num_frames=num_frames, env_factory=env_factory)
+        self.future_labels = future_labels
+        super().__init__(task=task, config=config, record_predictions=record_predictions)
+
+    def reset(self, *, seed: int) -> None:
+        super().reset(seed=seed)
+        self.lookahead.reset(seed=seed)
+
+    def predict_video(self, obs: Observation) -> PredictedVideo:
+        return video_from_frames(self.lookahead.rollout(obs), future_labels=self.future_labels)
+
+    def on_executed(self, steps: int) -> None:
+        self.lookahead.commit(steps)
+
+
+def make_policy(*, task: str, num_frames: int = 6, future_labels: bool = False, execute_frames: int | None = None,
+                record_predictions: bool = False, device: str | None = None) -> OraclePolicy:
+    """The ``oracle`` policy for ``task``.
+
+    Args:
+        task: task name (CamelCase or snake_case).
+        num_frames: look-ahead frames per replan (the pipeline executes the first 4; the
+            generator predicts 10, but frames past the executed ones change nothing).
+        future_labels: also give the tracker ground-truth gripper labels of the future frames
+            (default off: the same inputs as geo4d, whose predicted frames are unsegmented).
+        execute_frames: predicted frames executed per replan (default: the pipeline's).
+        record_predictions: keep each replan's frames for :meth:`save_predictions`.
+        device: ignored (the oracle runs no model); accepted for a uniform CLI.
+    """
+    from geo4d_policy.control.receding_horizon import RecedingHorizonConfig
+
+    config = VideoPolicyConfig()
+    if execute_frames is not None:
+        config = dataclasses.replace(config, control=dataclasses.replace(RecedingHorizonConfig(),
+                                                                         execute_frames=int(execute_frames)))
+    return OraclePolicy(task=canonical_task_name(task), config=config, num_frames=num_frames,
+                        future_labels=future_labels, record_predictions=record_predictions)

@@ -1,0 +1,233 @@
+"""The receding-horizon loop shared by the video-prediction policies (geo4d, oracle, dreamitate).
+
+A :class:`VideoPolicy` subclass only says where the future comes from
+(:meth:`VideoPolicy.predict_video`: the 4D generator, the oracle's privileged look-ahead, ...);
+this module owns the rest of every replan:
+
+1. build the current view n (pointmap from the measured depth, gripper part labels from the
+   label image: the first-frame masks SAM2 gives the paper);
+2. track both grippers through the prediction and keep the more confident view per frame
+   (:func:`geo4d_policy.perception.video_tracking.track_video`);
+3. open/close per frame from the finger-cluster centroid distance with hysteresis;
+4. the first ``execute_frames`` trustworthy frames -> 10 Hz waypoints within the controller's
+   limits (:mod:`geo4d_policy.control.receding_horizon`); an arm whose predicted motion is
+   within tracking noise holds its last command (an idle arm);
+5. when no arm can be tracked into the first predicted frame the policy holds for a moment and
+   replans (new noise); after ``max_lost_replans`` such replans in a row it raises
+   :class:`TrackingLostError`, which fails the episode with that reason (never the run).
+
+Per-episode diagnostics (replans, mean generation/tracking time per replan, tracking
+confidence, lost frames) go into the rollout records through :meth:`VideoPolicy.diagnostics`.
+With ``record_predictions`` the predicted RGB and depth of every replan are kept and written
+by :meth:`VideoPolicy.save_predictions` (``geo4d-rollout --video K``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geo4d_policy.control.receding_horizon import (
+    ArmKeyframes,
+    RecedingHorizonConfig,
+    hold_chunk,
+    is_idle,
+    keyframes_to_chunk,
+    truncate_keyframes,
+)
+from geo4d_policy.data.geometry import depth_to_pointmap
+from geo4d_policy.data.masks import masks_from_frame
+from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
+from geo4d_policy.perception.gripper_model import GripperModel
+from geo4d_policy.perception.gripper_state import GripperStateEstimator
+from geo4d_policy.perception.tracker import ICPTrackerConfig, part_label_image
+from geo4d_policy.perception.video_tracking import CurrentView, PredictedVideo, track_video
+
+
+class TrackingLostError(RuntimeError):
+    """The grippers could not be tracked in the predictions for too many replans in a row."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoPolicyConfig:
+    """Options shared by the video policies.
+
+    Attributes:
+        control: timing, speed limits and widths of the executed chunks.
+        tracker: options of the ICP gripper trackers.
+        close_fraction: a gripper reads closed below the centroid distance of a width of this
+            fraction of the stroke (see :class:`GripperStateEstimator`) ...
+        open_fraction: ... and open again above this fraction (hysteresis).
+        max_lost_replans: consecutive replans without any trackable arm before the episode
+            fails with "tracking lost".
+        single_view: track only in view n (ablation of the two-view fusion).
+        track_frames: predicted frames tracked per replan (default: the executed ones; more
+            only adds diagnostics).
+    """
+
+    control: RecedingHorizonConfig = dataclasses.field(default_factory=RecedingHorizonConfig)
+    tracker: ICPTrackerConfig = dataclasses.field(default_factory=ICPTrackerConfig)
+    close_fraction: float = 0.5
+    open_fraction: float = 0.6
+    max_lost_replans: int = 6
+    single_view: bool = False
+    track_frames: int | None = None
+
+
+def current_view(obs: Observation, *, arms: tuple[str, ...] = ARM_NAMES) -> CurrentView:
+    """View n as observed now: its pointmap (camera n's frame) and each arm's gripper part labels."""
+    frame = obs.cameras[obs.eval_cameras[0]]
+    points, valid = depth_to_pointmap(frame.depth, frame.spec.intrinsics)
+    packed = masks_from_frame(frame, arms=arms)
+    return CurrentView(points, valid, {arm: part_label_image(packed, arm) for arm in arms})
+
+
+class VideoPolicy:
+    """Base class: subclasses implement :meth:`predict_video` (and set ``name``)."""
+
+    name = "video"
+
+    def __init__(self, *, task: str, config: VideoPolicyConfig | None = None,
+                 record_predictions: bool = False) -> None:
+        self.task = task
+        self.config = config or VideoPolicyConfig()
+        self.record_predictions = record_predictions
+        self.model = GripperModel.load()
+        self._estimator_template = GripperStateEstimator(
+            self.model, close_fraction=self.config.close_fraction, open_fraction=self.config.open_fraction)
+        self.reset(seed=0)
+
+    # ---- to implement ---------------------------------------------------------------------
+    def predict_video(self, obs: Observation) -> PredictedVideo:
+        """The next ``F`` frames of both evaluation views (pointmaps in camera n's frame)."""
+        raise NotImplementedError
+
+    def on_executed(self, steps: int) -> None:
+        """Called with the length of the chunk about to be executed (look-ahead bookkeeping)."""
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def reset(self, *, seed: int) -> None:
+        self.seed = int(seed)
+        self._cmd: dict[str, tuple[np.ndarray, bool]] | None = None
+        self._lost_in_a_row = 0
+        self._stats: dict[str, Any] = {
+            "replans": 0, "lost_replans": 0, "lost_frames": 0, "tracked_frames": 0, "idle_holds": 0,
+            "gripper_toggles": 0,
+        }
+        self._times: dict[str, list[float]] = {"predict": [], "track": [], "replan": []}
+        self._confidences: list[float] = []
+        self._predictions: list[dict[str, Any]] = []
+
+    def act(self, obs: Observation) -> ActionChunk:
+        cfg = self.config
+        if self._cmd is None:
+            self._cmd = {arm: (np.asarray(obs.arms[arm].X_TG, dtype=np.float64).copy(), False) for arm in obs.arms}
+        t0 = time.perf_counter()
+        video = self.predict_video(obs)
+        t1 = time.perf_counter()
+        X_TCn = np.asarray(obs.camera_specs[obs.eval_cameras[0]].X_TC, dtype=np.float64)
+        tracks = track_video(video, current_view(obs, arms=tuple(self._cmd)), X_TCn=X_TCn,
+                             X_TG_now={arm: obs.arms[arm].X_TG for arm in self._cmd},
+                             width_now={arm: obs.arms[arm].width for arm in self._cmd},
+                             max_frames=cfg.track_frames or cfg.control.execute_frames, model=self.model,
+                             tracker_config=cfg.tracker, single_view=cfg.single_view)
+        t2 = time.perf_counter()
+        keyframes: dict[str, ArmKeyframes] = {}
+        any_tracked = False
+        new_closed: dict[str, bool] = {}
+        for arm, track in tracks.items():
+            X_cmd, closed_now = self._cmd[arm]
+            estimator = GripperStateEstimator(self.model, close_below=self._estimator_template.close_below,
+                                              open_above=self._estimator_template.open_above,
+                                              initial_state="closed" if closed_now else "open")
+            closed = np.array([estimator.update(None if not np.isfinite(d) else float(d)).closed
+                               for d in track.finger_distance])
+            conf = track.confidence
+            self._stats["lost_frames"] += int((conf < cfg.control.min_confidence).sum())
+            self._stats["tracked_frames"] += len(conf)
+            self._confidences.extend(conf.tolist())
+            kf = truncate_keyframes(track.X_TG, closed, conf, config=cfg.control)
+            any_tracked |= len(kf.X_TG) > 0
+            if is_idle(X_cmd, kf, start_closed=closed_now, config=cfg.control):
+                if len(kf.X_TG):
+                    self._stats["idle_holds"] += 1
+                kf = ArmKeyframes(np.zeros((0, 4, 4)), np.zeros(0, dtype=bool))
+            keyframes[arm] = kf
+            new_closed[arm] = bool(kf.closed[-1]) if len(kf.closed) else closed_now
+            self._stats["gripper_toggles"] += int(new_closed[arm] != closed_now)
+        self._stats["replans"] += 1
+        if not any_tracked:
+            self._stats["lost_replans"] += 1
+            self._lost_in_a_row += 1
+            if self._lost_in_a_row > cfg.max_lost_replans:
+                raise TrackingLostError(
+                    f"tracking lost: no gripper could be tracked into the predicted video for "
+                    f"{self._lost_in_a_row} replans in a row (t={obs.time:.1f} s)")
+            chunk = hold_chunk(self._cmd, config=cfg.control)
+        else:
+            self._lost_in_a_row = 0
+            chunk = keyframes_to_chunk(self._cmd, keyframes, config=cfg.control)
+            self._cmd = {arm: (np.asarray(chunk.X_TG[arm][-1]).copy(), new_closed[arm]) for arm in self._cmd}
+        self.on_executed(len(chunk))
+        t3 = time.perf_counter()
+        self._times["predict"].append(t1 - t0)
+        self._times["track"].append(t2 - t1)
+        self._times["replan"].append(t3 - t0)
+        if self.record_predictions:
+            self._keep_prediction(obs, video, tracks)
+        return chunk
+
+    # ---- reporting --------------------------------------------------------------------------
+    def diagnostics(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self._stats)
+        for key, values in self._times.items():
+            if values:
+                out[f"{key}_s_mean"] = float(np.mean(values))
+        if self._confidences:
+            out["tracking_confidence_mean"] = float(np.mean(self._confidences))
+        if self._stats["tracked_frames"]:
+            out["lost_frame_rate"] = self._stats["lost_frames"] / self._stats["tracked_frames"]
+        return out
+
+    def _keep_prediction(self, obs: Observation, video: PredictedVideo, tracks: Mapping[str, Any]) -> None:
+        depth = np.asarray(video.pointmaps[..., 2], dtype=np.float32)
+        self._predictions.append({
+            "time": float(obs.time),
+            "rgb": None if video.rgb is None else np.asarray(video.rgb, dtype=np.uint8),
+            "depth_n": np.where(video.valid[0], depth[0], 0.0),
+            "confidence": {arm: t.confidence.tolist() for arm, t in tracks.items()},
+        })
+
+    def save_predictions(self, path: str | Path) -> Path | None:
+        """Write the kept predictions as an mp4 (RGB of n | m | view-n depth, one block per replan).
+
+        Returns:
+            The path written, or None when nothing was recorded.
+        """
+        if not self._predictions:
+            return None
+        import imageio.v2 as imageio
+
+        frames = []
+        for p in self._predictions:
+            depth = p["depth_n"]
+            lo, hi = 0.3, 2.0
+            d8 = (255 * np.clip((depth - lo) / (hi - lo), 0, 1)).astype(np.uint8)
+            d8 = np.where(depth > 0, 255 - d8, 0)
+            for t in range(depth.shape[0]):
+                tiles = []
+                if p["rgb"] is not None:
+                    tiles += [p["rgb"][0, t], p["rgb"][1, t]]
+                tiles.append(np.repeat(d8[t][..., None], 3, axis=-1))
+                frames.append(np.concatenate(tiles, axis=1))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        imageio.mimwrite(tmp, frames, fps=2, macro_block_size=1)
+        tmp.replace(path)
+        return path

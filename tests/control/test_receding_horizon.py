@@ -1,0 +1,86 @@
+"""Receding-horizon chunks: speed limits, timing, gripper schedule, idle arms, truncation, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geo4d_policy.control.receding_horizon import (
+    ArmKeyframes,
+    RecedingHorizonConfig,
+    hold_chunk,
+    is_idle,
+    keyframes_to_chunk,
+    truncate_keyframes,
+)
+from geo4d_policy.control.trajectory import max_speeds
+from geo4d_policy.interface import CONTROL_HZ
+
+
+def _pose(x, y=0.0, z=0.3, yaw=0.0):
+    X = np.eye(4)
+    c, s = np.cos(yaw), np.sin(yaw)
+    X[:2, :2] = [[c, -s], [s, c]]
+    X[:3, 3] = [x, y, z]
+    return X
+
+
+CFG = RecedingHorizonConfig()
+
+
+def test_slow_keyframes_keep_the_video_pace():
+    kf = ArmKeyframes(np.stack([_pose(0.02 * k) for k in range(1, 5)]), np.zeros(4, bool))
+    chunk = keyframes_to_chunk({"left": (_pose(0.0), False)}, {"left": kf}, config=CFG)
+    # 4 frames at 2 Hz -> 2 s -> 20 steps, each keyframe reached at the end of its segment.
+    assert len(chunk) == 4 * CFG.steps_per_frame == 20
+    for k in range(4):
+        np.testing.assert_allclose(chunk.X_TG["left"][(k + 1) * 5 - 1], kf.X_TG[k], atol=1e-12)
+
+
+def test_fast_keyframes_are_slowed_to_the_speed_limits():
+    # 0.5 m and 120 deg within one 0.5 s frame: far beyond 0.3 m/s and 70 deg/s.
+    kf = ArmKeyframes(_pose(0.5, yaw=np.deg2rad(120))[None], np.zeros(1, bool))
+    chunk = keyframes_to_chunk({"right": (_pose(0.0), False)}, {"right": kf}, config=CFG)
+    lin, ang = max_speeds(chunk.X_TG["right"])
+    assert lin <= CFG.linear_speed + 1e-9 and ang <= CFG.angular_speed + 1e-9
+    assert len(chunk) >= int(np.ceil(0.5 / CFG.linear_speed * CONTROL_HZ))
+    np.testing.assert_allclose(chunk.X_TG["right"][-1], kf.X_TG[0], atol=1e-12)
+
+
+def test_gripper_closes_in_the_second_half_of_the_segment_and_idle_arms_hold():
+    kf = ArmKeyframes(np.stack([_pose(0.02), _pose(0.04)]), np.array([False, True]))
+    start = {"left": (_pose(0.0), False), "right": (_pose(0.1, y=-0.3), True)}
+    chunk = keyframes_to_chunk(start, {"left": kf}, config=CFG)
+    w = chunk.width["left"]
+    assert len(w) == 10
+    assert np.all(w[:5] == CFG.open_width) and np.all(w[5:7] == CFG.open_width) and np.all(w[7:] == CFG.closed_width)
+    # The arm without keyframes holds its pose and its (closed) gripper for the whole chunk.
+    assert np.allclose(chunk.X_TG["right"], start["right"][0]) and np.all(chunk.width["right"] == CFG.closed_width)
+
+
+def test_idle_detection_and_truncation_at_low_confidence():
+    X0 = _pose(0.0)
+    small = ArmKeyframes(np.stack([_pose(0.004), _pose(0.006, yaw=0.02)]), np.zeros(2, bool))
+    assert is_idle(X0, small, start_closed=False, config=CFG)
+    assert not is_idle(X0, small, start_closed=True, config=CFG)  # the gripper state changes
+    assert not is_idle(X0, ArmKeyframes(_pose(0.05)[None], np.zeros(1, bool)), start_closed=False, config=CFG)
+    poses = [_pose(0.01 * k) for k in range(1, 7)]
+    kf = truncate_keyframes(poses, [False] * 6, [0.9, 0.8, 0.1, 0.9, 0.9, 0.9], config=CFG)
+    assert len(kf.X_TG) == 2  # cut before the unconfident third frame
+    kf = truncate_keyframes(poses, [False] * 6, [0.9] * 6, config=CFG)
+    assert len(kf.X_TG) == CFG.execute_frames
+    hold = hold_chunk({"left": (X0, True)}, config=CFG)
+    assert len(hold) == CFG.hold_steps and np.all(hold.width["left"] == CFG.closed_width)
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="finite"):
+        ArmKeyframes(np.full((1, 4, 4), np.nan), np.zeros(1, bool))
+    with pytest.raises(ValueError, match="gripper states"):
+        ArmKeyframes(np.stack([_pose(0.0)] * 2), np.zeros(3, bool))
+    with pytest.raises(ValueError, match="without a start"):
+        keyframes_to_chunk({}, {"left": ArmKeyframes(_pose(0.0)[None], np.zeros(1, bool))}, config=CFG)
+    with pytest.raises(ValueError, match="closed_width"):
+        RecedingHorizonConfig(closed_width=0.1)
+    with pytest.raises(ValueError):
+        RecedingHorizonConfig(execute_frames=0)

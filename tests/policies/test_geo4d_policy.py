@@ -1,0 +1,98 @@
+"""The geo4d policy: checkpoint errors, a short-horizon rollout with a tiny model, the shared server."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from model_fixtures import tiny_config  # noqa: E402
+
+from geo4d_policy.interface import ActionChunk  # noqa: E402
+from geo4d_policy.models.pipeline import Generator4D  # noqa: E402
+from geo4d_policy.policies import PolicyUnavailableError  # noqa: E402
+from geo4d_policy.policies.generator_server import GeneratorClient, GeneratorServer  # noqa: E402
+from geo4d_policy.policies.geo4d import generator_inputs, local_predictor, make_policy  # noqa: E402
+
+TASK = "PutSpatulaOnTable"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = Generator4D(tiny_config(), trained_tasks=[TASK]).eval()
+    path = tmp_path_factory.mktemp("gen") / "tiny"
+    model.save_pretrained(path)
+    return path
+
+
+def test_missing_checkpoint_names_the_path_and_the_fix(tmp_path):
+    with pytest.raises(PolicyUnavailableError, match=r"no generator checkpoint at .*nope.*geo4d-train"):
+        make_policy(task=TASK, checkpoint=str(tmp_path / "nope"), device="cpu")
+
+
+def test_checkpoint_of_another_task_is_refused(tiny_checkpoint):
+    with pytest.raises(PolicyUnavailableError, match="not trained on.*PlaceAppleFromBowlIntoBin.*geo4d-train"):
+        make_policy(task="PlaceAppleFromBowlIntoBin", checkpoint=str(tiny_checkpoint), device="cpu")
+
+
+def test_short_horizon_rollout_with_the_tiny_model(tiny_checkpoint):
+    from sim.env import make_env
+
+    policy = make_policy(task=TASK, checkpoint=str(tiny_checkpoint), device="cpu", num_steps=2)
+    policy.config = type(policy.config)(max_lost_replans=100)
+    env = make_env(TASK)
+    obs = env.reset(7)
+    policy.reset(seed=7)
+    for _ in range(2):
+        chunk = policy.act(obs)
+        assert isinstance(chunk, ActionChunk) and len(chunk) >= 1
+        for arm in ("left", "right"):
+            assert np.isfinite(chunk.X_TG[arm]).all() and np.isfinite(chunk.width[arm]).all()
+        for action in chunk:
+            obs, done, _ = env.step(action)
+    d = policy.diagnostics()
+    assert d["replans"] == 2 and d["predict_s_mean"] > 0 and d["track_s_mean"] > 0
+    assert "generator_sample_s_mean" in d
+
+
+def test_server_predictions_equal_local_ones(tiny_checkpoint):
+    model = Generator4D.from_pretrained(tiny_checkpoint)
+    rng = np.random.default_rng(0)
+    h, w = 24, 30  # resized to the model's 32x40 and back, like any off-size view
+    pm = np.stack([*np.meshgrid(np.linspace(-0.2, 0.2, w), np.linspace(-0.1, 0.1, h)), np.full((h, w), 0.9)], -1)
+    inputs = {"rgb": rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8), "pointmap_n": pm.astype(np.float32),
+              "pointmap_m": pm.astype(np.float32), "valid_n": np.ones((h, w), bool), "valid_m": np.ones((h, w), bool)}
+    local = local_predictor(model)(inputs, task=TASK, seed=3, num_steps=2)
+    server = GeneratorServer(model)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = GeneratorClient(server.address)
+        remote = client(inputs, task=TASK, seed=3, num_steps=2)
+        assert np.array_equal(remote["pointmaps"], local["pointmaps"]) and np.array_equal(remote["rgb"], local["rgb"])
+        with pytest.raises(RuntimeError, match="generator server: .*PlaceAppleFromBowlIntoBin"):
+            client(inputs, task="PlaceAppleFromBowlIntoBin", seed=3, num_steps=2)
+        client.close()
+    finally:
+        server.close()
+    assert server.served == 1
+    with pytest.raises(ValueError, match="unix:"):
+        GeneratorClient("localhost:1234")
+
+
+def test_generator_inputs_use_each_views_own_frame():
+    from sim.env import make_env
+
+    env = make_env(TASK)
+    obs = env.reset(3)
+    x = generator_inputs(obs)
+    assert x["rgb"].shape == (2, 128, 160, 3)
+    # Each pointmap is in its own camera frame: positive depth where valid.
+    for key in ("n", "m"):
+        z = x[f"pointmap_{key}"][..., 2][x[f"valid_{key}"]]
+        assert z.size > 0 and (z > 0).all()
