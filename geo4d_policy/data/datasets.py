@@ -409,11 +409,11 @@ class PolicyDataset(_BaseDataset):
 
     Sample ``i`` is a robot step ``s`` of one episode (every step) and a pair of distinct
     training views (n first; random per sample, or fixed with ``views``). Observations are the
-    images at steps ``s - n_obs_steps + 1 .. s``, each the latest 2 Hz frame at or before that
-    step (:func:`video_frame_for_steps`); steps before the episode start repeat step 0. Actions
-    are the commands of steps ``s .. s + horizon - 1`` (``action[0]`` is the command issued at
-    the current step); steps past the end repeat the last command and are flagged in
-    ``action_pad``.
+    images at steps ``s - (n_obs_steps - 1) * obs_stride, ..., s - obs_stride, s``, each the latest
+    2 Hz frame at or before that step (:func:`video_frame_for_steps`); steps before the episode
+    start repeat step 0. Actions are the commands of steps ``s .. s + horizon - 1``
+    (``action[0]`` is the command issued at the current step); steps past the end repeat the
+    last command and are flagged in ``action_pad``.
 
     Returned dict:
         rgb (2, n_obs, 3, H, W) float32 in [-1, 1]; state (n_obs, 20) measured gripper poses and
@@ -425,6 +425,9 @@ class PolicyDataset(_BaseDataset):
         root: dataset directory.
         horizon: actions per sample (16).
         n_obs_steps: observation steps (2).
+        obs_stride: 10 Hz steps between consecutive observation steps (1). A policy that sees
+            observations only when it replans (every ``n_action_steps``) is trained with that
+            spacing, so its observation history means the same at training and rollout time.
         views: fixed pair of camera names (n, m); None draws a random training pair per sample.
         resolution: (H, W) to resample RGB to; None keeps the stored resolution.
         normalize: scale action/state with the dataset's min/max statistics.
@@ -437,6 +440,7 @@ class PolicyDataset(_BaseDataset):
         *,
         horizon: int = 16,
         n_obs_steps: int = 2,
+        obs_stride: int = 1,
         views: Sequence[str] | None = None,
         resolution: tuple[int, int] | None = None,
         normalize: bool = True,
@@ -444,12 +448,14 @@ class PolicyDataset(_BaseDataset):
         seed: int = 0,
         max_open_files: int = 32,
     ) -> None:
-        if horizon < 1 or n_obs_steps < 1:
-            raise ValueError(f"horizon and n_obs_steps must be >= 1, got {horizon}, {n_obs_steps}")
+        if horizon < 1 or n_obs_steps < 1 or obs_stride < 1:
+            raise ValueError(f"horizon, n_obs_steps and obs_stride must be >= 1, got {horizon}, "
+                             f"{n_obs_steps}, {obs_stride}")
         super().__init__(root, on_error=on_error, seed=seed, resolution=resolution,
                          max_open_files=max_open_files)
         self.horizon = int(horizon)
         self.n_obs_steps = int(n_obs_steps)
+        self.obs_stride = int(obs_stride)
         self.cams = _split_cameras(self.meta, "train")
         if views is not None:
             views = tuple(views)
@@ -478,7 +484,7 @@ class PolicyDataset(_BaseDataset):
         entry = self._episodes.entries[k]
         actions, state, frame_of_step = self._episode_arrays(k)
         n = len(actions)
-        obs_steps = np.clip(np.arange(s - self.n_obs_steps + 1, s + 1), 0, n - 1)
+        obs_steps = np.clip(s - self.obs_stride * np.arange(self.n_obs_steps - 1, -1, -1), 0, n - 1)
         act_steps = np.arange(s, s + self.horizon)
         pad = act_steps >= n
         act_steps = np.minimum(act_steps, n - 1)

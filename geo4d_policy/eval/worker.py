@@ -87,6 +87,12 @@ def video_path(out_dir: str | Path, episode_index: int, seed: int) -> Path:
     return Path(out_dir) / "videos" / f"episode_{episode_index}_seed_{seed}.mp4"
 
 
+def prediction_video_path(out_dir: str | Path, episode_index: int, seed: int) -> Path:
+    """Where ``--video`` puts the policy's predicted frames (next to the executed video)."""
+    return video_path(out_dir, episode_index, seed).with_name(
+        video_path(out_dir, episode_index, seed).stem + "_predicted.mp4")
+
+
 def meshcat_path(out_dir: str | Path, episode_index: int) -> Path:
     return Path(out_dir) / "meshcat" / f"episode_{episode_index}.html"
 
@@ -95,18 +101,25 @@ def error_path(out_dir: str | Path, seed: int) -> Path:
     return Path(out_dir) / "errors" / f"{seed}.txt"
 
 
-def _policy_options(spec: EpisodeSpec) -> dict[str, Any]:
+def _factory_params(spec: EpisodeSpec) -> set[str]:
     from geo4d_policy.policies.registry import load_policy_factory
 
+    factory = load_policy_factory(spec.policy_target, name=spec.policy)
+    try:
+        return set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _policy_options(spec: EpisodeSpec) -> dict[str, Any]:
     options = dict(spec.policy_options)
-    if "device" not in options:
-        factory = load_policy_factory(spec.policy_target, name=spec.policy)
-        try:
-            params = inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            params = {}
-        if "device" in params:
-            options["device"] = spec.device
+    wanted = {"device": spec.device}
+    if spec.record_video:
+        wanted["record_predictions"] = True  # predicted frames next to the executed video
+    missing = [k for k in wanted if k not in options]
+    if missing:
+        params = _factory_params(spec)
+        options.update({k: wanted[k] for k in missing if k in params})
     return options
 
 
@@ -177,6 +190,13 @@ def run_episode(spec: EpisodeSpec) -> dict[str, Any]:
         merge_extras(record, extras)
         if env is not None:
             _save_artifacts(env, spec, record, started=t_start is not None)
+        if spec.record_video and policy is not None and hasattr(policy, "save_predictions"):
+            try:
+                path = policy.save_predictions(prediction_video_path(spec.out_dir, spec.episode_index, spec.seed))
+                if path is not None:
+                    record["prediction_video"] = str(Path(path).relative_to(spec.out_dir))
+            except Exception as exc:  # noqa: BLE001 - a failed export is noted, never fails the episode
+                record["prediction_video_error"] = error_reason(exc)
             try:
                 env.close()
             except Exception:  # noqa: BLE001,S110 - the record is already complete

@@ -1,0 +1,542 @@
+"""Training the Diffusion Policy baseline: recipe, data over collected datasets, loop, export.
+
+Owns :class:`DiffusionPolicyTrainConfig` (``configs/policy/diffusion_policy_<size>.yaml``: the
+network under ``model:``, the optimisation recipe at the top level), the data pipeline over one
+:class:`~geo4d_policy.data.datasets.PolicyDataset` per dataset directory (a random pair of
+training views per sample, one task per dataset, min/max statistics per task), the training
+loop (:func:`train_diffusion_policy`) and the fp16 export of a trained checkpoint. ``geo4d-train
+diffusion_policy`` (:func:`run_cli`) is its command line.
+
+One model serves every task of its datasets (a learned task embedding), which keeps the
+shipped checkpoint of the three tasks within the repository's size budget.
+
+The loop follows :mod:`geo4d_policy.train.trainer` and reuses its helpers: AdamW, linear
+warm-up then cosine decay, gradient clipping, an EMA of the weights (what checkpoints hold),
+``accelerate`` (bf16 autocast on CUDA; ``accelerate launch`` for several GPUs), and the same
+run-directory layout::
+
+    out_dir/
+      train_config.yaml        the resolved DiffusionPolicyTrainConfig of the latest (re)start
+      metrics.jsonl            averaged loss/lr/s_per_step every ``log_every`` steps, and a
+                               ``probe_*`` record per checkpoint (sampled-action errors in metres)
+      last                     the name of the newest step directory
+      step_<N>/
+        config.json            model config, trained tasks, per-task normalisation statistics
+        model.safetensors      EMA weights (DiffusionPolicyModel.from_pretrained loads it)
+        training_state/        raw weights, EMA, optimizer, LR schedule, RNG states, counters
+
+``resume=True`` restores all of it and re-enters the interrupted epoch at the next batch (the
+loader starts there instead of reading and discarding the consumed batches), so a resumed run
+reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from geo4d_policy.config import CONFIG_DIR, ConfigError, load_config, save_config, to_dict
+from geo4d_policy.data.actions import normalize_minmax
+from geo4d_policy.data.datasets import PolicyDataset, compute_normalization
+from geo4d_policy.data.format import load_meta
+from geo4d_policy.interface import canonical_task_name
+from geo4d_policy.models.checkpoint import (
+    LAST_POINTER,
+    CheckpointError,
+    read_config_json,
+    state_dict_for_saving,
+)
+from geo4d_policy.models.diffusion_policy import DiffusionPolicyConfig, DiffusionPolicyModel, parameter_counts
+from geo4d_policy.train.ema import EMA
+from geo4d_policy.train.trainer import (
+    STATE_DIR,
+    TrainResult,
+    _lr_lambda,
+    _prune,
+    _rng_state,
+    _set_rng_state,
+    _to_device,
+    _truncate_metrics,
+    _write_last,
+)
+
+log = logging.getLogger(__name__)
+
+POLICY_CONFIG_DIR = CONFIG_DIR / "policy"
+Batch = Mapping[str, Any]
+
+
+@dataclasses.dataclass
+class DiffusionPolicyTrainConfig:
+    """A Diffusion Policy training run.
+
+    Attributes:
+        model: the network (``model:`` section of the YAML).
+        init_image_encoder: local weights file initialising the image encoder (its own keys or
+            torchvision ResNet keys; see :mod:`geo4d_policy.models.diffusion_policy`). Never
+            downloaded. Used on fresh starts only.
+        max_steps: optimizer steps (may be raised when resuming).
+        batch_size: samples per step and process.
+        num_workers: data-loader worker processes.
+        lr, warmup_steps, lr_schedule: peak learning rate, linear warm-up, then constant or
+            cosine decay to 10% at ``max_steps``.
+        betas, eps, weight_decay: AdamW (DP's values).
+        grad_clip: max global gradient norm (0 = off).
+        ema_decay: EMA of the weights; checkpoints hold the EMA weights.
+        mixed_precision: ``auto`` = bf16 on CUDA, fp32 on the CPU.
+        seed: model initialisation, camera-pair draws, shuffling, crops and noise.
+        ckpt_every, log_every: checkpoint and metrics periods, in steps.
+        keep_last: step directories kept (older ones are deleted).
+        probe_size: fixed training samples whose sampled actions are scored at each checkpoint.
+        max_time_s: stop (with a checkpoint) at the first log step after this many seconds of
+            this session; None runs to ``max_steps``.
+        progress: show a progress bar.
+    """
+
+    model: DiffusionPolicyConfig = dataclasses.field(default_factory=DiffusionPolicyConfig)
+    init_image_encoder: str | None = None
+    max_steps: int = 30000
+    batch_size: int = 64
+    num_workers: int = 4
+    lr: float = 1e-4
+    warmup_steps: int = 500
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    betas: tuple[float, float] = (0.95, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-6
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    seed: int = 0
+    ckpt_every: int = 1000
+    log_every: int = 50
+    keep_last: int = 3
+    probe_size: int = 16
+    max_time_s: float | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if min(self.max_steps, self.ckpt_every, self.log_every, self.keep_last, self.batch_size) < 1:
+            raise ConfigError("DiffusionPolicyTrainConfig: max_steps, batch_size, ckpt_every, log_every and "
+                              "keep_last must be >= 1")
+        if self.num_workers < 0 or self.probe_size < 0:
+            raise ConfigError("DiffusionPolicyTrainConfig: num_workers and probe_size must be >= 0")
+
+
+def resolve_config_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """``tiny``/``small``/... -> ``configs/policy/diffusion_policy_<name>.yaml``; paths pass through."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        return p
+    return POLICY_CONFIG_DIR / f"diffusion_policy_{name_or_path}.yaml"
+
+
+def load_dp_train_config(name_or_path: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None
+                         ) -> DiffusionPolicyTrainConfig:
+    """Load a recipe by size name or YAML path, with shallow top-level ``overrides``.
+
+    Raises:
+        ConfigError: no such file, unknown keys or wrong types (the message names them).
+    """
+    return load_config(DiffusionPolicyTrainConfig, resolve_config_path(name_or_path), overrides=dict(overrides or {}))
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+class _TaskSamples(torch.utils.data.Dataset):
+    """A task's PolicyDataset samples, scaled with the task's statistics and tagged with its id."""
+
+    def __init__(self, dataset: PolicyDataset, task_id: int, stats: Mapping[str, Any]) -> None:
+        self.dataset, self.task_id, self.stats = dataset, task_id, stats
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        sample = dict(self.dataset[i])
+        sample["action"] = normalize_minmax(sample["action"], self.stats["action"])
+        sample["state"] = normalize_minmax(sample["state"], self.stats["state"])
+        sample["task_id"] = torch.tensor(self.task_id, dtype=torch.int64)
+        return sample
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
+class PolicyBatches(Protocol):
+    """``f(epoch=, start=, rank=, world_size=)``: the batches of one epoch from batch ``start`` on."""
+
+    def __call__(self, *, epoch: int, start: int, rank: int, world_size: int) -> Iterable[Batch]: ...
+
+
+@dataclasses.dataclass
+class PolicyTrainData:
+    """What :func:`make_policy_data` builds.
+
+    Attributes:
+        batches: the per-epoch batch factory.
+        dataset: all samples (tasks concatenated), normalised and tagged.
+        tasks: canonical task of each distinct dataset task, in first-seen order.
+        normalization: task -> ``{"action": {"min", "max"}, "state": {...}}`` over its datasets.
+    """
+
+    batches: PolicyBatches
+    dataset: torch.utils.data.Dataset
+    tasks: tuple[str, ...]
+    normalization: dict[str, dict[str, Any]]
+
+
+def _merge_stats(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {kind: {"min": np.min([s[kind]["min"] for s in stats], axis=0).tolist(),
+                   "max": np.max([s[kind]["max"] for s in stats], axis=0).tolist()}
+            for kind in ("action", "state")}
+
+
+def make_policy_data(data_dirs: Sequence[str | os.PathLike[str]], *, model: DiffusionPolicyConfig, batch_size: int,
+                     num_workers: int, seed: int) -> PolicyTrainData:
+    """Samples of every dataset in ``data_dirs`` (each one task) for ``model``'s layout.
+
+    Datasets of the same task share min/max statistics (their union); each task keeps its own
+    (the task embedding tells the network which scaling a sample uses).
+
+    Raises:
+        ValueError: a dataset's task is not in the model's task table.
+        DatasetError: a directory is not a readable dataset.
+    """
+    from torch.utils.data import ConcatDataset, DataLoader, Subset
+
+    metas = [(Path(d), load_meta(d)) for d in data_dirs]
+    if not metas:
+        raise ValueError("no dataset directories given")
+    tasks = tuple(dict.fromkeys(canonical_task_name(m.task) for _, m in metas))
+    unknown = [t for t in tasks if t not in model.tasks]
+    if unknown:
+        raise ValueError(f"dataset task(s) {unknown} are not in the model's task table {list(model.tasks)}")
+    normalization = {t: _merge_stats([compute_normalization(d) for d, m in metas if canonical_task_name(m.task) == t])
+                     for t in tasks}
+    parts = []
+    for d, meta in metas:
+        task = canonical_task_name(meta.task)
+        ds = PolicyDataset(d, horizon=model.horizon, n_obs_steps=model.n_obs_steps, obs_stride=model.obs_stride,
+                           resolution=tuple(model.resolution), normalize=False, seed=seed)
+        parts.append(_TaskSamples(ds, model.tasks.index(task), normalization[task]))
+    dataset = ConcatDataset(parts)
+
+    def batches(*, epoch: int, start: int, rank: int, world_size: int) -> Iterable[Batch]:
+        for part in parts:
+            part.set_epoch(epoch)
+        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        order = torch.randperm(len(dataset), generator=g)[rank::world_size]
+        # Whole batches only (drop_last); resuming starts the loader at batch ``start``.
+        order = order[: len(order) // batch_size * batch_size][start * batch_size:].tolist()
+        return DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                          drop_last=True, pin_memory=torch.cuda.is_available())
+
+    return PolicyTrainData(batches, dataset, tasks, normalization)
+
+
+def _stream(batches: PolicyBatches, *, epoch: int, start: int, rank: int, world_size: int
+            ) -> Iterator[tuple[int, int, Batch]]:
+    """(epoch, index in epoch, batch) forever, from batch ``start`` of ``epoch``."""
+    while True:
+        n = 0
+        for i, batch in enumerate(batches(epoch=epoch, start=start, rank=rank, world_size=world_size), start=start):
+            n += 1
+            yield epoch, i, batch
+        if n == 0 and start == 0:
+            raise RuntimeError(f"no complete batch in epoch {epoch}: fewer samples than the batch size?")
+        epoch, start = epoch + 1, 0
+
+
+# --------------------------------------------------------------------------------------------
+# Probe: sampled actions against the demonstrations, in metres
+# --------------------------------------------------------------------------------------------
+
+
+def _probe_batch(dataset: torch.utils.data.Dataset, n: int) -> dict[str, Any] | None:
+    if n == 0 or len(dataset) == 0:
+        return None
+    from torch.utils.data import default_collate
+
+    idx = np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)
+    return default_collate([dataset[int(i)] for i in idx])
+
+
+@torch.no_grad()
+def probe_errors(model: DiffusionPolicyModel, batch: Batch, *, seed: int = 0) -> dict[str, float]:
+    """Mean errors of sampled (executed) actions against a batch's demonstrated ones.
+
+    Returns:
+        ``probe_pos_err_m`` (flange position, metres, both arms), ``probe_width_err_m`` and
+        ``probe_action_mse`` (normalised units), over the first ``n_action_steps`` actions.
+    """
+    cfg = model.config
+    was_training = model.training
+    model.eval()
+    try:
+        dev = model.device
+        task_ids = batch["task_id"].to(dev)
+        cond = model.encode_observations(batch["rgb"].to(dev), batch["state"].to(dev), task_ids)
+        pred = model.sample(cond, generator=torch.Generator().manual_seed(seed)).float().cpu()
+    finally:
+        model.train(was_training)
+    k = cfg.n_action_steps
+    true = batch["action"][:, :k].float()
+    pred = pred[:, :k]
+    mse = float(((pred - true) ** 2).mean())
+    tasks = [cfg.tasks[int(i)] for i in batch["task_id"]]
+    p = np.stack([model.denormalize("action", pred[i].numpy(), task=t) for i, t in enumerate(tasks)])
+    q = np.stack([model.denormalize("action", true[i].numpy(), task=t) for i, t in enumerate(tasks)])
+    arms = cfg.action_dim // 10
+    pos = [np.linalg.norm(p[..., 10 * a:10 * a + 3] - q[..., 10 * a:10 * a + 3], axis=-1).mean() for a in range(arms)]
+    width = [np.abs(p[..., 10 * a + 9] - q[..., 10 * a + 9]).mean() for a in range(arms)]
+    return {"probe_pos_err_m": float(np.mean(pos)), "probe_width_err_m": float(np.mean(width)),
+            "probe_action_mse": mse}
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _config_diff(a: Any, b: Any, where: str = "model") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _config_diff(a.get(k), b.get(k), f"{where}.{k}")]
+    return [] if a == b else [f"{where}: {b!r} (run) vs {a!r} (now)"]
+
+
+def train_diffusion_policy(
+    config: DiffusionPolicyTrainConfig,
+    *,
+    data_dirs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    resume: bool = False,
+) -> TrainResult:
+    """Train a Diffusion Policy on the datasets ``data_dirs`` and write checkpoints to ``out_dir``.
+
+    Args:
+        config: the recipe.
+        data_dirs: dataset directories (``geo4d-collect``); their tasks become the model's
+            trained tasks.
+        out_dir: run directory (created).
+        resume: continue from ``out_dir/last`` (weights, EMA, optimizer, schedule, RNG, data
+            position) when it exists, else start fresh; without it an existing run is refused.
+
+    Returns:
+        :class:`~geo4d_policy.train.trainer.TrainResult` (last checkpoint, step, last metrics).
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a run and ``resume`` is False.
+        CheckpointError: resuming a run of another model config, other tasks or other data.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    if (out / LAST_POINTER).exists() and not resume:
+        raise FileExistsError(f"{out} already holds a training run: pass resume=True (--resume) "
+                              "or use another directory")
+    mp = config.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+
+    data = make_policy_data(data_dirs, model=config.model, batch_size=config.batch_size,
+                            num_workers=config.num_workers, seed=config.seed)
+    torch.manual_seed(config.seed)
+    model = DiffusionPolicyModel(config.model, trained_tasks=data.tasks, normalization=data.normalization)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
+
+    step, epoch, in_epoch = 0, 0, 0
+    resuming = resume and (out / LAST_POINTER).exists()
+    if resuming:
+        sd = out / (out / LAST_POINTER).read_text().strip() / STATE_DIR
+        meta = json.loads((sd / "state.json").read_text())
+        diff = _config_diff(to_dict(model.config), meta["model"])
+        if diff:
+            raise CheckpointError(f"{out} was trained with another model config:\n  " + "\n  ".join(diff))
+        if meta["tasks"] != list(data.tasks) or meta["normalization"] != model.normalization:
+            raise CheckpointError(f"{out} was trained on other data (tasks {meta['tasks']}, or other episodes: "
+                                  f"the normalisation statistics differ); resume with the same datasets")
+        model.load_state_dict(load_file(str(sd / "raw.safetensors")))
+        optimizer.load_state_dict(torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(torch.load(sd / "scheduler.pt", weights_only=True))
+        _set_rng_state(torch.load(sd / f"rng_{rank}.pt", weights_only=False), gen)
+        step, epoch, in_epoch = meta["step"], meta["epoch"], meta["next_batch_in_epoch"]
+        if main:
+            _truncate_metrics(out / "metrics.jsonl", step)
+        log.info("resumed %s at step %d (epoch %d, batch %d)", out, step, epoch, in_epoch)
+    elif config.init_image_encoder is not None:
+        report = model.encoder.load_pretrained(config.init_image_encoder)
+        log.info("image encoder: %d tensors from %s", len(report["loaded"]), config.init_image_encoder)
+    model.to(accelerator.device)
+    ema = EMA(model, decay=config.ema_decay)
+    if resuming:
+        ema.load_state_dict(load_file(str(sd / "ema.safetensors")))
+    probe = _probe_batch(data.dataset, config.probe_size) if main else None
+    # The LR schedule stays outside prepare() (a function of the step, whatever the GPU count).
+    module, optimizer = accelerator.prepare(model, optimizer)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "train_config.yaml")
+    n_params = parameter_counts(model)
+
+    def save_checkpoint() -> Path:
+        path = out / f"step_{step}"
+        accelerator.wait_for_everyone()
+        raw = accelerator.unwrap_model(module)
+        if main:
+            raw_state = state_dict_for_saving(raw)
+            state = {"step": step, "epoch": epoch, "next_batch_in_epoch": in_epoch, "model": to_dict(raw.config),
+                     "tasks": list(data.tasks), "normalization": raw.normalization}
+
+            def write_state(tmp: Path) -> None:
+                d = tmp / STATE_DIR
+                d.mkdir()
+                save_file(raw_state, str(d / "raw.safetensors"))
+                save_file(ema.state_dict(), str(d / "ema.safetensors"))
+                torch.save(optimizer.state_dict(), d / "optimizer.pt")
+                torch.save(scheduler.state_dict(), d / "scheduler.pt")
+                (d / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+
+            extra = {"training": {"step": step, "parameters": n_params, "train_config": to_dict(config),
+                                  "data": [str(d) for d in data_dirs]}}
+            with ema.swapped():
+                probe_metrics = probe_errors(raw, probe, seed=config.seed) if probe is not None else {}
+                extra["training"]["probe"] = probe_metrics
+                raw.save_pretrained(path, extra=extra, extra_writer=write_state)
+            if probe_metrics:
+                with (out / "metrics.jsonl").open("a") as fh:
+                    fh.write(json.dumps({"step": step, **probe_metrics}) + "\n")
+        accelerator.wait_for_everyone()
+        torch.save(_rng_state(gen), path / STATE_DIR / f"rng_{rank}.pt")
+        accelerator.wait_for_everyone()
+        if main:
+            _write_last(out, path.name)
+            _prune(out, config.keep_last, path)
+        return path
+
+    last_ckpt = out / (out / LAST_POINTER).read_text().strip() if (out / LAST_POINTER).exists() else None
+    acc: dict[str, float] = {}
+    n_acc = 0
+    last_metrics: dict[str, float] = {}
+    bar = tqdm(total=config.max_steps, initial=step, disable=not (config.progress and main),
+               desc="train diffusion_policy", dynamic_ncols=True)
+    t_start = t_log = time.perf_counter()
+    module.train()
+    stream = _stream(data.batches, epoch=epoch, start=in_epoch, rank=rank, world_size=world)
+    saved_at = step if resuming else -1
+    while step < config.max_steps:
+        epoch, idx, batch = next(stream)
+        in_epoch = idx + 1
+        batch = _to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            loss, metrics = module(batch, generator=gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}: {metrics}")
+        accelerator.backward(loss)
+        grad_norm = float("nan")
+        if config.grad_clip > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(params, config.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(step)
+        step += 1
+        for k, v in {**metrics, "grad_norm": grad_norm}.items():
+            acc[k] = acc.get(k, 0.0) + v
+        n_acc += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        stop = False
+        if step % config.log_every == 0 or step == config.max_steps:
+            now = time.perf_counter()
+            keys = sorted(acc)
+            means = [acc[k] / n_acc for k in keys]
+            over = config.max_time_s is not None and now - t_start > config.max_time_s
+            # One reduction averages the metrics over processes and agrees on the time stop.
+            vals = accelerator.reduce(torch.tensor([*means, float(over)], dtype=torch.float64,
+                                                   device=accelerator.device), "mean").tolist()
+            last_metrics = dict(zip(keys, vals[:-1]))
+            stop = vals[-1] > 0
+            rec = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                   "s_per_step": (now - t_log) / n_acc, **last_metrics}
+            if main:
+                with (out / "metrics.jsonl").open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+            acc, n_acc, t_log = {}, 0, now
+        if step % config.ckpt_every == 0 or step == config.max_steps or stop:
+            last_ckpt = save_checkpoint()
+            saved_at = step
+        if stop:
+            log.info("time budget of %.0f s reached at step %d", config.max_time_s, step)
+            break
+    bar.close()
+    if last_ckpt is None or saved_at != step:
+        last_ckpt = save_checkpoint()
+    return TrainResult(out_dir=out, checkpoint=last_ckpt, step=step, metrics=last_metrics)
+
+
+def export_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+                      dtype: torch.dtype = torch.float16) -> Path:
+    """Copy a run's (or step's) EMA weights to ``dst`` in ``dtype`` without training state (to ship)."""
+    model = DiffusionPolicyModel.from_pretrained(src)
+    info = read_config_json(src)
+    keep = {k: v for k, v in info.items() if k not in model.checkpoint_config()}
+    return model.save_pretrained(dst, extra=keep, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (geo4d-train diffusion_policy)
+# --------------------------------------------------------------------------------------------
+
+
+def run_cli(args: Any) -> int:
+    """Run ``geo4d-train diffusion_policy`` from parsed arguments; returns the exit status.
+
+    Arguments used: ``data``, ``out``, ``config``, ``steps``, ``batch_size``, ``lr``,
+    ``workers``, ``seed``, ``ckpt_every``, ``max_time``, ``init_image_encoder``, ``resume``,
+    ``export``.
+    """
+    from geo4d_policy.data.format import DatasetError
+    from geo4d_policy.interface import UnknownNameError
+
+    overrides = {k: v for k, v in (("max_steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("num_workers", args.workers), ("seed", args.seed),
+                                   ("ckpt_every", args.ckpt_every), ("max_time_s", args.max_time),
+                                   ("init_image_encoder", args.init_image_encoder)) if v is not None}
+    overrides["progress"] = sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS"))
+    try:
+        config = load_dp_train_config(args.config, overrides=overrides)
+        result = train_diffusion_policy(config, data_dirs=args.data, out_dir=args.out, resume=args.resume)
+        if args.export:
+            export_checkpoint(result.checkpoint, args.export)
+            print(f"geo4d-train: exported fp16 weights to {args.export}")
+    except (UnknownNameError, ValueError, ConfigError, DatasetError, FileExistsError, FileNotFoundError) as e:
+        print(f"geo4d-train: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ngeo4d-train: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    print(f"geo4d-train: done; last checkpoint {result.checkpoint} (step {result.step})")
+    return 0
