@@ -44,32 +44,40 @@ class PredictedVideo:
     """F predicted frames of views n and m.
 
     Attributes:
-        pointmaps: (2, F, H, W, 3) float points in camera n's frame (view 0 = n, 1 = m).
-        valid: (2, F, H, W) bool validity.
+        pointmaps: (2, F, H, W, 3) float points in camera n's frame (view 0 = n, 1 = m), or
+            None for an RGB-only video (then ``rgb`` is required).
+        valid: (2, F, H, W) bool validity (None with ``pointmaps``).
         rgb: optional (2, F, H, W, 3) uint8 frames.
         part_labels: optional arm -> (2, F, H, W) int part codes (-1 none, 0 palm, 1/2 fingers).
     """
 
-    pointmaps: np.ndarray
-    valid: np.ndarray
+    pointmaps: np.ndarray | None
+    valid: np.ndarray | None
     rgb: np.ndarray | None = None
     part_labels: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
-        pm = np.asarray(self.pointmaps)
-        if pm.ndim != 5 or pm.shape[0] != 2 or pm.shape[-1] != 3:
-            raise ValueError(f"pointmaps must be (2, F, H, W, 3), got {pm.shape}")
-        valid = np.asarray(self.valid, dtype=bool) & np.isfinite(pm).all(axis=-1)
-        if valid.shape != pm.shape[:-1]:
-            raise ValueError(f"valid must be {pm.shape[:-1]}, got {np.shape(self.valid)}")
-        object.__setattr__(self, "valid", valid)
+        if self.pointmaps is None:  # an RGB-only video (the Dreamitate baseline)
+            rgb = np.asarray(self.rgb) if self.rgb is not None else None
+            if rgb is None or rgb.ndim != 5 or rgb.shape[0] != 2 or rgb.shape[-1] != 3:
+                raise ValueError("a video without pointmaps needs rgb of shape (2, F, H, W, 3)")
+            grid = rgb.shape[:-1]
+        else:
+            pm = np.asarray(self.pointmaps)
+            if pm.ndim != 5 or pm.shape[0] != 2 or pm.shape[-1] != 3:
+                raise ValueError(f"pointmaps must be (2, F, H, W, 3), got {pm.shape}")
+            valid = np.asarray(self.valid, dtype=bool) & np.isfinite(pm).all(axis=-1)
+            if valid.shape != pm.shape[:-1]:
+                raise ValueError(f"valid must be {pm.shape[:-1]}, got {np.shape(self.valid)}")
+            object.__setattr__(self, "valid", valid)
+            grid = pm.shape[:-1]
         for arm, lab in (self.part_labels or {}).items():
-            if np.shape(lab) != pm.shape[:-1]:
-                raise ValueError(f"part_labels[{arm!r}] must be {pm.shape[:-1]}, got {np.shape(lab)}")
+            if np.shape(lab) != grid:
+                raise ValueError(f"part_labels[{arm!r}] must be {grid}, got {np.shape(lab)}")
 
     @property
     def num_frames(self) -> int:
-        return int(np.shape(self.pointmaps)[1])
+        return int(np.shape(self.pointmaps if self.pointmaps is not None else self.rgb)[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +181,8 @@ def track_video(
     Returns:
         arm -> :class:`ArmTrack`.
     """
+    if video.pointmaps is None:
+        raise ValueError("track_video tracks in pointmaps: this video is RGB-only")
     model = model or GripperModel.load()
     X_CnT = invert_transform(np.asarray(X_TCn, dtype=np.float64))
     out: dict[str, ArmTrack] = {}

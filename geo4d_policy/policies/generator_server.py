@@ -2,7 +2,8 @@
 
 ``geo4d-rollout --policy geo4d --workers 8 --device cuda`` runs eight episode processes; loading
 eight copies of the model onto one GPU wastes memory and contends for it, so the rollout runner
-starts one :class:`GeneratorServer` in its own process (:func:`shared_resources`), and every
+starts one :class:`GeneratorServer` in its own process (the policy module's
+``shared_resources`` hook, made by :func:`make_shared_resources`), and every
 worker's policy talks to it through a :class:`GeneratorClient` (the ``server=ADDRESS`` option of
 the ``geo4d`` policy). Requests are served one at a time in arrival order on the server's device.
 
@@ -129,16 +130,15 @@ class GeneratorClient:
             self._conn.close()
 
 
-def _server_main(checkpoint: str | None, device: str, compile_unet: bool, conn: Any) -> None:
+def _server_main(checkpoint: str, device: str, compile_unet: bool, conn: Any) -> None:
     from geo4d_policy.policies.geo4d import load_generator
 
     try:
         import torch
 
         from geo4d_policy.models.checkpoint import read_config_json
-        from geo4d_policy.policies.geo4d import DEFAULT_CHECKPOINT
 
-        tasks = read_config_json(checkpoint or DEFAULT_CHECKPOINT, expect_format="geo4d-generator")["tasks"]
+        tasks = read_config_json(checkpoint, expect_format="geo4d-generator")["tasks"]
         model = load_generator(checkpoint, task=tasks[0], device=device, compile_unet=compile_unet)
         torch.set_grad_enabled(False)
         server = GeneratorServer(model)
@@ -152,31 +152,36 @@ def _server_main(checkpoint: str | None, device: str, compile_unet: bool, conn: 
         time.sleep(3600)
 
 
-@contextlib.contextmanager
-def shared_resources(options: Mapping[str, Any], *, device: str, workers: int) -> Iterator[dict[str, Any]]:
-    """Rollout-runner hook: with several workers on a GPU, one server process holds the model.
+def make_shared_resources(default_checkpoint: str | os.PathLike[str]):
+    """The rollout-runner hook of a generator policy whose checkpoint defaults to ``default_checkpoint``.
 
-    Yields the extra policy options (``{"server": address}``), or ``{}`` when sharing does not
-    pay (CPU, one worker, or a server address already given).
-
-    Raises:
-        RuntimeError: the server could not load the model (the message says why).
+    The hook, ``shared_resources(options, *, device, workers)``, is a context manager: with several
+    workers on a GPU it starts one server process holding the model (``options["checkpoint"]`` or
+    the default) and yields the extra policy options ``{"server": address}``; otherwise (CPU, one
+    worker, or a server address already given) it yields ``{}``. It raises ``RuntimeError`` when
+    the server cannot load the model.
     """
-    if workers <= 1 or not str(device).startswith("cuda") or options.get("server"):
-        yield {}
-        return
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_server_main, args=(options.get("checkpoint"), str(device),
-                                                  bool(options.get("compile_unet", False)), child), daemon=True)
-    proc.start()
-    try:
-        if not parent.poll(600):
-            raise RuntimeError("the generator server did not start within 10 minutes")
-        msg = parent.recv()
-        if not msg["ok"]:
-            raise RuntimeError(f"the generator server could not start: {msg['error']}")
-        yield {"server": msg["address"]}
-    finally:
-        proc.terminate()
-        proc.join(10)
+
+    @contextlib.contextmanager
+    def shared_resources(options: Mapping[str, Any], *, device: str, workers: int) -> Iterator[dict[str, Any]]:
+        if workers <= 1 or not str(device).startswith("cuda") or options.get("server"):
+            yield {}
+            return
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        checkpoint = str(options.get("checkpoint") or default_checkpoint)
+        proc = ctx.Process(target=_server_main, args=(checkpoint, str(device),
+                                                      bool(options.get("compile_unet", False)), child), daemon=True)
+        proc.start()
+        try:
+            if not parent.poll(600):
+                raise RuntimeError("the generator server did not start within 10 minutes")
+            msg = parent.recv()
+            if not msg["ok"]:
+                raise RuntimeError(f"the generator server could not start: {msg['error']}")
+            yield {"server": msg["address"]}
+        finally:
+            proc.terminate()
+            proc.join(10)
+
+    return shared_resources

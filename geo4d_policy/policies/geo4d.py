@@ -22,7 +22,7 @@ import numpy as np
 
 from geo4d_policy.data.geometry import depth_to_pointmap
 from geo4d_policy.interface import Observation, canonical_task_name
-from geo4d_policy.policies.generator_server import shared_resources  # noqa: F401 - the runner's hook
+from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.perception.video_tracking import PredictedVideo
 from geo4d_policy.policies.registry import PolicyUnavailableError
 from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
@@ -30,6 +30,9 @@ from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "geo4d_small"
 """The shipped generator (all three tasks, task-conditioned)."""
+
+shared_resources = make_shared_resources(DEFAULT_CHECKPOINT)
+"""Rollout-runner hook: parallel GPU workers share one generator server."""
 
 TRAIN_HINT = ("train one with `geo4d-collect` + `geo4d-train vae ...` + `geo4d-train generator --task all ...` "
               "(README: 'Training') and pass --checkpoint RUN_OR_CHECKPOINT_DIR")
@@ -85,9 +88,13 @@ def preflight(*, task: str, options: dict[str, Any]) -> None:
     if not path.exists():
         raise PolicyUnavailableError(f"no generator checkpoint at {path}; {TRAIN_HINT}")
     try:
-        tasks = read_config_json(path, expect_format="geo4d-generator")["tasks"]
+        data = read_config_json(path, expect_format="geo4d-generator")
+        tasks = data["tasks"]
     except (CheckpointError, KeyError) as e:
         raise PolicyUnavailableError(f"{path} is not a usable generator checkpoint ({e}); {TRAIN_HINT}") from e
+    if not data.get("model", {}).get("use_pointmaps", True):
+        raise PolicyUnavailableError(f"{path} is an RGB-only generator (the dreamitate baseline's); geo4d needs "
+                                     f"one that predicts pointmaps; {TRAIN_HINT}")
     if canonical_task_name(task) not in tasks:
         raise PolicyUnavailableError(f"{path} is a generator for {', '.join(tasks)}; it was not trained on "
                                      f"{canonical_task_name(task)!r}; {TRAIN_HINT}")
@@ -146,8 +153,9 @@ def local_predictor(model: Any):
     """A predictor running ``model.predict`` in this process."""
 
     def predict(inputs: dict[str, np.ndarray], *, task: str, seed: int, num_steps: int | None) -> dict[str, Any]:
-        return model.predict(inputs["rgb"], inputs["pointmap_n"], inputs["pointmap_m"], valid_n=inputs["valid_n"],
-                             valid_m=inputs["valid_m"], task=task, seed=seed, num_steps=num_steps)
+        return model.predict(inputs["rgb"], inputs.get("pointmap_n"), inputs.get("pointmap_m"),
+                             valid_n=inputs.get("valid_n"), valid_m=inputs.get("valid_m"), task=task, seed=seed,
+                             num_steps=num_steps)
 
     return predict
 
@@ -173,6 +181,7 @@ def make_policy(*, task: str, checkpoint: str | None = None, device: str | None 
             message names the path and how to train or select one.
     """
     task = canonical_task_name(task)
+    preflight(task=task, options={"checkpoint": checkpoint, "server": server})
     if server is not None:
         from geo4d_policy.policies.generator_server import GeneratorClient
 

@@ -1,8 +1,9 @@
 """The receding-horizon loop shared by the video-prediction policies (geo4d, oracle, dreamitate).
 
 A :class:`VideoPolicy` subclass only says where the future comes from
-(:meth:`VideoPolicy.predict_video`: the 4D generator, the oracle's privileged look-ahead, ...);
-this module owns the rest of every replan:
+(:meth:`VideoPolicy.predict_video`: the 4D generator, the oracle's privileged look-ahead, ...)
+and, if it tracks differently (Dreamitate: RGB only), :meth:`VideoPolicy.track`; this module
+owns the rest of every replan:
 
 1. build the current view n (pointmap from the measured depth, gripper part labels from the
    label image: the first-frame masks SAM2 gives the paper);
@@ -46,7 +47,7 @@ from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.tracker import ICPTrackerConfig, part_label_image
-from geo4d_policy.perception.video_tracking import CurrentView, PredictedVideo, track_video
+from geo4d_policy.perception.video_tracking import ArmTrack, CurrentView, PredictedVideo, track_video
 
 
 class TrackingLostError(RuntimeError):
@@ -107,6 +108,21 @@ class VideoPolicy:
         """The next ``F`` frames of both evaluation views (pointmaps in camera n's frame)."""
         raise NotImplementedError
 
+    def track(self, obs: Observation, video: PredictedVideo) -> dict[str, ArmTrack]:
+        """Both grippers through the prediction (default: ICP on the two views' pointmaps)."""
+        cfg = self.config
+        X_TCn = np.asarray(obs.camera_specs[obs.eval_cameras[0]].X_TC, dtype=np.float64)
+        arms = tuple(self._cmd or obs.arms)
+        return track_video(video, current_view(obs, arms=arms), X_TCn=X_TCn,
+                           X_TG_now={arm: obs.arms[arm].X_TG for arm in arms},
+                           width_now={arm: obs.arms[arm].width for arm in arms},
+                           max_frames=self.frames_to_track, model=self.model,
+                           tracker_config=cfg.tracker, single_view=cfg.single_view)
+
+    @property
+    def frames_to_track(self) -> int:
+        return self.config.track_frames or self.config.control.execute_frames
+
     def on_executed(self, steps: int) -> None:
         """Called with the length of the chunk about to be executed (look-ahead bookkeeping)."""
 
@@ -130,12 +146,7 @@ class VideoPolicy:
         t0 = time.perf_counter()
         video = self.predict_video(obs)
         t1 = time.perf_counter()
-        X_TCn = np.asarray(obs.camera_specs[obs.eval_cameras[0]].X_TC, dtype=np.float64)
-        tracks = track_video(video, current_view(obs, arms=tuple(self._cmd)), X_TCn=X_TCn,
-                             X_TG_now={arm: obs.arms[arm].X_TG for arm in self._cmd},
-                             width_now={arm: obs.arms[arm].width for arm in self._cmd},
-                             max_frames=cfg.track_frames or cfg.control.execute_frames, model=self.model,
-                             tracker_config=cfg.tracker, single_view=cfg.single_view)
+        tracks = self.track(obs, video)
         t2 = time.perf_counter()
         keyframes: dict[str, ArmKeyframes] = {}
         any_tracked = False

@@ -1,0 +1,167 @@
+"""The ``dreamitate`` baseline: RGB-only two-view video generation + RGB-only gripper pose estimation.
+
+Dreamitate (Liang et al. 2024) fine-tunes a video model to generate a stereo pair of videos and
+recovers the tool's pose in each generated view with MegaPose, then triangulates. Ours, on the
+same data and views as ``geo4d``:
+
+* generation: the RGB-only variant of our generator (``use_pointmaps: false``, config
+  ``small_rgb``: no pointmap VAE, no ``X^{m->n}``; the two views still attend to each other as
+  Dreamitate's jointly generated stereo pair does);
+* segmentation of the predicted frames: our gripper part segmenter (RGB -> palm/finger classes
+  per arm); the current frame's labels come from the simulator's label images, as for geo4d;
+* pose per view: :class:`~geo4d_policy.perception.rgb_pose.RGBPoseEstimator` (render-and-compare
+  of the gripper model against the segmentation; the model's known size fixes the depth);
+* fusion: ray-midpoint of the two per-view estimates and the mean rotation
+  (:func:`~geo4d_policy.perception.rgb_pose.fuse_rgb_views`). Dreamitate assumes a calibrated
+  stereo rig, so for fairness this baseline is given ``X_TC`` of both views (geo4d gets only
+  view n's);
+* everything after that (gripper state, waypoints, open-loop execution, replanning) is the
+  shared :class:`~geo4d_policy.policies.video_policy.VideoPolicy` pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geo4d_policy.data.geometry import invert_transform
+from geo4d_policy.data.masks import masks_from_frame
+from geo4d_policy.interface import Observation, canonical_task_name
+from geo4d_policy.perception.tracker import TrackingFrame, part_label_image
+from geo4d_policy.perception.video_tracking import ArmTrack, PredictedVideo
+from geo4d_policy.policies.generator_server import make_shared_resources
+from geo4d_policy.policies.geo4d import REPO_ROOT, local_predictor, resolve_device
+from geo4d_policy.policies.registry import PolicyUnavailableError
+from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
+
+DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "dreamitate_small"
+DEFAULT_SEGMENTER = REPO_ROOT / "assets" / "checkpoints" / "segmenter_small"
+shared_resources = make_shared_resources(DEFAULT_CHECKPOINT)
+"""Rollout-runner hook: parallel GPU workers share one generator server."""
+TRAIN_HINT = ("train one with `geo4d-train generator --config small_rgb --task all --image-vae RUN ...` "
+              "(README: 'Training') and pass --policy-option checkpoint=DIR")
+
+
+class DreamitatePolicy(VideoPolicy):
+    """RGB-only generation, segmentation and render-and-compare poses (see the module docstring)."""
+
+    name = "dreamitate"
+
+    def __init__(self, *, task: str, predictor: Any, segmenter: Any, num_steps: int | None = None,
+                 config: VideoPolicyConfig | None = None, record_predictions: bool = False) -> None:
+        self.predictor = predictor
+        self.segmenter = segmenter
+        self.num_steps = num_steps
+        super().__init__(task=task, config=config, record_predictions=record_predictions)
+
+    def predict_video(self, obs: Observation) -> PredictedVideo:
+        from geo4d_policy.perception.segmenter import part_labels_for_arm
+
+        rgb_now = np.stack([obs.cameras[name].rgb for name in obs.eval_cameras[:2]])
+        seed = (self.seed * 1009 + self._stats["replans"]) % (2**31)
+        out = self.predictor({"rgb": rgb_now}, task=self.task, seed=seed, num_steps=self.num_steps)
+        rgb = np.asarray(out["rgb"])  # (2, F, H, W, 3)
+        F = min(self.frames_to_track, rgb.shape[1])  # only the frames the pipeline tracks
+        classes = self.segmenter.predict(rgb[:, :F].reshape(-1, *rgb.shape[2:])).reshape(2, F, *rgb.shape[2:4])
+        return PredictedVideo(pointmaps=None, valid=None, rgb=rgb[:, :F],
+                              part_labels={arm: part_labels_for_arm(classes, arm) for arm in obs.arms})
+
+    def track(self, obs: Observation, video: PredictedVideo) -> dict[str, ArmTrack]:
+        from geo4d_policy.perception.rgb_pose import RGBPoseEstimator, fuse_rgb_views
+
+        names = obs.eval_cameras[:2]
+        specs = [obs.camera_specs[n] for n in names]
+        packed_now = [masks_from_frame(obs.cameras[n]) for n in names]
+        out: dict[str, ArmTrack] = {}
+        for arm in (self._cmd or obs.arms):
+            X_TG = np.asarray(obs.arms[arm].X_TG, dtype=np.float64)
+            per_view, regs = [], []
+            for v, spec in enumerate(specs):
+                K = spec.intrinsics.K
+                est = RGBPoseEstimator(self.model, K=K)
+                labels_now = part_label_image(packed_now[v], arm)
+                reg = est.register(labels_now, init_pose=invert_transform(spec.X_TC) @ X_TG,
+                                   init_width=obs.arms[arm].width)
+                regs.append(reg)
+                frames = video.part_labels[arm][v]
+                per_view.append([est.track(TrackingFrame(np.zeros((*f.shape, 3), np.float32), f >= 0, None, f, None, K))
+                                 for f in frames])
+            fused = fuse_rgb_views(per_view[0], per_view[1], X_TC1=specs[0].X_TC, X_TC2=specs[1].X_TC)
+            dist = np.array([self.model.finger_centroid_distance(float(np.clip(f.width, 0.0, self.model.stroke)))
+                             if f.status == "ok" and f.width is not None and np.isfinite(f.width) else np.nan
+                             for f in fused])
+            out[arm] = ArmTrack(fused, regs[0], dist, (per_view[0], per_view[1]))
+        return out
+
+
+def _require(path: Path, what: str, hint: str) -> None:
+    if not path.exists():
+        raise PolicyUnavailableError(f"no {what} at {path}; {hint}")
+
+
+def preflight(*, task: str, options: dict[str, Any]) -> None:
+    """Rollout-runner hook: refuse missing checkpoints before any episode starts."""
+    from geo4d_policy.models.checkpoint import CheckpointError, read_config_json
+
+    seg = Path(options.get("segmenter") or DEFAULT_SEGMENTER)
+    _require(seg, "gripper segmenter", "train one with `geo4d-train segmenter ...` and pass "
+             "--policy-option segmenter=DIR")
+    if options.get("server"):
+        return
+    path = Path(options.get("checkpoint") or DEFAULT_CHECKPOINT)
+    _require(path, "RGB-only generator checkpoint", TRAIN_HINT)
+    try:
+        data = read_config_json(path, expect_format="geo4d-generator")
+    except CheckpointError as e:
+        raise PolicyUnavailableError(f"{e}; {TRAIN_HINT}") from e
+    if data["model"].get("use_pointmaps", True):
+        raise PolicyUnavailableError(f"{path} is a geo4d (RGB + pointmap) generator; dreamitate needs an RGB-only "
+                                     f"one; {TRAIN_HINT}")
+    if canonical_task_name(task) not in data["tasks"]:
+        raise PolicyUnavailableError(f"{path} was not trained on {canonical_task_name(task)!r}; {TRAIN_HINT}")
+
+
+def make_policy(*, task: str, checkpoint: str | None = None, segmenter: str | None = None,
+                device: str | None = "auto", num_steps: int | None = None, execute_frames: int | None = None,
+                server: str | None = None, compile_unet: bool = False,
+                record_predictions: bool = False) -> DreamitatePolicy:
+    """The ``dreamitate`` policy for ``task``.
+
+    Args:
+        task: task name (CamelCase or snake_case).
+        checkpoint: RGB-only generator (default ``assets/checkpoints/dreamitate_small``).
+        segmenter: gripper part segmenter (default ``assets/checkpoints/segmenter_small``).
+        device: ``auto``, ``cpu``, ``cuda`` ...
+        num_steps: sampler steps per prediction (default 25).
+        execute_frames: predicted frames executed before replanning (default 4).
+        server: address of a generator server (parallel GPU workers share one model).
+        compile_unet: ``torch.compile`` the U-Net (CUDA only).
+        record_predictions: keep each replan's predicted frames for ``--video``.
+
+    Raises:
+        PolicyUnavailableError: a checkpoint is missing or does not fit (message names the fix).
+    """
+    from geo4d_policy.perception.segmenter import GripperSegmenter
+    from geo4d_policy.policies.geo4d import load_generator
+
+    task = canonical_task_name(task)
+    options = {"checkpoint": checkpoint, "segmenter": segmenter, "server": server}
+    preflight(task=task, options=options)
+    device = resolve_device(device)
+    if server is not None:
+        from geo4d_policy.policies.generator_server import GeneratorClient
+
+        predictor = GeneratorClient(server)
+    else:
+        model = load_generator(checkpoint or DEFAULT_CHECKPOINT, task=task, device=device, compile_unet=compile_unet)
+        predictor = local_predictor(model)
+    seg = GripperSegmenter.from_pretrained(segmenter or DEFAULT_SEGMENTER, device=device)
+    config = VideoPolicyConfig()
+    if execute_frames is not None:
+        config = dataclasses.replace(config, control=dataclasses.replace(config.control,
+                                                                         execute_frames=int(execute_frames)))
+    return DreamitatePolicy(task=task, predictor=predictor, segmenter=seg, num_steps=num_steps, config=config,
+                            record_predictions=record_predictions)
