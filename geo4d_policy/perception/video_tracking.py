@@ -49,12 +49,16 @@ class PredictedVideo:
         valid: (2, F, H, W) bool validity (None with ``pointmaps``).
         rgb: optional (2, F, H, W, 3) uint8 frames.
         part_labels: optional arm -> (2, F, H, W) int part codes (-1 none, 0 palm, 1/2 fingers).
+        masks: optional arm -> (2, F, H, W) bool masks of the whole gripper, used for frames
+            without part labels (a segmenter whose finger classes are unreliable still
+            separates the gripper from the scene).
     """
 
     pointmaps: np.ndarray | None
     valid: np.ndarray | None
     rgb: np.ndarray | None = None
     part_labels: Mapping[str, np.ndarray] | None = None
+    masks: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.pointmaps is None:  # an RGB-only video (the Dreamitate baseline)
@@ -71,9 +75,10 @@ class PredictedVideo:
                 raise ValueError(f"valid must be {pm.shape[:-1]}, got {np.shape(self.valid)}")
             object.__setattr__(self, "valid", valid)
             grid = pm.shape[:-1]
-        for arm, lab in (self.part_labels or {}).items():
-            if np.shape(lab) != grid:
-                raise ValueError(f"part_labels[{arm!r}] must be {grid}, got {np.shape(lab)}")
+        for name, per_arm in (("part_labels", self.part_labels), ("masks", self.masks)):
+            for arm, lab in (per_arm or {}).items():
+                if np.shape(lab) != grid:
+                    raise ValueError(f"{name}[{arm!r}] must be {grid}, got {np.shape(lab)}")
 
     @property
     def num_frames(self) -> int:
@@ -121,7 +126,8 @@ class ArmTrack:
 
 
 def _track_view(tracker: PoseTracker, current: CurrentView, arm: str, pointmaps: np.ndarray, valid: np.ndarray,
-                labels: np.ndarray | None, hint: np.ndarray, width: float | None) -> tuple[TrackResult, list[TrackResult]]:
+                labels: np.ndarray | None, masks: np.ndarray | None, hint: np.ndarray,
+                width: float | None) -> tuple[TrackResult, list[TrackResult]]:
     tracker.reset()
     first = TrackingFrame(current.pointmap, current.valid, None, current.part_labels.get(arm))
     reg = tracker.register(first, init_pose=hint)
@@ -131,7 +137,8 @@ def _track_view(tracker: PoseTracker, current: CurrentView, arm: str, pointmaps:
         tracker.start_from(hint, width=width)
     out = []
     for t in range(len(pointmaps)):
-        out.append(tracker.track(TrackingFrame(pointmaps[t], valid[t], None, None if labels is None else labels[t])))
+        out.append(tracker.track(TrackingFrame(pointmaps[t], valid[t], None if masks is None else masks[t],
+                                               None if labels is None else labels[t])))
     return reg, out
 
 
@@ -194,14 +201,18 @@ def track_video(
             base = ICPGripperTracker(model, config=tracker_config)
             pair = [base, copy.deepcopy(base)]
         labels = (video.part_labels or {}).get(arm)
+        masks = (video.masks or {}).get(arm)
         width = None if width_now is None else width_now.get(arm)
         F = video.num_frames if max_frames is None else max(1, min(int(max_frames), video.num_frames))
-        reg, res_n = _track_view(pair[0], current, arm, video.pointmaps[0, :F], video.valid[0, :F],
-                                 None if labels is None else labels[0, :F], hint, width)
+
+        def view(v: int):
+            return (video.pointmaps[v, :F], video.valid[v, :F], None if labels is None else labels[v, :F],
+                    None if masks is None else masks[v, :F])
+
+        reg, res_n = _track_view(pair[0], current, arm, *view(0), hint, width)
         res_m = None
         if not single_view:
-            _, res_m = _track_view(pair[1], current, arm, video.pointmaps[1, :F], video.valid[1, :F],
-                                   None if labels is None else labels[1, :F], hint, width)
+            _, res_m = _track_view(pair[1], current, arm, *view(1), hint, width)
         fused = fuse_views(res_n, res_m, X_TCn=X_TCn)
         dist = np.array([_finger_distance(video, arm, f, t, model) for t, f in enumerate(fused)])
         out[arm] = ArmTrack(fused, reg, dist, (res_n, res_m or []))

@@ -35,10 +35,9 @@ from geo4d_policy.perception.video_tracking import ArmTrack, PredictedVideo
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.policies.geo4d import REPO_ROOT, local_predictor, resolve_device
 from geo4d_policy.policies.registry import PolicyUnavailableError
-from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
+from geo4d_policy.policies.video_policy import DEFAULT_SEGMENTER, VideoPolicy, VideoPolicyConfig
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "dreamitate_small"
-DEFAULT_SEGMENTER = REPO_ROOT / "assets" / "checkpoints" / "segmenter_small"
 shared_resources = make_shared_resources(DEFAULT_CHECKPOINT)
 """Rollout-runner hook: parallel GPU workers share one generator server."""
 TRAIN_HINT = ("train one with `geo4d-train generator --config small_rgb --task all --image-vae RUN ...` "
@@ -53,9 +52,8 @@ class DreamitatePolicy(VideoPolicy):
     def __init__(self, *, task: str, predictor: Any, segmenter: Any, num_steps: int | None = None,
                  config: VideoPolicyConfig | None = None, record_predictions: bool = False) -> None:
         self.predictor = predictor
-        self.segmenter = segmenter
         self.num_steps = num_steps
-        super().__init__(task=task, config=config, record_predictions=record_predictions)
+        super().__init__(task=task, config=config, segmenter=segmenter, record_predictions=record_predictions)
 
     def predict_video(self, obs: Observation) -> PredictedVideo:
         from geo4d_policy.perception.segmenter import part_labels_for_arm

@@ -25,7 +25,7 @@ from geo4d_policy.interface import Observation, canonical_task_name
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.perception.video_tracking import PredictedVideo
 from geo4d_policy.policies.registry import PolicyUnavailableError
-from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
+from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig, load_segmenter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "geo4d_small"
@@ -132,10 +132,11 @@ class Geo4DPolicy(VideoPolicy):
     name = "geo4d"
 
     def __init__(self, *, task: str, predictor: Any, num_steps: int | None = None,
-                 config: VideoPolicyConfig | None = None, record_predictions: bool = False) -> None:
+                 config: VideoPolicyConfig | None = None, segmenter: Any = None,
+                 record_predictions: bool = False) -> None:
         self.predictor = predictor
         self.num_steps = num_steps
-        super().__init__(task=task, config=config, record_predictions=record_predictions)
+        super().__init__(task=task, config=config, segmenter=segmenter, record_predictions=record_predictions)
 
     def predict_video(self, obs: Observation) -> PredictedVideo:
         seed = (self.seed * 1009 + self._stats["replans"]) % (2**31)  # new noise per replan, reproducible
@@ -162,7 +163,8 @@ def local_predictor(model: Any):
 
 def make_policy(*, task: str, checkpoint: str | None = None, device: str | None = "auto",
                 num_steps: int | None = None, execute_frames: int | None = None, server: str | None = None,
-                compile_unet: bool = False, record_predictions: bool = False) -> Geo4DPolicy:
+                segmenter: str | None = "auto", compile_unet: bool = False,
+                record_predictions: bool = False) -> Geo4DPolicy:
     """The ``geo4d`` policy for ``task``.
 
     Args:
@@ -171,8 +173,10 @@ def make_policy(*, task: str, checkpoint: str | None = None, device: str | None 
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
         num_steps: sampler steps per prediction (default 25; fewer is faster and coarser).
         execute_frames: predicted frames executed before replanning (default 4 = 2 s).
-        server: address of a running generator server (``host:port`` or a socket path);
-            when given no model is loaded in this process.
+        server: address of a running generator server (``unix:PATH#KEY``, started by the
+            rollout runner for parallel GPU workers); then no model is loaded in this process.
+        segmenter: gripper segmenter for the predicted RGB frames (``auto``: the shipped one;
+            ``none``: track in unsegmented pointmaps; or a path).
         compile_unet: ``torch.compile`` the U-Net (CUDA only; first prediction compiles).
         record_predictions: keep each replan's predicted frames for ``--video``.
 
@@ -194,4 +198,5 @@ def make_policy(*, task: str, checkpoint: str | None = None, device: str | None 
         config = dataclasses.replace(config, control=dataclasses.replace(config.control,
                                                                          execute_frames=int(execute_frames)))
     return Geo4DPolicy(task=task, predictor=predictor, num_steps=num_steps, config=config,
+                       segmenter=load_segmenter(segmenter, device=resolve_device(device)),
                        record_predictions=record_predictions)

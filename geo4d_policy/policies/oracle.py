@@ -67,6 +67,8 @@ class ExpertLookahead:
         self._new_history: list[Observation] = []
         self.frame_poses: dict[str, np.ndarray] = {}
         """arm -> (F, 4, 4) true gripper poses at the last look-ahead's frames."""
+        self.frame_widths: dict[str, np.ndarray] = {}
+        """arm -> (F,) true finger openings (m) at those frames."""
 
     def _make_expert(self):
         from sim.experts import make_expert_policy
@@ -109,14 +111,15 @@ class ExpertLookahead:
                 # ends in the look-ahead (success or t_max) the last frame repeats.
                 if not (done and rendered_done):
                     frames.append((o.cameras[n_name], o.cameras[m_name]))
-                    poses.append({arm: s.X_TG.copy() for arm, s in o.arms.items()})
+                    poses.append({arm: (s.X_TG.copy(), s.width) for arm, s in o.arms.items()})
                     rendered_done = done
                 else:
                     frames.append(frames[-1])
                     poses.append(poses[-1])
         records.append(_StepRecord(len(new_history), list(queue)))
         self._records, self._new_history = records, new_history
-        self.frame_poses = {arm: np.stack([p[arm] for p in poses]) for arm in poses[0]}
+        self.frame_poses = {arm: np.stack([p[arm][0] for p in poses]) for arm in poses[0]}
+        self.frame_widths = {arm: np.array([p[arm][1] for p in poses]) for arm in poses[0]}
         return frames
 
     def commit(self, steps: int) -> None:
@@ -159,10 +162,11 @@ class OraclePolicy(VideoPolicy):
     name = "oracle"
 
     def __init__(self, *, task: str, config: VideoPolicyConfig | None = None, num_frames: int = 10,
-                 future_labels: bool = False, record_predictions: bool = False, env_factory: Any = None) -> None:
+                 future_labels: bool = False, segmenter: Any = None, record_predictions: bool = False,
+                 env_factory: Any = None) -> None:
         self.lookahead = ExpertLookahead(task, num_frames=num_frames, env_factory=env_factory)
         self.future_labels = future_labels
-        super().__init__(task=task, config=config, record_predictions=record_predictions)
+        super().__init__(task=task, config=config, segmenter=segmenter, record_predictions=record_predictions)
 
     def reset(self, *, seed: int) -> None:
         super().reset(seed=seed)
@@ -175,25 +179,34 @@ class OraclePolicy(VideoPolicy):
         self.lookahead.commit(steps)
 
 
-def make_policy(*, task: str, num_frames: int = 6, future_labels: bool = False, execute_frames: int | None = None,
-                record_predictions: bool = False, device: str | None = None) -> OraclePolicy:
+def make_policy(*, task: str, num_frames: int = 6, labels: str = "segmenter", execute_frames: int | None = None,
+                segmenter: str | None = "auto", record_predictions: bool = False,
+                device: str | None = None) -> OraclePolicy:
     """The ``oracle`` policy for ``task``.
 
     Args:
         task: task name (CamelCase or snake_case).
         num_frames: look-ahead frames per replan (the pipeline executes the first 4; the
             generator predicts 10, but frames past the executed ones change nothing).
-        future_labels: also give the tracker ground-truth gripper labels of the future frames
-            (default off: the same inputs as geo4d, whose predicted frames are unsegmented).
+        labels: segmentation of the look-ahead frames: ``segmenter`` (default: the same
+            segmenter geo4d runs on its predicted frames, so only generation differs),
+            ``ground_truth`` (the simulator's label images: the pipeline with perfect
+            segmentation) or ``none`` (unsegmented pointmaps).
+        segmenter: the segmenter for ``labels=segmenter`` (``auto``: the shipped one, or a path).
         execute_frames: predicted frames executed per replan (default: the pipeline's).
         record_predictions: keep each replan's frames for :meth:`save_predictions`.
-        device: ignored (the oracle runs no model); accepted for a uniform CLI.
+        device: torch device of the segmenter.
     """
+    from geo4d_policy.policies.video_policy import load_segmenter
+
     from geo4d_policy.control.receding_horizon import RecedingHorizonConfig
 
     config = VideoPolicyConfig()
     if execute_frames is not None:
         config = dataclasses.replace(config, control=dataclasses.replace(RecedingHorizonConfig(),
                                                                          execute_frames=int(execute_frames)))
+    if labels not in ("segmenter", "ground_truth", "none"):
+        raise ValueError(f"labels must be segmenter, ground_truth or none, got {labels!r}")
+    seg = load_segmenter(segmenter if labels == "segmenter" else "none", device=device or "cpu")
     return OraclePolicy(task=canonical_task_name(task), config=config, num_frames=num_frames,
-                        future_labels=future_labels, record_predictions=record_predictions)
+                        future_labels=labels == "ground_truth", segmenter=seg, record_predictions=record_predictions)

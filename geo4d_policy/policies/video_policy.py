@@ -50,6 +50,35 @@ from geo4d_policy.perception.tracker import ICPTrackerConfig, part_label_image
 from geo4d_policy.perception.video_tracking import ArmTrack, CurrentView, PredictedVideo, track_video
 
 
+DEFAULT_SEGMENTER = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "segmenter_small"
+"""The shipped gripper part segmenter (RGB -> palm/finger classes per arm)."""
+
+
+def load_segmenter(option: str | None, *, device: str = "cpu") -> Any:
+    """The segmenter a video policy uses on predicted frames.
+
+    Args:
+        option: ``"auto"``/None (the shipped one if present, else none), ``"none"``, or a path.
+        device: torch device.
+
+    Raises:
+        PolicyUnavailableError: an explicit path that holds no segmenter.
+    """
+    if option in ("none", "off", False):
+        return None
+    path = DEFAULT_SEGMENTER if option in (None, "auto") else Path(str(option))
+    if not path.exists():
+        if option in (None, "auto"):
+            return None
+        from geo4d_policy.policies.registry import PolicyUnavailableError
+
+        raise PolicyUnavailableError(f"no gripper segmenter at {path}; train one with `geo4d-train segmenter ...` "
+                                     f"or pass --policy-option segmenter=none")
+    from geo4d_policy.perception.segmenter import GripperSegmenter
+
+    return GripperSegmenter.from_pretrained(path, device=device)
+
+
 class TrackingLostError(RuntimeError):
     """The grippers could not be tracked in the predictions for too many replans in a row."""
 
@@ -69,6 +98,10 @@ class VideoPolicyConfig:
         single_view: track only in view n (ablation of the two-view fusion).
         track_frames: predicted frames tracked per replan (default: the executed ones; more
             only adds diagnostics).
+        segment_parts: use the segmenter's palm/finger classes (finger clusters for the
+            gripper state); the default uses only its whole-gripper masks, and the finger
+            opening the tracker fits to the masked points (the shipped segmenter separates
+            the gripper from the scene far better than the fingers from each other).
     """
 
     control: RecedingHorizonConfig = dataclasses.field(default_factory=RecedingHorizonConfig)
@@ -78,6 +111,7 @@ class VideoPolicyConfig:
     max_lost_replans: int = 6
     single_view: bool = False
     track_frames: int | None = None
+    segment_parts: bool = False
 
 
 def current_view(obs: Observation, *, arms: tuple[str, ...] = ARM_NAMES) -> CurrentView:
@@ -93,10 +127,11 @@ class VideoPolicy:
 
     name = "video"
 
-    def __init__(self, *, task: str, config: VideoPolicyConfig | None = None,
+    def __init__(self, *, task: str, config: VideoPolicyConfig | None = None, segmenter: Any = None,
                  record_predictions: bool = False) -> None:
         self.task = task
         self.config = config or VideoPolicyConfig()
+        self.segmenter = segmenter
         self.record_predictions = record_predictions
         self.model = GripperModel.load()
         self._estimator_template = GripperStateEstimator(
@@ -107,6 +142,27 @@ class VideoPolicy:
     def predict_video(self, obs: Observation) -> PredictedVideo:
         """The next ``F`` frames of both evaluation views (pointmaps in camera n's frame)."""
         raise NotImplementedError
+
+    def segment(self, video: PredictedVideo) -> PredictedVideo:
+        """Gripper masks of the predicted frames from their RGB, when a segmenter is set and the
+        video carries no segmentation: unsegmented frames make the tracker fit the gripper
+        model to whatever is near its predicted pose, which drifts onto the scene when the
+        gripper moves fast or touches an object."""
+        if self.segmenter is None or video.rgb is None or video.part_labels is not None or video.masks is not None:
+            return video
+        from geo4d_policy.perception.segmenter import gripper_mask_for_arm, part_labels_for_arm
+
+        rgb = np.asarray(video.rgb)[:, :self.frames_to_track]
+        classes = self.segmenter.predict(rgb.reshape(-1, *rgb.shape[2:])).reshape(rgb.shape[:4])
+        arms = tuple(self._cmd or ARM_NAMES)
+        pad = video.num_frames - rgb.shape[1]
+
+        def full(x: np.ndarray, fill: Any) -> np.ndarray:  # untracked frames: nothing segmented
+            return np.concatenate([x, np.full((2, pad, *x.shape[2:]), fill, dtype=x.dtype)], axis=1) if pad else x
+
+        if self.config.segment_parts:
+            return dataclasses.replace(video, part_labels={a: full(part_labels_for_arm(classes, a), -1) for a in arms})
+        return dataclasses.replace(video, masks={a: full(gripper_mask_for_arm(classes, a), False) for a in arms})
 
     def track(self, obs: Observation, video: PredictedVideo) -> dict[str, ArmTrack]:
         """Both grippers through the prediction (default: ICP on the two views' pointmaps)."""
@@ -144,7 +200,7 @@ class VideoPolicy:
         if self._cmd is None:
             self._cmd = {arm: (np.asarray(obs.arms[arm].X_TG, dtype=np.float64).copy(), False) for arm in obs.arms}
         t0 = time.perf_counter()
-        video = self.predict_video(obs)
+        video = self.segment(self.predict_video(obs))
         t1 = time.perf_counter()
         tracks = self.track(obs, video)
         t2 = time.perf_counter()
