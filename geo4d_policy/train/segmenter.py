@@ -1,0 +1,539 @@
+"""Training and evaluation of the gripper part segmenter (:mod:`geo4d_policy.perception.segmenter`).
+
+This module owns:
+  * :class:`SegmenterTrainConfig`, the typed recipe (``configs/segmenter/{tiny,small}.yaml``);
+  * :class:`SegmentationFrameDataset`, single camera frames (RGB + per-pixel class targets from
+    the packed part masks) of a geo4d-collect dataset, from its training or held-out cameras as
+    ``meta.json`` defines them, with seeded colour-jitter augmentation;
+  * :func:`train_segmenter`, the loop (AdamW, warm-up, class-weighted cross-entropy, EMA,
+    periodic held-out IoU), with the trainer's checkpoint conventions;
+  * :func:`evaluate_segmenter`, per-class IoU on a split (held-out cameras by default);
+  * :func:`export_segmenter`, a run's last checkpoint as a shippable (fp16) directory.
+
+Run directory (as :mod:`geo4d_policy.train.trainer`)::
+
+    out_dir/
+      train_config.yaml        the resolved SegmenterTrainConfig
+      metrics.jsonl            loss / lr / s_per_step every ``log_every`` steps, held-out IoU
+                               every ``eval_every`` steps
+      last                     name of the newest step directory
+      step_<N>/                config.json + model.safetensors (EMA weights, loadable by
+                               GripperSegmenter.from_pretrained) + training_state/
+      eval_heldout.json        the final held-out evaluation
+
+``resume=True`` restores weights, EMA, optimizer, schedule, RNG and the position in the epoch
+(the sample order and augmentations are functions of (seed, epoch, index)), so a resumed run
+reproduces an uninterrupted one.
+
+Augmentation is photometric only: a horizontal flip would mirror the scene and swap which
+side of the image each arm (and finger) is on, teaching the model impossible layouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import ConcatDataset, default_collate
+
+from geo4d_policy.config import CONFIG_DIR, ConfigError, atomic_write_text, load_config, save_config, to_dict
+from geo4d_policy.data.datasets import OnError, _BaseDataset, _split_cameras
+from geo4d_policy.models.checkpoint import LAST_POINTER, CheckpointError, read_config_json
+from geo4d_policy.perception.segmenter import (
+    CLASS_NAMES,
+    NUM_CLASSES,
+    GripperSegmenter,
+    SegmenterConfig,
+    classes_from_packed_masks,
+    confusion_matrix,
+    iou_from_confusion,
+)
+from geo4d_policy.train.ema import EMA
+
+# The generator trainer's run-directory helpers: one implementation of the conventions.
+from geo4d_policy.train.trainer import (
+    STATE_DIR,
+    _lr_lambda,
+    _prune,
+    _rng_state,
+    _set_rng_state,
+    _truncate_metrics,
+    _write_last,
+)
+
+log = logging.getLogger(__name__)
+
+SEGMENTER_CONFIG_DIR = CONFIG_DIR / "segmenter"
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ColorJitter:
+    """Photometric augmentation, drawn per sample (all factors uniform in ``1 +- x``).
+
+    Attributes:
+        brightness, contrast, saturation: multiplicative ranges.
+        channel_gain: independent per-channel gain range (white balance).
+        noise_std: std of additive Gaussian pixel noise, in [-1, 1] image units.
+        prob: probability that a sample is augmented at all.
+    """
+
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.3
+    channel_gain: float = 0.08
+    noise_std: float = 0.02
+    prob: float = 0.9
+
+
+@dataclasses.dataclass
+class SegmenterTrainConfig:
+    """A segmenter training run.
+
+    Attributes:
+        name: recipe name (``tiny``/``small``).
+        model: the U-Net size.
+        max_steps: optimizer steps (may be raised when resuming).
+        batch_size: frames per step.
+        lr, warmup_steps, lr_schedule: peak learning rate, linear warm-up, then constant or
+            cosine decay to 10% at ``max_steps``.
+        weight_decay: AdamW weight decay.
+        grad_clip: max global gradient norm (0 = off).
+        ema_decay: EMA of the weights (checkpoints hold the EMA weights).
+        class_weight_power: class weights ``freq ** -power`` (normalised to a pixel-weighted
+            mean of 1), from the training frames' class frequencies: grippers cover ~1% of a
+            frame and each finger a few pixels, so unweighted cross-entropy predicts background.
+        max_class_weight: cap of a class weight relative to background.
+        class_stat_frames: frames sampled to measure the class frequencies.
+        jitter: colour augmentation.
+        eval_every: held-out evaluation period in steps (0 = only at the end).
+        eval_frames: held-out frames per periodic evaluation (fixed, seeded subset).
+        final_eval_frames: held-out frames of the final evaluation (0 = all).
+        ckpt_every, log_every, keep_last: checkpoint/metrics periods and step directories kept.
+        num_threads: torch CPU threads (0 = leave torch's default).
+        seed: model initialisation, sample order and augmentation.
+        progress: show a progress bar.
+    """
+
+    name: str = "small"
+    model: SegmenterConfig = dataclasses.field(default_factory=SegmenterConfig)
+    max_steps: int = 900
+    batch_size: int = 12
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    class_weight_power: float = 0.35
+    max_class_weight: float = 15.0
+    class_stat_frames: int = 300
+    jitter: ColorJitter = dataclasses.field(default_factory=ColorJitter)
+    eval_every: int = 250
+    eval_frames: int = 200
+    final_eval_frames: int = 0
+    ckpt_every: int = 250
+    log_every: int = 25
+    keep_last: int = 2
+    num_threads: int = 2
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if min(self.max_steps, self.batch_size, self.ckpt_every, self.log_every, self.keep_last) < 1:
+            raise ConfigError("SegmenterTrainConfig: max_steps, batch_size, ckpt_every, log_every and "
+                              "keep_last must be >= 1")
+        if self.model.num_classes != NUM_CLASSES:
+            raise ConfigError(f"SegmenterTrainConfig.model.num_classes must be {NUM_CLASSES} "
+                              "(the mask layout)")
+
+
+def load_segmenter_train_config(name_or_path: str | os.PathLike[str], *,
+                                overrides: dict[str, Any] | None = None) -> SegmenterTrainConfig:
+    """A recipe by name (``configs/segmenter/<name>.yaml``) or YAML path, with shallow overrides."""
+    p = Path(name_or_path)
+    if not p.suffix and not p.exists():
+        p = SEGMENTER_CONFIG_DIR / f"{name_or_path}.yaml"
+        if not p.is_file():
+            known = sorted(q.stem for q in SEGMENTER_CONFIG_DIR.glob("*.yaml"))
+            raise ConfigError(f"unknown segmenter config {str(name_or_path)!r}; "
+                              f"known: {known} or a YAML path")
+    return load_config(SegmenterTrainConfig, p, overrides=overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def jitter_image(x: torch.Tensor, jitter: ColorJitter, rng: np.random.Generator) -> torch.Tensor:
+    """Colour-jitter one (3, H, W) image in [-1, 1] with ``rng``'s draws (returns a new tensor)."""
+    if rng.random() >= jitter.prob:
+        return x
+    u = rng.uniform(-1.0, 1.0, size=6)
+    y = (x + 1.0) * 0.5  # [0, 1] so that the factors act on intensities
+    y = y * (1.0 + jitter.brightness * u[0])
+    mean = y.mean()
+    y = (y - mean) * (1.0 + jitter.contrast * u[1]) + mean
+    gray = (0.299 * y[0] + 0.587 * y[1] + 0.114 * y[2])[None]
+    y = (y - gray) * (1.0 + jitter.saturation * u[2]) + gray
+    y = y * torch.as_tensor(1.0 + jitter.channel_gain * u[3:6], dtype=y.dtype)[:, None, None]
+    y = y * 2.0 - 1.0
+    if jitter.noise_std > 0:
+        noise = rng.standard_normal(size=tuple(y.shape), dtype=np.float32)
+        y = y + jitter.noise_std * torch.from_numpy(noise)
+    return y.clamp_(-1.0, 1.0)
+
+
+class SegmentationFrameDataset(_BaseDataset):
+    """Single camera frames of one dataset: RGB and per-pixel class targets.
+
+    Sample ``i`` is (episode, camera of the split, video frame); every frame of every camera
+    of the split is one sample. Returned dict: ``image`` (3, H, W) float32 in [-1, 1]
+    (colour-jittered when ``jitter`` is given, seeded by (seed, epoch, i)), ``target`` (H, W)
+    int64 class ids (:data:`~geo4d_policy.perception.segmenter.CLASS_NAMES`), ``cam``, ``seed``,
+    ``t`` int64 scalars.
+
+    Args:
+        root: dataset directory (geo4d-collect).
+        split: ``"train"`` or ``"heldout"`` cameras, as the dataset's ``meta.json`` defines them.
+        jitter: colour augmentation, or None.
+        on_error: ``"skip"`` corrupt episode files with a warning, or ``"raise"``.
+        seed: augmentation seed.
+        max_open_files: open files kept per process.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, split: Literal["train", "heldout"] = "train",
+                 jitter: ColorJitter | None = None, on_error: OnError = "skip", seed: int = 0,
+                 max_open_files: int = 16) -> None:
+        super().__init__(root, on_error=on_error, seed=seed, resolution=None, max_open_files=max_open_files)
+        self.split = split
+        self.cams = _split_cameras(self.meta, split)
+        self.jitter = jitter
+        for k, e in enumerate(self._episodes.entries):
+            # t encodes (camera position in the split, frame) as one integer.
+            self._index += [(k, t) for t in range(len(self.cams) * e.n_frames)]
+
+    def locate(self, i: int) -> tuple[int, str, int]:
+        """(episode seed, camera name, frame) of sample ``i``."""
+        k, t = self._index[i]
+        n = self._episodes.entries[k].n_frames
+        return self._episodes.entries[k].seed, self.meta.camera_names[self.cams[t // n]], t % n
+
+    def _load(self, i: int, k: int, t: int) -> dict[str, torch.Tensor]:
+        entry = self._episodes.entries[k]
+        cam = self.cams[t // entry.n_frames]
+        f = t % entry.n_frames
+        r = self._episodes.reader(k)
+        name = self.meta.camera_names[cam]
+        image = GripperSegmenter.images_to_tensor(r.rgb(name, f)[None])[0]
+        if self.jitter is not None:
+            image = jitter_image(image, self.jitter, self._rng(i))
+        target = torch.from_numpy(classes_from_packed_masks(r.masks(name, f)))
+        return {"image": image, "target": target, "cam": torch.tensor(cam), "seed": torch.tensor(entry.seed),
+                "t": torch.tensor(f)}
+
+
+def frame_datasets(data_dirs: Sequence[str | os.PathLike[str]], *, split: Literal["train", "heldout"],
+                   jitter: ColorJitter | None = None, seed: int = 0) -> ConcatDataset:
+    """One :class:`SegmentationFrameDataset` per directory, concatenated."""
+    if not data_dirs:
+        raise ValueError("no dataset directories given")
+    return ConcatDataset([SegmentationFrameDataset(d, split=split, jitter=jitter, seed=seed)
+                          for d in data_dirs])
+
+
+def class_frequencies(dataset: torch.utils.data.Dataset, *, n_frames: int, seed: int) -> np.ndarray:
+    """Pixel frequency of each class over ``n_frames`` random frames (all if fewer)."""
+    rng = np.random.default_rng([seed, 99])
+    idx = rng.choice(len(dataset), size=min(n_frames, len(dataset)), replace=False)
+    counts = np.zeros(NUM_CLASSES, dtype=np.float64)
+    for i in idx:
+        counts += np.bincount(dataset[int(i)]["target"].numpy().ravel(), minlength=NUM_CLASSES)
+    return counts / max(counts.sum(), 1.0)
+
+
+def class_weights(freq: np.ndarray, *, power: float, max_weight: float) -> np.ndarray:
+    """``freq ** -power`` capped at ``max_weight`` x background, with pixel-weighted mean 1.
+
+    Classes never seen get the cap (they may appear in other frames).
+    """
+    freq = np.asarray(freq, dtype=np.float64)
+    w = np.where(freq > 0, np.maximum(freq, 1e-12) ** -power, np.inf)
+    w = np.minimum(w, max_weight * w[0])
+    # Normalising keeps the loss scale (and so the learning rate) independent of the weights.
+    return w / max(float((w * freq).sum()), 1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_segmenter(model: GripperSegmenter, dataset: torch.utils.data.Dataset, *,
+                       max_frames: int = 0, seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
+    """Per-class IoU (and pixel accuracy) of ``model`` on ``dataset``'s frames.
+
+    Args:
+        model: the segmenter.
+        dataset: frames (e.g. ``frame_datasets(dirs, split="heldout")``), no augmentation.
+        max_frames: evaluate a seeded random subset of this many frames (0 = all).
+        seed: seed of that subset.
+        batch_size: frames per forward pass.
+
+    Returns:
+        ``{"iou": {class: IoU}, "miou_gripper": mean IoU of the six gripper classes present,
+        "pixel_accuracy", "gripper_recall": share of gripper pixels predicted as some gripper
+        class of the right arm, "n_frames", "confusion": (C, C) list}``.
+    """
+    n = len(dataset)
+    if max_frames and max_frames < n:
+        idx = np.sort(np.random.default_rng([seed, 5]).choice(n, size=max_frames, replace=False))
+    else:
+        idx = np.arange(n)
+    was_training = model.training
+    model.eval()
+    conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    try:
+        for s in range(0, len(idx), batch_size):
+            items = [dataset[int(i)] for i in idx[s:s + batch_size]]
+            x = torch.stack([it["image"] for it in items]).to(model.device)
+            pred = model(x).argmax(1).cpu().numpy()
+            conf += confusion_matrix(pred, torch.stack([it["target"] for it in items]).numpy())
+    finally:
+        model.train(was_training)
+    iou = iou_from_confusion(conf)
+    grip = iou[1:][np.isfinite(iou[1:])]
+    # Arm-level recall: palm/finger confusions within one arm do not matter for masking.
+    arm_hits = conf[1:4, 1:4].sum() + conf[4:7, 4:7].sum()
+    n_grip = conf[1:].sum()
+    return {
+        "iou": {name: (None if not np.isfinite(v) else float(v)) for name, v in zip(CLASS_NAMES, iou)},
+        "miou_gripper": float(grip.mean()) if grip.size else float("nan"),
+        "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1)),
+        "gripper_recall": float(arm_hits / n_grip) if n_grip else float("nan"),
+        "n_frames": int(len(idx)),
+        "confusion": conf.tolist(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SegmenterTrainResult:
+    """What :func:`train_segmenter` returns."""
+
+    out_dir: Path
+    checkpoint: Path
+    step: int
+    metrics: dict[str, float]
+    heldout: dict[str, Any] | None
+
+
+def _epoch_order(n: int, *, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def train_segmenter(
+    config: SegmenterTrainConfig,
+    *,
+    data_dirs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    resume: bool = False,
+) -> SegmenterTrainResult:
+    """Train a :class:`GripperSegmenter` on the training cameras of ``data_dirs``.
+
+    Args:
+        config: the recipe.
+        data_dirs: geo4d-collect dataset directories (any tasks).
+        out_dir: run directory (created).
+        resume: continue from ``out_dir/last`` if it exists; without it an existing run is refused.
+
+    Returns:
+        :class:`SegmenterTrainResult` with the last checkpoint and the final held-out evaluation
+        (None when the datasets have fewer than two held-out cameras).
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a run and ``resume`` is False.
+        CheckpointError: the run to resume was trained with another model config.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    if (out / LAST_POINTER).exists() and not resume:
+        raise FileExistsError(f"{out} already holds a training run: pass resume=True or use another "
+                              "directory")
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    train_ds = frame_datasets(data_dirs, split="train", jitter=config.jitter, seed=config.seed)
+    try:
+        heldout_ds: ConcatDataset | None = frame_datasets(data_dirs, split="heldout", seed=config.seed)
+    except Exception as e:  # noqa: BLE001 - a dataset without held-out views still trains
+        log.warning("no held-out evaluation: %s", e)
+        heldout_ds = None
+
+    torch.manual_seed(config.seed)
+    model = GripperSegmenter(config.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    ema = EMA(model, decay=config.ema_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+
+    step, epoch, in_epoch = 0, 0, 0
+    weights: np.ndarray | None = None
+    if resume and (out / LAST_POINTER).exists():
+        ckpt = out / (out / LAST_POINTER).read_text().strip()
+        sd = ckpt / STATE_DIR
+        meta = json.loads((sd / "state.json").read_text())
+        if meta.get("kind") != "segmenter":
+            raise CheckpointError(f"{out} is a {meta.get('kind')} run, not a segmenter run")
+        if meta["model"] != to_dict(config.model):
+            raise CheckpointError(f"{out} was trained with model {meta['model']}, "
+                                  f"not {to_dict(config.model)}")
+        model.load_state_dict(load_file(str(sd / "raw.safetensors")))
+        ema.load_state_dict(load_file(str(sd / "ema.safetensors")))
+        optimizer.load_state_dict(torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(torch.load(sd / "scheduler.pt", weights_only=True))
+        _set_rng_state(torch.load(sd / "rng_0.pt", weights_only=False), gen)
+        step, epoch, in_epoch = meta["step"], meta["epoch"], meta["next_batch_in_epoch"]
+        weights = np.asarray(meta["class_weights"], dtype=np.float64)
+        _truncate_metrics(out / "metrics.jsonl", step)
+        log.info("resumed %s at step %d (epoch %d, batch %d)", out, step, epoch, in_epoch)
+    if weights is None:
+        freq = class_frequencies(frame_datasets(data_dirs, split="train", seed=config.seed),
+                                 n_frames=config.class_stat_frames, seed=config.seed)
+        weights = class_weights(freq, power=config.class_weight_power, max_weight=config.max_class_weight)
+    weight_t = torch.as_tensor(weights, dtype=torch.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "train_config.yaml")
+
+    def evaluate(max_frames: int) -> dict[str, Any] | None:
+        if heldout_ds is None:
+            return None
+        with ema.swapped():
+            return evaluate_segmenter(model, heldout_ds, max_frames=max_frames, seed=config.seed)
+
+    def save_checkpoint() -> Path:
+        path = out / f"step_{step}"
+        with ema.swapped():
+            model.save_pretrained(path, extra={"training": {"step": step, "recipe": config.name,
+                                                            "class_weights": weights.tolist()}})
+        sd = path / STATE_DIR
+        sd.mkdir(exist_ok=True)
+        save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
+                  str(sd / "raw.safetensors"))
+        save_file(ema.state_dict(), str(sd / "ema.safetensors"))
+        torch.save(optimizer.state_dict(), sd / "optimizer.pt")
+        torch.save(scheduler.state_dict(), sd / "scheduler.pt")
+        torch.save(_rng_state(gen), sd / "rng_0.pt")
+        meta = {"kind": "segmenter", "step": step, "epoch": epoch, "next_batch_in_epoch": in_epoch,
+                "model": to_dict(config.model), "class_weights": weights.tolist()}
+        (sd / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _write_last(out, path.name)
+        _prune(out, config.keep_last, path)
+        return path
+
+    def batches():
+        nonlocal epoch, in_epoch
+        while True:
+            for part in train_ds.datasets:
+                part.set_epoch(epoch)
+            order = _epoch_order(len(train_ds), seed=config.seed, epoch=epoch)
+            n_batches = len(order) // config.batch_size
+            if n_batches == 0:
+                raise ValueError(f"{len(order)} training frames are fewer than one batch of "
+                                 f"{config.batch_size}")
+            while in_epoch < n_batches:
+                sel = order[in_epoch * config.batch_size:(in_epoch + 1) * config.batch_size]
+                in_epoch += 1
+                yield default_collate([train_ds[i] for i in sel])
+            epoch, in_epoch = epoch + 1, 0
+
+    metrics_path = out / "metrics.jsonl"
+    last_ckpt = out / (out / LAST_POINTER).read_text().strip() if (out / LAST_POINTER).exists() else None
+    acc, n_acc, last_metrics = 0.0, 0, {}
+    t_log = time.perf_counter()
+    bar = tqdm(total=config.max_steps, initial=step, disable=not config.progress, desc="train segmenter",
+               dynamic_ncols=True)
+    model.train()
+    data = batches()
+    while step < config.max_steps:
+        batch = next(data)
+        logits = model(batch["image"])
+        loss = F.cross_entropy(logits, batch["target"], weight=weight_t)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}")
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(step)
+        step += 1
+        loss_value = loss.item()
+        acc += loss_value
+        n_acc += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        rec: dict[str, Any] = {}
+        if step % config.log_every == 0 or step == config.max_steps:
+            now = time.perf_counter()
+            last_metrics = {"loss": acc / n_acc}
+            rec.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0],
+                       s_per_step=(now - t_log) / n_acc, **last_metrics)
+            acc, n_acc, t_log = 0.0, 0, now
+        if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
+            ev = evaluate(config.eval_frames)
+            if ev is not None:
+                rec.update(step=step, heldout_miou_gripper=ev["miou_gripper"],
+                           heldout_iou=ev["iou"])
+            # Evaluation time is not training time.
+            t_log = time.perf_counter()
+        if rec:
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        if step % config.ckpt_every == 0 or step == config.max_steps:
+            last_ckpt = save_checkpoint()
+    bar.close()
+    if last_ckpt is None:
+        last_ckpt = save_checkpoint()
+    heldout = evaluate(config.final_eval_frames)
+    if heldout is not None:
+        heldout["step"] = step
+        atomic_write_text(out / "eval_heldout.json", json.dumps(heldout, indent=1) + "\n")
+    return SegmenterTrainResult(out, last_ckpt, step, last_metrics, heldout)
+
+
+def export_segmenter(run_or_checkpoint: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                     dtype: torch.dtype = torch.float16) -> Path:
+    """Write a run's last checkpoint (or a checkpoint directory) to ``dest`` in ``dtype``, without
+    training state; the run's ``eval_heldout.json`` (if any) is recorded in ``config.json``."""
+    src = Path(run_or_checkpoint)
+    model = GripperSegmenter.from_pretrained(src)
+    extra: dict[str, Any] = {"training": read_config_json(src).get("training", {})}
+    ev = src / "eval_heldout.json"
+    if ev.is_file():
+        heldout = json.loads(ev.read_text())
+        extra["heldout_eval"] = {k: heldout[k] for k in ("iou", "miou_gripper", "pixel_accuracy",
+                                                         "gripper_recall", "n_frames") if k in heldout}
+    return model.save_pretrained(dest, dtype=dtype, extra=extra)
