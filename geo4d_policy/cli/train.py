@@ -5,6 +5,10 @@
     geo4d-train generator --task T|all --data DIR [DIR ...] --out RUN [--config small]
                     --image-vae CKPT --pointmap-vae CKPT [--steps N] [--batch-size B]
                     [--init PATH | --init-svd-unet FILE] [--resume]
+    geo4d-train segmenter --data DIR [DIR ...] --out RUN [--config small|tiny|YAML] [--steps N]
+                    [--batch-size B] [--lr LR] [--threads T] [--resume] [--export DIR]
+    geo4d-train diffusion_policy --data DIR [DIR ...] --out RUN [--config small|tiny|YAML] [--steps N]
+                    [--batch-size B] [--max-time S] [--init-image-encoder FILE] [--resume] [--export DIR]
 
 One generator may be trained on several tasks at once (``--task all`` with one dataset per
 task): it is conditioned on the task, which keeps the shipped checkpoints within the
@@ -91,11 +95,54 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-vae", required=True, help="trained image VAE checkpoint (run or step directory)")
     g.add_argument("--pointmap-vae", default=None, help="trained pointmap VAE checkpoint")
     g.add_argument("--init-svd-unet", default=None, help="local SVD U-Net safetensors (paper config only)")
+    s = sub.add_parser("segmenter", help="gripper part segmenter (RGB -> palm/finger classes per arm)")
+    s.add_argument("--data", nargs="+", required=True, help="dataset directories (geo4d-collect)")
+    s.add_argument("--out", required=True, help="run directory")
+    s.add_argument("--config", default="small", help="configs/segmenter recipe: tiny|small or a YAML path")
+    s.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the recipe's)")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--export", default=None, help="also write the last checkpoint here in fp16 (to ship)")
+    d = sub.add_parser("diffusion_policy", help="Diffusion Policy baseline (one model for the datasets' tasks)")
+    d.add_argument("--data", nargs="+", required=True, help="dataset directories (geo4d-collect), one task each")
+    d.add_argument("--out", required=True, help="run directory")
+    d.add_argument("--config", default="small", help="configs/policy/diffusion_policy_<NAME>.yaml or a YAML path")
+    for flag, kind in (("--steps", int), ("--batch-size", int), ("--lr", float), ("--workers", int),
+                       ("--seed", int), ("--ckpt-every", int), ("--max-time", float)):
+        d.add_argument(flag, type=kind, default=None, help="(default: the recipe's)")
+    d.add_argument("--init-image-encoder", default=None, help="local image-encoder weights (ResNet keys ok)")
+    d.add_argument("--resume", action="store_true")
+    d.add_argument("--export", default=None, help="also write the last checkpoint here in fp16 (to ship)")
     return p
+
+
+def _train_segmenter(args: argparse.Namespace) -> int:
+    """The ``segmenter`` subcommand (errors propagate to :func:`main`, which maps them to exit 2)."""
+    from geo4d_policy.train.segmenter import export_segmenter, load_segmenter_train_config, train_segmenter
+
+    overrides = {k: v for k, v in (("max_steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("num_threads", args.threads), ("seed", args.seed)) if v is not None}
+    config = load_segmenter_train_config(args.config, overrides=overrides)
+    config.progress = config.progress and (sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS")))
+    result = train_segmenter(config, data_dirs=args.data, out_dir=args.out, resume=args.resume)
+    if args.export:
+        export_segmenter(args.out, args.export)
+    if result.heldout is not None:
+        print(f"geo4d-train: held-out gripper mIoU {result.heldout['miou_gripper']:.3f} "
+              f"({result.heldout['n_frames']} frames)")
+    print(f"geo4d-train: done; last checkpoint {result.checkpoint} (step {result.step})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.what == "diffusion_policy":
+        from geo4d_policy.train.diffusion_policy import run_cli
+
+        return run_cli(args)
     from geo4d_policy.config import ConfigError
     from geo4d_policy.data.format import DatasetError, load_meta
     from geo4d_policy.interface import UnknownNameError, canonical_task_name
@@ -103,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from geo4d_policy.train.trainer import train
 
     try:
+        if args.what == "segmenter":
+            return _train_segmenter(args)
         tasks = tuple(load_meta(d).task for d in args.data)
         if args.what == "generator" and args.task != "all":
             wanted = canonical_task_name(args.task)
