@@ -39,6 +39,13 @@ from geo4d_policy.perception.tracker import (
 )
 
 
+MIN_MASK_PIXELS = 20
+"""A segmented frame with fewer gripper pixels than this is tracked as unsegmented."""
+
+FINGER_REGION_MARGIN = 0.005
+"""Masked points more than this beyond the finger joints (along G's z) count as finger points."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PredictedVideo:
     """F predicted frames of views n and m.
@@ -137,20 +144,37 @@ def _track_view(tracker: PoseTracker, current: CurrentView, arm: str, pointmaps:
         tracker.start_from(hint, width=width)
     out = []
     for t in range(len(pointmaps)):
-        out.append(tracker.track(TrackingFrame(pointmaps[t], valid[t], None if masks is None else masks[t],
-                                               None if labels is None else labels[t])))
+        mask = None if masks is None else masks[t]
+        if mask is not None and int(np.count_nonzero(mask & valid[t])) < MIN_MASK_PIXELS:
+            # The segmenter missed the gripper in this (generated, often blurry) frame: track it
+            # unsegmented near its predicted pose rather than declaring it lost.
+            mask = None
+        out.append(tracker.track(TrackingFrame(pointmaps[t], valid[t], mask, None if labels is None else labels[t])))
     return reg, out
 
 
 def _finger_distance(video: PredictedVideo, arm: str, fused: FusedPose, t: int, model: GripperModel) -> float:
-    """Centroid distance of the finger clusters in the frame's chosen view (NaN if unmeasurable)."""
+    """Centroid distance of the finger clusters in the frame's chosen view (NaN if unmeasurable).
+
+    With part labels the two clusters are the labelled fingers; with a whole-gripper mask they
+    are the masked points beyond the palm (the finger region of the tracked pose), split by the
+    closing axis; otherwise the finger opening the tracker fitted stands in.
+    """
     labels = (video.part_labels or {}).get(arm)
-    if labels is not None and fused.source in ("n", "m"):
+    masks = (video.masks or {}).get(arm)
+    if fused.source in ("n", "m") and (labels is not None or masks is not None):
         v = 0 if fused.source == "n" else 1
-        lab = np.asarray(labels[v, t])
-        sel = video.valid[v, t] & ((lab == PART_LEFT) | (lab == PART_RIGHT))
-        m = measure_finger_opening(np.asarray(video.pointmaps[v, t])[sel], model=model, X_CG=fused.X_CnG,
-                                   part_labels=lab[sel])
+        pts = np.asarray(video.pointmaps[v, t])
+        if labels is not None:
+            lab = np.asarray(labels[v, t])
+            sel = video.valid[v, t] & ((lab == PART_LEFT) | (lab == PART_RIGHT))
+            m = measure_finger_opening(pts[sel], model=model, X_CG=fused.X_CnG, part_labels=lab[sel])
+        else:
+            q = pts[video.valid[v, t] & np.asarray(masks[v, t], dtype=bool)].astype(np.float64)
+            X_GC = invert_transform(fused.X_CnG)
+            z_G = q @ X_GC[2, :3] + X_GC[2, 3]
+            finger = (z_G > model.finger_joint_z + FINGER_REGION_MARGIN) & (z_G < model.tcp_z + FINGER_REGION_MARGIN)
+            m = measure_finger_opening(q[finger], model=model, X_CG=fused.X_CnG)
         if m.distance is not None:
             return float(m.distance)
     if fused.status == "ok" and fused.width is not None and np.isfinite(fused.width):
