@@ -1,0 +1,150 @@
+"""``geo4d-eval-tracking``: gripper tracking accuracy on ground-truth video of held-out views.
+
+    geo4d-eval-tracking --data DIR [DIR ...] --out OUT [--clips N] [--degrade none,noise,dropout,misreg]
+                        [--segmenter CKPT] [--labels masks,masks_all,segmenter,segmenter_all]
+                        [--n-future 10] [--no-hint] [--seed S]
+
+For each dataset (task) and arm: the tracker runs on recorded future frames of two held-out
+cameras, the two views are fused and compared with the robot's measured gripper poses
+(``geo4d_policy.eval.tracking_eval`` explains the protocol). Part labels: ``masks`` (recorded
+masks on the first frame, then unsegmented frames) by default; with ``--segmenter`` also
+``segmenter`` (its labels on the first frame) and ``segmenter_all`` (on every frame);
+``--labels`` picks any of them (``masks_all``: recorded masks on every frame). Writes
+``OUT/metrics.json`` and ``OUT/config.yaml`` and prints a table.
+
+Exit status 0 on success, 2 on bad input (missing directory, a dataset without two held-out
+cameras, an unknown degradation, an unreadable segmenter checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from geo4d_policy.eval.tracking_eval import TrackingEvalConfig
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU timings swing 20x without it (notes/mlstack.md)
+
+# The option lists are needed to build the parser (--help shows them).
+from geo4d_policy.eval.tracking_eval import DEGRADATIONS, LABEL_SOURCES  # noqa: E402
+
+
+def _choices(valid: tuple[str, ...], what: str):
+    """argparse type: a comma-separated list of names from ``valid`` (duplicates dropped)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+        bad = [n for n in names if n not in valid]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {bad or [text]}; choose from {','.join(valid)}")
+        return names
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geo4d-eval-tracking", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", required=True, help="dataset directories (geo4d-collect)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--clips", type=int, default=10, help="clips per dataset (default 10)")
+    p.add_argument("--degrade", type=_choices(DEGRADATIONS, "degradation(s)"), default=("none",),
+                   help="comma-separated degradations: none,noise,dropout,misreg (default none)")
+    p.add_argument("--segmenter", default=None,
+                   help="segmenter checkpoint: also evaluate with its labels (first frame / every frame)")
+    p.add_argument("--labels", type=_choices(LABEL_SOURCES, "label source(s)"), default=None,
+                   help="comma-separated label sources (default: masks, plus segmenter,segmenter_all "
+                        "with --segmenter)")
+    p.add_argument("--n-future", type=int, default=10, help="future frames per clip (default 10)")
+    p.add_argument("--no-hint", action="store_true", help="register without the robot's measured pose")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _table(results: dict, config: TrackingEvalConfig) -> Table:
+    """The summary table: one row per task, label source and degradation (arms pooled)."""
+    from rich.table import Table
+
+    table = Table(title=f"geo4d-eval-tracking (held-out views, {config.n_future} future frames, "
+                        f"{'with' if config.use_hint else 'no'} pose hint; ms per frame and arm, both views)")
+    columns = ("task", "labels", "degradation", "arm-clips", "trans mm med", "p90", "rot deg med",
+               "open/close acc", "GT closed", "lost", "ms/frame")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i < 3 else "right")
+
+    def fmt(v, spec):
+        return "-" if v is None or v != v else format(v, spec)
+
+    for task, by_source in results["tasks"].items():
+        for source, by_deg in by_source.items():
+            for deg, r in by_deg.items():
+                a = r["all"]
+                table.add_row(task, source, deg, str(a["n_clips"]),
+                              *(fmt(a.get(k), spec) for k, spec in (
+                                  ("trans_mm_median", ".1f"), ("trans_mm_p90", ".1f"),
+                                  ("rot_deg_median", ".2f"), ("open_close_accuracy", ".3f"),
+                                  ("gt_closed_fraction", ".2f"),
+                                  ("lost_rate", ".3f"), ("ms_per_frame", ".0f"))))
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.clips < 1 or args.n_future < 1:
+        print("geo4d-eval-tracking: --clips and --n-future must be positive", file=sys.stderr)
+        return 2
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from geo4d_policy.config import atomic_write_text, save_config, to_dict
+    from geo4d_policy.data.format import DatasetError
+    from geo4d_policy.eval.tracking_eval import TrackingEvalConfig, check_dataset, evaluate_tracking
+    from geo4d_policy.models.checkpoint import CheckpointError
+
+    console = Console(stderr=True)
+    try:
+        config = TrackingEvalConfig(
+            clips=args.clips, n_future=args.n_future, degradations=args.degrade,
+            labels=args.labels or (("masks", "segmenter", "segmenter_all") if args.segmenter else ("masks",)),
+            segmenter=args.segmenter,
+            use_hint=not args.no_hint, seed=args.seed)
+        for d in args.data:
+            check_dataset(d)
+        if config.needs_segmenter:
+            # Fail before the long run, not after the first clip.
+            from geo4d_policy.perception.segmenter import GripperSegmenter
+
+            GripperSegmenter.from_pretrained(args.segmenter)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            job = bar.add_task("tracking", total=args.clips * len(args.data))
+
+            def step(text: str) -> None:
+                bar.update(job, advance=1, description=text)
+
+            results = evaluate_tracking(args.data, config, progress=step)
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"geo4d-eval-tracking: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ngeo4d-eval-tracking: interrupted", file=sys.stderr)
+        return 130
+    results = {"config": to_dict(config), "data": [str(d) for d in args.data], **results}
+    os.makedirs(args.out, exist_ok=True)
+    atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(results, indent=1) + "\n")
+    save_config(config, os.path.join(args.out, "config.yaml"))
+    # Not a terminal (a log file): do not squeeze the table into 80 columns.
+    Console(width=None if sys.stdout.isatty() else 150).print(_table(results, config))
+    print(f"geo4d-eval-tracking: wrote {os.path.join(args.out, 'metrics.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
