@@ -3,6 +3,7 @@
 
     python scripts/table2.py --out runs/table2 [--episodes 30] [--policies expert oracle geo4d ...]
                              [--tasks ...] [--workers 8] [--device cuda] [--policy-option geo4d.num_steps=10]
+                             [--parallel] [--max-seconds S]
 
 Each (task, policy) cell is one ``geo4d-rollout`` run in ``OUT/<task>/<policy>/`` on the
 evaluation seeds (novel views: the held-out cameras 12/13 of each episode), resumed if it
@@ -10,17 +11,27 @@ exists, so the script can be interrupted and re-run. It ends by writing ``OUT/ta
 markdown table: success rate, 95% Wilson interval, episodes, the paper's figure where it
 reports one) and ``OUT/table2.json``; the table is rewritten after every finished cell.
 Policies that cannot be loaded (e.g. no checkpoint) are listed with the reason, not fatal.
+
+``--parallel`` runs every cell at once, each as its own ``geo4d-rollout`` process with
+``--workers`` episodes in parallel (size it so that cells x workers fits the machine's cores);
+``--max-seconds`` interrupts the cells still running after that long (as Ctrl-C does: finished
+episodes are kept, and a later call resumes), for time-boxed machines. The table then reports
+how many episodes each cell finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from geo4d_policy.cli.rollout import parse_policy_options
 from geo4d_policy.config import atomic_write_text
+from geo4d_policy.eval.records import read_summary
 from geo4d_policy.eval.runner import RolloutConfig, run_rollouts
 from geo4d_policy.interface import TASK_NAMES
 from geo4d_policy.policies import PolicyUnavailableError
@@ -57,7 +68,8 @@ def write_table(out: Path, results: dict[tuple[str, str], dict], tasks: list[str
                 episodes: int) -> str:
     """Write ``table2.md`` and ``table2.json``; return the markdown."""
     lines = [
-        f"# Success rates ({episodes} episodes per cell, novel views, 95% Wilson interval)",
+        f"# Success rates (up to {episodes} episodes per cell, novel views, 95% Wilson interval; "
+        "cells show successes/finished episodes)",
         "",
         "| task | " + " | ".join(policies) + " | paper (geo4d) |",
         "|---|" + "---|" * (len(policies) + 1),
@@ -73,6 +85,54 @@ def write_table(out: Path, results: dict[tuple[str, str], dict], tasks: list[str
     return md
 
 
+def _result(summary: dict) -> dict:
+    keys = ("success_rate", "ci95", "successes", "finished", "mean_duration_s", "wall_s", "failure_reasons")
+    return {k: summary.get(k) for k in keys}
+
+
+def run_parallel(args: argparse.Namespace, out: Path, raw_options: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
+    """Every cell as its own ``geo4d-rollout`` process; interrupt the stragglers at the deadline."""
+    procs: dict[tuple[str, str], subprocess.Popen] = {}
+    for task in args.tasks:
+        for policy in args.policies:
+            run_dir = out / task / policy
+            cmd = [sys.executable, "-m", "geo4d_policy.cli.rollout", "--task", task, "--policy", policy,
+                   "--episodes", str(args.episodes), "--workers", str(args.workers), "--seed", str(args.seed),
+                   "--out", str(run_dir), "--device", args.device]
+            if run_dir.exists():
+                cmd.append("--resume")
+            if args.episode_timeout:
+                cmd += ["--episode-timeout", str(args.episode_timeout)]
+            for item in raw_options.get(policy, []):
+                cmd += ["--policy-option", item]
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            log = open(out / task / f"{policy}.log", "a")  # noqa: SIM115 - closed with the process
+            procs[(task, policy)] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + args.max_seconds if args.max_seconds else None
+    while any(p.poll() is None for p in procs.values()):
+        if deadline is not None and time.monotonic() > deadline:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)  # the rollout runner saves finished episodes and exits
+            for p in procs.values():
+                try:
+                    p.wait(timeout=90)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            break
+        time.sleep(2)
+    results = {}
+    for (task, policy), p in procs.items():
+        summary = read_summary(out / task / policy / "summary.json")
+        if summary is None or not summary.get("finished"):
+            log_tail = (out / task / f"{policy}.log").read_text(errors="replace").strip().splitlines()[-1:]
+            results[(task, policy)] = {"error": f"no finished episode (exit {p.returncode}): "
+                                                f"{log_tail[0] if log_tail else ''}"[:200]}
+        else:
+            results[(task, policy)] = _result(summary)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/table2")
@@ -84,10 +144,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episode-timeout", type=float, default=None)
     p.add_argument("--policy-option", action="append", default=[], metavar="POLICY.KEY=VALUE")
+    p.add_argument("--parallel", action="store_true", help="run all cells at once (each with --workers)")
+    p.add_argument("--max-seconds", type=float, default=None, help="with --parallel: interrupt cells after this")
     args = p.parse_args(argv)
     options = _parse_options(args.policy_option)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.parallel:
+        raw: dict[str, list[str]] = {}
+        for item in args.policy_option:
+            policy, _, rest = item.partition(".")
+            raw.setdefault(policy, []).append(rest)
+        results = run_parallel(args, out, raw)
+        for (task, policy), r in results.items():
+            print(f"{task} {policy}: {_cell(r)}")
+        print(write_table(out, results, args.tasks, args.policies, args.episodes))
+        return 0
     results: dict[tuple[str, str], dict] = {}
     for task in args.tasks:
         for policy in args.policies:
@@ -101,11 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             except PolicyUnavailableError as e:
                 results[(task, policy)] = {"error": str(e).split(";")[0]}
             else:
-                results[(task, policy)] = {
-                    "success_rate": s.success_rate, "ci95": list(s.ci95), "successes": s.successes,
-                    "finished": s.finished, "mean_episode_s": s.mean_duration_s, "wall_s": s.wall_s,
-                    "failure_reasons": s.failure_reasons,
-                }
+                results[(task, policy)] = _result(s.to_dict())
             print(f"{task} {policy}: {_cell(results[(task, policy)])}", flush=True)
             write_table(out, results, args.tasks, args.policies, args.episodes)
     print(write_table(out, results, args.tasks, args.policies, args.episodes))
