@@ -175,7 +175,9 @@ def _finger_distance(video: PredictedVideo, arm: str, fused: FusedPose, t: int, 
             z_G = q @ X_GC[2, :3] + X_GC[2, 3]
             finger = (z_G > model.finger_joint_z + FINGER_REGION_MARGIN) & (z_G < model.tcp_z + FINGER_REGION_MARGIN)
             m = measure_finger_opening(q[finger], model=model, X_CG=fused.X_CnG)
-        if m.distance is not None:
+        # A distance the open gripper cannot reach means the clusters hold other points (e.g. a
+        # held object segmented as gripper): no measurement rather than a false "open".
+        if m.distance is not None and m.distance <= model.finger_centroid_distance(model.stroke) + FINGER_REGION_MARGIN:
             return float(m.distance)
     if fused.status == "ok" and fused.width is not None and np.isfinite(fused.width):
         return float(model.finger_centroid_distance(float(np.clip(fused.width, 0.0, model.stroke))))

@@ -79,6 +79,24 @@ def load_segmenter(option: str | None, *, device: str = "cpu") -> Any:
     return GripperSegmenter.from_pretrained(path, device=device)
 
 
+def debounce(states: np.ndarray, *, start: bool, frames: int) -> np.ndarray:
+    """Gripper states where a change counts only once ``frames`` consecutive frames agree.
+
+    A single frame of a generated video whose finger clusters read the other way (a blurry
+    finger, a held object segmented as gripper) must not open a gripper holding an object.
+    The last frames of a prediction cannot confirm a change; the next replan can.
+    """
+    states = np.asarray(states, dtype=bool)
+    out = np.empty_like(states)
+    cur = bool(start)
+    for t in range(len(states)):
+        window = states[t:t + frames]
+        if states[t] != cur and len(window) == frames and np.all(window == states[t]):
+            cur = bool(states[t])
+        out[t] = cur
+    return out
+
+
 class TrackingLostError(RuntimeError):
     """The grippers could not be tracked in the predictions for too many replans in a row."""
 
@@ -98,6 +116,8 @@ class VideoPolicyConfig:
         single_view: track only in view n (ablation of the two-view fusion).
         track_frames: predicted frames tracked per replan (default: the executed ones; more
             only adds diagnostics).
+        toggle_frames: consecutive predicted frames that must agree before the gripper state
+            changes (see :func:`debounce`).
         segment_parts: use the segmenter's palm/finger classes (finger clusters for the
             gripper state); the default uses only its whole-gripper masks, and the finger
             opening the tracker fits to the masked points (the shipped segmenter separates
@@ -112,6 +132,7 @@ class VideoPolicyConfig:
     single_view: bool = False
     track_frames: int | None = None
     segment_parts: bool = False
+    toggle_frames: int = 2
 
 
 def current_view(obs: Observation, *, arms: tuple[str, ...] = ARM_NAMES) -> CurrentView:
@@ -212,8 +233,9 @@ class VideoPolicy:
             estimator = GripperStateEstimator(self.model, close_below=self._estimator_template.close_below,
                                               open_above=self._estimator_template.open_above,
                                               initial_state="closed" if closed_now else "open")
-            closed = np.array([estimator.update(None if not np.isfinite(d) else float(d)).closed
-                               for d in track.finger_distance])
+            raw = np.array([estimator.update(None if not np.isfinite(d) else float(d)).closed
+                            for d in track.finger_distance])
+            closed = debounce(raw, start=closed_now, frames=cfg.toggle_frames)
             conf = track.confidence
             self._stats["lost_frames"] += int((conf < cfg.control.min_confidence).sum())
             self._stats["tracked_frames"] += len(conf)

@@ -84,3 +84,4 @@ def test_bad_input_raises():
         RecedingHorizonConfig(closed_width=0.1)
     with pytest.raises(ValueError):
         RecedingHorizonConfig(execute_frames=0)
+
