@@ -139,10 +139,6 @@ def _train_segmenter(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.what == "diffusion_policy":
-        from geo4d_policy.train.diffusion_policy import run_cli
-
-        return run_cli(args)
     from geo4d_policy.config import ConfigError
     from geo4d_policy.data.format import DatasetError, load_meta
     from geo4d_policy.interface import UnknownNameError, canonical_task_name
@@ -152,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.what == "segmenter":
             return _train_segmenter(args)
+        if args.what == "diffusion_policy":
+            from geo4d_policy.train.diffusion_policy import run_cli
+
+            return run_cli(args)
         tasks = tuple(load_meta(d).task for d in args.data)
         if args.what == "generator" and args.task != "all":
             wanted = canonical_task_name(args.task)

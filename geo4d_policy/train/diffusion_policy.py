@@ -516,27 +516,17 @@ def run_cli(args: Any) -> int:
 
     Arguments used: ``data``, ``out``, ``config``, ``steps``, ``batch_size``, ``lr``,
     ``workers``, ``seed``, ``ckpt_every``, ``max_time``, ``init_image_encoder``, ``resume``,
-    ``export``.
+    ``export``. Errors propagate to ``geo4d_policy.cli.train.main``, which maps them to exit codes.
     """
-    from geo4d_policy.data.format import DatasetError
-    from geo4d_policy.interface import UnknownNameError
-
     overrides = {k: v for k, v in (("max_steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("num_workers", args.workers), ("seed", args.seed),
                                    ("ckpt_every", args.ckpt_every), ("max_time_s", args.max_time),
                                    ("init_image_encoder", args.init_image_encoder)) if v is not None}
     overrides["progress"] = sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS"))
-    try:
-        config = load_dp_train_config(args.config, overrides=overrides)
-        result = train_diffusion_policy(config, data_dirs=args.data, out_dir=args.out, resume=args.resume)
-        if args.export:
-            export_checkpoint(result.checkpoint, args.export)
-            print(f"geo4d-train: exported fp16 weights to {args.export}")
-    except (UnknownNameError, ValueError, ConfigError, DatasetError, FileExistsError, FileNotFoundError) as e:
-        print(f"geo4d-train: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ngeo4d-train: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+    config = load_dp_train_config(args.config, overrides=overrides)
+    result = train_diffusion_policy(config, data_dirs=args.data, out_dir=args.out, resume=args.resume)
+    if args.export:
+        export_checkpoint(result.checkpoint, args.export)
+        print(f"geo4d-train: exported fp16 weights to {args.export}")
     print(f"geo4d-train: done; last checkpoint {result.checkpoint} (step {result.step})")
     return 0
