@@ -7,6 +7,8 @@
                     [--init PATH | --init-svd-unet FILE] [--resume]
     geo4d-train segmenter --data DIR [DIR ...] --out RUN [--config small|tiny|YAML] [--steps N]
                     [--batch-size B] [--lr LR] [--threads T] [--resume] [--export DIR]
+    geo4d-train segmenter --data DIR [DIR ...] --out FILE.json --evaluate CKPT [--frames N]
+                    (held-out IoU of a checkpoint on clean and degraded frames; no training)
     geo4d-train diffusion_policy --data DIR [DIR ...] --out RUN [--config small|tiny|YAML] [--steps N]
                     [--batch-size B] [--max-time S] [--init-image-encoder FILE] [--resume] [--export DIR]
 
@@ -106,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--resume", action="store_true")
     s.add_argument("--export", default=None, help="also write the last checkpoint here in fp16 (to ship)")
+    s.add_argument("--evaluate", default=None, metavar="CKPT",
+                   help="do not train: evaluate CKPT on the held-out cameras, clean and degraded (blur "
+                        "sigma 1 px + noise, like generated frames), and write the JSON to --out")
+    s.add_argument("--frames", type=int, default=0, help="with --evaluate: seeded subset of frames (0 = all)")
     d = sub.add_parser("diffusion_policy", help="Diffusion Policy baseline (one model for the datasets' tasks)")
     d.add_argument("--data", nargs="+", required=True, help="dataset directories (geo4d-collect), one task each")
     d.add_argument("--out", required=True, help="run directory")
@@ -123,6 +129,21 @@ def _train_segmenter(args: argparse.Namespace) -> int:
     """The ``segmenter`` subcommand (errors propagate to :func:`main`, which maps them to exit 2)."""
     from geo4d_policy.train.segmenter import export_segmenter, load_segmenter_train_config, train_segmenter
 
+    if args.evaluate:
+        import json
+        from pathlib import Path
+
+        from geo4d_policy.train.segmenter import evaluate_checkpoint
+
+        ev = evaluate_checkpoint(args.evaluate, args.data, max_frames=args.frames, seed=args.seed or 0,
+                                 num_threads=args.threads or 0)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(ev, indent=1) + "\n")
+        for tag, e in (("clean", ev), ("degraded", ev["degraded"])):
+            print(f"geo4d-train: {tag} held-out gripper mIoU {e['miou_gripper']:.3f}, whole-gripper IoU "
+                  + ", ".join(f"{a} {v:.3f}" for a, v in e["arm_iou"].items() if v is not None)
+                  + f" ({e['n_frames']} frames)")
+        return 0
     overrides = {k: v for k, v in (("max_steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("num_threads", args.threads), ("seed", args.seed)) if v is not None}
     config = load_segmenter_train_config(args.config, overrides=overrides)

@@ -59,7 +59,7 @@ class RecedingHorizonConfig:
     angular_speed: float = DEFAULT_ANGULAR_SPEED
     open_width: float = GRIPPER_OPEN_WIDTH
     closed_width: float = 0.0
-    min_confidence: float = 0.3
+    min_confidence: float = 0.5
     hold_steps: int = 5
     idle_translation: float = 0.012
     idle_rotation: float = float(np.deg2rad(4.0))

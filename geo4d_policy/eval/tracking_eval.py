@@ -64,7 +64,7 @@ from geo4d_policy.data.geometry import (
 )
 from geo4d_policy.perception.fusion import FusedPose, fuse_views
 from geo4d_policy.perception.gripper_model import PART_LEFT, PART_RIGHT, GripperModel
-from geo4d_policy.perception.gripper_state import GripperStateEstimator, measure_finger_opening
+from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH, GripperStateEstimator, measure_finger_opening
 from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.perception.tracker import ICPGripperTracker, part_label_image, track_gripper_sequence
 
@@ -107,12 +107,7 @@ class TrackingEvalConfig:
     segmenter: str | None = None
     use_hint: bool = True
     min_part_pixels: int = 20
-    object_width: dict[str, float] = dataclasses.field(default_factory=lambda: {
-        # Widths of the hand closed on the object in collected episodes (robot/width).
-        "PlaceAppleFromBowlIntoBin": 0.063,
-        "PutSpatulaOnTable": 0.019,
-        "StoreCerealBoxUnderShelf": 0.049,
-    })
+    object_width: dict[str, float] = dataclasses.field(default_factory=lambda: dict(HELD_OBJECT_WIDTH))
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -52,6 +52,16 @@ class FingerMeasurement:
     method: str
 
 
+HELD_OBJECT_WIDTH: dict[str, float] = {
+    # Width (m) of the hand closed on each task's object, measured in collected expert episodes
+    # (robot width while holding). Thresholds between this and "open" tell a hand holding an
+    # object from an open one; a fixed fraction of the stroke cannot (the apple is 63 mm wide).
+    "PlaceAppleFromBowlIntoBin": 0.063,
+    "PutSpatulaOnTable": 0.019,
+    "StoreCerealBoxUnderShelf": 0.049,
+}
+
+
 def _kmeans2(points: np.ndarray, *, iterations: int = 20) -> np.ndarray:
     """Deterministic 2-means: boolean assignment to the second cluster."""
     c = points.mean(axis=0)

@@ -45,7 +45,7 @@ from geo4d_policy.data.geometry import depth_to_pointmap
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
 from geo4d_policy.perception.gripper_model import GripperModel
-from geo4d_policy.perception.gripper_state import GripperStateEstimator
+from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH, GripperStateEstimator
 from geo4d_policy.perception.tracker import ICPTrackerConfig, part_label_image
 from geo4d_policy.perception.video_tracking import ArmTrack, CurrentView, PredictedVideo, track_video
 
@@ -108,9 +108,12 @@ class VideoPolicyConfig:
     Attributes:
         control: timing, speed limits and widths of the executed chunks.
         tracker: options of the ICP gripper trackers.
-        close_fraction: a gripper reads closed below the centroid distance of a width of this
-            fraction of the stroke (see :class:`GripperStateEstimator`) ...
+        close_fraction: without a held-object width, a gripper reads closed below the centroid
+            distance of a width of this fraction of the stroke (see :class:`GripperStateEstimator`) ...
         open_fraction: ... and open again above this fraction (hysteresis).
+        measure_confidence: tracked frames below this confidence give no finger measurement.
+        object_width: width (m) of the hand closed on the task's object; thresholds sit between
+            it and "open" (default: the task's entry of ``HELD_OBJECT_WIDTH``).
         max_lost_replans: consecutive replans without any trackable arm before the episode
             fails with "tracking lost".
         single_view: track only in view n (ablation of the two-view fusion).
@@ -133,6 +136,8 @@ class VideoPolicyConfig:
     track_frames: int | None = None
     segment_parts: bool = False
     toggle_frames: int = 2
+    measure_confidence: float = 0.6
+    object_width: float | None = None
 
 
 def current_view(obs: Observation, *, arms: tuple[str, ...] = ARM_NAMES) -> CurrentView:
@@ -155,8 +160,12 @@ class VideoPolicy:
         self.segmenter = segmenter
         self.record_predictions = record_predictions
         self.model = GripperModel.load()
-        self._estimator_template = GripperStateEstimator(
-            self.model, close_fraction=self.config.close_fraction, open_fraction=self.config.open_fraction)
+        held = self.config.object_width if self.config.object_width is not None else HELD_OBJECT_WIDTH.get(task)
+        if held is not None:
+            self._estimator_template = GripperStateEstimator.for_object_width(held, model=self.model)
+        else:
+            self._estimator_template = GripperStateEstimator(
+                self.model, close_fraction=self.config.close_fraction, open_fraction=self.config.open_fraction)
         self.reset(seed=0)
 
     # ---- to implement ---------------------------------------------------------------------
@@ -233,8 +242,11 @@ class VideoPolicy:
             estimator = GripperStateEstimator(self.model, close_below=self._estimator_template.close_below,
                                               open_above=self._estimator_template.open_above,
                                               initial_state="closed" if closed_now else "open")
-            raw = np.array([estimator.update(None if not np.isfinite(d) else float(d)).closed
-                            for d in track.finger_distance])
+            # Only frames whose pose is trusted measure the fingers: the finger region of a poorly
+            # fitted pose holds other points.
+            trusted = track.confidence >= cfg.measure_confidence
+            raw = np.array([estimator.update(float(d) if np.isfinite(d) and ok else None).closed
+                            for d, ok in zip(track.finger_distance, trusted)])
             closed = debounce(raw, start=closed_now, frames=cfg.toggle_frames)
             conf = track.confidence
             self._stats["lost_frames"] += int((conf < cfg.control.min_confidence).sum())

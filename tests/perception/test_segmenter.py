@@ -228,3 +228,60 @@ def test_shipped_checkpoint_loads_and_fits_the_size_budget():
     assert pred.shape == (1, 128, 160)
     info = json.loads((path / "config.json").read_text())
     assert set(info["heldout_eval"]["iou"]) == set(CLASS_NAMES)
+
+
+# --------------------------------------------------------------------------------------------
+# Generated-frame degradation (blur / resampling / noise)
+# --------------------------------------------------------------------------------------------
+
+
+def test_degrade_image_shapes_determinism_and_identity_when_disabled():
+    from geo4d_policy.config import ConfigError
+    from geo4d_policy.train.segmenter import EVAL_DEGRADATION, Degradation, degrade_image, gaussian_blur
+
+    rgb, _ = _gripper_scene(seed=2)
+    x = GripperSegmenter.images_to_tensor(rgb[None])[0]
+    deg = Degradation(blur_sigma=(0.5, 1.5), resample_factor=(1.5, 2.0), noise_std=(0.01, 0.03), prob=1.0)
+    a = degrade_image(x, deg, np.random.default_rng([7, 0, 3]))
+    b = degrade_image(x, deg, np.random.default_rng([7, 0, 3]))
+    c = degrade_image(x, deg, np.random.default_rng([7, 0, 4]))
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a, x)
+    # Off (prob 0, or empty ranges): the very same tensor, no draws needed.
+    for off in (Degradation(prob=0.0),
+                Degradation(blur_sigma=(0, 0), resample_factor=(1, 1), noise_std=(0, 0), prob=1.0)):
+        assert not off.enabled
+        assert degrade_image(x, off, np.random.default_rng(0)) is x
+    # Blur alone keeps the mean and lowers the high frequencies; the eval degradation is fixed.
+    blurred = gaussian_blur(x, 1.0)
+    assert blurred.shape == x.shape and abs(float(blurred.mean() - x.mean())) < 0.02
+    assert float(blurred.diff(dim=-1).abs().mean()) < float(x.diff(dim=-1).abs().mean())
+    assert EVAL_DEGRADATION.blur_sigma == (1.0, 1.0) and EVAL_DEGRADATION.prob == 1.0
+    with pytest.raises(ConfigError):
+        Degradation(resample_factor=(0.5, 2.0))
+
+
+def test_frame_dataset_degradation_is_seeded_and_evaluated(frames_dataset):
+    from geo4d_policy.train.segmenter import (EVAL_DEGRADATION, Degradation, SegmentationFrameDataset,
+                                              evaluate_segmenter, frame_datasets)
+
+    deg = Degradation(prob=1.0)
+    clean = SegmentationFrameDataset(frames_dataset, split="train")
+    train = SegmentationFrameDataset(frames_dataset, split="train", degrade=deg, seed=3)
+    s = train[4]
+    assert s["image"].shape == clean[4]["image"].shape
+    assert torch.equal(train[4]["image"], s["image"]) and not torch.equal(s["image"], clean[4]["image"])
+    assert torch.equal(s["target"], clean[4]["target"])
+    train.set_epoch(1)
+    assert not torch.equal(train[4]["image"], s["image"])
+    # Disabled degradation: identical to no degradation.
+    off = SegmentationFrameDataset(frames_dataset, split="train", degrade=Degradation(prob=0.0))
+    assert torch.equal(off[4]["image"], clean[4]["image"])
+    # The degraded held-out evaluation reports per-class and per-arm IoU.
+    model = _model()
+    ev = evaluate_segmenter(model, frame_datasets([frames_dataset], split="heldout", degrade=EVAL_DEGRADATION),
+                            max_frames=4)
+    assert set(ev["iou"]) == set(CLASS_NAMES) and set(ev["arm_iou"]) == {"left", "right"}
+    assert ev["n_frames"] == 4
