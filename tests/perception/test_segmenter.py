@@ -285,3 +285,16 @@ def test_frame_dataset_degradation_is_seeded_and_evaluated(frames_dataset):
                             max_frames=4)
     assert set(ev["iou"]) == set(CLASS_NAMES) and set(ev["arm_iou"]) == {"left", "right"}
     assert ev["n_frames"] == 4
+
+
+def test_train_cli_segmenter_evaluate_reports_clean_and_degraded(frames_dataset, tmp_path):
+    from geo4d_policy.cli.train import main
+
+    model = _model()
+    model.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "ev.json"
+    assert main(["segmenter", "--data", str(frames_dataset), "--out", str(out), "--evaluate",
+                 str(tmp_path / "ckpt"), "--frames", "4"]) == 0
+    ev = json.loads(out.read_text())
+    assert ev["n_frames"] == 4 and ev["degraded"]["n_frames"] == 4
+    assert set(ev["degraded"]["arm_iou"]) == {"left", "right"}
