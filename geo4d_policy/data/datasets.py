@@ -159,7 +159,7 @@ def _scale_K(K: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.nd
     return K
 
 
-def _rgb_to_tensor(rgb: np.ndarray, resolution: tuple[int, int] | None) -> torch.Tensor:
+def rgb_to_tensor(rgb: np.ndarray, resolution: tuple[int, int] | None) -> torch.Tensor:
     """(..., H, W, 3) uint8 -> (..., 3, H', W') float32 in [-1, 1]."""
     # Transpose while still uint8 (4x less memory traffic than after the float conversion).
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(rgb, -1, -3))).float().div_(127.5).sub_(1.0)
@@ -313,7 +313,7 @@ class GeneratorClipDataset(_BaseDataset):
                 pm[1, 1:], valid[1, 1:] = self._resize_nearest(p), self._resize_nearest(ok)
             grip[v] = self._resize_nearest((r.masks(name, frames) & ALL_PARTS_MASK) != 0)
             rgb.append(r.rgb(name, frames))
-        rgb_t = _rgb_to_tensor(np.stack(rgb), self.resolution)  # (2, F+1, 3, H, W)
+        rgb_t = rgb_to_tensor(np.stack(rgb), self.resolution)  # (2, F+1, 3, H, W)
         pm_t, valid_t, grip_t = torch.from_numpy(pm), torch.from_numpy(valid), torch.from_numpy(grip)
         K = np.stack([_scale_K(Kv, self.src_resolution, self.resolution) for Kv in K_src])
         # Views into one buffer per field (default_collate stacks them into fresh batches).
@@ -501,7 +501,7 @@ class PolicyDataset(_BaseDataset):
             a = normalize_minmax(a, self.stats["action"])
             st = normalize_minmax(st, self.stats["state"])
         return {
-            "rgb": _rgb_to_tensor(rgb, self.resolution),
+            "rgb": rgb_to_tensor(rgb, self.resolution),
             "state": torch.from_numpy(np.ascontiguousarray(st, dtype=np.float32)),
             "action": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)),
             "action_pad": torch.from_numpy(pad),

@@ -36,7 +36,7 @@ import torch
 
 from geo4d_policy.config import REPO_ROOT
 from geo4d_policy.data.actions import poses_to_vectors, vectors_to_poses
-from geo4d_policy.data.datasets import _rgb_to_tensor
+from geo4d_policy.data.datasets import rgb_to_tensor
 from geo4d_policy.interface import (
     ARM_NAMES,
     CONTROL_HZ,
@@ -166,7 +166,7 @@ class DiffusionPolicy:
             raise ValueError(f"the policy needs {cfg.num_views} evaluation views, the observation has {list(views)}")
         rgb = np.stack([np.asarray(obs.cameras[v].rgb) for v in views])  # (V, H, W, 3) uint8
         # The training loader's own resize (bilinear, antialiased), so pixels match training.
-        images = _rgb_to_tensor(rgb, tuple(cfg.resolution))
+        images = rgb_to_tensor(rgb, tuple(cfg.resolution))
         missing = [a for a in ARM_NAMES if a not in obs.arms]
         if missing:
             raise ValueError(f"the observation lacks arm(s) {missing}")

@@ -62,13 +62,13 @@ from geo4d_policy.train.ema import EMA
 from geo4d_policy.train.trainer import (
     STATE_DIR,
     TrainResult,
-    _lr_lambda,
-    _prune,
-    _rng_state,
-    _set_rng_state,
-    _to_device,
-    _truncate_metrics,
-    _write_last,
+    lr_lambda,
+    prune,
+    rng_state,
+    set_rng_state,
+    to_device,
+    truncate_metrics,
+    write_last,
 )
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ def train_diffusion_policy(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
                                   weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
 
     step, epoch, in_epoch = 0, 0, 0
@@ -381,10 +381,10 @@ def train_diffusion_policy(
         model.load_state_dict(load_file(str(sd / "raw.safetensors")))
         optimizer.load_state_dict(torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True))
         scheduler.load_state_dict(torch.load(sd / "scheduler.pt", weights_only=True))
-        _set_rng_state(torch.load(sd / f"rng_{rank}.pt", weights_only=False), gen)
+        set_rng_state(torch.load(sd / f"rng_{rank}.pt", weights_only=False), gen)
         step, epoch, in_epoch = meta["step"], meta["epoch"], meta["next_batch_in_epoch"]
         if main:
-            _truncate_metrics(out / "metrics.jsonl", step)
+            truncate_metrics(out / "metrics.jsonl", step)
         log.info("resumed %s at step %d (epoch %d, batch %d)", out, step, epoch, in_epoch)
     elif config.init_image_encoder is not None:
         report = model.encoder.load_pretrained(config.init_image_encoder)
@@ -429,11 +429,11 @@ def train_diffusion_policy(
                 with (out / "metrics.jsonl").open("a") as fh:
                     fh.write(json.dumps({"step": step, **probe_metrics}) + "\n")
         accelerator.wait_for_everyone()
-        torch.save(_rng_state(gen), path / STATE_DIR / f"rng_{rank}.pt")
+        torch.save(rng_state(gen), path / STATE_DIR / f"rng_{rank}.pt")
         accelerator.wait_for_everyone()
         if main:
-            _write_last(out, path.name)
-            _prune(out, config.keep_last, path)
+            write_last(out, path.name)
+            prune(out, config.keep_last, path)
         return path
 
     last_ckpt = out / (out / LAST_POINTER).read_text().strip() if (out / LAST_POINTER).exists() else None
@@ -449,7 +449,7 @@ def train_diffusion_policy(
     while step < config.max_steps:
         epoch, idx, batch = next(stream)
         in_epoch = idx + 1
-        batch = _to_device(batch, accelerator.device)
+        batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
             loss, metrics = module(batch, generator=gen)
         if not torch.isfinite(loss):

@@ -68,12 +68,12 @@ from geo4d_policy.train.ema import EMA
 # The generator trainer's run-directory helpers: one implementation of the conventions.
 from geo4d_policy.train.trainer import (
     STATE_DIR,
-    _lr_lambda,
-    _prune,
-    _rng_state,
-    _set_rng_state,
-    _truncate_metrics,
-    _write_last,
+    lr_lambda,
+    prune,
+    rng_state,
+    set_rng_state,
+    truncate_metrics,
+    write_last,
 )
 
 log = logging.getLogger(__name__)
@@ -539,7 +539,7 @@ def train_segmenter(
     torch.manual_seed(config.seed)
     model = GripperSegmenter(config.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     ema = EMA(model, decay=config.ema_decay)
     gen = torch.Generator().manual_seed(config.seed)
 
@@ -558,10 +558,10 @@ def train_segmenter(
         ema.load_state_dict(load_file(str(sd / "ema.safetensors")))
         optimizer.load_state_dict(torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True))
         scheduler.load_state_dict(torch.load(sd / "scheduler.pt", weights_only=True))
-        _set_rng_state(torch.load(sd / "rng_0.pt", weights_only=False), gen)
+        set_rng_state(torch.load(sd / "rng_0.pt", weights_only=False), gen)
         step, epoch, in_epoch = meta["step"], meta["epoch"], meta["next_batch_in_epoch"]
         weights = np.asarray(meta["class_weights"], dtype=np.float64)
-        _truncate_metrics(out / "metrics.jsonl", step)
+        truncate_metrics(out / "metrics.jsonl", step)
         log.info("resumed %s at step %d (epoch %d, batch %d)", out, step, epoch, in_epoch)
     if weights is None:
         freq = class_frequencies(frame_datasets(data_dirs, split="train", seed=config.seed),
@@ -592,12 +592,12 @@ def train_segmenter(
         save_file(ema.state_dict(), str(sd / "ema.safetensors"))
         torch.save(optimizer.state_dict(), sd / "optimizer.pt")
         torch.save(scheduler.state_dict(), sd / "scheduler.pt")
-        torch.save(_rng_state(gen), sd / "rng_0.pt")
+        torch.save(rng_state(gen), sd / "rng_0.pt")
         meta = {"kind": "segmenter", "step": step, "epoch": epoch, "next_batch_in_epoch": in_epoch,
                 "model": to_dict(config.model), "class_weights": weights.tolist()}
         (sd / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _write_last(out, path.name)
-        _prune(out, config.keep_last, path)
+        write_last(out, path.name)
+        prune(out, config.keep_last, path)
         return path
 
     def batches():

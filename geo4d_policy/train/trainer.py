@@ -231,7 +231,7 @@ class _Recipe:
 # --------------------------------------------------------------------------------------------
 
 
-def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     def f(step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         if cfg.lr_schedule == "cosine":
@@ -242,13 +242,13 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
-def _to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
+def to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
     return {
         k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
     }
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+def rng_state(gen: torch.Generator) -> dict[str, Any]:
     state = {
         "train_generator": gen.get_state(),
         "torch": torch.get_rng_state(),
@@ -260,7 +260,7 @@ def _rng_state(gen: torch.Generator) -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
     gen.set_state(state["train_generator"])
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
@@ -269,7 +269,7 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _prune(out_dir: Path, keep: int, protect: Path) -> None:
+def prune(out_dir: Path, keep: int, protect: Path) -> None:
     steps = sorted(
         (p for p in out_dir.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
         key=lambda p: int(p.name[5:]),
@@ -279,13 +279,13 @@ def _prune(out_dir: Path, keep: int, protect: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _write_last(out_dir: Path, name: str) -> None:
+def write_last(out_dir: Path, name: str) -> None:
     tmp = out_dir / f".{LAST_POINTER}.tmp"
     tmp.write_text(name + "\n")
     os.replace(tmp, out_dir / LAST_POINTER)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
@@ -365,7 +365,7 @@ def train(
     optimizer = torch.optim.AdamW(
         params, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     module.to(accelerator.device)
     ema = EMA(recipe.trainable, decay=config.ema_decay)
     gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
@@ -385,10 +385,10 @@ def train(
         ema.load_state_dict(load_file(str(sd / "ema.safetensors")))
         optimizer.load_state_dict(torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True))
         scheduler.load_state_dict(torch.load(sd / "scheduler.pt", weights_only=True))
-        _set_rng_state(torch.load(sd / f"rng_{rank}.pt", weights_only=False), gen)
+        set_rng_state(torch.load(sd / f"rng_{rank}.pt", weights_only=False), gen)
         step, epoch, in_epoch = meta["step"], meta["epoch"], meta["next_batch_in_epoch"]
         if accelerator.is_main_process:
-            _truncate_metrics(out / "metrics.jsonl", step)
+            truncate_metrics(out / "metrics.jsonl", step)
         log.info("resumed %s at step %d (epoch %d, batch %d)", out, step, epoch, in_epoch)
     # The LR scheduler stays outside prepare(): accelerate would step it once per process,
     # making the schedule depend on the number of GPUs; ours is a function of the step.
@@ -431,11 +431,11 @@ def train(
             }
             (sd / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
         accelerator.wait_for_everyone()
-        torch.save(_rng_state(gen), path / STATE_DIR / f"rng_{rank}.pt")
+        torch.save(rng_state(gen), path / STATE_DIR / f"rng_{rank}.pt")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _write_last(out, path.name)
-            _prune(out, config.keep_last, path)
+            write_last(out, path.name)
+            prune(out, config.keep_last, path)
         return path
 
     last_ckpt = out / (out / LAST_POINTER).read_text().strip() if (out / LAST_POINTER).exists() else None
@@ -458,7 +458,7 @@ def train(
     while step < config.max_steps:
         epoch, idx, batch = next(data)
         in_epoch = idx + 1
-        batch = _to_device(batch, accelerator.device)
+        batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
             loss, metrics = recipe.loss(module, batch, gen)
         if not torch.isfinite(loss):

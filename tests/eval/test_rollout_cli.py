@@ -16,7 +16,7 @@ if str(HERE) not in sys.path:  # spawned workers inherit sys.path: they must fin
 import fake_rollout_env as fake
 
 from geo4d_policy.cli.rollout import main, parse_policy_options
-from geo4d_policy.policies.registry import is_policy_available, register_policy, unregister_policy
+from geo4d_policy.policies.registry import register_policy, unregister_policy
 
 TASK = "PutSpatulaOnTable"
 

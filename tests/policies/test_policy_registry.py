@@ -14,7 +14,6 @@ from geo4d_policy.policies import (
     Policy,
     PolicyUnavailableError,
     check_policy_available,
-    is_policy_available,
     make_policy,
     policy_diagnostics,
     policy_names,
