@@ -63,12 +63,50 @@ def read_config_json(path: str | os.PathLike[str], *, expect_format: str | None 
     return data
 
 
+INT8_SCALE_SUFFIX = ".__int8_scale"
+"""Key suffix of the per-row scales of a weight stored in int8 (see :func:`quantize_int8`)."""
+
+
+def quantize_int8(tensors: Mapping[str, torch.Tensor], *, min_numel: int = 4096) -> dict[str, torch.Tensor]:
+    """Storage-only int8 quantisation: large float matrices as int8 with a per-output-row scale.
+
+    Symmetric per-row (dim 0) scaling keeps every output channel's own range, which is what
+    convolution and linear weights need; small tensors (norms, biases, embeddings under
+    ``min_numel``) stay fp16. :func:`load_weights` dequantises transparently, so models run in
+    floating point as before: this halves checkpoint size against fp16, it does not speed
+    anything up.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for k, v in tensors.items():
+        if not v.is_floating_point():
+            out[k] = v
+        elif v.ndim >= 2 and v.numel() >= min_numel:
+            w = v.detach().float()
+            scale = w.abs().reshape(len(w), -1).amax(dim=1).clamp_min(1e-12) / 127.0
+            scale = scale.reshape(-1, *([1] * (w.ndim - 1)))
+            out[k] = (w / scale).round().clamp(-127, 127).to(torch.int8).contiguous()
+            out[k + INT8_SCALE_SUFFIX] = scale.to(torch.float32).contiguous()
+        else:
+            out[k] = v.to(torch.float16).contiguous()
+    return out
+
+
+def dequantize_int8(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`quantize_int8` (float32 for dequantised weights); other tensors pass."""
+    out = {k: v for k, v in tensors.items() if not k.endswith(INT8_SCALE_SUFFIX)}
+    for k, v in tensors.items():
+        if k.endswith(INT8_SCALE_SUFFIX):
+            name = k[: -len(INT8_SCALE_SUFFIX)]
+            out[name] = tensors[name].float() * v.float()
+    return out
+
+
 def load_weights(
     path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """The tensors of ``model.safetensors`` in a checkpoint directory."""
+    """The tensors of ``model.safetensors`` in a checkpoint directory (int8-stored weights dequantised)."""
     d = resolve_checkpoint_dir(path)
-    return load_file(str(d / WEIGHTS_NAME), device=str(device))
+    return dequantize_int8(load_file(str(d / WEIGHTS_NAME), device=str(device)))
 
 
 def state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:

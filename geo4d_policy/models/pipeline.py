@@ -35,6 +35,7 @@ from geo4d_policy.data.geometry import PointmapNormalization
 from geo4d_policy.models.checkpoint import (
     CheckpointError,
     load_weights,
+    quantize_int8,
     read_config_json,
     state_dict_for_saving,
     write_checkpoint_dir,
@@ -387,9 +388,12 @@ class Generator4D(nn.Module):
         extra: Mapping[str, Any] | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        """Write ``config.json`` + ``model.safetensors`` (all weights; ``dtype`` e.g. fp16 to ship)."""
+        """Write ``config.json`` + ``model.safetensors`` (all weights; ``dtype`` e.g. fp16 to ship,
+        or ``torch.int8`` for per-row int8 storage of the large matrices, see :func:`quantize_int8`)."""
         tensors = state_dict_for_saving(self)
-        if dtype is not None:
+        if dtype == torch.int8:
+            tensors = quantize_int8(tensors)
+        elif dtype is not None:
             tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
         write_checkpoint_dir(path, self.checkpoint_config(extra=extra), tensors)
 

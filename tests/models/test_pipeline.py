@@ -129,3 +129,32 @@ def test_conditioning_validity_defaults_to_points_in_front_of_the_camera(model):
         a = model.training_loss(batch, generator=torch.Generator().manual_seed(0))[0]
         b = model.training_loss(no_mask, generator=torch.Generator().manual_seed(0))[0]
     assert torch.equal(a, b)
+
+
+def test_int8_storage_halves_the_file_and_keeps_predictions(model, tmp_path):
+    import os
+
+    rgb, pn, pm = _obs()
+    model.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    model.save_pretrained(tmp_path / "int8", dtype=torch.int8)
+    size = {k: os.path.getsize(tmp_path / k / "model.safetensors") for k in ("fp16", "int8")}
+    assert size["int8"] < 0.8 * size["fp16"]
+    a = Generator4D.from_pretrained(tmp_path / "fp16").predict(rgb, pn, pm, num_steps=2, seed=0)
+    b = Generator4D.from_pretrained(tmp_path / "int8").predict(rgb, pn, pm, num_steps=2, seed=0)
+    scale = np.abs(a["pointmaps"]).mean()
+    assert np.abs(a["pointmaps"] - b["pointmaps"]).mean() < 0.05 * scale
+
+
+def test_int8_round_trip_of_a_matrix():
+    from geo4d_policy.models.checkpoint import INT8_SCALE_SUFFIX, dequantize_int8, quantize_int8
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 128, generator=g) * torch.linspace(0.01, 3.0, 64)[:, None]  # rows of very different range
+    q = quantize_int8({"w": w, "b": torch.randn(64, generator=g), "i": torch.arange(3)})
+    assert q["w"].dtype == torch.int8 and q["b"].dtype == torch.float16 and q["i"].dtype == torch.int64
+    assert "w" + INT8_SCALE_SUFFIX in q
+    back = dequantize_int8(q)
+    assert set(back) == {"w", "b", "i"}
+    # Per-row scaling: each row's error is within half a quantisation step of that row's range.
+    err = (back["w"] - w).abs().amax(dim=1)
+    assert torch.all(err <= w.abs().amax(dim=1) / 127 / 2 + 1e-6)
