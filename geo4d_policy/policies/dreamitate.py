@@ -21,7 +21,6 @@ same data and views as ``geo4d``:
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from geo4d_policy.perception.video_tracking import ArmTrack, PredictedVideo
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.policies.geo4d import REPO_ROOT, local_predictor, resolve_device
 from geo4d_policy.policies.registry import PolicyUnavailableError
-from geo4d_policy.policies.video_policy import DEFAULT_SEGMENTER, VideoPolicy, VideoPolicyConfig
+from geo4d_policy.policies.video_policy import DEFAULT_SEGMENTER, VideoPolicy, VideoPolicyConfig, video_policy_config
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "dreamitate_small"
 shared_resources = make_shared_resources(DEFAULT_CHECKPOINT)
@@ -157,9 +156,6 @@ def make_policy(*, task: str, checkpoint: str | None = None, segmenter: str | No
         model = load_generator(checkpoint or DEFAULT_CHECKPOINT, task=task, device=device, compile_unet=compile_unet)
         predictor = local_predictor(model)
     seg = GripperSegmenter.from_pretrained(segmenter or DEFAULT_SEGMENTER, device=device)
-    config = VideoPolicyConfig()
-    if execute_frames is not None:
-        config = dataclasses.replace(config, control=dataclasses.replace(config.control,
-                                                                         execute_frames=int(execute_frames)))
+    config = video_policy_config(execute_frames=execute_frames)
     return DreamitatePolicy(task=task, predictor=predictor, segmenter=seg, num_steps=num_steps, config=config,
                             record_predictions=record_predictions)

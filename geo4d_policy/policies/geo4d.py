@@ -14,7 +14,6 @@ rollout workers share one copy of the model on a GPU.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from geo4d_policy.interface import Observation, canonical_task_name
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.perception.video_tracking import PredictedVideo
 from geo4d_policy.policies.registry import PolicyUnavailableError
-from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig, load_segmenter
+from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig, load_segmenter, video_policy_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "geo4d_small"
@@ -193,10 +192,7 @@ def make_policy(*, task: str, checkpoint: str | None = None, device: str | None 
     else:
         predictor = local_predictor(load_generator(checkpoint, task=task, device=resolve_device(device),
                                                    compile_unet=compile_unet))
-    config = VideoPolicyConfig()
-    if execute_frames is not None:
-        config = dataclasses.replace(config, control=dataclasses.replace(config.control,
-                                                                         execute_frames=int(execute_frames)))
+    config = video_policy_config(execute_frames=execute_frames)
     return Geo4DPolicy(task=task, predictor=predictor, num_steps=num_steps, config=config,
                        segmenter=load_segmenter(segmenter, device=resolve_device(device)),
                        record_predictions=record_predictions)

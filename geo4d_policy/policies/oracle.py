@@ -29,7 +29,7 @@ from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, Action, CameraFrame, Observation, canonical_task_name
 from geo4d_policy.perception.tracker import part_label_image
 from geo4d_policy.perception.video_tracking import PredictedVideo
-from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
+from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig, load_segmenter, video_policy_config
 
 
 @dataclasses.dataclass
@@ -197,14 +197,7 @@ def make_policy(*, task: str, num_frames: int = 6, labels: str = "segmenter", ex
         record_predictions: keep each replan's frames for :meth:`save_predictions`.
         device: torch device of the segmenter.
     """
-    from geo4d_policy.policies.video_policy import load_segmenter
-
-    from geo4d_policy.control.receding_horizon import RecedingHorizonConfig
-
-    config = VideoPolicyConfig()
-    if execute_frames is not None:
-        config = dataclasses.replace(config, control=dataclasses.replace(RecedingHorizonConfig(),
-                                                                         execute_frames=int(execute_frames)))
+    config = video_policy_config(execute_frames=execute_frames)
     if labels not in ("segmenter", "ground_truth", "none"):
         raise ValueError(f"labels must be segmenter, ground_truth or none, got {labels!r}")
     seg = load_segmenter(segmenter if labels == "segmenter" else "none", device=device or "cpu")

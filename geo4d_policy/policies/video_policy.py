@@ -140,6 +140,15 @@ class VideoPolicyConfig:
     object_width: float | None = None
 
 
+def video_policy_config(*, execute_frames: int | None = None) -> VideoPolicyConfig:
+    """The default options, with the policy factories' ``execute_frames`` override applied."""
+    config = VideoPolicyConfig()
+    if execute_frames is not None:
+        config = dataclasses.replace(config, control=dataclasses.replace(config.control,
+                                                                         execute_frames=int(execute_frames)))
+    return config
+
+
 def current_view(obs: Observation, *, arms: tuple[str, ...] = ARM_NAMES) -> CurrentView:
     """View n as observed now: its pointmap (camera n's frame) and each arm's gripper part labels."""
     frame = obs.cameras[obs.eval_cameras[0]]

@@ -63,6 +63,7 @@ from geo4d_policy.train.trainer import (
     STATE_DIR,
     TrainResult,
     lr_lambda,
+    optimizer_step,
     prune,
     rng_state,
     set_rng_state,
@@ -452,18 +453,10 @@ def train_diffusion_policy(
         batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
             loss, metrics = module(batch, generator=gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}: {metrics}")
-        accelerator.backward(loss)
-        grad_norm = float("nan")
-        if config.grad_clip > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(params, config.grad_clip))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(step)
+        metrics = optimizer_step(accelerator, loss, metrics, params=params, optimizer=optimizer,
+                                 scheduler=scheduler, ema=ema, step=step, grad_clip=config.grad_clip)
         step += 1
-        for k, v in {**metrics, "grad_norm": grad_norm}.items():
+        for k, v in metrics.items():
             acc[k] = acc.get(k, 0.0) + v
         n_acc += 1
         bar.update(1)

@@ -269,6 +269,32 @@ def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def optimizer_step(accelerator: Any, loss: torch.Tensor, metrics: dict[str, float], *, params: Any,
+                   optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any, step: int,
+                   grad_clip: float) -> dict[str, float]:
+    """One update from ``loss``: backward, optional clipping, optimizer/scheduler/EMA steps.
+
+    Shared by every accelerate-based trainer (generator/VAEs here, Diffusion Policy).
+
+    Returns:
+        ``metrics`` plus ``grad_norm`` (NaN without clipping).
+
+    Raises:
+        FloatingPointError: the loss is not finite (nothing is updated).
+    """
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss at step {step}: {metrics}")
+    accelerator.backward(loss)
+    grad_norm = float("nan")
+    if grad_clip > 0:
+        grad_norm = float(accelerator.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.update(step)
+    return {**metrics, "grad_norm": grad_norm}
+
+
 def prune(out_dir: Path, keep: int, protect: Path) -> None:
     steps = sorted(
         (p for p in out_dir.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
@@ -461,18 +487,10 @@ def train(
         batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
             loss, metrics = recipe.loss(module, batch, gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}: {metrics}")
-        accelerator.backward(loss)
-        grad_norm = float("nan")
-        if config.grad_clip > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(params, config.grad_clip))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(step)
+        metrics = optimizer_step(accelerator, loss, metrics, params=params, optimizer=optimizer,
+                                 scheduler=scheduler, ema=ema, step=step, grad_clip=config.grad_clip)
         step += 1
-        for k, v in {**metrics, "grad_norm": grad_norm}.items():
+        for k, v in metrics.items():
             acc[k] = acc.get(k, 0.0) + v
         n_acc += 1
         bar.update(1)
