@@ -46,15 +46,15 @@ PAPER_TABLE2 = {
 }
 
 
-def _parse_options(items: list[str]) -> dict[str, dict[str, object]]:
-    """``POLICY.KEY=VALUE`` items -> per-policy options, values parsed as geo4d-rollout does."""
+def _split_options(items: list[str]) -> dict[str, list[str]]:
+    """``POLICY.KEY=VALUE`` items -> policy -> its ``KEY=VALUE`` items (as geo4d-rollout takes them)."""
     per_policy: dict[str, list[str]] = {}
     for item in items:
         policy, dot, rest = item.partition(".")
         if not dot or "=" not in rest:
             raise SystemExit(f"table2: --policy-option must look like POLICY.KEY=VALUE, got {item!r}")
         per_policy.setdefault(policy, []).append(rest)
-    return {policy: parse_policy_options(values) for policy, values in per_policy.items()}
+    return per_policy
 
 
 def _cell(result: dict) -> str:
@@ -147,14 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", action="store_true", help="run all cells at once (each with --workers)")
     p.add_argument("--max-seconds", type=float, default=None, help="with --parallel: interrupt cells after this")
     args = p.parse_args(argv)
-    options = _parse_options(args.policy_option)
+    raw = _split_options(args.policy_option)
+    # Parsed as geo4d-rollout parses them (also checks them before any cell starts).
+    options = {policy: parse_policy_options(items) for policy, items in raw.items()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.parallel:
-        raw: dict[str, list[str]] = {}
-        for item in args.policy_option:
-            policy, _, rest = item.partition(".")
-            raw.setdefault(policy, []).append(rest)
         results = run_parallel(args, out, raw)
         for (task, policy), r in results.items():
             print(f"{task} {policy}: {_cell(r)}")
