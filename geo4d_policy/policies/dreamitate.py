@@ -32,7 +32,7 @@ from geo4d_policy.interface import Observation, canonical_task_name
 from geo4d_policy.perception.tracker import TrackingFrame, part_label_image
 from geo4d_policy.perception.video_tracking import ArmTrack, PredictedVideo
 from geo4d_policy.policies.generator_server import make_shared_resources
-from geo4d_policy.policies.geo4d import REPO_ROOT, local_predictor, resolve_device
+from geo4d_policy.policies.geo4d import REPO_ROOT, check_generator_checkpoint, local_predictor, resolve_device
 from geo4d_policy.policies.registry import PolicyUnavailableError
 from geo4d_policy.policies.video_policy import DEFAULT_SEGMENTER, VideoPolicy, VideoPolicyConfig, video_policy_config
 
@@ -94,31 +94,15 @@ class DreamitatePolicy(VideoPolicy):
         return out
 
 
-def _require(path: Path, what: str, hint: str) -> None:
-    if not path.exists():
-        raise PolicyUnavailableError(f"no {what} at {path}; {hint}")
-
-
 def preflight(*, task: str, options: dict[str, Any]) -> None:
-    """Rollout-runner hook: refuse missing checkpoints before any episode starts."""
-    from geo4d_policy.models.checkpoint import CheckpointError, read_config_json
-
+    """Rollout-runner hook: refuse missing or mismatched checkpoints before any episode starts."""
     seg = Path(options.get("segmenter") or DEFAULT_SEGMENTER)
-    _require(seg, "gripper segmenter", "train one with `geo4d-train segmenter ...` and pass "
-             "--policy-option segmenter=DIR")
-    if options.get("server"):
-        return
-    path = Path(options.get("checkpoint") or DEFAULT_CHECKPOINT)
-    _require(path, "RGB-only generator checkpoint", TRAIN_HINT)
-    try:
-        data = read_config_json(path, expect_format="geo4d-generator")
-    except CheckpointError as e:
-        raise PolicyUnavailableError(f"{e}; {TRAIN_HINT}") from e
-    if data["model"].get("use_pointmaps", True):
-        raise PolicyUnavailableError(f"{path} is a geo4d (RGB + pointmap) generator; dreamitate needs an RGB-only "
-                                     f"one; {TRAIN_HINT}")
-    if canonical_task_name(task) not in data["tasks"]:
-        raise PolicyUnavailableError(f"{path} was not trained on {canonical_task_name(task)!r}; {TRAIN_HINT}")
+    if not seg.exists():
+        raise PolicyUnavailableError(f"no gripper segmenter at {seg}; train one with `geo4d-train segmenter ...` "
+                                     f"and pass --policy-option segmenter=DIR")
+    if not options.get("server"):
+        check_generator_checkpoint(Path(options.get("checkpoint") or DEFAULT_CHECKPOINT), task=task,
+                                   pointmaps=False, hint=TRAIN_HINT)
 
 
 def make_policy(*, task: str, checkpoint: str | None = None, segmenter: str | None = None,

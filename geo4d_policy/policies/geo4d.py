@@ -73,30 +73,48 @@ def load_generator(checkpoint: str | Path | None, *, task: str, device: str = "c
     return model
 
 
+def check_generator_checkpoint(path: Path, *, task: str, pointmaps: bool, hint: str) -> None:
+    """Refuse a generator checkpoint that is missing, unreadable, of the other kind or another task.
+
+    Args:
+        path: checkpoint or run directory.
+        task: the task it must have been trained on.
+        pointmaps: True for geo4d (RGB + pointmaps), False for the RGB-only dreamitate generator.
+        hint: how to train or select one, appended to every message.
+
+    Raises:
+        PolicyUnavailableError: the message names the path and ``hint``.
+    """
+    from geo4d_policy.models.checkpoint import CheckpointError, read_config_json
+
+    if not path.exists():
+        raise PolicyUnavailableError(f"no {'' if pointmaps else 'RGB-only '}generator checkpoint at {path}; {hint}")
+    try:
+        data = read_config_json(path, expect_format="geo4d-generator")
+        tasks = data["tasks"]
+    except (CheckpointError, KeyError) as e:
+        raise PolicyUnavailableError(f"{path} is not a usable generator checkpoint ({e}); {hint}") from e
+    has_pointmaps = data.get("model", {}).get("use_pointmaps", True)
+    if pointmaps and not has_pointmaps:
+        raise PolicyUnavailableError(f"{path} is an RGB-only generator (the dreamitate baseline's); geo4d needs "
+                                     f"one that predicts pointmaps; {hint}")
+    if not pointmaps and has_pointmaps:
+        raise PolicyUnavailableError(f"{path} is a geo4d (RGB + pointmap) generator; dreamitate needs an RGB-only "
+                                     f"one; {hint}")
+    if canonical_task_name(task) not in tasks:
+        raise PolicyUnavailableError(f"{path} is a generator for {', '.join(tasks)}; it was not trained on "
+                                     f"{canonical_task_name(task)!r}; {hint}")
+
+
 def preflight(*, task: str, options: dict[str, Any]) -> None:
     """Rollout-runner hook: refuse a missing or mismatched checkpoint before any episode starts.
 
     Raises:
         PolicyUnavailableError: the message names the path and how to train or select one.
     """
-    from geo4d_policy.models.checkpoint import CheckpointError, read_config_json
-
-    if options.get("server"):
-        return
-    path = Path(options.get("checkpoint") or DEFAULT_CHECKPOINT)
-    if not path.exists():
-        raise PolicyUnavailableError(f"no generator checkpoint at {path}; {TRAIN_HINT}")
-    try:
-        data = read_config_json(path, expect_format="geo4d-generator")
-        tasks = data["tasks"]
-    except (CheckpointError, KeyError) as e:
-        raise PolicyUnavailableError(f"{path} is not a usable generator checkpoint ({e}); {TRAIN_HINT}") from e
-    if not data.get("model", {}).get("use_pointmaps", True):
-        raise PolicyUnavailableError(f"{path} is an RGB-only generator (the dreamitate baseline's); geo4d needs "
-                                     f"one that predicts pointmaps; {TRAIN_HINT}")
-    if canonical_task_name(task) not in tasks:
-        raise PolicyUnavailableError(f"{path} is a generator for {', '.join(tasks)}; it was not trained on "
-                                     f"{canonical_task_name(task)!r}; {TRAIN_HINT}")
+    if not options.get("server"):
+        check_generator_checkpoint(Path(options.get("checkpoint") or DEFAULT_CHECKPOINT), task=task,
+                                   pointmaps=True, hint=TRAIN_HINT)
 
 
 def generator_inputs(obs: Observation) -> dict[str, np.ndarray]:
