@@ -5,7 +5,8 @@ action chunks open loop until the environment reports the episode done (success 
 An optional observer sees every observation with the action that follows it (the dataset
 recorder logs robot state at 10 Hz and renders cameras at 2 Hz through it). Progress is kept
 in an :class:`EpisodeProgress` the caller may pass in, so that after an exception it still
-knows how far the episode got. The environment is anything with the ``sim.env.Env``
+knows how far the episode got. A policy with an ``observe(obs)`` method (the privileged oracle,
+whose shadow expert must see the real episode) is shown every observation a step starts from. The environment is anything with the ``sim.env.Env``
 interface: this module imports no simulator.
 """
 
@@ -31,6 +32,8 @@ class PolicyLike(Protocol):
     def reset(self, *, seed: int) -> None: ...
 
     def act(self, obs: Observation) -> ActionChunk: ...
+
+    # Optional: ``observe(obs)``, called with the observation of every executed step.
 
 
 Observer = Callable[[int, Observation, Action | None], None]
@@ -69,6 +72,7 @@ def run_episode(env: EnvLike, policy: PolicyLike, *, seed: int, observer: Observ
     # A correct env ends every episode at t_max; this bound only stops a broken one looping forever.
     t_max = getattr(env, "t_max", None)
     max_steps = math.ceil(2 * t_max * CONTROL_HZ) + 100 if t_max else None
+    watch = getattr(policy, "observe", None)
     while not progress.done:
         chunk = policy.act(progress.obs)
         progress.policy_calls += 1
@@ -77,6 +81,8 @@ def run_episode(env: EnvLike, policy: PolicyLike, *, seed: int, observer: Observ
         for action in chunk:
             if observer is not None:
                 observer(progress.steps, progress.obs, action)
+            if watch is not None:
+                watch(progress.obs)
             progress.obs, _, progress.info = env.step(action)
             progress.steps += 1
             if progress.done:

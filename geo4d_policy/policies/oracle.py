@@ -8,18 +8,20 @@ continue the task there for ``F`` predicted frames and renders the two evaluatio
 open-loop execution. Its success rate is the pipeline's upper bound; the gap to ``geo4d`` is
 what generation costs.
 
-Look-ahead bookkeeping: the expert is a generator script, which cannot be copied, so its state
-is reproduced by replaying the observations it consumed during the *executed* part of earlier
-look-aheads into a fresh script (the expert is deterministic given its observations), together
-with the unexecuted rest of its current action chunk. Which part was executed is known only
-after tracking (the chunk's length), hence :meth:`ExpertLookahead.commit`.
+Look-ahead bookkeeping: the expert is a generator script, which cannot be copied. The oracle
+therefore runs a *shadow* expert beside the real episode: it watches every executed 10 Hz
+observation (:meth:`OraclePolicy.observe`, called by the episode loop) and consumes one exactly
+when the expert would (its action queue ran empty), so every measurement the script takes
+(e.g. the object's pose in the hand) comes from the real episode, not from an earlier
+look-ahead. A look-ahead replays the consumed observations into a fresh script (the expert is
+deterministic given its observations), takes over the unexecuted rest of the shadow's queue
+and continues in the private environment restored to the current state.
 
 Only the oracle and the expert may read ``Observation.privileged``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -30,12 +32,6 @@ from geo4d_policy.interface import ARM_NAMES, Action, CameraFrame, Observation, 
 from geo4d_policy.perception.tracker import part_label_image
 from geo4d_policy.perception.video_tracking import PredictedVideo
 from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig, load_segmenter, video_policy_config
-
-
-@dataclasses.dataclass
-class _StepRecord:
-    history_len: int  # expert observations consumed before this step
-    queue: list[Action]  # the expert's unexecuted actions at this step
 
 
 class ExpertLookahead:
@@ -61,10 +57,11 @@ class ExpertLookahead:
         if self._seed != seed:
             self._env = None
         self._seed = seed
+        self._shadow = self._make_expert()
         self._history: list[Observation] = []
+        """Observations of the real episode the shadow expert consumed, in order."""
         self._pending: list[Action] = []
-        self._records: list[_StepRecord] = []
-        self._new_history: list[Observation] = []
+        """The shadow's actions not yet executed."""
         self.frame_poses: dict[str, np.ndarray] = {}
         """arm -> (F, 4, 4) true gripper poses at the last look-ahead's frames."""
         self.frame_widths: dict[str, np.ndarray] = {}
@@ -76,6 +73,13 @@ class ExpertLookahead:
         expert = make_expert_policy(task=self.task)
         expert.reset(seed=self._seed)
         return expert
+
+    def observe(self, obs: Observation) -> None:
+        """The real episode is about to execute one control step from ``obs``."""
+        if not self._pending:
+            self._history.append(obs)
+            self._pending = list(self._shadow.act(obs))
+        self._pending.pop(0)
 
     def rollout(self, obs: Observation) -> list[tuple[CameraFrame, CameraFrame]]:
         """Continue the expert from ``obs``'s state; views n and m rendered at each future frame."""
@@ -90,20 +94,16 @@ class ExpertLookahead:
             self._env.reset(self._seed)
         o = self._env.restore(obs.privileged.snapshot())
         expert = self._make_expert()
-        for h in self._history:  # replay: brings the script to the phase it was in
+        for h in self._history:  # replay: brings a fresh script to the shadow's state
             expert.act(h)
         queue = list(self._pending)
-        new_history: list[Observation] = []
-        records: list[_StepRecord] = []
         frames: list[tuple[CameraFrame, CameraFrame]] = []
-        poses: list[dict[str, np.ndarray]] = []
+        poses: list[dict[str, tuple[np.ndarray, float]]] = []
         done = rendered_done = False
         n_name, m_name = obs.eval_cameras[:2]
         for k in range(self.num_frames * self.frame_steps):
-            records.append(_StepRecord(len(new_history), list(queue)))
             if not done:
                 if not queue:
-                    new_history.append(o)
                     queue = list(expert.act(o))
                 o, done, _ = self._env.step(queue.pop(0))
             if (k + 1) % self.frame_steps == 0:
@@ -116,20 +116,9 @@ class ExpertLookahead:
                 else:
                     frames.append(frames[-1])
                     poses.append(poses[-1])
-        records.append(_StepRecord(len(new_history), list(queue)))
-        self._records, self._new_history = records, new_history
         self.frame_poses = {arm: np.stack([p[arm][0] for p in poses]) for arm in poses[0]}
         self.frame_widths = {arm: np.array([p[arm][1] for p in poses]) for arm in poses[0]}
         return frames
-
-    def commit(self, steps: int) -> None:
-        """The real episode executes ``steps`` control steps of the last look-ahead's plan."""
-        if not self._records:
-            return
-        rec = self._records[min(max(0, steps), len(self._records) - 1)]
-        self._history.extend(self._new_history[:rec.history_len])
-        self._pending = rec.queue
-        self._records, self._new_history = [], []
 
 
 def video_from_frames(frames: list[tuple[CameraFrame, CameraFrame]], *, future_labels: bool) -> PredictedVideo:
@@ -175,8 +164,9 @@ class OraclePolicy(VideoPolicy):
     def predict_video(self, obs: Observation) -> PredictedVideo:
         return video_from_frames(self.lookahead.rollout(obs), future_labels=self.future_labels)
 
-    def on_executed(self, steps: int) -> None:
-        self.lookahead.commit(steps)
+    def observe(self, obs: Observation) -> None:
+        """Every executed 10 Hz observation (the episode loop calls this): the shadow expert."""
+        self.lookahead.observe(obs)
 
 
 def make_policy(*, task: str, num_frames: int = 6, labels: str = "segmenter", execute_frames: int | None = None,

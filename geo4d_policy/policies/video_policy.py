@@ -114,6 +114,11 @@ class VideoPolicyConfig:
         measure_confidence: tracked frames below this confidence give no finger measurement.
         object_width: width (m) of the hand closed on the task's object; thresholds sit between
             it and "open" (default: the task's entry of ``HELD_OBJECT_WIDTH``).
+        grip_squeeze: with a known object width, a closing gripper is commanded to that width
+            minus this (m, at least 0) instead of ``control.closed_width``: the fingers' position
+            loops then squeeze with ~30 N each without saturating, which keeps the object centred
+            between them (saturated fingers let a held cereal box drift along the closing axis);
+            None keeps ``control.closed_width``.
         max_lost_replans: consecutive replans without any trackable arm before the episode
             fails with "tracking lost".
         single_view: track only in view n (ablation of the two-view fusion).
@@ -138,6 +143,7 @@ class VideoPolicyConfig:
     toggle_frames: int = 2
     measure_confidence: float = 0.6
     object_width: float | None = None
+    grip_squeeze: float | None = 0.03
 
 
 def video_policy_config(*, execute_frames: int | None = None) -> VideoPolicyConfig:
@@ -170,6 +176,10 @@ class VideoPolicy:
         self.record_predictions = record_predictions
         self.model = GripperModel.load()
         held = self.config.object_width if self.config.object_width is not None else HELD_OBJECT_WIDTH.get(task)
+        if held is not None and self.config.grip_squeeze is not None:
+            closed = max(0.0, held - self.config.grip_squeeze)
+            self.config = dataclasses.replace(
+                self.config, control=dataclasses.replace(self.config.control, closed_width=closed))
         if held is not None:
             self._estimator_template = GripperStateEstimator.for_object_width(held, model=self.model)
         else:
@@ -217,9 +227,6 @@ class VideoPolicy:
     @property
     def frames_to_track(self) -> int:
         return self.config.track_frames or self.config.control.execute_frames
-
-    def on_executed(self, steps: int) -> None:
-        """Called with the length of the chunk about to be executed (look-ahead bookkeeping)."""
 
     # ---- the loop ---------------------------------------------------------------------------
     def reset(self, *, seed: int) -> None:
@@ -283,7 +290,6 @@ class VideoPolicy:
             self._lost_in_a_row = 0
             chunk = keyframes_to_chunk(self._cmd, keyframes, config=cfg.control)
             self._cmd = {arm: (np.asarray(chunk.X_TG[arm][-1]).copy(), new_closed[arm]) for arm in self._cmd}
-        self.on_executed(len(chunk))
         t3 = time.perf_counter()
         self._times["predict"].append(t1 - t0)
         self._times["track"].append(t2 - t1)

@@ -35,10 +35,45 @@ def test_oracle_follows_the_experts_look_ahead_over_two_replans(env):
             assert err < 0.015 or held < 0.02, (arm, err, held)
             moved = max(moved, float(np.linalg.norm(truth[arm][1, :3, 3] - start[arm][:3, 3])))
         for action in chunk:
+            policy.observe(obs)
             obs, done, _ = env.step(action)
     assert moved > 0.02  # the expert does move an arm in the first second of this task
     d = policy.diagnostics()
     assert d["replans"] == 2 and d["tracking_confidence_mean"] > 0.4
+
+
+def test_look_ahead_is_the_experts_own_future(env):
+    """Executing the shadow expert's actions for real reproduces the look-ahead exactly: the
+    replayed script sees the real episode's observations, so its plan is the expert's plan."""
+    from geo4d_policy.policies.oracle import ExpertLookahead
+    from sim.experts import make_expert_policy
+
+    lookahead = ExpertLookahead(TASK, num_frames=3, env_factory=lambda task: make_env_for_test())
+    lookahead.reset(seed=13)
+    expert = make_expert_policy(task=TASK)
+    expert.reset(seed=13)
+    obs = env.reset(13)
+    queue = []
+    for step in range(45):
+        if step in (0, 17, 30):  # mid-chunk replans included
+            lookahead.rollout(obs)
+            predicted, t0, reached = lookahead.frame_poses, obs.time, {}
+        if not queue:
+            queue = list(expert.act(obs))
+        lookahead.observe(obs)
+        obs, _, _ = env.step(queue.pop(0))
+        k = round((obs.time - t0) / 0.5) - 1
+        if abs(obs.time - t0 - 0.5 * (k + 1)) < 1e-6 and 0 <= k < 3:
+            reached[k] = {arm: s.X_TG for arm, s in obs.arms.items()}
+            for arm in obs.arms:
+                np.testing.assert_allclose(reached[k][arm], predicted[arm][k], atol=1e-6)
+    assert len(reached) >= 2
+
+
+def make_env_for_test():
+    from sim.env import make_env
+
+    return make_env(TASK)
 
 
 def test_oracle_refuses_observations_without_simulator_state(env):
