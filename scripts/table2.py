@@ -14,6 +14,7 @@ Policies that cannot be loaded (e.g. no checkpoint) are listed with the reason, 
 
 ``--parallel`` runs every cell at once, each as its own ``geo4d-rollout`` process with
 ``--workers`` episodes in parallel (size it so that cells x workers fits the machine's cores);
+on a GPU one generator server serves the geo4d cells of all tasks (batched requests);
 ``--max-seconds`` interrupts the cells still running after that long (as Ctrl-C does: finished
 episodes are kept, and a later call resumes), for time-boxed machines. The table then reports
 how many episodes each cell finished.
@@ -22,6 +23,7 @@ how many episodes each cell finished.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import subprocess
@@ -32,7 +34,7 @@ from pathlib import Path
 from geo4d_policy.cli.rollout import parse_policy_options
 from geo4d_policy.config import atomic_write_text
 from geo4d_policy.eval.records import read_summary
-from geo4d_policy.eval.runner import RolloutConfig, run_rollouts
+from geo4d_policy.eval.runner import RolloutConfig, run_rollouts, shared_policy_resources
 from geo4d_policy.interface import TASK_NAMES
 from geo4d_policy.policies import PolicyUnavailableError
 
@@ -90,8 +92,28 @@ def _result(summary: dict) -> dict:
     return {k: summary.get(k) for k in keys}
 
 
-def run_parallel(args: argparse.Namespace, out: Path, raw_options: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
-    """Every cell as its own ``geo4d-rollout`` process; interrupt the stragglers at the deadline."""
+def run_parallel(args: argparse.Namespace, out: Path, raw_options: dict[str, list[str]],
+                 options: dict[str, dict]) -> dict[tuple[str, str], dict]:
+    """Every cell as its own ``geo4d-rollout`` process; interrupt the stragglers at the deadline.
+
+    On a GPU, each policy's shared resources (the generator server of geo4d) are started once
+    for all its cells, so every task's episodes are batched on one model.
+    """
+    with contextlib.ExitStack() as stack:
+        shared: dict[str, dict] = {}
+        for policy in args.policies:
+            try:
+                shared[policy] = stack.enter_context(shared_policy_resources(
+                    policy, options=options.get(policy, {}), device=args.device,
+                    workers=args.workers * len(args.tasks)))
+            except (PolicyUnavailableError, RuntimeError) as e:  # the cells report it themselves
+                print(f"table2: {policy}: nothing shared ({e})", file=sys.stderr)
+                shared[policy] = {}
+        return _run_cells(args, out, {p: raw_options.get(p, []) + [f"{k}={v}" for k, v in shared[p].items()]
+                                      for p in args.policies})
+
+
+def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
     procs: dict[tuple[str, str], subprocess.Popen] = {}
     for task in args.tasks:
         for policy in args.policies:
@@ -153,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.parallel:
-        results = run_parallel(args, out, raw)
+        results = run_parallel(args, out, raw, options)
         for (task, policy), r in results.items():
             print(f"{task} {policy}: {_cell(r)}")
         print(write_table(out, results, args.tasks, args.policies, args.episodes))

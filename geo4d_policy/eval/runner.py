@@ -30,7 +30,7 @@ import importlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -380,13 +380,28 @@ def run_rollouts(
 def _policy_shared_resources(config: RolloutConfig, policy_target: str, parallel: int):
     """The policy module's ``shared_resources`` hook (a context manager yielding extra policy
     options), used only for parallel episodes on a GPU; otherwise nothing is shared."""
-    if parallel <= 1 or not config.device.startswith("cuda"):
+    return shared_policy_resources(policy_target, options=config.policy_options, device=config.device,
+                                   workers=parallel)
+
+
+def shared_policy_resources(policy: str, *, options: Mapping[str, Any], device: str, workers: int):
+    """What ``workers`` parallel episodes of ``policy`` on ``device`` share (e.g. one generator
+    server): the policy module's ``shared_resources`` hook, a context manager yielding extra
+    policy options (``{}`` on a CPU, for one worker, or for a policy without the hook).
+
+    Args:
+        policy: a registered policy name or a ``"module:factory"`` target.
+        options: the policy options of the run.
+        device: torch device of the run.
+        workers: episodes that will run at once (across runs sharing the resources).
+    """
+    if workers <= 1 or not str(device).startswith("cuda"):
         return contextlib.nullcontext({})
-    module = importlib.import_module(policy_target.partition(":")[0])
-    hook = getattr(module, "shared_resources", None)
+    target = policy if ":" in policy else resolve_policy_target(policy)
+    hook = getattr(importlib.import_module(target.partition(":")[0]), "shared_resources", None)
     if hook is None:
         return contextlib.nullcontext({})
-    return hook(config.policy_options, device=config.device, workers=parallel)
+    return hook(options, device=device, workers=workers)
 
 
 def print_where(summary: Summary, console: Any = None) -> None:

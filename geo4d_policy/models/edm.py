@@ -25,7 +25,7 @@ Owns the diffusion maths around :class:`~geo4d_policy.models.generator.Geo4DUNet
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -218,7 +218,7 @@ def sample_edm(
     config: GeneratorConfig,
     num_frames: int | None = None,
     num_steps: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     guidance_scale: float | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
@@ -231,7 +231,9 @@ def sample_edm(
         config: generator config (schedule, guidance defaults).
         num_frames: frames to generate (default ``config.num_frames``).
         num_steps: Euler steps, one network evaluation each (default ``config.edm.num_steps``).
-        generator: CPU RNG of the initial noise (and noise augmentation); seeded by callers.
+        generator: CPU RNG of the initial noise (and noise augmentation); seeded by callers. A
+            sequence of B generators draws each row's noise from its own one, so a row of a
+            batch gets exactly the noise it would get sampled alone (batched serving).
         guidance_scale: CFG scale (default ``config.edm.guidance_scale``; 1.0 = off).
         callback: called as ``callback(step, denoised)`` after every step.
 
@@ -246,9 +248,20 @@ def sample_edm(
     dev = cond.device
     cond = cond.float()
     sigmas = karras_sigmas(steps, sigma_min=edm.sigma_min, sigma_max=edm.sigma_max, rho=edm.rho, device=dev)
-    x = torch.randn((b, v, f, c, h, wd), generator=generator).to(dev) * sigmas[0]
+    if isinstance(generator, Sequence):
+        if len(generator) != b:
+            raise ValueError(f"{len(generator)} generators for a batch of {b}")
+        gens = list(generator)
+    else:
+        gens = [generator]
+
+    def noise(shape: tuple[int, ...]) -> torch.Tensor:  # per-generator rows, in the single-row draw order
+        rows = shape[0] // len(gens)
+        return torch.cat([torch.randn((rows, *shape[1:]), generator=g) for g in gens]).to(dev)
+
+    x = noise((b, v, f, c, h, wd)) * sigmas[0]
     if edm.cond_noise_aug > 0:
-        cond = cond + edm.cond_noise_aug * torch.randn(cond.shape, generator=generator).to(dev)
+        cond = cond + edm.cond_noise_aug * noise(tuple(cond.shape))
     guided = not math.isclose(w, 1.0)
     if guided:
         cond_u, task_u = drop_conditioning(unet, cond, task_ids, torch.ones(b, dtype=torch.bool, device=dev))

@@ -290,9 +290,86 @@ class Generator4D(nn.Module):
             both in camera n's frame (None for RGB-only models or when not decoded),
             ``task``, and ``timings`` (seconds: ``encode``, ``sample``, ``decode``, ``total``).
         """
-        cfg = self.config
+        return self.predict_many([dict(
+            rgb=rgb, pointmap_n=pointmap_n, pointmap_m=pointmap_m, valid_n=valid_n, valid_m=valid_m, task=task,
+            seed=seed)], num_steps=num_steps, guidance_scale=guidance_scale,
+            on_resolution_mismatch=on_resolution_mismatch, decode_rgb=decode_rgb,
+            decode_pointmaps=decode_pointmaps)[0]
+
+    @torch.no_grad()
+    def predict_many(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        on_resolution_mismatch: Literal["resize", "error"] = "resize",
+        decode_rgb: bool = True,
+        decode_pointmaps: bool = True,
+    ) -> list[dict[str, Any]]:
+        """:meth:`predict` for several requests at once: one batched sampling run.
+
+        Each request is a mapping of :meth:`predict`'s per-request arguments (``rgb``,
+        ``pointmap_n``, ``pointmap_m``, ``valid_n``, ``valid_m``, ``task``, ``seed``); requests
+        may be of different tasks. Each request's noise comes from its own seed, so its
+        prediction equals the one :meth:`predict` gives it alone (up to floating-point
+        reassociation in batched kernels). On a GPU the batch costs little more than one
+        request: this is what the shared generator server uses to serve parallel workers.
+
+        Returns:
+            One :meth:`predict` result per request, in order; ``timings`` are the batch's, with
+            ``batch_size``.
+
+        Raises:
+            ValueError: any request is malformed (nothing is sampled).
+        """
+        if not requests:
+            return []
         t0 = time.perf_counter()
-        rgb = np.asarray(rgb)
+        prepared = [self._prepare_request(r, on_resolution_mismatch=on_resolution_mismatch) for r in requests]
+        dev = self.device
+        # bf16 autocast on CUDA for fp32 weights; weights loaded in bf16/fp16 run as they are.
+        use_amp = dev.type == "cuda" and next(self.unet.parameters()).dtype == torch.float32
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            cond = torch.stack([self.encode_frames(x, pm, valid) for x, pm, valid, _, _, _ in prepared]).float()
+        t1 = time.perf_counter()
+        tasks = [task for *_, task, _ in prepared]
+        task_ids = self.unet.task_ids(tasks, device=dev)
+        generators = [torch.Generator().manual_seed(int(seed)) for *_, seed in prepared]
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            z = sample_edm(self.unet, cond, task_ids=task_ids, config=self.config, num_steps=num_steps,
+                           generator=generators, guidance_scale=guidance_scale)
+        t2 = time.perf_counter()
+        results = []
+        for i, (*_, in_size, task, _) in enumerate(prepared):
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                # (2, F, 3, H, W) each
+                out_rgb, out_pm = self.decode_latents(z[i], rgb=decode_rgb, pointmaps=decode_pointmaps)
+            rgb_np = None
+            if out_rgb is not None:
+                out_rgb = resize_images(out_rgb.float(), tuple(in_size))
+                rgb_u8 = ((out_rgb + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)
+                rgb_np = rgb_u8.cpu().numpy()
+            points = None
+            if out_pm is not None:
+                out_pm = resize_nearest(out_pm.float(), tuple(in_size))
+                points = self.normalization.denormalize(out_pm).permute(0, 1, 3, 4, 2).contiguous().cpu().numpy()
+            results.append({"rgb": rgb_np, "pointmaps": points, "task": task})
+        t3 = time.perf_counter()
+        timings = {"encode": t1 - t0, "sample": t2 - t1, "decode": t3 - t2, "total": t3 - t0,
+                   "batch_size": len(requests)}
+        for r in results:
+            r["timings"] = dict(timings)
+        return results
+
+    def _prepare_request(self, request: Mapping[str, Any], *, on_resolution_mismatch: str):
+        """One request's model-resolution inputs: (rgb, pointmaps, validity, input size, task, seed)."""
+        known = {"rgb", "pointmap_n", "pointmap_m", "valid_n", "valid_m", "task", "seed"}
+        unknown = set(request) - known
+        if unknown:
+            raise ValueError(f"unknown request field(s) {sorted(unknown)}; expected {sorted(known)}")
+        cfg = self.config
+        rgb = np.asarray(request["rgb"])
         if rgb.ndim != 4 or rgb.shape[0] != 2 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"rgb must be (2, H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
         in_size = rgb.shape[1:3]
@@ -301,16 +378,17 @@ class Generator4D(nn.Module):
             raise ValueError(
                 f"input resolution {in_size[0]}x{in_size[1]} differs from the model's {size[0]}x{size[1]}"
             )
-        task = self._resolve_task(task)
+        task = self._resolve_task(request.get("task"))
         dev = self.device
         x = torch.from_numpy(rgb).to(dev).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (2,3,H,W)
         x = resize_images(x, size)
         pm = valid = None
         if cfg.use_pointmaps:
+            pointmap_n, pointmap_m = request.get("pointmap_n"), request.get("pointmap_m")
             if pointmap_n is None or pointmap_m is None:
                 raise ValueError("this model needs pointmap_n and pointmap_m")
             pms, valids = [], []
-            for p, vmask in ((pointmap_n, valid_n), (pointmap_m, valid_m)):
+            for p, vmask in ((pointmap_n, request.get("valid_n")), (pointmap_m, request.get("valid_m"))):
                 p = torch.as_tensor(np.asarray(p, dtype=np.float32), device=dev)
                 if p.shape != (*in_size, 3):
                     raise ValueError(f"pointmaps must be {(*in_size, 3)}, got {tuple(p.shape)}")
@@ -323,34 +401,7 @@ class Generator4D(nn.Module):
             pm = resize_nearest(torch.stack(pms), size)
             valid = resize_nearest(torch.stack(valids), size, channels=False)
             pm, valid = fill_invalid_points(pm, valid)
-        # bf16 autocast on CUDA for fp32 weights; weights loaded in bf16/fp16 run as they are.
-        use_amp = dev.type == "cuda" and next(self.unet.parameters()).dtype == torch.float32
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            cond = self.encode_frames(x, pm, valid)[None].float()  # (1, 2, C, h, w)
-        t1 = time.perf_counter()
-        task_ids = self.unet.task_ids([task], device=dev)
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            z = self.sample(cond, task_ids, num_steps=num_steps, seed=seed, guidance_scale=guidance_scale)
-        t2 = time.perf_counter()
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            # (2, F, 3, H, W) each
-            out_rgb, out_pm = self.decode_latents(z[0], rgb=decode_rgb, pointmaps=decode_pointmaps)
-        rgb_np = None
-        if out_rgb is not None:
-            out_rgb = resize_images(out_rgb.float(), tuple(in_size))
-            rgb_u8 = ((out_rgb + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)
-            rgb_np = rgb_u8.cpu().numpy()
-        points = None
-        if out_pm is not None:
-            out_pm = resize_nearest(out_pm.float(), tuple(in_size))
-            points = self.normalization.denormalize(out_pm).permute(0, 1, 3, 4, 2).contiguous().cpu().numpy()
-        t3 = time.perf_counter()
-        return {
-            "rgb": rgb_np,
-            "pointmaps": points,
-            "task": task,
-            "timings": {"encode": t1 - t0, "sample": t2 - t1, "decode": t3 - t2, "total": t3 - t0},
-        }
+        return x, pm, valid, in_size, task, int(request.get("seed", 0))
 
     def _resolve_task(self, task: str | None) -> str:
         if task is None:

@@ -5,7 +5,11 @@ eight copies of the model onto one GPU wastes memory and contends for it, so the
 starts one :class:`GeneratorServer` in its own process (the policy module's
 ``shared_resources`` hook, made by :func:`make_shared_resources`), and every
 worker's policy talks to it through a :class:`GeneratorClient` (the ``server=ADDRESS`` option of
-the ``geo4d`` policy). Requests are served one at a time in arrival order on the server's device.
+the ``geo4d`` policy). Requests that arrive together (within ``batch_window_s`` of the first, up to
+``max_batch``, same sampler steps) are sampled as one batch
+(:meth:`~geo4d_policy.models.pipeline.Generator4D.predict_many`): on a GPU a batch of 8 costs
+little more than one request, so throughput grows with the number of workers instead of
+queueing them. Each request keeps its own seed, task and result.
 
 Transport: ``multiprocessing.connection`` over a Unix socket in a private temporary directory,
 authenticated with a random key that travels inside the address string
@@ -16,8 +20,10 @@ task its checkpoint was not trained on with the same message a local model gives
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
+import queue
 import secrets
 import tempfile
 import threading
@@ -36,29 +42,44 @@ def _split_address(address: str) -> tuple[str, bytes]:
     return path, bytes.fromhex(key)
 
 
+@dataclasses.dataclass
+class _Pending:
+    request: dict[str, Any]
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    reply: dict[str, Any] | None = None
+
+
 class GeneratorServer:
     """Serves ``Generator4D.predict`` to clients (see the module docstring).
 
     Args:
         model: a loaded generator (its device is where predictions run).
+        max_batch: most requests sampled together.
+        batch_window_s: how long the first request of a batch waits for company.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, max_batch: int = 8, batch_window_s: float = 0.02) -> None:
+        if max_batch < 1 or batch_window_s < 0:
+            raise ValueError("max_batch must be >= 1 and batch_window_s >= 0")
         self.model = model
+        self.max_batch = int(max_batch)
+        self.batch_window_s = float(batch_window_s)
         self._dir = tempfile.mkdtemp(prefix="geo4d-gen-")
         self._key = secrets.token_bytes(16)
         self._listener = Listener(os.path.join(self._dir, "gen.sock"), family="AF_UNIX", authkey=self._key)
-        self._lock = threading.Lock()
+        self._queue: queue.Queue[_Pending] = queue.Queue()
         self._closed = threading.Event()
         self.served = 0
+        self.batches = 0
         self.busy_s = 0.0
+        threading.Thread(target=self._batch_loop, daemon=True).start()
 
     @property
     def address(self) -> str:
         return f"unix:{self._listener.address}#{self._key.hex()}"
 
     def serve_forever(self) -> None:
-        """Accept clients until :meth:`close`; one thread per client, predictions serialised."""
+        """Accept clients until :meth:`close`; one thread per client, predictions batched."""
         while not self._closed.is_set():
             try:
                 conn = self._listener.accept()
@@ -75,19 +96,59 @@ class GeneratorServer:
                     request = conn.recv()
                 except (EOFError, OSError):
                     return
+                pending = _Pending(request)
+                self._queue.put(pending)
+                pending.done.wait()
                 try:
-                    with self._lock:
-                        t0 = time.perf_counter()
-                        out = self.model.predict(**request)
-                        self.busy_s += time.perf_counter() - t0
-                        self.served += 1
-                    reply: dict[str, Any] = {"ok": True, "result": out}
-                except Exception as exc:  # noqa: BLE001 - the client re-raises it in the episode
-                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-                try:
-                    conn.send(reply)
+                    conn.send(pending.reply)
                 except (OSError, BrokenPipeError):
                     return
+
+    def _batch_loop(self) -> None:
+        held: list[_Pending] = []  # requests of other sampler settings, first in the next batch
+        while not self._closed.is_set():
+            if not held:
+                try:
+                    held.append(self._queue.get(timeout=0.5))
+                except queue.Empty:
+                    continue
+            first = held.pop(0)
+            batch, deadline = [first], time.monotonic() + self.batch_window_s
+            steps = first.request.get("num_steps")
+            while len(batch) < self.max_batch:
+                for p in list(held):
+                    if len(batch) < self.max_batch and p.request.get("num_steps") == steps:
+                        held.remove(p)
+                        batch.append(p)
+                remaining = deadline - time.monotonic()
+                if len(batch) >= self.max_batch or remaining <= 0:
+                    break
+                try:
+                    p = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                (batch if p.request.get("num_steps") == steps else held).append(p)
+            self._run(batch, steps)
+
+    def _run(self, batch: list[_Pending], steps: int | None) -> None:
+        t0 = time.perf_counter()
+        requests = [{k: v for k, v in p.request.items() if k != "num_steps"} for p in batch]
+        try:
+            outs = self.model.predict_many(requests, num_steps=steps)
+            replies = [{"ok": True, "result": out} for out in outs]
+        except Exception:  # noqa: BLE001 - one bad request must not fail its batch mates: retry alone
+            replies = []
+            for req in requests:
+                try:
+                    replies.append({"ok": True, "result": self.model.predict_many([req], num_steps=steps)[0]})
+                except Exception as exc:  # noqa: BLE001 - the client re-raises it in the episode
+                    replies.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        self.busy_s += time.perf_counter() - t0
+        self.batches += 1
+        self.served += sum(r["ok"] for r in replies)
+        for p, reply in zip(batch, replies):
+            p.reply = reply
+            p.done.set()
 
     def close(self) -> None:
         self._closed.set()

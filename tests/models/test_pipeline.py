@@ -33,11 +33,28 @@ def test_predict_shapes_units_and_timings(model):
     assert out["pointmaps"].shape == (2, F, H, W, 3) and out["pointmaps"].dtype == np.float32
     assert np.isfinite(out["pointmaps"]).all()
     assert out["task"] == TASK
-    assert set(out["timings"]) == {"encode", "sample", "decode", "total"}
+    assert set(out["timings"]) == {"encode", "sample", "decode", "total", "batch_size"}
     again = model.predict(rgb, pn, pm, num_steps=2, seed=0)
     assert np.array_equal(out["rgb"], again["rgb"]) and np.array_equal(out["pointmaps"], again["pointmaps"])
     only_pm = model.predict(rgb, pn, pm, num_steps=2, seed=0, decode_rgb=False)
     assert only_pm["rgb"] is None and np.array_equal(only_pm["pointmaps"], out["pointmaps"])
+
+
+def test_a_batch_of_requests_gives_each_its_own_prediction(model):
+    """predict_many (the shared server's batched path) equals one predict per request."""
+    requests = []
+    for k in range(3):
+        rgb, pn, pm = _obs(seed=k)
+        requests.append({"rgb": rgb, "pointmap_n": pn, "pointmap_m": pm, "seed": 10 + k})
+    batch = model.predict_many(requests, num_steps=2)
+    assert [b["timings"]["batch_size"] for b in batch] == [3, 3, 3]
+    for req, got in zip(requests, batch):
+        alone = model.predict(req["rgb"], req["pointmap_n"], req["pointmap_m"], seed=req["seed"], num_steps=2)
+        np.testing.assert_allclose(got["pointmaps"], alone["pointmaps"], atol=1e-4)
+        assert np.abs(got["rgb"].astype(int) - alone["rgb"].astype(int)).max() <= 1
+    assert not np.allclose(batch[0]["pointmaps"], batch[1]["pointmaps"])
+    with pytest.raises(ValueError, match="unknown request field"):
+        model.predict_many([{**requests[0], "sed": 1}])
 
 
 def test_nan_and_invalid_points_do_not_propagate(model):

@@ -85,6 +85,41 @@ def test_server_predictions_equal_local_ones(tiny_checkpoint):
         GeneratorClient("localhost:1234")
 
 
+def test_server_batches_concurrent_clients_and_isolates_bad_requests(tiny_checkpoint):
+    model = Generator4D.from_pretrained(tiny_checkpoint)
+    h, w = 32, 40
+    pm = np.stack([*np.meshgrid(np.linspace(-0.2, 0.2, w), np.linspace(-0.1, 0.1, h)), np.full((h, w), 0.9)], -1)
+    rng = np.random.default_rng(1)
+    inputs = [{"rgb": rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8), "pointmap_n": pm.astype(np.float32),
+               "pointmap_m": pm.astype(np.float32)} for _ in range(4)]
+    tasks = [TASK, TASK, TASK, "PlaceAppleFromBowlIntoBin"]  # the last one: a task the model lacks
+    server = GeneratorServer(model, max_batch=4, batch_window_s=1.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    results: dict[int, object] = {}
+
+    def ask(i: int) -> None:
+        client = GeneratorClient(server.address)
+        try:
+            results[i] = client(inputs[i], task=tasks[i], seed=i, num_steps=2)
+        except RuntimeError as e:
+            results[i] = e
+        client.close()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        server.close()
+    assert isinstance(results[3], RuntimeError) and "PlaceAppleFromBowlIntoBin" in str(results[3])
+    for i in range(3):
+        alone = model.predict(**inputs[i], task=TASK, seed=i, num_steps=2)
+        np.testing.assert_allclose(results[i]["pointmaps"], alone["pointmaps"], atol=1e-4)
+    assert server.served == 3 and server.batches < 4  # requests arriving together share a batch
+
+
 def test_generator_inputs_use_each_views_own_frame():
     from sim.env import make_env
 
