@@ -2,7 +2,8 @@
 """Reproduce the paper's Table 2 for our stack: success rates of every policy on every task.
 
     python scripts/table2.py --out runs/table2 [--episodes 30] [--policies expert oracle geo4d ...]
-                             [--tasks ...] [--workers 8] [--device cuda] [--policy-option geo4d.num_steps=10]
+                             [--tasks ...] [--workers 8] [--policy-workers oracle=4] [--device cuda]
+                             [--policy-option geo4d.num_steps=10]
                              [--parallel] [--max-seconds S]
 
 Each (task, policy) cell is one ``geo4d-rollout`` run in ``OUT/<task>/<policy>/`` on the
@@ -105,12 +106,28 @@ def run_parallel(args: argparse.Namespace, out: Path, raw_options: dict[str, lis
             try:
                 shared[policy] = stack.enter_context(shared_policy_resources(
                     policy, options=options.get(policy, {}), device=args.device,
-                    workers=args.workers * len(args.tasks)))
+                    workers=_workers(args, policy) * len(args.tasks)))
             except (PolicyUnavailableError, RuntimeError) as e:  # the cells report it themselves
                 print(f"table2: {policy}: nothing shared ({e})", file=sys.stderr)
                 shared[policy] = {}
         return _run_cells(args, out, {p: raw_options.get(p, []) + [f"{k}={v}" for k, v in shared[p].items()]
                                       for p in args.policies})
+
+
+def _workers(args: argparse.Namespace, policy: str) -> int:
+    """Parallel episodes of ``policy``'s cells: ``--policy-workers POLICY=N`` or ``--workers``."""
+    return args.policy_workers.get(policy, args.workers)
+
+
+def _policy_workers(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        policy, sep, n = item.partition("=")
+        if not sep or policy not in POLICIES or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"table2: --policy-workers must look like POLICY=N (N >= 1, POLICY one of "
+                             f"{', '.join(POLICIES)}), got {item!r}")
+        out[policy] = int(n)
+    return out
 
 
 def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
@@ -119,7 +136,7 @@ def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[
         for policy in args.policies:
             run_dir = out / task / policy
             cmd = [sys.executable, "-m", "geo4d_policy.cli.rollout", "--task", task, "--policy", policy,
-                   "--episodes", str(args.episodes), "--workers", str(args.workers), "--seed", str(args.seed),
+                   "--episodes", str(args.episodes), "--workers", str(_workers(args, policy)), "--seed", str(args.seed),
                    "--out", str(run_dir), "--device", args.device]
             if run_dir.exists():
                 cmd.append("--resume")
@@ -162,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--policy-workers", action="append", default=[], metavar="POLICY=N",
+                   help="parallel episodes for one policy's cells (default --workers)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episode-timeout", type=float, default=None)
@@ -169,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", action="store_true", help="run all cells at once (each with --workers)")
     p.add_argument("--max-seconds", type=float, default=None, help="with --parallel: interrupt cells after this")
     args = p.parse_args(argv)
+    args.policy_workers = _policy_workers(args.policy_workers)
     raw = _split_options(args.policy_option)
     # Parsed as geo4d-rollout parses them (also checks them before any cell starts).
     options = {policy: parse_policy_options(items) for policy, items in raw.items()}
@@ -185,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         for policy in args.policies:
             run_dir = out / task / policy
             config = RolloutConfig(task=task, policy=policy, episodes=args.episodes, seed=args.seed,
-                                   workers=args.workers, out_dir=str(run_dir), resume=run_dir.exists(),
+                                   workers=_workers(args, policy), out_dir=str(run_dir), resume=run_dir.exists(),
                                    device=args.device, policy_options=options.get(policy, {}),
                                    episode_timeout_s=args.episode_timeout)
             try:
