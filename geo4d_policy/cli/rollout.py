@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="option for the policy factory (repeatable); values are parsed as YAML scalars")
     p.add_argument("--episode-timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="kill and fail an episode running longer than this (default: no limit)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the episodes on a Ray cluster: auto | HOST:PORT | ray://HOST:PORT | local "
+                        "(--workers caps the episodes in flight; needs pip install -e '.[ray]')")
+    p.add_argument("--ray-gpus-per-episode", type=_positive_float, default=0.25, metavar="F",
+                   help="GPU share of each Ray episode when --device is cuda (default: 0.25)")
     p.add_argument("--env-factory", default=None, metavar="MODULE:ATTR",
                    help="environment factory make_env(task, *, record_video, meshcat) (default: sim.env:make_env)")
     return p
@@ -153,10 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy_options=options,
         device=args.device,
         episode_timeout_s=args.episode_timeout,
+        ray_address=args.ray,
+        ray_gpus_per_episode=args.ray_gpus_per_episode,
     )
+    from geo4d_policy.eval.ray_backend import RayUnavailableError
+
     try:
         run_rollouts(config, env_factory=args.env_factory or DEFAULT_ENV_FACTORY)
-    except (RolloutConfigError, UnknownNameError, PolicyUnavailableError) as e:
+    except (RolloutConfigError, UnknownNameError, PolicyUnavailableError, RayUnavailableError) as e:
         return _error(str(e))
     except KeyboardInterrupt:
         return 130

@@ -79,6 +79,11 @@ class RolloutConfig:
         device: torch device of learned policies (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         episode_timeout_s: wall-clock limit of one episode (its process is killed and the
             episode failed); ``None`` for no limit.
+        ray_address: run the episodes as tasks on a Ray cluster (``"auto"``, ``"host:port"``,
+            ``"ray://host:port"``, or ``"local"`` for a private one-machine cluster) instead of
+            local processes; ``workers`` then caps the episodes in flight cluster-wide (see
+            :mod:`geo4d_policy.eval.ray_backend`). ``None``: local processes.
+        ray_gpus_per_episode: GPU share each Ray episode reserves when ``device`` is CUDA.
     """
 
     task: str
@@ -93,6 +98,8 @@ class RolloutConfig:
     policy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     device: str = "cpu"
     episode_timeout_s: float | None = None
+    ray_address: str | None = None
+    ray_gpus_per_episode: float = 0.25
 
 
 def default_out_dir(task: str, policy: str, seed: int) -> Path:
@@ -124,6 +131,10 @@ def resolve_config(config: RolloutConfig) -> RolloutConfig:
         problems.append(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {config.device!r}")
     if config.episode_timeout_s is not None and config.episode_timeout_s <= 0:
         problems.append(f"episode_timeout_s must be positive, got {config.episode_timeout_s}")
+    if config.ray_address is not None and config.meshcat:
+        problems.append("meshcat needs local workers (the replay is served by this machine), not ray_address")
+    if config.ray_address is not None and not 0 < config.ray_gpus_per_episode <= 1:
+        problems.append(f"ray_gpus_per_episode must be in (0, 1], got {config.ray_gpus_per_episode}")
     if problems:
         raise RolloutConfigError("; ".join(problems))
     out_dir = config.out_dir or str(default_out_dir(task, config.policy, config.seed))
@@ -194,13 +205,18 @@ class _Job:
 
 
 def _crash_record(config: RolloutConfig, job: _Job, reason: str) -> dict[str, Any]:
+    return _failed_record(config, index=job.index, seed=job.seed, reason=reason, started=job.started)
+
+
+def _failed_record(config: RolloutConfig, *, index: int, seed: int, reason: str, started: float) -> dict[str, Any]:
+    """The record of an episode whose worker died or timed out (it could not write its own)."""
     return {
         "task": config.task,
         "policy": config.policy,
-        "seed": job.seed,
-        "episode_index": job.index,
+        "seed": seed,
+        "episode_index": index,
         "success": False,
-        "duration_s": time.perf_counter() - job.started,
+        "duration_s": time.perf_counter() - started,
         "sim_time_s": None,
         "failure_reason": reason,
     }
@@ -280,14 +296,17 @@ def run_rollouts(
         k = sum(1 for r in done.values() if r["success"])
         bar.set_postfix_str(f"success {k}/{n} ({100 * k / n:.0f}%)" if n else "success -")
 
-    def start(index: int) -> None:
-        seed = eval_seed(config.seed, index)
-        spec = EpisodeSpec(
+    def make_spec(index: int, episode_threads: int | None) -> EpisodeSpec:
+        return EpisodeSpec(
             task=config.task, policy=config.policy, policy_target=policy_target,
-            policy_options={**config.policy_options, **shared}, seed=seed, episode_index=index,
-            env_factory=env_factory, out_dir=str(out), record_video=index < config.video,
-            meshcat=config.meshcat, device=config.device, threads=threads,
+            policy_options={**config.policy_options, **shared}, seed=eval_seed(config.seed, index),
+            episode_index=index, env_factory=env_factory, out_dir=str(out), record_video=index < config.video,
+            meshcat=config.meshcat, device=config.device, threads=episode_threads,
         )
+
+    def start(index: int) -> None:
+        spec = make_spec(index, threads)
+        seed = spec.seed
         reader, writer = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=episode_process_main, args=(spec, writer), name=f"episode-{index}")
         proc.start()
@@ -297,7 +316,10 @@ def run_rollouts(
     def finish(job: _Job, record: dict[str, Any]) -> None:
         del running[job.index]
         job.conn.close()
-        done[job.index] = record
+        record_done(job.index, record)
+
+    def record_done(index: int, record: dict[str, Any]) -> None:
+        done[index] = record
         save()
         bar.update(1)
         postfix()
@@ -312,6 +334,23 @@ def run_rollouts(
         job.conn_open = False
 
     postfix()
+    if config.ray_address is not None:
+        try:
+            _run_rollouts_on_ray(config, pending, make_spec, record_done)
+        except BaseException:
+            bar.close()
+            summary = save()
+            if show:
+                _print_interrupted(summary, console)
+            raise
+        bar.close()
+        summary = save()
+        if show:
+            from geo4d_policy.eval.report import print_report
+
+            print_report([summary], console=console)
+            print_where(summary, console)
+        return summary
     # Resources the policy's episodes share (e.g. one generator server on the GPU), set up once.
     resources = contextlib.ExitStack()
     try:
@@ -375,6 +414,20 @@ def run_rollouts(
         print_report([summary], console=console)
         print_where(summary, console)
     return summary
+
+
+def _run_rollouts_on_ray(config: RolloutConfig, pending: list[int], make_spec: Callable[..., Any],
+                         record_done: Callable[[int, dict[str, Any]], None]) -> None:
+    """The episode loop of :func:`run_rollouts` on a Ray cluster (each episode: one Ray task)."""
+    from geo4d_policy.eval.ray_backend import run_on_ray
+
+    def crash(spec: EpisodeSpec, reason: str, started: float) -> dict[str, Any]:
+        return _failed_record(config, index=spec.episode_index, seed=spec.seed, reason=reason, started=started)
+
+    run_on_ray((make_spec(i, 1) for i in pending), address=config.ray_address, workers=config.workers,
+               gpus_per_episode=config.ray_gpus_per_episode if config.device.startswith("cuda") else 0.0,
+               episode_timeout_s=config.episode_timeout_s,
+               on_record=lambda spec, record: record_done(spec.episode_index, record), crash_record=crash)
 
 
 def _policy_shared_resources(config: RolloutConfig, policy_target: str, parallel: int):
