@@ -88,7 +88,8 @@ class TrackingEvalConfig:
         misreg_m, misreg_deg: size of the ``misreg`` rigid error of view m.
         labels: part-label sources to evaluate (:data:`LABEL_SOURCES`).
         segmenter: checkpoint of the segmenter (needed for ``labels`` containing it).
-        use_hint: seed frame t's registration with the robot's measured pose.
+        use_hint: seed frame t's registration with the robot's measured pose (and the gripper state
+            with its measured width, as a policy knows both).
         min_part_pixels: an arm is evaluated on a clip when at least this many of its valid
             gripper pixels are in the recorded masks of frame t in one of the two views.
         object_width: task -> width (m) of the object the hand closes on; the task's estimator
@@ -323,7 +324,7 @@ def track_arm_clip(
             must be segmented unless ``use_hint``.
         model: the gripper model.
         estimator: open/closed estimator of the task (reset here).
-        use_hint: seed the registration with the measured pose.
+        use_hint: seed the registration with the measured pose and the state with the measured width.
     """
     X_TCn = data.X_TC[0]
     T = pointmaps.shape[1]
@@ -340,13 +341,15 @@ def track_arm_clip(
     trans, rot = pose_errors(est, data.X_TG[arm][1:])
     lost = np.array([f.status == "lost" for f in fused[1:]])
 
-    estimator.reset()
+    cut = decision_width(estimator)
+    # Like the pose, the state starts from the robot's measurement when hinting (as a policy does).
+    estimator.reset(initial_state=("closed" if data.width[arm][0] < cut else "open") if use_hint else None)
     states = []
     for k, f in enumerate(fused):
         v = 1 if f.source == "m" else 0
         d = _finger_distance(f, pointmaps[v, k], labels[v][k], valid[v, k], model)
         states.append(estimator.update(d).closed)
-    gt_closed = np.asarray(data.width[arm][1:]) < decision_width(estimator)
+    gt_closed = np.asarray(data.width[arm][1:]) < cut
     correct = np.array(states[1:]) == gt_closed
     return ArmClipResult(trans, rot, lost, correct, gt_closed, seconds, T)
 

@@ -61,6 +61,15 @@ HELD_OBJECT_WIDTH: dict[str, float] = {
     "StoreCerealBoxUnderShelf": 0.049,
 }
 
+CLOSED_COMMAND_WIDTH: dict[str, float] = {
+    # Width (m) a policy commands to close the hand on each task's object. The cereal box has
+    # flat parallel faces 50.5 mm apart: commanding 30 mm less squeezes with ~30 N per finger
+    # without saturating the finger position loops, which keeps the box centred between the
+    # fingers (saturated fingers let it drift along the closing axis). The apple is round and
+    # grasped where it is 40-55 mm wide, the spatula handle is thin: both get a full close (0).
+    "StoreCerealBoxUnderShelf": 0.0205,
+}
+
 
 def _kmeans2(points: np.ndarray, *, iterations: int = 20) -> np.ndarray:
     """Deterministic 2-means: boolean assignment to the second cluster."""
@@ -193,8 +202,10 @@ class GripperStateEstimator:
         return cls(model, close_below=model.finger_centroid_distance(w_close),
                    open_above=model.finger_centroid_distance(w_open))
 
-    def reset(self) -> None:
-        self._state: State | None = self._initial
+    def reset(self, *, initial_state: State | None = None) -> None:
+        """Forget the state; start from ``initial_state`` if given (e.g. the robot's measured
+        width now), else from the constructor's."""
+        self._state: State | None = initial_state if initial_state is not None else self._initial
 
     @property
     def state(self) -> State | None:

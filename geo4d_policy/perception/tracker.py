@@ -69,7 +69,10 @@ class TrackResult:
         rmse: RMS distance (m) of the inliers to the model (``inf`` when there are none).
         n_points: observed points considered (after masking, cropping and subsampling).
         n_inliers: how many of them are inliers.
-        width: finger opening (m) fitted along with the pose, if the tracker estimates it.
+        width: finger opening (m) fitted along with the pose, if the tracker estimates it and
+            both fingers were seen (see ``finger_points``); None when the opening was not
+            observed (a hidden finger leaves the fitted width at its prior).
+        finger_points: inlier points on the (left, right) finger at the accepted pose.
         reason: why the frame is lost (empty for ``"ok"``).
     """
 
@@ -82,6 +85,7 @@ class TrackResult:
     n_points: int = 0
     n_inliers: int = 0
     width: float | None = None
+    finger_points: tuple[int, int] = (0, 0)
     reason: str = ""
 
     @property
@@ -289,6 +293,8 @@ class ICPTrackerConfig:
         fingers_in_pose: let finger correspondences drive the pose too (with a free width they
             do not bias it); False registers the pose on the palm alone.
         initial_width: opening assumed before any estimate (default: half the stroke).
+        min_finger_points: inliers each finger needs for the fitted opening to be reported
+            (fewer: the opening was not observed and ``TrackResult.width`` is None).
         width_prior: weight pulling the width to its previous value (regularises frames where
             the fingers are barely seen).
         reacquire: try a gated multi-hypothesis re-registration before declaring a frame lost.
@@ -322,6 +328,7 @@ class ICPTrackerConfig:
     fit_width: bool = True
     fingers_in_pose: bool = True
     initial_width: float | None = None
+    min_finger_points: int = 8
     width_prior: float = 1e-3
     reacquire: bool = True
     n_fine_hypotheses: int = 3
@@ -337,6 +344,7 @@ class _Fit:
     rmse: float = float("inf")
     n_points: int = 0
     n_inliers: int = 0
+    finger_points: tuple[int, int] = (0, 0)
 
     @property
     def score(self) -> float:
@@ -592,8 +600,10 @@ class ICPGripperTracker:
         self._X_last = fit.X_CG.copy()
         self._width = fit.width
         self._n_lost = 0
+        seen = min(fit.finger_points) >= self.config.min_finger_points
         return TrackResult(fit.X_CG.copy(), self._confidence(fit), "ok", fit.fitness, fit.coverage, fit.rmse,
-                           fit.n_points, fit.n_inliers, fit.width if self.config.fit_width else None)
+                           fit.n_points, fit.n_inliers, fit.width if self.config.fit_width and seen else None,
+                           fit.finger_points)
 
     def _confidence(self, fit: _Fit | None) -> float:
         if fit is None:
@@ -723,7 +733,7 @@ class ICPGripperTracker:
         c = self.config
         X_GC = invert_transform(X_CG)
         qG = q @ X_GC[:3, :3].T + X_GC[:3, 3]
-        dist, _, _, _ = self._match(qG, labels, width, max_dist=c.inlier_dist)
+        dist, part, _, _ = self._match(qG, labels, width, max_dist=c.inlier_dist)
         inl = dist <= c.inlier_dist
         if self._cluttered:
             # Fitness over the points inside the gripper's box (+ margin) at this pose: the
@@ -759,7 +769,8 @@ class ICPGripperTracker:
             coverage = float(np.mean(np.isfinite(d)))
         else:
             coverage = 0.0
-        return _Fit(X_CG, width, fitness, coverage, rmse, n_near, int((inl & near).sum()))
+        fingers = (int((inl & (part == PART_LEFT)).sum()), int((inl & (part == PART_RIGHT)).sum()))
+        return _Fit(X_CG, width, fitness, coverage, rmse, n_near, int((inl & near).sum()), fingers)
 
     def _bounds(self, width: float) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned bounds in G of the model's samples at ``width``."""

@@ -45,7 +45,11 @@ from geo4d_policy.data.geometry import depth_to_pointmap
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
 from geo4d_policy.perception.gripper_model import GripperModel
-from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH, GripperStateEstimator
+from geo4d_policy.perception.gripper_state import (
+    CLOSED_COMMAND_WIDTH,
+    HELD_OBJECT_WIDTH,
+    GripperStateEstimator,
+)
 from geo4d_policy.perception.tracker import ICPTrackerConfig, part_label_image
 from geo4d_policy.perception.video_tracking import ArmTrack, CurrentView, PredictedVideo, track_video
 
@@ -114,11 +118,8 @@ class VideoPolicyConfig:
         measure_confidence: tracked frames below this confidence give no finger measurement.
         object_width: width (m) of the hand closed on the task's object; thresholds sit between
             it and "open" (default: the task's entry of ``HELD_OBJECT_WIDTH``).
-        grip_squeeze: with a known object width, a closing gripper is commanded to that width
-            minus this (m, at least 0) instead of ``control.closed_width``: the fingers' position
-            loops then squeeze with ~30 N each without saturating, which keeps the object centred
-            between them (saturated fingers let a held cereal box drift along the closing axis);
-            None keeps ``control.closed_width``.
+        task_closed_width: command the task's entry of ``CLOSED_COMMAND_WIDTH`` (if any) to close
+            the hand instead of ``control.closed_width`` (a squeeze that keeps a box centred).
         max_lost_replans: consecutive replans without any trackable arm before the episode
             fails with "tracking lost".
         single_view: track only in view n (ablation of the two-view fusion).
@@ -143,7 +144,7 @@ class VideoPolicyConfig:
     toggle_frames: int = 2
     measure_confidence: float = 0.6
     object_width: float | None = None
-    grip_squeeze: float | None = 0.03
+    task_closed_width: bool = True
 
 
 def video_policy_config(*, execute_frames: int | None = None) -> VideoPolicyConfig:
@@ -176,10 +177,9 @@ class VideoPolicy:
         self.record_predictions = record_predictions
         self.model = GripperModel.load()
         held = self.config.object_width if self.config.object_width is not None else HELD_OBJECT_WIDTH.get(task)
-        if held is not None and self.config.grip_squeeze is not None:
-            closed = max(0.0, held - self.config.grip_squeeze)
-            self.config = dataclasses.replace(
-                self.config, control=dataclasses.replace(self.config.control, closed_width=closed))
+        if self.config.task_closed_width and task in CLOSED_COMMAND_WIDTH:
+            self.config = dataclasses.replace(self.config, control=dataclasses.replace(
+                self.config.control, closed_width=CLOSED_COMMAND_WIDTH[task]))
         if held is not None:
             self._estimator_template = GripperStateEstimator.for_object_width(held, model=self.model)
         else:

@@ -62,3 +62,11 @@ def test_thresholds_for_a_wide_object(model):
     assert est.update(model.finger_centroid_distance(0.074)).state == "closed"
     with pytest.raises(ValueError):
         GripperStateEstimator(model, close_below=0.05, open_above=0.04)
+
+
+def test_reset_can_start_from_a_measured_state():
+    est = GripperStateEstimator(initial_state="open")
+    est.reset(initial_state="closed")
+    assert est.update(None).closed  # no measurement: the given start state holds
+    est.reset()
+    assert not est.update(None).closed  # back to the constructor's

@@ -13,3 +13,14 @@ def test_gripper_state_debounce():
     assert debounce(s, start=False, frames=1).tolist() == s.tolist()
     # A change in the last frame cannot be confirmed yet.
     assert debounce(np.array([True, True, False]), start=True, frames=2).tolist() == [True, True, True]
+
+
+def test_closing_command_squeezes_the_box_and_fully_closes_on_the_apple():
+    from geo4d_policy.perception.gripper_state import CLOSED_COMMAND_WIDTH
+    from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
+
+    box = VideoPolicy(task="StoreCerealBoxUnderShelf")
+    assert box.config.control.closed_width == CLOSED_COMMAND_WIDTH["StoreCerealBoxUnderShelf"] > 0
+    assert VideoPolicy(task="PlaceAppleFromBowlIntoBin").config.control.closed_width == 0.0
+    plain = VideoPolicy(task="StoreCerealBoxUnderShelf", config=VideoPolicyConfig(task_closed_width=False))
+    assert plain.config.control.closed_width == 0.0
