@@ -251,6 +251,72 @@ def _principal_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c, axes
 
 
+class _Occlusion:
+    """Which model points a frame's camera could see: the frame's own pointmap as a depth buffer.
+
+    The pointmap is organised in its camera's pixel grid, whatever frame its points are
+    expressed in (``X^{m->n}`` holds camera m's pixels in camera n's frame, camera m unknown),
+    so a 3x4 projection fitted to (point, pixel) pairs (normalised DLT) gives that camera's
+    projection and centre in the points' frame. A model point projecting onto a pixel whose
+    observed point lies clearly nearer the camera is hidden by the scene (a shelf, the held
+    object): it is not expected in the observation, and coverage must not count it missing.
+    """
+
+    def __init__(self, pointmap: np.ndarray, valid: np.ndarray, *, rng: np.random.Generator,
+                 samples: int = 400) -> None:
+        self.points = pointmap
+        self.valid = valid
+        self.ok = False
+        rows, cols = np.nonzero(valid)
+        if len(rows) < 50:
+            return
+        pick = rng.choice(len(rows), min(samples, len(rows)), replace=False)
+        X = pointmap[rows[pick], cols[pick]].astype(np.float64)
+        uv = np.stack([cols[pick], rows[pick]], axis=1).astype(np.float64)
+        # Hartley normalisation of both sides keeps the DLT well conditioned.
+        mx, sx = X.mean(0), np.sqrt(3) / max(np.mean(np.linalg.norm(X - X.mean(0), axis=1)), 1e-9)
+        mu, su = uv.mean(0), np.sqrt(2) / max(np.mean(np.linalg.norm(uv - uv.mean(0), axis=1)), 1e-9)
+        Xn = np.c_[(X - mx) * sx, np.ones(len(X))]
+        un = (uv - mu) * su
+        A = np.zeros((2 * len(X), 12))
+        A[0::2, 0:4], A[0::2, 8:12] = Xn, -un[:, :1] * Xn
+        A[1::2, 4:8], A[1::2, 8:12] = Xn, -un[:, 1:] * Xn
+        Pn = np.linalg.svd(A, full_matrices=False)[2][-1].reshape(3, 4)
+        Tx = np.diag([sx, sx, sx, 1.0])
+        Tx[:3, 3] = -sx * mx
+        Tu = np.diag([su, su, 1.0])
+        Tu[:2, 2] = -su * mu
+        P = np.linalg.inv(Tu) @ Pn @ Tx
+        c = np.linalg.svd(P)[2][-1]
+        if abs(c[3]) < 1e-12:
+            return
+        self.center = c[:3] / c[3]
+        h = np.c_[X, np.ones(len(X))] @ P.T
+        if np.mean(h[:, 2] > 0) < 0.5:  # fix the overall sign: points in front have w > 0
+            P = -P
+            h = -h
+        err = np.linalg.norm(h[:, :2] / h[:, 2:3] - uv, axis=1)
+        self.P = P
+        self.ok = bool(np.isfinite(P).all() and np.median(err) < 1.5)
+
+    def expected(self, pts: np.ndarray, *, margin: float) -> np.ndarray:
+        """Mask of ``pts`` inside the image and not hidden behind an observed point."""
+        h = np.c_[pts, np.ones(len(pts))] @ self.P.T
+        front = h[:, 2] > 1e-9
+        uv = np.full((len(pts), 2), -1, dtype=np.int64)
+        uv[front] = np.round(h[front, :2] / h[front, 2:3]).astype(np.int64)
+        H, W = self.valid.shape
+        inside = front & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+        out = inside.copy()
+        idx = np.flatnonzero(inside)
+        obs_ok = self.valid[uv[idx, 1], uv[idx, 0]]
+        obs = self.points[uv[idx, 1], uv[idx, 0]]
+        d_obs = np.linalg.norm(obs - self.center, axis=1)
+        d_pt = np.linalg.norm(pts[idx] - self.center, axis=1)
+        out[idx[obs_ok & (d_obs < d_pt - margin)]] = False
+        return out
+
+
 # --------------------------------------------------------------------------------------------
 # The ICP tracker
 # --------------------------------------------------------------------------------------------
@@ -293,11 +359,20 @@ class ICPTrackerConfig:
         fingers_in_pose: let finger correspondences drive the pose too (with a free width they
             do not bias it); False registers the pose on the palm alone.
         initial_width: opening assumed before any estimate (default: half the stroke).
+        occlusion_aware: in coverage, leave out the model surface that the frame's own pointmap
+            shows hidden behind the scene (see ``_Occlusion``), so a gripper partly under a
+            shelf is not scored as a poor fit.
+        occlusion_margin: a model point is hidden when the observed point on its pixel is at
+            least this much nearer the camera (m).
+        min_visible_fraction: coverage is taken over at least this fraction of the camera-facing
+            model surface, so a gripper almost entirely hidden still gets a low confidence.
         min_finger_points: inliers each finger needs for the fitted opening to be reported
             (fewer: the opening was not observed and ``TrackResult.width`` is None).
         width_prior: weight pulling the width to its previous value (regularises frames where
             the fingers are barely seen).
-        reacquire: try a gated multi-hypothesis re-registration before declaring a frame lost.
+        reacquire: try a gated multi-hypothesis re-registration before declaring a frame lost,
+            and on frames tracked below ``search_below``.
+        search_below: confidence under which a tracked frame also gets the gated search.
         n_fine_hypotheses: registration hypotheses refined on all points.
         seed: seed of the subsampling (results are deterministic).
     """
@@ -329,8 +404,12 @@ class ICPTrackerConfig:
     fingers_in_pose: bool = True
     initial_width: float | None = None
     min_finger_points: int = 8
+    occlusion_aware: bool = True
+    occlusion_margin: float = 0.015
+    min_visible_fraction: float = 0.25
     width_prior: float = 1e-3
     reacquire: bool = True
+    search_below: float = 0.8
     n_fine_hypotheses: int = 3
     seed: int = 0
 
@@ -393,6 +472,7 @@ class ICPGripperTracker:
     # ---------------------------------------------------------------------------------------
 
     def reset(self) -> None:
+        self._occlusion: _Occlusion | None = None
         self._X_last: np.ndarray | None = None
         self._X_prev: np.ndarray | None = None
         self._width = self.config.initial_width if self.config.initial_width is not None else 0.5 * self.model.stroke
@@ -499,9 +579,17 @@ class ICPGripperTracker:
             still = self._refine(q, labels, starts[1], self._width, corr_start=c.corr_dist_track)
             fit = max((fit, still), key=lambda f: f.score)
 
-        if not acceptable(fit) and c.reacquire:
-            gated = self._multi_hypothesis(q, labels, extra_seeds=starts, gate=(self._X_last, gate_t, gate_r))
-            if acceptable(gated):
+        if c.reacquire and (not acceptable(fit) or self._confidence(fit) < c.search_below):
+            # Lost, or a mediocre fit (often a local minimum when most of the gripper is hidden):
+            # a gated multi-hypothesis search, kept only if it explains the frame better.
+            seeds = list(starts)
+            for axis in np.eye(3):  # the motion model's guess shifted by 2 cm: nearby basins
+                for sign in (-1.0, 1.0):
+                    X = X_pred.copy()
+                    X[:3, 3] += sign * 0.02 * axis
+                    seeds.append(X)
+            gated = self._multi_hypothesis(q, labels, extra_seeds=seeds, gate=(self._X_last, gate_t, gate_r))
+            if acceptable(gated) and (not acceptable(fit) or gated.score > fit.score):
                 fit = gated
         if not acceptable(fit):
             return self._lost("no confident fit within the motion gate", fit=fit)
@@ -515,6 +603,7 @@ class ICPGripperTracker:
         ``segmented=False`` scores fitness only on the points inside the gripper's box.
         """
         self._cluttered = not segmented
+        self._occlusion = None  # bare points: no depth buffer to tell hidden surface from missing
         q = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         finite = np.isfinite(q).all(axis=1)
         labels = None if part_labels is None else np.asarray(part_labels)[finite]
@@ -553,7 +642,13 @@ class ICPGripperTracker:
         # Unsegmented frames carry clutter near the gripper: fitness is then measured inside
         # the model's box only (see _evaluate).
         self._cluttered = False
+        self._occlusion = None
         if isinstance(observation, TrackingFrame):
+            if self.config.occlusion_aware:
+                pm = np.asarray(observation.pointmap, dtype=np.float64)
+                ok = np.asarray(observation.valid, dtype=bool) & np.isfinite(pm).all(axis=-1)
+                occ = _Occlusion(pm, ok, rng=np.random.default_rng(self.config.seed))
+                self._occlusion = occ if occ.ok else None
             if observation.mask is not None and observation.part_labels is None \
                     and not np.asarray(observation.mask, dtype=bool).any():
                 return None, None, "empty mask"
@@ -766,7 +861,14 @@ class ICPGripperTracker:
         facing = (np.einsum("ij,ij->i", nC, pC) < 0) & (pC[:, 2] > 0)
         if facing.any():
             d, _ = tree.query(pC[facing], k=1, distance_upper_bound=radius)
-            coverage = float(np.mean(np.isfinite(d)))
+            hit = np.isfinite(d)
+            occ = self._occlusion
+            if occ is not None:
+                expect = occ.expected(pC[facing], margin=c.occlusion_margin)
+                denom = max(float(expect.sum()), c.min_visible_fraction * len(expect), 1.0)
+                coverage = float(min(1.0, (hit & expect).sum() / denom))
+            else:
+                coverage = float(np.mean(hit))
         else:
             coverage = 0.0
         fingers = (int((inl & (part == PART_LEFT)).sum()), int((inl & (part == PART_RIGHT)).sum()))
