@@ -254,50 +254,45 @@ def _principal_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _Occlusion:
     """Which model points a frame's camera could see: the frame's own pointmap as a depth buffer.
 
-    The pointmap is organised in its camera's pixel grid, whatever frame its points are
-    expressed in (``X^{m->n}`` holds camera m's pixels in camera n's frame, camera m unknown),
-    so a 3x4 projection fitted to (point, pixel) pairs (normalised DLT) gives that camera's
-    projection and centre in the points' frame. A model point projecting onto a pixel whose
-    observed point lies clearly nearer the camera is hidden by the scene (a shelf, the held
-    object): it is not expected in the observation, and coverage must not count it missing.
+    A model point projecting onto a pixel whose observed point lies clearly nearer the camera
+    is hidden by the scene (a shelf, the held object): it is not expected in the observation,
+    and coverage must not count it as missing. The projection is the frame's ``K`` and camera
+    pose ``X_CnCv`` when it carries them; otherwise the pixels' camera is taken to sit at the
+    origin (true for view n's own pointmap) and ``K`` is fitted to the pointmap, a fit checked
+    by its reprojection error (a pointmap of another camera, e.g. ``X^{m->n}`` without its
+    pose, fails the check and gets no occlusion model).
     """
 
-    def __init__(self, pointmap: np.ndarray, valid: np.ndarray, *, rng: np.random.Generator,
-                 samples: int = 400) -> None:
-        self.points = pointmap
+    def __init__(self, frame: TrackingFrame, points: np.ndarray, valid: np.ndarray, *,
+                 rng: np.random.Generator, samples: int = 400, max_error_px: float = 0.75) -> None:
+        self.points = points
         self.valid = valid
         self.ok = False
+        if frame.K is not None:
+            K = np.asarray(frame.K, dtype=np.float64)
+            X_CnCv = np.eye(4) if frame.X_CnCv is None else np.asarray(frame.X_CnCv, dtype=np.float64)
+            R, t = X_CnCv[:3, :3], X_CnCv[:3, 3]
+            self.P = K @ np.c_[R.T, -R.T @ t]
+            self.center = t.copy()
+            self.ok = bool(np.isfinite(self.P).all())
+            return
         rows, cols = np.nonzero(valid)
         if len(rows) < 50:
             return
         pick = rng.choice(len(rows), min(samples, len(rows)), replace=False)
-        X = pointmap[rows[pick], cols[pick]].astype(np.float64)
-        uv = np.stack([cols[pick], rows[pick]], axis=1).astype(np.float64)
-        # Hartley normalisation of both sides keeps the DLT well conditioned.
-        mx, sx = X.mean(0), np.sqrt(3) / max(np.mean(np.linalg.norm(X - X.mean(0), axis=1)), 1e-9)
-        mu, su = uv.mean(0), np.sqrt(2) / max(np.mean(np.linalg.norm(uv - uv.mean(0), axis=1)), 1e-9)
-        Xn = np.c_[(X - mx) * sx, np.ones(len(X))]
-        un = (uv - mu) * su
-        A = np.zeros((2 * len(X), 12))
-        A[0::2, 0:4], A[0::2, 8:12] = Xn, -un[:, :1] * Xn
-        A[1::2, 4:8], A[1::2, 8:12] = Xn, -un[:, 1:] * Xn
-        Pn = np.linalg.svd(A, full_matrices=False)[2][-1].reshape(3, 4)
-        Tx = np.diag([sx, sx, sx, 1.0])
-        Tx[:3, 3] = -sx * mx
-        Tu = np.diag([su, su, 1.0])
-        Tu[:2, 2] = -su * mu
-        P = np.linalg.inv(Tu) @ Pn @ Tx
-        c = np.linalg.svd(P)[2][-1]
-        if abs(c[3]) < 1e-12:
+        X = points[rows[pick], cols[pick]]
+        if np.any(X[:, 2] <= 1e-6):
             return
-        self.center = c[:3] / c[3]
-        h = np.c_[X, np.ones(len(X))] @ P.T
-        if np.mean(h[:, 2] > 0) < 0.5:  # fix the overall sign: points in front have w > 0
-            P = -P
-            h = -h
-        err = np.linalg.norm(h[:, :2] / h[:, 2:3] - uv, axis=1)
-        self.P = P
-        self.ok = bool(np.isfinite(P).all() and np.median(err) < 1.5)
+        K = np.eye(3)
+        for axis, pix in ((0, cols[pick]), (1, rows[pick])):
+            A = np.c_[X[:, axis] / X[:, 2], np.ones(len(X))]
+            (f, c), *_ = np.linalg.lstsq(A, pix.astype(np.float64), rcond=None)
+            if not np.median(np.abs(A @ [f, c] - pix)) <= max_error_px or f <= 0:
+                return
+            K[axis, axis], K[axis, 2] = f, c
+        self.P = np.c_[K, np.zeros(3)]
+        self.center = np.zeros(3)
+        self.ok = True
 
     def expected(self, pts: np.ndarray, *, margin: float) -> np.ndarray:
         """Mask of ``pts`` inside the image and not hidden behind an observed point."""
@@ -647,7 +642,7 @@ class ICPGripperTracker:
             if self.config.occlusion_aware:
                 pm = np.asarray(observation.pointmap, dtype=np.float64)
                 ok = np.asarray(observation.valid, dtype=bool) & np.isfinite(pm).all(axis=-1)
-                occ = _Occlusion(pm, ok, rng=np.random.default_rng(self.config.seed))
+                occ = _Occlusion(observation, pm, ok, rng=np.random.default_rng(self.config.seed))
                 self._occlusion = occ if occ.ok else None
             if observation.mask is not None and observation.part_labels is None \
                     and not np.asarray(observation.mask, dtype=bool).any():

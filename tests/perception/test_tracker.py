@@ -92,6 +92,34 @@ def test_rendered_sequence_with_first_frame_mask_and_scene_clutter(model):
     assert np.median(trans_mm) < 5.0 and np.median(rot_deg) < 3.0, (trans_mm, rot_deg)
 
 
+def test_a_gripper_half_hidden_behind_the_scene_keeps_its_confidence(model):
+    """A shelf edge in front of the fingers hides half the gripper: the hidden surface is read
+    from the frame's own pointmap (not counted as missing), so the true pose stays confident,
+    while the scorer without the occlusion test halves it."""
+    from geo4d_policy.perception.tracker import ICPTrackerConfig
+
+    H, W = 96, 120
+    f = 381 * W / 640
+    K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
+    X = smooth_trajectory(1, seed=4, depth=0.8)[0]
+    rng = np.random.default_rng(1)
+    # An occluding plate 15 cm in front of the gripper, over the lower half of its image.
+    rows = np.nonzero(render_gripper(model, X, 0.08, K, H, W, seed=0).valid)[0]
+    z = X[2, 3] - 0.15
+    y0 = (np.median(rows) - K[1, 2]) / f * z
+    plate = np.column_stack([rng.uniform(-0.4, 0.4, 40000), rng.uniform(y0, y0 + 0.4, 40000), np.full(40000, z)])
+    view = render_gripper(model, X, 0.08, K, H, W, seed=0, background=plate)
+    frame = TrackingFrame(view.pointmap, view.valid, part_labels=view.part_labels)
+    hidden = (view.part_labels < 0) & view.valid
+    assert hidden.sum() > 100  # the plate does cover pixels
+    aware = ICPGripperTracker(model).register(frame, init_pose=X)
+    blind = ICPGripperTracker(model, config=ICPTrackerConfig(occlusion_aware=False)).register(frame, init_pose=X)
+    assert aware.ok and aware.confidence > 0.75, aware
+    assert aware.coverage > blind.coverage + 0.15, (aware.coverage, blind.coverage)
+    trans_mm, _ = pose_errors(aware.X_CG[None], X[None])
+    assert trans_mm[0] < 3.0
+
+
 def test_bad_frames_are_lost_with_the_last_pose_held(model):
     X = smooth_trajectory(2, seed=3)[0]
     tracker = ICPGripperTracker(model)
