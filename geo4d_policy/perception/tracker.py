@@ -69,9 +69,9 @@ class TrackResult:
         rmse: RMS distance (m) of the inliers to the model (``inf`` when there are none).
         n_points: observed points considered (after masking, cropping and subsampling).
         n_inliers: how many of them are inliers.
-        width: finger opening (m) fitted along with the pose, if the tracker estimates it and
-            both fingers were seen (see ``finger_points``); None when the opening was not
-            observed (a hidden finger leaves the fitted width at its prior).
+        width: finger opening (m) fitted along with the pose, if the tracker estimates it and a
+            finger was seen (see ``finger_points``); None when the opening was not observed
+            (with no finger in view the fitted width stays at its prior).
         finger_points: inlier points on the (left, right) finger at the accepted pose.
         reason: why the frame is lost (empty for ``"ok"``).
     """
@@ -361,8 +361,9 @@ class ICPTrackerConfig:
             least this much nearer the camera (m).
         min_visible_fraction: coverage is taken over at least this fraction of the camera-facing
             model surface, so a gripper almost entirely hidden still gets a low confidence.
-        min_finger_points: inliers each finger needs for the fitted opening to be reported
-            (fewer: the opening was not observed and ``TrackResult.width`` is None).
+        min_finger_points: inliers a finger needs for the fitted opening to be reported (one
+            finger suffices; fewer on both: the opening was not observed, ``TrackResult.width``
+            is None).
         width_prior: weight pulling the width to its previous value (regularises frames where
             the fingers are barely seen).
         reacquire: try a gated multi-hypothesis re-registration before declaring a frame lost,
@@ -690,7 +691,8 @@ class ICPGripperTracker:
         self._X_last = fit.X_CG.copy()
         self._width = fit.width
         self._n_lost = 0
-        seen = min(fit.finger_points) >= self.config.min_finger_points
+        # One finger seen well fixes the opening (the fingers move symmetrically about G).
+        seen = max(fit.finger_points) >= self.config.min_finger_points
         return TrackResult(fit.X_CG.copy(), self._confidence(fit), "ok", fit.fitness, fit.coverage, fit.rmse,
                            fit.n_points, fit.n_inliers, fit.width if self.config.fit_width and seen else None,
                            fit.finger_points)

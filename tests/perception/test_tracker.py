@@ -58,18 +58,22 @@ def test_tracks_a_noisy_one_sided_cloud_along_a_smooth_trajectory(model, use_lab
     assert abs(r.width - widths[-1]) < 0.01
 
 
-def test_the_opening_is_reported_only_when_both_fingers_are_seen(model):
-    """A finger hidden (behind the held object, the shelf, the other finger) leaves the fitted
-    width at its prior: it must read as "not observed", not as a measurement."""
-    from geo4d_policy.perception.gripper_model import PART_RIGHT
+def test_the_opening_is_reported_only_when_a_finger_is_seen(model):
+    """With no finger in view the fitted width stays at its prior: it must read as "not
+    observed", not as a measurement; one finger fixes it (the fingers move symmetrically)."""
+    from geo4d_policy.perception.gripper_model import PART_HAND, PART_RIGHT
 
     X = smooth_trajectory(1, seed=3)[0]
     cloud = gripper_cloud(model, X, 0.06, noise=0.001, drop=0.1, outliers=0.0, seed=5)
     seen = ICPGripperTracker(model).register(cloud.points, part_labels=cloud.part_labels, init_pose=X)
     assert seen.ok and min(seen.finger_points) >= 8 and abs(seen.width - 0.06) < 0.01
     keep = cloud.part_labels != PART_RIGHT
-    hidden = ICPGripperTracker(model).register(cloud.points[keep], part_labels=cloud.part_labels[keep], init_pose=X)
-    assert hidden.ok and hidden.width is None and hidden.finger_points[1] < 8
+    one = ICPGripperTracker(model).register(cloud.points[keep], part_labels=cloud.part_labels[keep], init_pose=X)
+    # Reported (measured), if less precisely: the pose may slide along the closing axis.
+    assert one.ok and one.finger_points[1] < 8 and one.width is not None and abs(one.width - 0.06) < 0.025
+    palm = cloud.part_labels == PART_HAND
+    hidden = ICPGripperTracker(model).register(cloud.points[palm], part_labels=cloud.part_labels[palm], init_pose=X)
+    assert hidden.ok and hidden.width is None and max(hidden.finger_points) < 8
 
 
 def test_rendered_sequence_with_first_frame_mask_and_scene_clutter(model):
