@@ -110,8 +110,8 @@ def run_parallel(args: argparse.Namespace, out: Path, raw_options: dict[str, lis
             except (PolicyUnavailableError, RuntimeError) as e:  # the cells report it themselves
                 print(f"table2: {policy}: nothing shared ({e})", file=sys.stderr)
                 shared[policy] = {}
-        return _run_cells(args, out, {p: raw_options.get(p, []) + [f"{k}={v}" for k, v in shared[p].items()]
-                                      for p in args.policies})
+        return _run_cells(args, out, raw_options, {p: [f"{k}={v}" for k, v in shared[p].items()]
+                                                    for p in args.policies})
 
 
 def _workers(args: argparse.Namespace, policy: str) -> int:
@@ -130,7 +130,8 @@ def _policy_workers(items: list[str]) -> dict[str, int]:
     return out
 
 
-def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
+def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[str]],
+               runtime_options: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
     procs: dict[tuple[str, str], subprocess.Popen] = {}
     for task in args.tasks:
         for policy in args.policies:
@@ -144,6 +145,8 @@ def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[
                 cmd += ["--episode-timeout", str(args.episode_timeout)]
             for item in raw_options.get(policy, []):
                 cmd += ["--policy-option", item]
+            for item in runtime_options.get(policy, []):  # e.g. this session's server address
+                cmd += ["--runtime-option", item]
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             log = open(out / task / f"{policy}.log", "a")  # noqa: SIM115 - closed with the process
             procs[(task, policy)] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

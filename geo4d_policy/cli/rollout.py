@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, default="cpu", help="torch device of learned policies: cpu|cuda")
     p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option for the policy factory (repeatable); values are parsed as YAML scalars")
+    p.add_argument("--runtime-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="policy option for this session only, not part of the run's identity (not saved, "
+                        "not compared on --resume), e.g. server=ADDRESS of a shared generator server")
     p.add_argument("--episode-timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="kill and fail an episode running longer than this (default: no limit)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
@@ -140,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         task = canonical_task_name(args.task)
         check_policy_available(args.policy)
         options = parse_policy_options(args.policy_option)
+        runtime = parse_policy_options(args.runtime_option)
     except (UnknownNameError, PolicyUnavailableError, ValueError) as e:
         return _error(str(e))
     if args.meshcat and args.workers != 1:
@@ -156,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         video=args.video,
         meshcat=args.meshcat,
         policy_options=options,
+        runtime_options=runtime,
         device=args.device,
         episode_timeout_s=args.episode_timeout,
         ray_address=args.ray,

@@ -76,6 +76,9 @@ class RolloutConfig:
         video: record an mp4 of the first ``video`` episode indices.
         meshcat: Meshcat replay (HTML) of every episode; needs ``workers == 1``.
         policy_options: keyword options for the policy factory.
+        runtime_options: more factory options for this session only, not part of the run's
+            identity (not saved, not compared on resume): e.g. ``server=ADDRESS`` of a generator
+            server that several runs share, whose address changes every session.
         device: torch device of learned policies (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         episode_timeout_s: wall-clock limit of one episode (its process is killed and the
             episode failed); ``None`` for no limit.
@@ -96,6 +99,7 @@ class RolloutConfig:
     video: int = 0
     meshcat: bool = False
     policy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    runtime_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     device: str = "cpu"
     episode_timeout_s: float | None = None
     ray_address: str | None = None
@@ -138,7 +142,8 @@ def resolve_config(config: RolloutConfig) -> RolloutConfig:
     if problems:
         raise RolloutConfigError("; ".join(problems))
     out_dir = config.out_dir or str(default_out_dir(task, config.policy, config.seed))
-    return dataclasses.replace(config, task=task, out_dir=str(out_dir), policy_options=dict(config.policy_options))
+    return dataclasses.replace(config, task=task, out_dir=str(out_dir), policy_options=dict(config.policy_options),
+                               runtime_options=dict(config.runtime_options))
 
 
 def _comparable(config: RolloutConfig, key: str) -> Any:
@@ -258,7 +263,7 @@ def run_rollouts(
     # A policy module may check its options (e.g. that a checkpoint exists) before any episode runs.
     preflight = getattr(importlib.import_module(policy_target.partition(":")[0]), "preflight", None)
     if preflight is not None:
-        preflight(task=config.task, options=dict(config.policy_options))
+        preflight(task=config.task, options={**config.policy_options, **config.runtime_options})
     out = Path(config.out_dir)
     done = _load_previous(config, out)
     previous_wall = 0.0
@@ -266,7 +271,7 @@ def run_rollouts(
         prev = read_summary(out / SUMMARY_FILE)
         previous_wall = float(prev.get("wall_s") or 0.0) if prev else 0.0
     out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / CONFIG_FILE)
+    save_config(dataclasses.replace(config, runtime_options={}), out / CONFIG_FILE)
 
     t0 = time.perf_counter()
 
@@ -299,7 +304,8 @@ def run_rollouts(
     def make_spec(index: int, episode_threads: int | None) -> EpisodeSpec:
         return EpisodeSpec(
             task=config.task, policy=config.policy, policy_target=policy_target,
-            policy_options={**config.policy_options, **shared}, seed=eval_seed(config.seed, index),
+            policy_options={**config.policy_options, **config.runtime_options, **shared},
+            seed=eval_seed(config.seed, index),
             episode_index=index, env_factory=env_factory, out_dir=str(out), record_video=index < config.video,
             meshcat=config.meshcat, device=config.device, threads=episode_threads,
         )
@@ -433,7 +439,8 @@ def _run_rollouts_on_ray(config: RolloutConfig, pending: list[int], make_spec: C
 def _policy_shared_resources(config: RolloutConfig, policy_target: str, parallel: int):
     """The policy module's ``shared_resources`` hook (a context manager yielding extra policy
     options), used only for parallel episodes on a GPU; otherwise nothing is shared."""
-    return shared_policy_resources(policy_target, options=config.policy_options, device=config.device,
+    return shared_policy_resources(policy_target, options={**config.policy_options, **config.runtime_options},
+                                   device=config.device,
                                    workers=parallel)
 
 

@@ -165,3 +165,16 @@ def test_episode_timeout(tmp_path):
                   policy_options={"sleep_on_seeds": [eval_seed(0, 0)]})
     summary = run_rollouts(cfg, env_factory=fake.ENV_FACTORY, show=False)
     assert summary.failure_reasons == {"timeout after 1.5 s": 1}
+
+
+def test_runtime_options_reach_the_policy_but_not_the_run_identity(tmp_path):
+    """A shared server's address changes every session: a run must resume under a new one."""
+    first = _config(tmp_path, episodes=1, runtime_options={"raise_on_seeds": [eval_seed(0, 0)]})
+    run_rollouts(first, env_factory=fake.ENV_FACTORY, show=False)
+    rec = _records(first.out_dir)[0]
+    assert rec["failure_reason"].startswith("error: ValueError: policy double asked to fail")  # it got there
+    saved = yaml.safe_load((Path(first.out_dir) / "config.yaml").read_text())
+    assert saved["runtime_options"] == {} and saved["policy_options"] == {}
+    again = _config(tmp_path, episodes=2, resume=True, runtime_options={"sleep_on_seeds": []})
+    summary = run_rollouts(again, env_factory=fake.ENV_FACTORY, show=False)
+    assert summary.finished == 2
