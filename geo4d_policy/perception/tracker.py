@@ -69,9 +69,10 @@ class TrackResult:
         rmse: RMS distance (m) of the inliers to the model (``inf`` when there are none).
         n_points: observed points considered (after masking, cropping and subsampling).
         n_inliers: how many of them are inliers.
-        width: finger opening (m) fitted along with the pose, if the tracker estimates it and a
-            finger was seen (see ``finger_points``); None when the opening was not observed
-            (with no finger in view the fitted width stays at its prior).
+        width: finger opening (m) fitted along with the pose, if the tracker estimates it. With
+            no finger in view (``finger_points`` both small, e.g. top-down views, where the palm
+            hides the fingers in either state) it stays near its prior (the last estimate, at
+            first half the stroke).
         finger_points: inlier points on the (left, right) finger at the accepted pose.
         reason: why the frame is lost (empty for ``"ok"``).
     """
@@ -361,9 +362,6 @@ class ICPTrackerConfig:
             least this much nearer the camera (m).
         min_visible_fraction: coverage is taken over at least this fraction of the camera-facing
             model surface, so a gripper almost entirely hidden still gets a low confidence.
-        min_finger_points: inliers a finger needs for the fitted opening to be reported (one
-            finger suffices; fewer on both: the opening was not observed, ``TrackResult.width``
-            is None).
         width_prior: weight pulling the width to its previous value (regularises frames where
             the fingers are barely seen).
         reacquire: try a gated multi-hypothesis re-registration before declaring a frame lost,
@@ -399,7 +397,6 @@ class ICPTrackerConfig:
     fit_width: bool = True
     fingers_in_pose: bool = True
     initial_width: float | None = None
-    min_finger_points: int = 8
     occlusion_aware: bool = True
     occlusion_margin: float = 0.015
     min_visible_fraction: float = 0.25
@@ -691,10 +688,8 @@ class ICPGripperTracker:
         self._X_last = fit.X_CG.copy()
         self._width = fit.width
         self._n_lost = 0
-        # One finger seen well fixes the opening (the fingers move symmetrically about G).
-        seen = max(fit.finger_points) >= self.config.min_finger_points
         return TrackResult(fit.X_CG.copy(), self._confidence(fit), "ok", fit.fitness, fit.coverage, fit.rmse,
-                           fit.n_points, fit.n_inliers, fit.width if self.config.fit_width and seen else None,
+                           fit.n_points, fit.n_inliers, fit.width if self.config.fit_width else None,
                            fit.finger_points)
 
     def _confidence(self, fit: _Fit | None) -> float:
