@@ -62,11 +62,12 @@ from geo4d_policy.data.geometry import (
     relative_camera_transform,
     transform_points,
 )
-from geo4d_policy.perception.fusion import FusedPose, fuse_views
-from geo4d_policy.perception.gripper_model import PART_LEFT, PART_RIGHT, GripperModel
-from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH, GripperStateEstimator, measure_finger_opening
+from geo4d_policy.perception.fusion import fuse_views
+from geo4d_policy.perception.gripper_model import GripperModel
+from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH, GripperStateEstimator
 from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.perception.tracker import ICPGripperTracker, part_label_image, track_gripper_sequence
+from geo4d_policy.perception.video_tracking import fused_finger_distance
 
 DEGRADATIONS: tuple[str, ...] = ("none", "noise", "dropout", "misreg")
 LABEL_SOURCES: tuple[str, ...] = ("masks", "masks_all", "segmenter", "segmenter_all")
@@ -288,21 +289,6 @@ def decision_width(estimator: GripperStateEstimator) -> float:
     return estimator.model.width_from_centroid_distance(0.5 * (estimator.close_below + estimator.open_above))
 
 
-def _finger_distance(fused: FusedPose, points: np.ndarray, labels: np.ndarray | None, valid: np.ndarray,
-                     model: GripperModel) -> float | None:
-    """Finger centroid distance of one fused frame: from the chosen view's labelled finger points
-    when the frame is segmented, else (or when a finger cluster is too small) from the tracker's
-    fitted opening; None when the frame is lost."""
-    if labels is not None and fused.status == "ok":
-        sel = valid & ((labels == PART_LEFT) | (labels == PART_RIGHT))
-        m = measure_finger_opening(points[sel], model=model, X_CG=fused.X_CnG, part_labels=labels[sel])
-        if m.distance is not None:
-            return m.distance
-    if fused.status == "ok" and fused.width is not None:
-        return model.finger_centroid_distance(fused.width)
-    return None
-
-
 def track_arm_clip(
     arm: str,
     data: ClipData,
@@ -347,8 +333,8 @@ def track_arm_clip(
     states = []
     for k, f in enumerate(fused):
         v = 1 if f.source == "m" else 0
-        d = _finger_distance(f, pointmaps[v, k], labels[v][k], valid[v, k], model)
-        states.append(estimator.update(d).closed)
+        d = fused_finger_distance(f, pointmaps[v, k], valid[v, k], model=model, part_labels=labels[v][k])
+        states.append(estimator.update(d if np.isfinite(d) else None).closed)
     gt_closed = np.asarray(data.width[arm][1:]) < cut
     correct = np.array(states[1:]) == gt_closed
     return ArmClipResult(trans, rot, lost, correct, gt_closed, seconds, T)

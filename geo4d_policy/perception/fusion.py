@@ -36,6 +36,8 @@ class FusedPose:
         source: ``"n"``, ``"m"``, or ``"none"`` when both views lost the gripper.
         status: ``"ok"`` or ``"lost"``.
         width: finger opening reported by the chosen view's tracker, if any.
+        finger_points: inlier points on the (left, right) finger in the chosen view (how well
+            ``width`` was observed).
     """
 
     X_TG: np.ndarray
@@ -44,6 +46,7 @@ class FusedPose:
     source: Literal["n", "m", "none"]
     status: Literal["ok", "lost"]
     width: float | None = None
+    finger_points: tuple[int, int] = (0, 0)
 
 
 def fuse_views(
@@ -76,7 +79,8 @@ def fuse_views(
             # max() keeps the first of equals, so view n wins ties.
             best, src = max(ok, key=lambda rs: rs[0].confidence)
             X_CnG = np.asarray(best.X_CG, dtype=np.float64)
-            out.append(FusedPose(X_TCn @ X_CnG, X_CnG.copy(), float(best.confidence), src, "ok", best.width))
+            out.append(FusedPose(X_TCn @ X_CnG, X_CnG.copy(), float(best.confidence), src, "ok", best.width,
+                                 tuple(best.finger_points)))
             continue
         if out:
             X_CnG = out[-1].X_CnG

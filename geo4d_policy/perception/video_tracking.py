@@ -42,6 +42,9 @@ from geo4d_policy.perception.tracker import (
 MIN_MASK_PIXELS = 20
 """A segmented frame with fewer gripper pixels than this is tracked as unsegmented."""
 
+SEEN_FINGER_POINTS = 8
+"""Tracker inliers on a finger from which its fitted opening is trusted over point centroids."""
+
 FINGER_REGION_MARGIN = 0.005
 """Masked points more than this beyond the finger joints (along G's z) count as finger points."""
 
@@ -153,24 +156,36 @@ def _track_view(tracker: PoseTracker, current: CurrentView, arm: str, pointmaps:
     return reg, out
 
 
-def _finger_distance(video: PredictedVideo, arm: str, fused: FusedPose, t: int, model: GripperModel) -> float:
-    """Centroid distance of the finger clusters in the frame's chosen view (NaN if unmeasurable).
+def fused_finger_distance(fused: FusedPose, points: np.ndarray, valid: np.ndarray, *, model: GripperModel,
+                          part_labels: np.ndarray | None = None, mask: np.ndarray | None = None) -> float:
+    """Finger centroid distance of one fused frame (NaN if unmeasurable): what open/close reads.
 
-    With part labels the two clusters are the labelled fingers; with a whole-gripper mask they
-    are the masked points beyond the palm (the finger region of the tracked pose), split by the
-    closing axis; otherwise the finger opening the tracker fitted stands in.
+    When the tracker saw a finger well (``SEEN_FINGER_POINTS`` inliers), its fitted opening is
+    used: fitting the finger models accounts for the parts of the fingers out of view, which
+    bias a centroid of the visible points (a finger half hidden inside the shelf read as closed
+    and dragged the released box back out). Otherwise the clusters in the chosen view: with
+    part labels the labelled fingers; with a whole-gripper mask the masked points beyond the
+    palm (the finger region of the tracked pose), split by the closing axis; else the fitted
+    opening.
+
+    Args:
+        fused: the frame's fused pose (its ``source`` view is the one ``points`` belong to).
+        points, valid: (H, W, 3) pointmap of that view in camera n's frame and its validity.
+        model: the gripper model.
+        part_labels: optional (H, W) part codes of that view.
+        mask: optional (H, W) whole-gripper mask of that view (used without part labels).
     """
-    labels = (video.part_labels or {}).get(arm)
-    masks = (video.masks or {}).get(arm)
-    if fused.source in ("n", "m") and (labels is not None or masks is not None):
-        v = 0 if fused.source == "n" else 1
-        pts = np.asarray(video.pointmaps[v, t])
-        if labels is not None:
-            lab = np.asarray(labels[v, t])
-            sel = video.valid[v, t] & ((lab == PART_LEFT) | (lab == PART_RIGHT))
+    fitted = fused.status == "ok" and fused.width is not None and np.isfinite(fused.width)
+    if fitted and max(fused.finger_points) >= SEEN_FINGER_POINTS:
+        return float(model.finger_centroid_distance(float(np.clip(fused.width, 0.0, model.stroke))))
+    if fused.status == "ok" and (part_labels is not None or mask is not None):
+        pts = np.asarray(points)
+        if part_labels is not None:
+            lab = np.asarray(part_labels)
+            sel = valid & ((lab == PART_LEFT) | (lab == PART_RIGHT))
             m = measure_finger_opening(pts[sel], model=model, X_CG=fused.X_CnG, part_labels=lab[sel])
         else:
-            q = pts[video.valid[v, t] & np.asarray(masks[v, t], dtype=bool)].astype(np.float64)
+            q = pts[valid & np.asarray(mask, dtype=bool)].astype(np.float64)
             X_GC = invert_transform(fused.X_CnG)
             z_G = q @ X_GC[2, :3] + X_GC[2, 3]
             finger = (z_G > model.finger_joint_z + FINGER_REGION_MARGIN) & (z_G < model.tcp_z + FINGER_REGION_MARGIN)
@@ -179,9 +194,19 @@ def _finger_distance(video: PredictedVideo, arm: str, fused: FusedPose, t: int, 
         # held object segmented as gripper): no measurement rather than a false "open".
         if m.distance is not None and m.distance <= model.finger_centroid_distance(model.stroke) + FINGER_REGION_MARGIN:
             return float(m.distance)
-    if fused.status == "ok" and fused.width is not None and np.isfinite(fused.width):
+    if fitted:
         return float(model.finger_centroid_distance(float(np.clip(fused.width, 0.0, model.stroke))))
     return float("nan")
+
+
+def _finger_distance(video: PredictedVideo, arm: str, fused: FusedPose, t: int, model: GripperModel) -> float:
+    """:func:`fused_finger_distance` of frame ``t`` of a predicted video."""
+    v = 1 if fused.source == "m" else 0
+    labels = (video.part_labels or {}).get(arm)
+    masks = (video.masks or {}).get(arm)
+    return fused_finger_distance(fused, video.pointmaps[v, t], np.asarray(video.valid[v, t], dtype=bool), model=model,
+                                 part_labels=None if labels is None else labels[v, t],
+                                 mask=None if masks is None else masks[v, t])
 
 
 def track_video(
