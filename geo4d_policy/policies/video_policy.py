@@ -51,7 +51,13 @@ from geo4d_policy.perception.gripper_state import (
     GripperStateEstimator,
 )
 from geo4d_policy.perception.tracker import ICPTrackerConfig, part_label_image
-from geo4d_policy.perception.video_tracking import ArmTrack, CurrentView, PredictedVideo, track_video
+from geo4d_policy.perception.video_tracking import (
+    SEEN_FINGER_POINTS,
+    ArmTrack,
+    CurrentView,
+    PredictedVideo,
+    track_video,
+)
 
 
 DEFAULT_SEGMENTER = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "segmenter_small"
@@ -101,6 +107,30 @@ def debounce(states: np.ndarray, *, start: bool, frames: int) -> np.ndarray:
     return out
 
 
+def backdate_release(closed: np.ndarray, observed: np.ndarray, *, frames: int) -> np.ndarray:
+    """Open up to ``frames`` frames earlier than seen when the fingers were out of view there.
+
+    A release confirmed at frame k may have happened in the frames just before it, where the
+    fingers could not be seen (a hand opening inside the shelf): those read the fitted opening's
+    prior, i.e. "still closed", and keeping the grip while the predicted hand already retreats
+    drags the object back out. Closings are not back-dated (closing early misses the grasp).
+
+    Args:
+        closed: (F,) debounced states.
+        observed: (F,) whether each frame's fingers were seen.
+        frames: most frames a release moves earlier.
+    """
+    out = np.asarray(closed, dtype=bool).copy()
+    observed = np.asarray(observed, dtype=bool)
+    for k in range(1, len(out)):
+        if out[k - 1] and not out[k]:
+            for j in range(k - 1, max(-1, k - 1 - frames), -1):
+                if observed[j] or not out[j]:
+                    break
+                out[j] = False
+    return out
+
+
 class TrackingLostError(RuntimeError):
     """The grippers could not be tracked in the predictions for too many replans in a row."""
 
@@ -127,6 +157,8 @@ class VideoPolicyConfig:
             only adds diagnostics).
         toggle_frames: consecutive predicted frames that must agree before the gripper state
             changes (see :func:`debounce`).
+        release_backdate_frames: a release may move this many frames earlier over frames whose
+            fingers were out of view (see :func:`backdate_release`).
         segment_parts: use the segmenter's palm/finger classes (finger clusters for the
             gripper state); the default uses only its whole-gripper masks, and the finger
             opening the tracker fits to the masked points (the shipped segmenter separates
@@ -142,6 +174,7 @@ class VideoPolicyConfig:
     track_frames: int | None = None
     segment_parts: bool = False
     toggle_frames: int = 2
+    release_backdate_frames: int = 1
     measure_confidence: float = 0.6
     object_width: float | None = None
     task_closed_width: bool = True
@@ -264,6 +297,8 @@ class VideoPolicy:
             raw = np.array([estimator.update(float(d) if np.isfinite(d) and ok else None).closed
                             for d, ok in zip(track.finger_distance, trusted)])
             closed = debounce(raw, start=closed_now, frames=cfg.toggle_frames)
+            observed = np.array([max(f.finger_points) >= SEEN_FINGER_POINTS for f in track.fused])
+            closed = backdate_release(closed, observed, frames=cfg.release_backdate_frames)
             conf = track.confidence
             self._stats["lost_frames"] += int((conf < cfg.control.min_confidence).sum())
             self._stats["tracked_frames"] += len(conf)

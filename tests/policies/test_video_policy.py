@@ -24,3 +24,16 @@ def test_closing_command_squeezes_the_box_and_fully_closes_on_the_apple():
     assert VideoPolicy(task="PlaceAppleFromBowlIntoBin").config.control.closed_width == 0.0
     plain = VideoPolicy(task="StoreCerealBoxUnderShelf", config=VideoPolicyConfig(task_closed_width=False))
     assert plain.config.control.closed_width == 0.0
+
+
+def test_a_release_moves_one_frame_earlier_over_unseen_fingers():
+    from geo4d_policy.policies.video_policy import backdate_release
+
+    closed = np.array([True, True, True, False, False])
+    seen = np.array([True, False, False, True, True])
+    assert backdate_release(closed, seen, frames=1).tolist() == [True, True, False, False, False]
+    assert backdate_release(closed, seen, frames=2).tolist() == [True, False, False, False, False]
+    # Seen closed just before: the release stays where it was seen.
+    assert backdate_release(closed, np.ones(5, bool), frames=2).tolist() == closed.tolist()
+    # Closings are never moved.
+    assert backdate_release(~closed, seen, frames=2).tolist() == (~closed).tolist()
