@@ -339,16 +339,7 @@ def run_rollouts(
             pass
         job.conn_open = False
 
-    postfix()
-    if config.ray_address is not None:
-        try:
-            _run_rollouts_on_ray(config, pending, make_spec, record_done)
-        except BaseException:
-            bar.close()
-            summary = save()
-            if show:
-                _print_interrupted(summary, console)
-            raise
+    def conclude() -> Summary:
         bar.close()
         summary = save()
         if show:
@@ -357,6 +348,24 @@ def run_rollouts(
             print_report([summary], console=console)
             print_where(summary, console)
         return summary
+
+    def report_interrupted() -> None:
+        bar.close()
+        try:
+            summary = save()
+        except Exception:  # noqa: BLE001,S110 - re-raise the original error, not a follow-up one
+            return
+        if show:
+            _print_interrupted(summary, console)
+
+    postfix()
+    if config.ray_address is not None:
+        try:
+            _run_rollouts_on_ray(config, pending, make_spec, record_done)
+        except BaseException:
+            report_interrupted()
+            raise
+        return conclude()
     # Resources the policy's episodes share (e.g. one generator server on the GPU), set up once.
     resources = contextlib.ExitStack()
     try:
@@ -402,24 +411,10 @@ def run_rollouts(
                 job.process.join()
             job.conn.close()
         resources.close()
-        bar.close()
-        try:
-            summary = save()
-        except Exception:  # noqa: BLE001,S110 - re-raise the original error, not a follow-up one
-            pass
-        else:
-            if show:
-                _print_interrupted(summary, console)
+        report_interrupted()
         raise
     resources.close()
-    bar.close()
-    summary = save()
-    if show:
-        from geo4d_policy.eval.report import print_report
-
-        print_report([summary], console=console)
-        print_where(summary, console)
-    return summary
+    return conclude()
 
 
 def _run_rollouts_on_ray(config: RolloutConfig, pending: list[int], make_spec: Callable[..., Any],
