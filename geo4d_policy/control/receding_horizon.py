@@ -10,9 +10,16 @@ arm is commanded now). Each segment takes at least ``frame_dt`` (the video's own
 longer when the video asks for more than the speed limits allow, so a fast (or wrong)
 prediction is slowed down rather than clipped by the controller.
 
-Gripper widths change at the middle of a segment: the first half keeps the state of the
-segment's start frame, the second half takes the end frame's, so a gripper seen closed in
-frame k+1 closes while the arm completes its approach towards that frame's pose.
+Gripper changes follow pick-and-place practice rather than the frames' nominal times, because
+the executed arm lags the video (speed limits, the controller's tracking) and a gripper that
+changes state early misses its object:
+- closing (open in frame k, closed in k+1): the arm reaches frame k+1's pose open, closes
+  there and waits ``grasp_settle_steps`` before moving on (grasp on arrival);
+- opening after a descent of more than ``release_descent``: the arm lowers the object to frame
+  k+1's pose, then opens there and waits (place, then release);
+- any other opening (a sideways or upward move): the width ramps from ``held_width`` to open in
+  step with the motion, so a finger beside the released object stays where it is while the
+  hand moves off (a hand that kept its grip while shifting drags the object along).
 """
 
 from __future__ import annotations
@@ -51,6 +58,12 @@ class RecedingHorizonConfig:
         idle_translation: an arm whose keyframes all stay within this distance (m) ...
         idle_rotation: ... and this angle (rad) of its start, with an unchanged gripper state,
             holds its last command instead of chasing tracking noise.
+        grasp_settle_steps: 10 Hz steps the arm waits at a pose where its gripper closes (or
+            opens after lowering) before the next segment.
+        release_descent: an opening whose segment lowers the gripper by more than this (m)
+            happens on arrival; otherwise the width ramps open along the segment.
+        held_width: width (m) of the fingers on the held object, where a ramp opening starts
+            (None: ``closed_width``; the policies set the task's object width).
     """
 
     frame_dt: float = 0.5
@@ -63,10 +76,17 @@ class RecedingHorizonConfig:
     hold_steps: int = 5
     idle_translation: float = 0.012
     idle_rotation: float = float(np.deg2rad(4.0))
+    grasp_settle_steps: int = 0
+    release_descent: float = 0.01
+    held_width: float | None = None
 
     def __post_init__(self) -> None:
         if self.frame_dt <= 0 or self.execute_frames < 1 or self.hold_steps < 1:
             raise ValueError("frame_dt must be > 0, execute_frames and hold_steps >= 1")
+        if self.grasp_settle_steps < 0 or self.release_descent < 0:
+            raise ValueError("grasp_settle_steps and release_descent must be >= 0")
+        if self.held_width is not None and not 0.0 <= self.held_width <= self.open_width:
+            raise ValueError(f"need 0 <= held_width <= open_width, got {self.held_width}")
         if self.linear_speed <= 0 or self.angular_speed <= 0:
             raise ValueError("speed limits must be positive")
         if not 0.0 <= self.closed_width <= self.open_width:
@@ -153,9 +173,9 @@ def keyframes_to_chunk(
             for X_next, closed_next in zip(kf.X_TG, kf.closed):
                 n = max(per_frame, segment_steps(X_prev, X_next, linear_speed=config.linear_speed,
                                                  angular_speed=config.angular_speed))
-                poses.append(interpolate_poses(X_prev, X_next, n, smooth=False))
-                half = n // 2
-                widths.append(np.array([width(closed_prev)] * half + [width(bool(closed_next))] * (n - half)))
+                seg_poses, seg_widths = _segment(X_prev, X_next, n, closed_prev, bool(closed_next), config)
+                poses.append(seg_poses)
+                widths.append(seg_widths)
                 X_prev, closed_prev = X_next, bool(closed_next)
         if poses:
             plans[arm] = (np.concatenate(poses), np.concatenate(widths))
@@ -168,6 +188,24 @@ def keyframes_to_chunk(
         X_TG[arm] = np.concatenate([poses, np.repeat(poses[-1:], pad, axis=0)])
         widths[arm] = np.concatenate([w, np.repeat(w[-1:], pad)])
     return ActionChunk(X_TG, widths)
+
+
+def _segment(X_a: np.ndarray, X_b: np.ndarray, n: int, closed_a: bool, closed_b: bool,
+             config: RecedingHorizonConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Poses and widths of one keyframe segment (``n`` moving steps, plus a settle wait)."""
+    poses = interpolate_poses(X_a, X_b, n, smooth=False)
+    w_a = config.closed_width if closed_a else config.open_width
+    w_b = config.closed_width if closed_b else config.open_width
+    lowers = X_a[2, 3] - X_b[2, 3] > config.release_descent
+    if closed_a == closed_b:
+        return poses, np.full(n, w_a)
+    if closed_b or lowers:  # grasp on arrival / place, then release: change at X_b and wait
+        settle = np.repeat(X_b[None], config.grasp_settle_steps, axis=0)
+        return (np.concatenate([poses, settle]),
+                np.concatenate([np.full(n - 1, w_a), np.full(1 + config.grasp_settle_steps, w_b)]))
+    start = config.closed_width if config.held_width is None else config.held_width
+    s = np.arange(1, n + 1) / n
+    return poses, start + s * (w_b - start)
 
 
 def hold_chunk(start: Mapping[str, tuple[np.ndarray, bool]], *, config: RecedingHorizonConfig,

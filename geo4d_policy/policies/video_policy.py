@@ -153,8 +153,10 @@ class VideoPolicyConfig:
         max_lost_replans: consecutive replans without any trackable arm before the episode
             fails with "tracking lost".
         single_view: track only in view n (ablation of the two-view fusion).
-        track_frames: predicted frames tracked per replan (default: the executed ones; more
-            only adds diagnostics).
+        track_frames: predicted frames tracked per replan (default: the executed ones plus
+            ``toggle_frames - 1``, so that a gripper change seen in the last executed frame can
+            be confirmed; without them a grasp seen there waited for the next replan, by when
+            the predicted hand was already lifting).
         toggle_frames: consecutive predicted frames that must agree before the gripper state
             changes (see :func:`debounce`).
         release_backdate_frames: a release may move this many frames earlier over frames whose
@@ -210,9 +212,14 @@ class VideoPolicy:
         self.record_predictions = record_predictions
         self.model = GripperModel.load()
         held = self.config.object_width if self.config.object_width is not None else HELD_OBJECT_WIDTH.get(task)
+        control = self.config.control
         if self.config.task_closed_width and task in CLOSED_COMMAND_WIDTH:
-            self.config = dataclasses.replace(self.config, control=dataclasses.replace(
-                self.config.control, closed_width=CLOSED_COMMAND_WIDTH[task]))
+            control = dataclasses.replace(control, closed_width=CLOSED_COMMAND_WIDTH[task])
+        if control.held_width is None and held is not None:
+            # A release ramps open from where the fingers stand on the object, not from the
+            # closing command (which may be a squeeze below the object's width).
+            control = dataclasses.replace(control, held_width=min(held, control.open_width))
+        self.config = dataclasses.replace(self.config, control=control)
         if held is not None:
             self._estimator_template = GripperStateEstimator.for_object_width(held, model=self.model)
         else:
@@ -259,7 +266,7 @@ class VideoPolicy:
 
     @property
     def frames_to_track(self) -> int:
-        return self.config.track_frames or self.config.control.execute_frames
+        return self.config.track_frames or self.config.control.execute_frames + max(0, self.config.toggle_frames - 1)
 
     # ---- the loop ---------------------------------------------------------------------------
     def reset(self, *, seed: int) -> None:

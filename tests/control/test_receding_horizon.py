@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -47,15 +49,38 @@ def test_fast_keyframes_are_slowed_to_the_speed_limits():
     np.testing.assert_allclose(chunk.X_TG["right"][-1], kf.X_TG[0], atol=1e-12)
 
 
-def test_gripper_closes_in_the_second_half_of_the_segment_and_idle_arms_hold():
+def test_gripper_closes_on_arrival_then_settles_and_idle_arms_hold():
     kf = ArmKeyframes(np.stack([_pose(0.02), _pose(0.04)]), np.array([False, True]))
     start = {"left": (_pose(0.0), False), "right": (_pose(0.1, y=-0.3), True)}
     chunk = keyframes_to_chunk(start, {"left": kf}, config=CFG)
-    w = chunk.width["left"]
-    assert len(w) == 10
-    assert np.all(w[:5] == CFG.open_width) and np.all(w[5:7] == CFG.open_width) and np.all(w[7:] == CFG.closed_width)
+    w, X = chunk.width["left"], chunk.X_TG["left"]
+    settle = CFG.grasp_settle_steps
+    assert len(w) == 10 + settle
+    # Open over both segments until the arm stands at frame 2's pose; closed there, and it waits.
+    assert np.all(w[:9] == CFG.open_width) and np.all(w[9:] == CFG.closed_width)
+    np.testing.assert_allclose(X[9:], np.repeat(kf.X_TG[1][None], 1 + settle, axis=0), atol=1e-12)
     # The arm without keyframes holds its pose and its (closed) gripper for the whole chunk.
     assert np.allclose(chunk.X_TG["right"], start["right"][0]) and np.all(chunk.width["right"] == CFG.closed_width)
+
+
+def test_release_after_lowering_opens_in_place_and_a_sideways_release_ramps_open():
+    cfg = dataclasses.replace(CFG, held_width=0.05)
+    # Lowered by 3 cm (more than release_descent) while still closed: opens at the bottom.
+    down = ArmKeyframes(_pose(0.0, z=0.27)[None], np.array([False]))
+    chunk = keyframes_to_chunk({"left": (_pose(0.0), True)}, {"left": down}, config=cfg)
+    w = chunk.width["left"]
+    assert np.all(w[:4] == cfg.closed_width) and np.all(w[4:] == cfg.open_width)
+    assert chunk.X_TG["left"][4, 2, 3] == pytest.approx(0.27)
+    # Moved sideways by 1.5 cm: the width opens from the held width in step with the motion.
+    side = ArmKeyframes(_pose(0.0, y=-0.015)[None], np.array([False]))
+    chunk = keyframes_to_chunk({"left": (_pose(0.0), True)}, {"left": side}, config=cfg)
+    w, y = chunk.width["left"], chunk.X_TG["left"][:, 1, 3]
+    assert len(w) == 5 and np.all(np.diff(w) > 0)
+    np.testing.assert_allclose(w, 0.05 + np.arange(1, 6) / 5 * (cfg.open_width - 0.05))
+    # The +y finger (TCP y + width / 2) stays within 1 mm of where it stood on the object.
+    assert np.all(np.abs((y + w / 2) - (0.0 + 0.05 / 2)) < 0.001)
+    with pytest.raises(ValueError, match="held_width"):
+        dataclasses.replace(CFG, held_width=0.5)
 
 
 def test_idle_detection_and_truncation_at_low_confidence():

@@ -1,4 +1,4 @@
-"""Shared video-policy helpers: gripper-state debouncing."""
+"""Shared video-policy helpers: gripper-state debouncing, closing/release commands, tracked frames."""
 
 from __future__ import annotations
 
@@ -24,6 +24,22 @@ def test_closing_command_squeezes_the_box_and_fully_closes_on_the_apple():
     assert VideoPolicy(task="PlaceAppleFromBowlIntoBin").config.control.closed_width == 0.0
     plain = VideoPolicy(task="StoreCerealBoxUnderShelf", config=VideoPolicyConfig(task_closed_width=False))
     assert plain.config.control.closed_width == 0.0
+    # A release ramps open from the fingers' width on the object, not from the squeeze command.
+    from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH
+    assert box.config.control.held_width == HELD_OBJECT_WIDTH["StoreCerealBoxUnderShelf"]
+
+
+def test_one_frame_beyond_the_executed_ones_is_tracked_to_confirm_a_change_there():
+    from geo4d_policy.control.receding_horizon import RecedingHorizonConfig
+    from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
+
+    pol = VideoPolicy(task="PutSpatulaOnTable",
+                      config=VideoPolicyConfig(control=RecedingHorizonConfig(execute_frames=4), toggle_frames=2))
+    assert pol.frames_to_track == 5
+    # The last executed frame is the first of two agreeing ones: the close happens in this plan.
+    assert debounce(np.array([0, 0, 0, 1, 1], bool), start=False, frames=2).tolist()[:4] == [False] * 3 + [True]
+    fixed = VideoPolicy(task="PutSpatulaOnTable", config=VideoPolicyConfig(track_frames=3))
+    assert fixed.frames_to_track == 3
 
 
 def test_a_release_moves_one_frame_earlier_over_unseen_fingers():
