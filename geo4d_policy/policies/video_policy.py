@@ -310,7 +310,7 @@ class VideoPolicy:
             self._stats["lost_frames"] += int((conf < cfg.control.min_confidence).sum())
             self._stats["tracked_frames"] += len(conf)
             self._confidences.extend(conf.tolist())
-            kf = truncate_keyframes(track.X_TG, closed, conf, config=cfg.control)
+            kf = truncate_keyframes(track.X_TG, closed, conf, config=cfg.control, X_start=X_cmd)
             any_tracked |= len(kf.X_TG) > 0
             if is_idle(X_cmd, kf, start_closed=closed_now, config=cfg.control):
                 if len(kf.X_TG):

@@ -90,8 +90,28 @@ def test_idle_detection_and_truncation_at_low_confidence():
     assert not is_idle(X0, small, start_closed=True, config=CFG)  # the gripper state changes
     assert not is_idle(X0, ArmKeyframes(_pose(0.05)[None], np.zeros(1, bool)), start_closed=False, config=CFG)
     poses = [_pose(0.01 * k) for k in range(1, 7)]
-    kf = truncate_keyframes(poses, [False] * 6, [0.9, 0.8, 0.1, 0.9, 0.9, 0.9], config=CFG)
-    assert len(kf.X_TG) == 2  # cut before the unconfident third frame
+    gap1 = dataclasses.replace(CFG, max_gap_frames=1)
+    # One unconfident frame between trusted ones is bridged: its pose is interpolated.
+    kf = truncate_keyframes(poses, [False] * 6, [0.9, 0.8, 0.1, 0.9, 0.9, 0.9], config=gap1)
+    assert len(kf.X_TG) == 4
+    np.testing.assert_allclose(kf.X_TG[2], _pose(0.03), atol=1e-12)  # halfway between 0.02 and 0.04
+    # Two in a row (more than max_gap_frames) cut the keyframes before them.
+    kf = truncate_keyframes(poses, [False] * 6, [0.9, 0.8, 0.1, 0.1, 0.9, 0.9], config=gap1)
+    assert len(kf.X_TG) == 2
+    # An unconfident last executed frame has nothing to bridge to.
+    kf = truncate_keyframes(poses, [False] * 6, [0.9, 0.9, 0.9, 0.1, 0.9, 0.9], config=gap1)
+    assert len(kf.X_TG) == 3
+    # An unconfident first frame is bridged from the commanded pose (X_start)...
+    kf = truncate_keyframes(poses, [True] * 6, [0.2, 0.9, 0.9, 0.9, 0.9, 0.9], config=gap1, X_start=X0)
+    assert len(kf.X_TG) == 4 and kf.closed.all()
+    np.testing.assert_allclose(kf.X_TG[0], _pose(0.01), atol=1e-12)
+    # ... or, without one, waits at the first trusted pose.
+    kf = truncate_keyframes(poses, [False] * 6, [0.2, 0.9, 0.9, 0.9, 0.9, 0.9], config=gap1)
+    np.testing.assert_allclose(kf.X_TG[0], poses[1], atol=1e-12)
+    # A wider gap setting bridges two frames, each at its own place along the way.
+    kf = truncate_keyframes(poses, [False] * 6, [0.2, 0.2, 0.9, 0.9, 0.9, 0.9],
+                            config=dataclasses.replace(CFG, max_gap_frames=2), X_start=X0)
+    np.testing.assert_allclose(kf.X_TG[:2, 0, 3], [0.01, 0.02], atol=1e-12)
     kf = truncate_keyframes(poses, [False] * 6, [0.9] * 6, config=CFG)
     assert len(kf.X_TG) == CFG.execute_frames
     hold = hold_chunk({"left": (X0, True)}, config=CFG)
