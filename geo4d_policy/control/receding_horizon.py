@@ -90,8 +90,8 @@ class RecedingHorizonConfig:
     def __post_init__(self) -> None:
         if self.frame_dt <= 0 or self.execute_frames < 1 or self.hold_steps < 1:
             raise ValueError("frame_dt must be > 0, execute_frames and hold_steps >= 1")
-        if self.grasp_settle_steps < 0 or self.release_descent < 0:
-            raise ValueError("grasp_settle_steps and release_descent must be >= 0")
+        if self.grasp_settle_steps < 0 or self.release_descent < 0 or self.max_gap_frames < 0:
+            raise ValueError("grasp_settle_steps, release_descent and max_gap_frames must be >= 0")
         if self.held_width is not None and not 0.0 <= self.held_width <= self.open_width:
             raise ValueError(f"need 0 <= held_width <= open_width, got {self.held_width}")
         if self.linear_speed <= 0 or self.angular_speed <= 0:

@@ -81,6 +81,8 @@ def test_release_after_lowering_opens_in_place_and_a_sideways_release_ramps_open
     assert np.all(np.abs((y + w / 2) - (0.0 + 0.05 / 2)) < 0.001)
     with pytest.raises(ValueError, match="held_width"):
         dataclasses.replace(CFG, held_width=0.5)
+    with pytest.raises(ValueError, match="max_gap_frames"):
+        dataclasses.replace(CFG, max_gap_frames=-1)
 
 
 def test_idle_detection_and_truncation_at_low_confidence():
