@@ -103,6 +103,10 @@ class RecedingHorizonConfig:
     def steps_per_frame(self) -> int:
         return max(1, int(round(self.frame_dt * CONTROL_HZ)))
 
+    def command_width(self, closed: bool) -> float:
+        """The width commanded for a gripper in this state."""
+        return self.closed_width if closed else self.open_width
+
 
 @dataclasses.dataclass(frozen=True)
 class ArmKeyframes:
@@ -165,9 +169,6 @@ def keyframes_to_chunk(
         raise ValueError(f"keyframes for arm(s) {sorted(unknown)} without a start pose")
     per_frame = config.steps_per_frame
 
-    def width(closed: bool) -> float:
-        return config.closed_width if closed else config.open_width
-
     plans: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for arm, (X0, closed0) in start.items():
         X0 = np.asarray(X0, dtype=np.float64)
@@ -187,7 +188,7 @@ def keyframes_to_chunk(
         if poses:
             plans[arm] = (np.concatenate(poses), np.concatenate(widths))
         else:
-            plans[arm] = (X0[None].copy(), np.array([width(bool(closed0))]))
+            plans[arm] = (X0[None].copy(), np.array([config.command_width(bool(closed0))]))
     n = max(config.hold_steps, max(len(p) for p, _ in plans.values()))
     X_TG, widths = {}, {}
     for arm, (poses, w) in plans.items():
@@ -201,8 +202,7 @@ def _segment(X_a: np.ndarray, X_b: np.ndarray, n: int, closed_a: bool, closed_b:
              config: RecedingHorizonConfig) -> tuple[np.ndarray, np.ndarray]:
     """Poses and widths of one keyframe segment (``n`` moving steps, plus a settle wait)."""
     poses = interpolate_poses(X_a, X_b, n, smooth=False)
-    w_a = config.closed_width if closed_a else config.open_width
-    w_b = config.closed_width if closed_b else config.open_width
+    w_a, w_b = config.command_width(closed_a), config.command_width(closed_b)
     lowers = X_a[2, 3] - X_b[2, 3] > config.release_descent
     if closed_a == closed_b:
         return poses, np.full(n, w_a)
@@ -221,7 +221,7 @@ def hold_chunk(start: Mapping[str, tuple[np.ndarray, bool]], *, config: Receding
     n = steps or config.hold_steps
     return ActionChunk(
         {arm: np.repeat(np.asarray(X, dtype=np.float64)[None], n, axis=0) for arm, (X, _) in start.items()},
-        {arm: np.full(n, config.closed_width if closed else config.open_width) for arm, (_, closed) in start.items()},
+        {arm: np.full(n, config.command_width(closed)) for arm, (_, closed) in start.items()},
     )
 
 
