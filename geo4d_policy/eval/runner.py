@@ -146,6 +146,11 @@ def resolve_config(config: RolloutConfig) -> RolloutConfig:
                                runtime_options=dict(config.runtime_options))
 
 
+def _factory_options(config: RolloutConfig) -> dict[str, Any]:
+    """The policy factory's keyword options: the run's own, overridden by this session's."""
+    return {**config.policy_options, **config.runtime_options}
+
+
 def _comparable(config: RolloutConfig, key: str) -> Any:
     value = getattr(config, key)
     return canonical_task_name(value) if key == "task" else to_dict(value)
@@ -263,7 +268,7 @@ def run_rollouts(
     # A policy module may check its options (e.g. that a checkpoint exists) before any episode runs.
     preflight = getattr(importlib.import_module(policy_target.partition(":")[0]), "preflight", None)
     if preflight is not None:
-        preflight(task=config.task, options={**config.policy_options, **config.runtime_options})
+        preflight(task=config.task, options=_factory_options(config))
     out = Path(config.out_dir)
     done = _load_previous(config, out)
     previous_wall = 0.0
@@ -304,7 +309,7 @@ def run_rollouts(
     def make_spec(index: int, episode_threads: int | None) -> EpisodeSpec:
         return EpisodeSpec(
             task=config.task, policy=config.policy, policy_target=policy_target,
-            policy_options={**config.policy_options, **config.runtime_options, **shared},
+            policy_options={**_factory_options(config), **shared},
             seed=eval_seed(config.seed, index),
             episode_index=index, env_factory=env_factory, out_dir=str(out), record_video=index < config.video,
             meshcat=config.meshcat, device=config.device, threads=episode_threads,
@@ -434,8 +439,7 @@ def _run_rollouts_on_ray(config: RolloutConfig, pending: list[int], make_spec: C
 def _policy_shared_resources(config: RolloutConfig, policy_target: str, parallel: int):
     """The policy module's ``shared_resources`` hook (a context manager yielding extra policy
     options), used only for parallel episodes on a GPU; otherwise nothing is shared."""
-    return shared_policy_resources(policy_target, options={**config.policy_options, **config.runtime_options},
-                                   device=config.device,
+    return shared_policy_resources(policy_target, options=_factory_options(config), device=config.device,
                                    workers=parallel)
 
 
