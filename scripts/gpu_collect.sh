@@ -7,8 +7,11 @@ set -uo pipefail
 n=${1:-50}; m=${2:-30}; shift 2 || true
 tasks=("$@"); [ ${#tasks[@]} -eq 0 ] && tasks=(PlaceAppleFromBowlIntoBin PutSpatulaOnTable StoreCerealBoxUnderShelf)
 root=${GEO4D_WORK:-/tmp/geo4d}; mkdir -p "$root/data" "$root/rollouts"
+# Cores before OMP_NUM_THREADS=1: GNU nproc reports OMP_NUM_THREADS when it is set, which made every
+# task collect with one worker (serially) on the 16-core machine until 2026-11-23.
+cores=${COLLECT_CORES:-$(python -c 'import os; print(len(os.sched_getaffinity(0)))')}
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
-cores=$(nproc); per=$(( cores / ${#tasks[@]} )); [ "$per" -lt 1 ] && per=1
+per=$(( cores / ${#tasks[@]} )); [ "$per" -lt 1 ] && per=1
 t0=$(date +%s)
 for t in "${tasks[@]}"; do
   # COLLECT_SECONDS: stop collecting (SIGINT: finished episodes are kept, the run resumes later).
