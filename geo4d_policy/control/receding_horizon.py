@@ -17,9 +17,12 @@ changes state early misses its object:
   there and waits ``grasp_settle_steps`` before moving on (grasp on arrival);
 - opening after a descent of more than ``release_descent``: the arm lowers the object to frame
   k+1's pose, then opens there and waits (place, then release);
-- any other opening (a sideways or upward move): the width ramps from ``held_width`` to open in
-  step with the motion, so a finger beside the released object stays where it is while the
-  hand moves off (a hand that kept its grip while shifting drags the object along).
+- opening before a rise of more than ``release_descent``: the arm opens where it is, waits
+  ``release_wait_steps`` for the fingers to leave the object, then rises (a hand that opened
+  while lifting carried a loosely held apple back up and dropped it off its place);
+- any other opening (a sideways move): the width ramps from ``held_width`` to open in step
+  with the motion, so a finger beside the released object stays where it is while the hand
+  moves off (a hand that kept its grip while shifting drags the object along).
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ class RecedingHorizonConfig:
         grasp_settle_steps: 10 Hz steps the arm waits at a pose where its gripper closes (or
             opens after lowering) before the next segment.
         release_descent: an opening whose segment lowers the gripper by more than this (m)
-            happens on arrival; otherwise the width ramps open along the segment.
+            happens on arrival, one whose segment rises by more than this happens before
+            leaving; otherwise the width ramps open along the segment.
+        release_wait_steps: 10 Hz steps an arm waits after opening before it rises.
         held_width: width (m) of the fingers on the held object, where a ramp opening starts
             (None: ``closed_width``; the policies set the task's object width).
     """
@@ -85,13 +90,14 @@ class RecedingHorizonConfig:
     max_gap_frames: int = 0
     grasp_settle_steps: int = 0
     release_descent: float = 0.01
+    release_wait_steps: int = 3
     held_width: float | None = None
 
     def __post_init__(self) -> None:
         if self.frame_dt <= 0 or self.execute_frames < 1 or self.hold_steps < 1:
             raise ValueError("frame_dt must be > 0, execute_frames and hold_steps >= 1")
-        if self.grasp_settle_steps < 0 or self.release_descent < 0 or self.max_gap_frames < 0:
-            raise ValueError("grasp_settle_steps, release_descent and max_gap_frames must be >= 0")
+        if min(self.grasp_settle_steps, self.release_wait_steps, self.max_gap_frames) < 0 or self.release_descent < 0:
+            raise ValueError("grasp_settle_steps, release_wait_steps, release_descent and max_gap_frames must be >= 0")
         if self.held_width is not None and not 0.0 <= self.held_width <= self.open_width:
             raise ValueError(f"need 0 <= held_width <= open_width, got {self.held_width}")
         if self.linear_speed <= 0 or self.angular_speed <= 0:
@@ -204,12 +210,16 @@ def _segment(X_a: np.ndarray, X_b: np.ndarray, n: int, closed_a: bool, closed_b:
     poses = interpolate_poses(X_a, X_b, n, smooth=False)
     w_a, w_b = config.command_width(closed_a), config.command_width(closed_b)
     lowers = X_a[2, 3] - X_b[2, 3] > config.release_descent
+    rises = X_b[2, 3] - X_a[2, 3] > config.release_descent
     if closed_a == closed_b:
         return poses, np.full(n, w_a)
     if closed_b or lowers:  # grasp on arrival / place, then release: change at X_b and wait
         settle = np.repeat(X_b[None], config.grasp_settle_steps, axis=0)
         return (np.concatenate([poses, settle]),
                 np.concatenate([np.full(n - 1, w_a), np.full(1 + config.grasp_settle_steps, w_b)]))
+    if rises:  # release, then leave: open at X_a and wait before rising
+        wait = np.repeat(X_a[None], 1 + config.release_wait_steps, axis=0)
+        return np.concatenate([wait, poses]), np.full(len(wait) + n, w_b)
     start = config.closed_width if config.held_width is None else config.held_width
     s = np.arange(1, n + 1) / n
     return poses, start + s * (w_b - start)

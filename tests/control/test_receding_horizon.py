@@ -63,7 +63,7 @@ def test_gripper_closes_on_arrival_then_settles_and_idle_arms_hold():
     assert np.allclose(chunk.X_TG["right"], start["right"][0]) and np.all(chunk.width["right"] == CFG.closed_width)
 
 
-def test_release_after_lowering_opens_in_place_and_a_sideways_release_ramps_open():
+def test_release_opens_after_lowering_before_rising_and_ramps_sideways():
     cfg = dataclasses.replace(CFG, held_width=0.05)
     # Lowered by 3 cm (more than release_descent) while still closed: opens at the bottom.
     down = ArmKeyframes(_pose(0.0, z=0.27)[None], np.array([False]))
@@ -79,6 +79,16 @@ def test_release_after_lowering_opens_in_place_and_a_sideways_release_ramps_open
     np.testing.assert_allclose(w, 0.05 + np.arange(1, 6) / 5 * (cfg.open_width - 0.05))
     # The +y finger (TCP y + width / 2) stays within 1 mm of where it stood on the object.
     assert np.all(np.abs((y + w / 2) - (0.0 + 0.05 / 2)) < 0.001)
+    # Rising by 3 cm: opens where it stands, waits, then rises open.
+    up = ArmKeyframes(_pose(0.0, z=0.33)[None], np.array([False]))
+    chunk = keyframes_to_chunk({"left": (_pose(0.0), True)}, {"left": up}, config=cfg)
+    w, z = chunk.width["left"], chunk.X_TG["left"][:, 2, 3]
+    wait = 1 + cfg.release_wait_steps
+    assert len(w) == wait + 5 and np.all(w == cfg.open_width)
+    np.testing.assert_allclose(z[:wait], 0.3)
+    assert z[-1] == pytest.approx(0.33) and np.all(np.diff(z[wait - 1:]) > 0)
+    with pytest.raises(ValueError, match="release_wait_steps"):
+        dataclasses.replace(CFG, release_wait_steps=-1)
     with pytest.raises(ValueError, match="held_width"):
         dataclasses.replace(CFG, held_width=0.5)
     with pytest.raises(ValueError, match="max_gap_frames"):

@@ -53,3 +53,28 @@ def test_a_release_moves_one_frame_earlier_over_unseen_fingers():
     assert backdate_release(closed, np.ones(5, bool), frames=2).tolist() == closed.tolist()
     # Closings are never moved.
     assert backdate_release(~closed, seen, frames=2).tolist() == (~closed).tolist()
+
+
+def test_a_closing_waits_until_the_predicted_hand_is_at_rest():
+    from geo4d_policy.policies.video_policy import close_at_rest
+
+    def at(z):
+        return np.stack([np.zeros(len(z)), np.zeros(len(z)), np.asarray(z, dtype=float)], axis=1)
+
+    start = np.array([0.0, 0.0, 0.304])
+    # The apple trace (eval seed 1): read closed while still descending 6 cm into the bowl.
+    z = [0.256, 0.194, 0.193, 0.193, 0.239]
+    out = close_at_rest(np.ones(5, bool), at(z), start=False, start_position=start, still_distance=0.015)
+    assert out.tolist() == [False, True, True, True, True]
+    # Arrived (no step into the frame) but already lifting out of it: closes there.
+    z = [0.285, 0.214, 0.186, 0.186, 0.213]
+    closed = np.array([0, 0, 0, 1, 1], bool)
+    assert close_at_rest(closed, at(z), start=False, start_position=start, still_distance=0.015).tolist() == \
+        closed.tolist()
+    # Never at rest: stays open for now.
+    z = [0.25, 0.20, 0.15, 0.10, 0.05]
+    assert not close_at_rest(np.ones(5, bool), at(z), start=False, start_position=start, still_distance=0.015).any()
+    # Already closed, and releases, are left alone.
+    assert close_at_rest(np.ones(5, bool), at(z), start=True, start_position=start, still_distance=0.015).all()
+    rel = np.array([1, 1, 0, 0, 0], bool)
+    assert close_at_rest(rel, at(z), start=True, start_position=start, still_distance=0.015).tolist() == rel.tolist()
