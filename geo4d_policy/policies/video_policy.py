@@ -170,6 +170,44 @@ def close_at_rest(closed: np.ndarray, positions: np.ndarray, *, start: bool, sta
     return out
 
 
+def toggle_at_turn(closed: np.ndarray, positions: np.ndarray, trusted: np.ndarray, observed: np.ndarray, *,
+                   start: bool, peak_z: float, descent: float, rise: float) -> np.ndarray:
+    """Change the gripper at the bottom of a descend-then-rise whose fingers were out of view.
+
+    Pick-and-place hands change state at the bottom of a descent and then rise: they close on
+    an object and lift it, or open on its place and leave. Where the fingers are hidden there
+    (a hand closing on a spatula handle seen from above, opening on the table behind the
+    object) the finger clusters cannot read the change, and the hand rises without its object
+    or carries it back up (traced: spatula oracle, eval seed 4, the look-ahead hand closed with
+    1-3 finger points seen and the readings stayed "open"). When the readings give no change,
+    the lowest trusted frame ``k`` is at least ``descent`` below the highest point since the
+    last change (``peak_z``), a later trusted frame is at least ``rise`` above it, and the
+    fingers were not seen at ``k``, the state changes at ``k``.
+
+    Args:
+        closed: (F,) states from the finger readings.
+        positions: (F, 3) predicted gripper positions in T (z up).
+        trusted: (F,) frames whose pose is trusted.
+        observed: (F,) frames whose fingers were seen.
+        start: the state commanded now.
+        peak_z: highest commanded z since the last change of state.
+        descent: least drop (m) from ``peak_z`` to the bottom.
+        rise: least rise (m) after the bottom.
+    """
+    out = np.asarray(closed, dtype=bool).copy()
+    if np.any(out != start):
+        return out  # the fingers were read changing: trust them
+    idx = np.flatnonzero(np.asarray(trusted, dtype=bool))
+    if len(idx) < 2:
+        return out
+    z = np.asarray(positions, dtype=np.float64).reshape(-1, 3)[:, 2]
+    k = int(idx[np.argmin(z[idx])])
+    later = idx[idx > k]
+    if (len(later) and not observed[k] and peak_z - z[k] >= descent and z[later].max() - z[k] >= rise):
+        out[k:] = not start
+    return out
+
+
 class TrackingLostError(RuntimeError):
     """The grippers could not be tracked in the predictions for too many replans in a row."""
 
@@ -202,6 +240,11 @@ class VideoPolicyConfig:
             fingers were out of view (see :func:`backdate_release`).
         close_still_distance: a closing waits for the first frame whose step in or out is at
             most this (m; see :func:`close_at_rest`); None closes where the fingers read closed.
+        turn_descent: the gripper changes state at the bottom of a descent of at least this
+            (m) followed by a rise of ``turn_rise`` when its fingers were out of view there
+            (see :func:`toggle_at_turn`; a task prior beyond the paper's finger-distance rule);
+            None reads the state from the fingers only.
+        turn_rise: see ``turn_descent``.
         segment_parts: use the segmenter's palm/finger classes (finger clusters for the
             gripper state); the default uses only its whole-gripper masks, and the finger
             opening the tracker fits to the masked points (the shipped segmenter separates
@@ -220,6 +263,8 @@ class VideoPolicyConfig:
     release_backdate_frames: int = 1
     measure_confidence: float = 0.6
     close_still_distance: float | None = 0.015
+    turn_descent: float | None = 0.05
+    turn_rise: float = 0.03
     object_width: float | None = None
     task_closed_width: bool = True
 
@@ -306,6 +351,15 @@ class VideoPolicy:
                            max_frames=self.frames_to_track, model=self.model,
                            tracker_config=cfg.tracker, single_view=cfg.single_view)
 
+    def _update_peak(self, arm: str, kf: ArmKeyframes, *, closed_now: bool, z_now: float) -> None:
+        """The highest commanded z since the arm's last change of state (for :func:`toggle_at_turn`)."""
+        peak = self._peak_z.get(arm, z_now)
+        if len(kf.closed):
+            z = kf.X_TG[:, 2, 3]
+            changed = np.flatnonzero(kf.closed != np.concatenate([[closed_now], kf.closed[:-1]]))
+            peak = float(z[changed[-1]:].max()) if len(changed) else max(peak, float(z.max()))
+        self._peak_z[arm] = peak
+
     @property
     def frames_to_track(self) -> int:
         return self.config.track_frames or self.config.control.execute_frames + max(0, self.config.toggle_frames - 1)
@@ -315,6 +369,7 @@ class VideoPolicy:
         self.seed = int(seed)
         self._cmd: dict[str, tuple[np.ndarray, bool]] | None = None
         self._lost_in_a_row = 0
+        self._peak_z: dict[str, float] = {}
         self._stats: dict[str, Any] = {
             "replans": 0, "lost_replans": 0, "lost_frames": 0, "tracked_frames": 0, "idle_holds": 0,
             "gripper_toggles": 0,
@@ -343,15 +398,19 @@ class VideoPolicy:
             # Only frames whose pose is trusted measure the fingers: the finger region of a poorly
             # fitted pose holds other points.
             trusted = track.confidence >= cfg.measure_confidence
+            conf = track.confidence
             raw = np.array([estimator.update(float(d) if np.isfinite(d) and ok else None).closed
                             for d, ok in zip(track.finger_distance, trusted)])
             closed = debounce(raw, start=closed_now, frames=cfg.toggle_frames)
             observed = np.array([max(f.finger_points) >= SEEN_FINGER_POINTS for f in track.fused])
             closed = backdate_release(closed, observed, frames=cfg.release_backdate_frames)
+            if cfg.turn_descent is not None:
+                closed = toggle_at_turn(closed, track.X_TG[:, :3, 3], conf >= cfg.control.min_confidence, observed,
+                                        start=closed_now, peak_z=self._peak_z.get(arm, X_cmd[2, 3]),
+                                        descent=cfg.turn_descent, rise=cfg.turn_rise)
             if cfg.close_still_distance is not None:
                 closed = close_at_rest(closed, track.X_TG[:, :3, 3], start=closed_now, start_position=X_cmd[:3, 3],
                                        still_distance=cfg.close_still_distance)
-            conf = track.confidence
             self._stats["lost_frames"] += int((conf < cfg.control.min_confidence).sum())
             self._stats["tracked_frames"] += len(conf)
             self._confidences.extend(conf.tolist())
@@ -363,6 +422,7 @@ class VideoPolicy:
                 kf = ArmKeyframes(np.zeros((0, 4, 4)), np.zeros(0, dtype=bool))
             keyframes[arm] = kf
             new_closed[arm] = bool(kf.closed[-1]) if len(kf.closed) else closed_now
+            self._update_peak(arm, kf, closed_now=closed_now, z_now=X_cmd[2, 3])
             self._stats["gripper_toggles"] += int(new_closed[arm] != closed_now)
         self._stats["replans"] += 1
         if not any_tracked:

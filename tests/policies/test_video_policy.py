@@ -78,3 +78,29 @@ def test_a_closing_waits_until_the_predicted_hand_is_at_rest():
     assert close_at_rest(np.ones(5, bool), at(z), start=True, start_position=start, still_distance=0.015).all()
     rel = np.array([1, 1, 0, 0, 0], bool)
     assert close_at_rest(rel, at(z), start=True, start_position=start, still_distance=0.015).tolist() == rel.tolist()
+
+
+def test_the_gripper_changes_at_the_bottom_of_a_descend_then_rise_with_unseen_fingers():
+    from geo4d_policy.policies.video_policy import toggle_at_turn
+
+    # The spatula trace (eval seed 4, t=4 s): arrived 28 cm below the start, rests, then lifts.
+    z = np.array([0.306, 0.305, 0.312, 0.363, 0.436])
+    P = np.stack([np.zeros(5), np.zeros(5), z], axis=1)
+    ok, unseen = np.ones(5, bool), np.zeros(5, bool)
+    opts = dict(peak_z=0.59, descent=0.05, rise=0.03)
+    assert toggle_at_turn(np.zeros(5, bool), P, ok, unseen, start=False, **opts).tolist() == \
+        [False, True, True, True, True]
+    # The same for a release (closed -> open at the bottom).
+    assert toggle_at_turn(np.ones(5, bool), P, ok, unseen, start=True, **opts).tolist() == \
+        [True, False, False, False, False]
+    # Fingers seen at the bottom, a shallow descent, no rise, or untrusted frames: unchanged.
+    assert not toggle_at_turn(np.zeros(5, bool), P, ok, np.ones(5, bool), start=False, **opts).any()
+    assert not toggle_at_turn(np.zeros(5, bool), P, ok, unseen, start=False, peak_z=0.33, descent=0.05,
+                              rise=0.03).any()
+    flat = np.stack([np.zeros(5), np.zeros(5), np.full(5, 0.306)], axis=1)
+    assert not toggle_at_turn(np.zeros(5, bool), flat, ok, unseen, start=False, **opts).any()
+    assert not toggle_at_turn(np.zeros(5, bool), P, np.array([1, 1, 1, 0, 0], bool), unseen, start=False,
+                              **opts).any()
+    # A change the fingers read is kept as read.
+    read = np.array([0, 0, 0, 0, 1], bool)
+    assert toggle_at_turn(read, P, ok, unseen, start=False, **opts).tolist() == read.tolist()
