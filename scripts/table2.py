@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from geo4d_policy.cli import interruptible
 from geo4d_policy.cli.rollout import parse_policy_options
 from geo4d_policy.config import atomic_write_text
 from geo4d_policy.eval.records import read_summary
@@ -40,6 +41,9 @@ from geo4d_policy.interface import TASK_NAMES
 from geo4d_policy.policies import PolicyUnavailableError
 
 POLICIES = ("expert", "oracle", "geo4d", "dreamitate", "diffusion_policy")
+
+GRACE_S = 60.0
+"""After ``--max-seconds``, how long the interrupted cells get to save and exit before they are killed."""
 
 PAPER_TABLE2 = {
     # Success rates the paper reports (Table 2); None where it gives none for that row.
@@ -156,11 +160,15 @@ def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[
             for p in procs.values():
                 if p.poll() is None:
                     p.send_signal(signal.SIGINT)  # the rollout runner saves finished episodes and exits
+            # One grace period for all cells (not one per cell: 15 cells that ignored the signal
+            # once held the machine for 15 x 90 s).
+            grace = time.monotonic() + GRACE_S
+            while any(p.poll() is None for p in procs.values()) and time.monotonic() < grace:
+                time.sleep(1)
             for p in procs.values():
-                try:
-                    p.wait(timeout=90)
-                except subprocess.TimeoutExpired:
+                if p.poll() is None:
                     p.kill()
+                    p.wait()
             break
         time.sleep(2)
     results = {}
@@ -175,7 +183,19 @@ def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[
     return results
 
 
+def collect_results(out: Path, tasks: list[str], policies: list[str]) -> dict[tuple[str, str], dict]:
+    """The finished cells' results under ``out`` (cells without a summary are left out)."""
+    results = {}
+    for task in tasks:
+        for policy in policies:
+            summary = read_summary(out / task / policy / "summary.json")
+            if summary is not None and summary.get("finished"):
+                results[(task, policy)] = _result(summary)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
+    interruptible()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/table2")
     p.add_argument("--episodes", type=int, default=30)
@@ -190,12 +210,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy-option", action="append", default=[], metavar="POLICY.KEY=VALUE")
     p.add_argument("--parallel", action="store_true", help="run all cells at once (each with --workers)")
     p.add_argument("--max-seconds", type=float, default=None, help="with --parallel: interrupt cells after this")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: rewrite table2.md/json from the cells already under --out")
     args = p.parse_args(argv)
     args.policy_workers = _policy_workers(args.policy_workers)
     raw = _split_options(args.policy_option)
     # Parsed as geo4d-rollout parses them (also checks them before any cell starts).
     options = {policy: parse_policy_options(items) for policy, items in raw.items()}
     out = Path(args.out)
+    if args.report:
+        if not out.is_dir():
+            raise SystemExit(f"table2: no results under {out}")
+        print(write_table(out, collect_results(out, args.tasks, args.policies), args.tasks, args.policies,
+                          args.episodes))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     if args.parallel:
         results = run_parallel(args, out, raw, options)

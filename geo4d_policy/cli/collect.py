@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from geo4d_policy.cli import interruptible
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU timings swing 20x without it (notes/mlstack.md)
 
 
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    interruptible()
     args = build_parser().parse_args(argv)
     from rich.console import Console
     from rich.table import Table

@@ -16,6 +16,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from geo4d_policy.cli import interruptible
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU timings swing 20x without it (notes/mlstack.md)
 
 
@@ -89,6 +91,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``geo4d-dataset``; returns the exit status."""
+    interruptible()
     parser = argparse.ArgumentParser(prog="geo4d-dataset",
                                      description="Inspect and verify geo4d-policy datasets.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -34,6 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU timings swing 20x wit
 
 # The option lists are needed to build the parser (--help shows them).
 from geo4d_policy.eval.tracking_eval import DEGRADATIONS, LABEL_SOURCES  # noqa: E402
+from geo4d_policy.cli import interruptible  # noqa: E402
 
 
 def _choices(valid: tuple[str, ...], what: str):
@@ -96,6 +97,7 @@ def _table(results: dict, config: TrackingEvalConfig) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    interruptible()
     args = build_parser().parse_args(argv)
     if args.clips < 1 or args.n_future < 1:
         print("geo4d-eval-tracking: --clips and --n-future must be positive", file=sys.stderr)

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from geo4d_policy.cli import interruptible
+
 PROG = "geo4d-rollout"
 
 
@@ -126,6 +128,7 @@ def _error(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    interruptible()
     # Before numpy/torch start their thread pools (CPU timings swing ~20x with spinning waits);
     # spawned episode workers inherit it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

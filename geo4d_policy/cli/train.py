@@ -26,6 +26,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from geo4d_policy.cli import interruptible
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU timings swing 20x without it (notes/mlstack.md)
 
 
@@ -159,6 +161,7 @@ def _train_segmenter(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    interruptible()
     args = build_parser().parse_args(argv)
     from geo4d_policy.config import ConfigError
     from geo4d_policy.data.format import DatasetError, load_meta
