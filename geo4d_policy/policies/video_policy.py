@@ -171,7 +171,8 @@ def close_at_rest(closed: np.ndarray, positions: np.ndarray, *, start: bool, sta
 
 
 def toggle_at_turn(closed: np.ndarray, positions: np.ndarray, trusted: np.ndarray, observed: np.ndarray, *,
-                   start: bool, peak_z: float, descent: float, rise: float) -> np.ndarray:
+                   start: bool, peak_z: float, descent: float, rise: float,
+                   start_z: float | None = None) -> np.ndarray:
     """Change the gripper at the bottom of a descend-then-rise whose fingers were out of view.
 
     Pick-and-place hands change state at the bottom of a descent and then rise: they close on
@@ -182,7 +183,11 @@ def toggle_at_turn(closed: np.ndarray, positions: np.ndarray, trusted: np.ndarra
     1-3 finger points seen and the readings stayed "open"). When the readings give no change,
     the lowest trusted frame ``k`` is at least ``descent`` below the highest point since the
     last change (``peak_z``), a later trusted frame is at least ``rise`` above it, and the
-    fingers were not seen at ``k``, the state changes at ``k``.
+    fingers were not seen at ``k``, the state changes at ``k``. The pose commanded now
+    (``start_z``) is a candidate bottom too, with the first frame's fingers standing for it: a
+    hand that waited at the bottom while the look-ahead opened there sees only the rise
+    (traced: spatula, eval seed 1, ground-truth labels: fingers hidden on the table, the hand
+    kept the spatula and lifted it back up).
 
     Args:
         closed: (F,) states from the finger readings.
@@ -193,17 +198,21 @@ def toggle_at_turn(closed: np.ndarray, positions: np.ndarray, trusted: np.ndarra
         peak_z: highest commanded z since the last change of state.
         descent: least drop (m) from ``peak_z`` to the bottom.
         rise: least rise (m) after the bottom.
+        start_z: z of the pose commanded now (None: frames only).
     """
     out = np.asarray(closed, dtype=bool).copy()
     if np.any(out != start):
         return out  # the fingers were read changing: trust them
     idx = np.flatnonzero(np.asarray(trusted, dtype=bool))
-    if len(idx) < 2:
+    if len(idx) == 0:
         return out
     z = np.asarray(positions, dtype=np.float64).reshape(-1, 3)[:, 2]
     k = int(idx[np.argmin(z[idx])])
-    later = idx[idx > k]
-    if (len(later) and not observed[k] and peak_z - z[k] >= descent and z[later].max() - z[k] >= rise):
+    if start_z is not None and start_z <= z[k]:
+        k, z_k, later, seen = 0, float(start_z), idx, bool(observed[0])
+    else:
+        z_k, later, seen = float(z[k]), idx[idx > k], bool(observed[k])
+    if len(later) and not seen and peak_z - z_k >= descent and z[later].max() - z_k >= rise:
         out[k:] = not start
     return out
 
@@ -407,7 +416,7 @@ class VideoPolicy:
             if cfg.turn_descent is not None:
                 closed = toggle_at_turn(closed, track.X_TG[:, :3, 3], conf >= cfg.control.min_confidence, observed,
                                         start=closed_now, peak_z=self._peak_z.get(arm, X_cmd[2, 3]),
-                                        descent=cfg.turn_descent, rise=cfg.turn_rise)
+                                        descent=cfg.turn_descent, rise=cfg.turn_rise, start_z=float(X_cmd[2, 3]))
             if cfg.close_still_distance is not None:
                 closed = close_at_rest(closed, track.X_TG[:, :3, 3], start=closed_now, start_position=X_cmd[:3, 3],
                                        still_distance=cfg.close_still_distance)
