@@ -183,11 +183,12 @@ def toggle_at_turn(closed: np.ndarray, positions: np.ndarray, trusted: np.ndarra
     1-3 finger points seen and the readings stayed "open"). When the readings give no change,
     the lowest trusted frame ``k`` is at least ``descent`` below the highest point since the
     last change (``peak_z``), a later trusted frame is at least ``rise`` above it, and the
-    fingers were not seen at ``k``, the state changes at ``k``. The pose commanded now
-    (``start_z``) is a candidate bottom too, with the first frame's fingers standing for it: a
-    hand that waited at the bottom while the look-ahead opened there sees only the rise
-    (traced: spatula, eval seed 1, ground-truth labels: fingers hidden on the table, the hand
-    kept the spatula and lifted it back up).
+    fingers were not seen at ``k``, the state changes at ``k``. For a release, the pose
+    commanded now (``start_z``) is a candidate bottom too, with the first frame's fingers
+    standing for it: a hand that waited at the bottom while the look-ahead opened there sees
+    only the rise (traced: spatula, eval seed 1, ground-truth labels: fingers hidden on the
+    table, the hand kept the spatula and lifted it back up); the controller then opens in place
+    before rising. Not for a closing: it would close after the rise, in the air.
 
     Args:
         closed: (F,) states from the finger readings.
@@ -198,7 +199,7 @@ def toggle_at_turn(closed: np.ndarray, positions: np.ndarray, trusted: np.ndarra
         peak_z: highest commanded z since the last change of state.
         descent: least drop (m) from ``peak_z`` to the bottom.
         rise: least rise (m) after the bottom.
-        start_z: z of the pose commanded now (None: frames only).
+        start_z: z of the pose commanded now (None: frames only); used for releases.
     """
     out = np.asarray(closed, dtype=bool).copy()
     if np.any(out != start):
@@ -208,7 +209,7 @@ def toggle_at_turn(closed: np.ndarray, positions: np.ndarray, trusted: np.ndarra
         return out
     z = np.asarray(positions, dtype=np.float64).reshape(-1, 3)[:, 2]
     k = int(idx[np.argmin(z[idx])])
-    if start_z is not None and start_z <= z[k]:
+    if start and start_z is not None and start_z <= z[k]:
         k, z_k, later, seen = 0, float(start_z), idx, bool(observed[0])
     else:
         z_k, later, seen = float(z[k]), idx[idx > k], bool(observed[k])

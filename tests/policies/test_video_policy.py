@@ -104,6 +104,8 @@ def test_the_gripper_changes_at_the_bottom_of_a_descend_then_rise_with_unseen_fi
     # The bottom is where the hand stands now (it waited there, the look-ahead opened and rose).
     up = np.stack([np.zeros(5), np.zeros(5), np.full(5, 0.153)], axis=1)
     assert not toggle_at_turn(np.ones(5, bool), up, ok, unseen, start=True, start_z=0.095, **opts).any()
+    # Not for a closing (it would close in the air, after the rise).
+    assert not toggle_at_turn(np.zeros(5, bool), up, ok, unseen, start=False, start_z=0.095, **opts).any()
     # ... but not right after a change there (the peak restarts at the bottom) or without a rise.
     assert toggle_at_turn(np.ones(5, bool), up, ok, unseen, start=True, start_z=0.095, peak_z=0.095,
                           descent=0.05, rise=0.03).all()
