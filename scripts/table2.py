@@ -171,15 +171,12 @@ def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[
                     p.wait()
             break
         time.sleep(2)
-    results = {}
+    results = collect_results(out, args.tasks, args.policies)
     for (task, policy), p in procs.items():
-        summary = read_summary(out / task / policy / "summary.json")
-        if summary is None or not summary.get("finished"):
+        if (task, policy) not in results:
             log_tail = (out / task / f"{policy}.log").read_text(errors="replace").strip().splitlines()[-1:]
             results[(task, policy)] = {"error": f"no finished episode (exit {p.returncode}): "
                                                 f"{log_tail[0] if log_tail else ''}"[:200]}
-        else:
-            results[(task, policy)] = _result(summary)
     return results
 
 

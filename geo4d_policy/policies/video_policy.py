@@ -405,26 +405,26 @@ class VideoPolicy:
             estimator = GripperStateEstimator(self.model, close_below=self._estimator_template.close_below,
                                               open_above=self._estimator_template.open_above,
                                               initial_state="closed" if closed_now else "open")
+            conf, X_TG = track.confidence, track.X_TG
+            pose_ok = conf >= cfg.control.min_confidence
             # Only frames whose pose is trusted measure the fingers: the finger region of a poorly
             # fitted pose holds other points.
-            trusted = track.confidence >= cfg.measure_confidence
-            conf = track.confidence
             raw = np.array([estimator.update(float(d) if np.isfinite(d) and ok else None).closed
-                            for d, ok in zip(track.finger_distance, trusted)])
+                            for d, ok in zip(track.finger_distance, conf >= cfg.measure_confidence)])
             closed = debounce(raw, start=closed_now, frames=cfg.toggle_frames)
             observed = np.array([max(f.finger_points) >= SEEN_FINGER_POINTS for f in track.fused])
             closed = backdate_release(closed, observed, frames=cfg.release_backdate_frames)
             if cfg.turn_descent is not None:
-                closed = toggle_at_turn(closed, track.X_TG[:, :3, 3], conf >= cfg.control.min_confidence, observed,
+                closed = toggle_at_turn(closed, X_TG[:, :3, 3], pose_ok, observed,
                                         start=closed_now, peak_z=self._peak_z.get(arm, X_cmd[2, 3]),
                                         descent=cfg.turn_descent, rise=cfg.turn_rise, start_z=float(X_cmd[2, 3]))
             if cfg.close_still_distance is not None:
-                closed = close_at_rest(closed, track.X_TG[:, :3, 3], start=closed_now, start_position=X_cmd[:3, 3],
+                closed = close_at_rest(closed, X_TG[:, :3, 3], start=closed_now, start_position=X_cmd[:3, 3],
                                        still_distance=cfg.close_still_distance)
-            self._stats["lost_frames"] += int((conf < cfg.control.min_confidence).sum())
+            self._stats["lost_frames"] += int((~pose_ok).sum())
             self._stats["tracked_frames"] += len(conf)
             self._confidences.extend(conf.tolist())
-            kf = truncate_keyframes(track.X_TG, closed, conf, config=cfg.control, X_start=X_cmd)
+            kf = truncate_keyframes(X_TG, closed, conf, config=cfg.control, X_start=X_cmd)
             any_tracked |= len(kf.X_TG) > 0
             if is_idle(X_cmd, kf, start_closed=closed_now, config=cfg.control):
                 if len(kf.X_TG):
