@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the recipe's)")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the recipe's)")
+    s.add_argument("--workers", type=int, default=None, help="data-loader processes (default: the recipe's)")
+    s.add_argument("--max-time", type=float, default=None,
+                   help="stop cleanly (checkpoint + final evaluation) after this many seconds of training")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--resume", action="store_true")
     s.add_argument("--export", default=None, help="also write the last checkpoint here in fp16 (to ship)")
@@ -138,7 +142,7 @@ def _train_segmenter(args: argparse.Namespace) -> int:
         from geo4d_policy.train.segmenter import evaluate_checkpoint
 
         ev = evaluate_checkpoint(args.evaluate, args.data, max_frames=args.frames, seed=args.seed or 0,
-                                 num_threads=args.threads or 0)
+                                 num_threads=args.threads or 0, device=args.device or "cpu")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(ev, indent=1) + "\n")
         for tag, e in (("clean", ev), ("degraded", ev["degraded"])):
@@ -147,7 +151,9 @@ def _train_segmenter(args: argparse.Namespace) -> int:
                   + f" ({e['n_frames']} frames)")
         return 0
     overrides = {k: v for k, v in (("max_steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("num_threads", args.threads), ("seed", args.seed)) if v is not None}
+                                   ("num_threads", args.threads), ("seed", args.seed),
+                                   ("device", args.device), ("num_workers", args.workers),
+                                   ("max_time_s", args.max_time)) if v is not None}
     config = load_segmenter_train_config(args.config, overrides=overrides)
     config.progress = config.progress and (sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS")))
     result = train_segmenter(config, data_dirs=args.data, out_dir=args.out, resume=args.resume)

@@ -32,7 +32,8 @@ from geo4d_policy.interface import Observation, canonical_task_name
 from geo4d_policy.perception.tracker import TrackingFrame, part_label_image
 from geo4d_policy.perception.video_tracking import ArmTrack, PredictedVideo
 from geo4d_policy.policies.generator_server import make_shared_resources
-from geo4d_policy.policies.geo4d import REPO_ROOT, check_generator_checkpoint, local_predictor, resolve_device
+from geo4d_policy.devices import resolve_device
+from geo4d_policy.policies.geo4d import REPO_ROOT, check_generator_checkpoint, local_predictor
 from geo4d_policy.policies.registry import PolicyUnavailableError
 from geo4d_policy.policies.video_policy import DEFAULT_SEGMENTER, VideoPolicy, VideoPolicyConfig, video_policy_config
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from geo4d_policy.data.geometry import depth_to_pointmap
+from geo4d_policy.devices import resolve_device
 from geo4d_policy.interface import Observation, canonical_task_name
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.perception.video_tracking import PredictedVideo
@@ -38,15 +39,6 @@ TRAIN_HINT = ("train one with `geo4d-collect` + `geo4d-train vae ...` + `geo4d-t
 
 MIN_DEPTH = 0.05
 """Predicted points closer to camera n than this (m) are treated as invalid."""
-
-
-def resolve_device(device: str | None) -> str:
-    """``"auto"``/None -> ``"cuda"`` when available, else ``"cpu"``; other names pass through."""
-    if device in (None, "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def load_generator(checkpoint: str | Path | None, *, task: str, device: str = "cpu", compile_unet: bool = False):

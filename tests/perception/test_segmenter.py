@@ -204,6 +204,52 @@ def test_training_writes_checkpoints_and_resumes_exactly(frames_dataset, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_loader_workers_give_the_same_training_and_resume_mid_epoch(frames_dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    from geo4d_policy.train.segmenter import load_segmenter_train_config, train_segmenter
+
+    # 24 training frames / batch 4 = 6 batches per epoch: step 4 stops mid-epoch.
+    serial = train_segmenter(load_segmenter_train_config("tiny", overrides={"max_steps": 8, "eval_every": 0}),
+                             data_dirs=[frames_dataset], out_dir=tmp_path / "serial")
+    half = load_segmenter_train_config("tiny", overrides={"max_steps": 4, "eval_every": 0, "num_workers": 2})
+    train_segmenter(half, data_dirs=[frames_dataset], out_dir=tmp_path / "workers")
+    full = load_segmenter_train_config("tiny", overrides={"max_steps": 8, "eval_every": 0, "num_workers": 2})
+    resumed = train_segmenter(full, data_dirs=[frames_dataset], out_dir=tmp_path / "workers", resume=True)
+    a = load_file(str(serial.checkpoint / "model.safetensors"))
+    b = load_file(str(resumed.checkpoint / "model.safetensors"))
+    assert resumed.step == 8 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_max_time_stops_with_a_checkpoint_and_a_final_evaluation(frames_dataset, tmp_path):
+    from geo4d_policy.train.segmenter import load_segmenter_train_config, train_segmenter
+
+    cfg = load_segmenter_train_config("tiny", overrides={"max_steps": 1000, "ckpt_every": 500,
+                                                         "max_time_s": 1e-6})
+    result = train_segmenter(cfg, data_dirs=[frames_dataset], out_dir=tmp_path / "run")
+    assert result.step == 1 and result.checkpoint.name == "step_1"
+    assert (tmp_path / "run" / "last").read_text().strip() == "step_1"
+    assert result.heldout is not None and (tmp_path / "run" / "eval_heldout.json").is_file()
+
+
+@pytest.mark.parametrize("override", [{"num_workers": -1}, {"max_time_s": 0}, {"device": "gpu"}])
+def test_bad_runtime_options_are_refused(override):
+    from geo4d_policy.config import ConfigError
+    from geo4d_policy.train.segmenter import load_segmenter_train_config
+
+    with pytest.raises(ConfigError):
+        load_segmenter_train_config("tiny", overrides=override)
+
+
+def test_every_shipped_recipe_loads():
+    from geo4d_policy.train.segmenter import SEGMENTER_CONFIG_DIR, load_segmenter_train_config
+
+    names = sorted(p.stem for p in SEGMENTER_CONFIG_DIR.glob("*.yaml"))
+    assert {"tiny", "small", "medium"} <= set(names)
+    for name in names:
+        assert load_segmenter_train_config(name).name == name
+
+
 def test_train_cli_segmenter_and_export(frames_dataset, tmp_path):
     from geo4d_policy.cli.train import main
 
