@@ -20,7 +20,7 @@ timeout --signal=INT $((budget + 300)) python -m geo4d_policy.cli.train segmente
 tail -n 2 "$run/metrics.jsonl"
 echo "segmenter ($cfg): $(( $(date +%s) - t0 )) s"
 n=${SEG_EVAL_FRAMES:-2000}
-for ckpt in "$ship" assets/checkpoints/segmenter_small; do
+for ckpt in "$ship" assets/checkpoints/segmenter_medium; do
   python -m geo4d_policy.cli.train segmenter --data "${data[@]}" --evaluate "$ckpt" --frames "$n" --device "${SEG_DEVICE:-cuda}" \
     --out "$root/seg_eval_$(basename "$ckpt").json"
 done

@@ -207,7 +207,7 @@ class GripperSegmenter(nn.Module):
         config: the size (default :class:`SegmenterConfig`).
 
     Example:
-        >>> seg = GripperSegmenter.from_pretrained("assets/checkpoints/segmenter_small")
+        >>> seg = GripperSegmenter.from_pretrained("assets/checkpoints/segmenter_medium")
         >>> classes = seg.predict(rgb)                    # (N, H, W) int8
         >>> labels = part_labels_for_arm(classes, "right")  # tracker part codes
     """

@@ -115,7 +115,7 @@ def make_policy(*, task: str, checkpoint: str | None = None, segmenter: str | No
     Args:
         task: task name (CamelCase or snake_case).
         checkpoint: RGB-only generator (default ``assets/checkpoints/dreamitate_small``).
-        segmenter: gripper part segmenter (default ``assets/checkpoints/segmenter_small``).
+        segmenter: gripper part segmenter (default ``assets/checkpoints/segmenter_medium``).
         device: ``auto``, ``cpu``, ``cuda`` ...
         num_steps: sampler steps per prediction (default 25).
         execute_frames: predicted frames executed before replanning (default 4).

@@ -60,7 +60,7 @@ from geo4d_policy.perception.video_tracking import (
 )
 
 
-DEFAULT_SEGMENTER = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "segmenter_small"
+DEFAULT_SEGMENTER = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "segmenter_medium"
 """The shipped gripper part segmenter (RGB -> palm/finger classes per arm)."""
 
 
