@@ -268,7 +268,10 @@ def run_rollouts(
     # A policy module may check its options (e.g. that a checkpoint exists) before any episode runs.
     preflight = getattr(importlib.import_module(policy_target.partition(":")[0]), "preflight", None)
     if preflight is not None:
-        preflight(task=config.task, options=_factory_options(config))
+        try:
+            preflight(task=config.task, options=_factory_options(config))
+        except ValueError as e:  # a malformed option value: the run's configuration is wrong
+            raise RolloutConfigError(f"{config.policy}: {e}") from e
     out = Path(config.out_dir)
     done = _load_previous(config, out)
     previous_wall = 0.0

@@ -25,7 +25,13 @@ from geo4d_policy.interface import Observation, canonical_task_name
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.perception.video_tracking import PredictedVideo
 from geo4d_policy.policies.registry import PolicyUnavailableError
-from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig, load_segmenter, video_policy_config
+from geo4d_policy.policies.video_policy import (
+    VideoPolicy,
+    VideoPolicyConfig,
+    check_segmenter_option,
+    load_segmenter,
+    video_policy_config,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "geo4d_small"
@@ -104,6 +110,7 @@ def preflight(*, task: str, options: dict[str, Any]) -> None:
     Raises:
         PolicyUnavailableError: the message names the path and how to train or select one.
     """
+    check_segmenter_option(options.get("segmenter"))
     if not options.get("server"):
         check_generator_checkpoint(Path(options.get("checkpoint") or DEFAULT_CHECKPOINT), task=task,
                                    pointmaps=True, hint=TRAIN_HINT)

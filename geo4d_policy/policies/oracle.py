@@ -31,7 +31,13 @@ from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, Action, CameraFrame, Observation, canonical_task_name
 from geo4d_policy.perception.tracker import part_label_image
 from geo4d_policy.perception.video_tracking import PredictedVideo
-from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig, load_segmenter, video_policy_config
+from geo4d_policy.policies.video_policy import (
+    VideoPolicy,
+    VideoPolicyConfig,
+    check_segmenter_option,
+    load_segmenter,
+    video_policy_config,
+)
 
 
 class ExpertLookahead:
@@ -169,6 +175,24 @@ class OraclePolicy(VideoPolicy):
         self.lookahead.observe(obs)
 
 
+LABELS = ("segmenter", "ground_truth", "none")
+"""How the look-ahead frames are segmented (see :func:`make_policy`)."""
+
+
+def preflight(*, task: str, options: dict[str, Any]) -> None:
+    """Rollout-runner hook: refuse bad options before any episode starts.
+
+    Raises:
+        ValueError: an unknown ``labels``.
+        PolicyUnavailableError: an explicit segmenter path that does not exist.
+    """
+    labels = options.get("labels", "segmenter")
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
+    if labels == "segmenter":
+        check_segmenter_option(options.get("segmenter"))
+
+
 def make_policy(*, task: str, num_frames: int = 6, labels: str = "segmenter", execute_frames: int | None = None,
                 segmenter: str | None = "auto", record_predictions: bool = False,
                 device: str | None = None) -> OraclePolicy:
@@ -188,8 +212,7 @@ def make_policy(*, task: str, num_frames: int = 6, labels: str = "segmenter", ex
         device: torch device of the segmenter.
     """
     config = video_policy_config(execute_frames=execute_frames)
-    if labels not in ("segmenter", "ground_truth", "none"):
-        raise ValueError(f"labels must be segmenter, ground_truth or none, got {labels!r}")
+    preflight(task=task, options={"labels": labels, "segmenter": segmenter})
     seg = load_segmenter(segmenter if labels == "segmenter" else "none", device=device or "cpu")
     return OraclePolicy(task=canonical_task_name(task), config=config, num_frames=num_frames,
                         future_labels=labels == "ground_truth", segmenter=seg, record_predictions=record_predictions)

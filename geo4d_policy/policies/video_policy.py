@@ -64,6 +64,21 @@ DEFAULT_SEGMENTER = Path(__file__).resolve().parents[2] / "assets" / "checkpoint
 """The shipped gripper part segmenter (RGB -> palm/finger classes per arm)."""
 
 
+def check_segmenter_option(option: str | None) -> None:
+    """Refuse an explicit segmenter path that does not exist (a rollout's preflight calls this, so
+    a typo stops the run before any episode instead of failing every episode).
+
+    Raises:
+        PolicyUnavailableError: the message names the path and the fix.
+    """
+    if option in (None, "auto", "none", "off", False) or Path(str(option)).exists():
+        return
+    from geo4d_policy.policies.registry import PolicyUnavailableError
+
+    raise PolicyUnavailableError(f"no gripper segmenter at {option}; train one with `geo4d-train segmenter ...` "
+                                 f"or pass --policy-option segmenter=auto|none")
+
+
 def load_segmenter(option: str | None, *, device: str = "cpu") -> Any:
     """The segmenter a video policy uses on predicted frames.
 
@@ -76,14 +91,10 @@ def load_segmenter(option: str | None, *, device: str = "cpu") -> Any:
     """
     if option in ("none", "off", False):
         return None
+    check_segmenter_option(option)
     path = DEFAULT_SEGMENTER if option in (None, "auto") else Path(str(option))
-    if not path.exists():
-        if option in (None, "auto"):
-            return None
-        from geo4d_policy.policies.registry import PolicyUnavailableError
-
-        raise PolicyUnavailableError(f"no gripper segmenter at {path}; train one with `geo4d-train segmenter ...` "
-                                     f"or pass --policy-option segmenter=none")
+    if not path.exists():  # "auto" without the shipped checkpoint
+        return None
     from geo4d_policy.perception.segmenter import GripperSegmenter
 
     return GripperSegmenter.from_pretrained(path, device=device)

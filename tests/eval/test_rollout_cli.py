@@ -60,6 +60,27 @@ def test_geo4d_with_a_missing_checkpoint_exits_2_naming_path_and_fix(capsys, tmp
     assert not (tmp_path / "r" / "episodes.jsonl").exists()
 
 
+@pytest.mark.parametrize(("option", "needles"), [
+    ("segmenter={missing}", ["no gripper segmenter at {missing}", "geo4d-train segmenter", "segmenter=auto|none"]),
+    ("labels=groundtruth", ["labels must be one of segmenter, ground_truth, none", "'groundtruth'"]),
+])
+def test_oracle_with_bad_options_exits_2_before_any_episode(capsys, tmp_path, option, needles):
+    missing = tmp_path / "missing"
+    code, text = _run(capsys, "--task", TASK, "--episodes", "1", "--policy", "oracle", "--out", str(tmp_path / "r"),
+                      "--policy-option", option.format(missing=missing))
+    assert code == 2
+    for needle in needles:
+        assert needle.format(missing=missing) in text
+    assert not (tmp_path / "r" / "episodes.jsonl").exists()
+
+
+def test_geo4d_with_a_missing_segmenter_exits_2_before_any_episode(capsys, tmp_path):
+    code, text = _run(capsys, "--task", TASK, "--episodes", "1", "--out", str(tmp_path / "r"),
+                      "--policy-option", f"segmenter={tmp_path / 'missing'}")
+    assert code == 2 and f"no gripper segmenter at {tmp_path / 'missing'}" in text
+    assert not (tmp_path / "r" / "episodes.jsonl").exists()
+
+
 def test_help_and_passive_omp(capsys, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     code, text = _run(capsys, "--help")
