@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch.utils.data import ConcatDataset, DataLoader, Subset, default_collate
+from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from geo4d_policy.config import CONFIG_DIR, ConfigError, atomic_write_text, load_config, save_config, to_dict
 from geo4d_policy.data.datasets import OnError, _BaseDataset, _split_cameras
@@ -630,20 +630,15 @@ def train_segmenter(
             if n_batches == 0:
                 raise ValueError(f"{len(order)} training frames are fewer than one batch of "
                                  f"{config.batch_size}")
-            if config.num_workers == 0:
-                while in_epoch < n_batches:
-                    sel = order[in_epoch * config.batch_size:(in_epoch + 1) * config.batch_size]
-                    in_epoch += 1
-                    yield default_collate([train_ds[i] for i in sel])
-            else:
-                # The same batches in the same order as above, loaded by worker processes (forked
-                # after set_epoch, so their augmentations match); resuming starts at in_epoch.
-                rest = order[in_epoch * config.batch_size:n_batches * config.batch_size]
-                loader = DataLoader(Subset(train_ds, rest), batch_size=config.batch_size, shuffle=False,
-                                    num_workers=config.num_workers, pin_memory=device.type == "cuda")
-                for batch in loader:
-                    in_epoch += 1
-                    yield batch
+            # Whole batches of the epoch's order from in_epoch on (resuming starts there), loaded in
+            # this process (num_workers 0) or by worker processes forked after set_epoch, so the
+            # batches and their augmentations are the same either way.
+            rest = order[in_epoch * config.batch_size:n_batches * config.batch_size]
+            loader = DataLoader(Subset(train_ds, rest), batch_size=config.batch_size, shuffle=False,
+                                num_workers=config.num_workers, pin_memory=device.type == "cuda")
+            for batch in loader:
+                in_epoch += 1
+                yield batch
             epoch, in_epoch = epoch + 1, 0
 
     metrics_path = out / "metrics.jsonl"
