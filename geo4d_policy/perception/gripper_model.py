@@ -101,6 +101,8 @@ class GripperModel:
         finger_size: finger (x, y, z) extents in the hand frame.
         palm_size: palm (x, y, z) extents in the hand frame.
         asset_dir: where the model was read from.
+        occluder: mesh in ``G`` of the arm link rigid in ``G`` (``panda_link7``), which hides parts
+            of the hand from some views; None for a spec without one.
     """
 
     meshes: Mapping[str, trimesh.Trimesh]
@@ -111,6 +113,7 @@ class GripperModel:
     finger_size: tuple[float, float, float]
     palm_size: tuple[float, float, float]
     asset_dir: Path
+    occluder: trimesh.Trimesh | None = None
 
     @classmethod
     def load(cls, asset_dir: str | Path | None = None) -> GripperModel:
@@ -235,6 +238,12 @@ def _load_cached(asset_dir: str) -> GripperModel:
         if not path.is_file():
             raise FileNotFoundError(f"gripper mesh {path} ({part}) not found")
         meshes[part] = trimesh.load(path, force="mesh", process=True)
+    occluder = None
+    if spec.get("occluder"):
+        path = root / spec["occluder"]
+        if not path.is_file():
+            raise FileNotFoundError(f"gripper occluder mesh {path} not found")
+        occluder = trimesh.load(path, force="mesh", process=True)
     return GripperModel(
         meshes=meshes,
         X_GH=_rot_z(float(spec["X_GH_yaw"])),
@@ -244,6 +253,7 @@ def _load_cached(asset_dir: str) -> GripperModel:
         finger_size=tuple(float(v) for v in spec["finger_size"]),
         palm_size=tuple(float(v) for v in spec["palm_size"]),
         asset_dir=root,
+        occluder=occluder,
     )
 
 

@@ -78,6 +78,10 @@ from geo4d_policy.perception.tracker import Observation, TrackingFrame, TrackRes
 # --------------------------------------------------------------------------------------------
 
 
+OCCLUDER = -2
+"""Face label of the occluder while rasterising (never in an image)."""
+
+
 def _check_K(K: np.ndarray) -> np.ndarray:  # noqa: N802 - the standard symbol
     K = np.asarray(K, dtype=np.float64)
     if K.shape != (3, 3) or not np.isfinite(K).all():
@@ -116,6 +120,13 @@ class SilhouetteRenderer:
     tested with edge functions, depth is interpolated perspective-correctly (``1/z`` is affine
     in the image), and the nearest surface wins each pixel. Triangles with a vertex closer than
     ``near`` to the camera plane are skipped (the gripper is never that close to a camera).
+    Several poses can be rasterised in one call (:meth:`render_many`): numpy's per-call
+    overhead, not the pixel work, dominates a render of this small model, so a batch of poses
+    costs little more than one.
+
+    The model's occluder (the arm link rigid in ``G``, :attr:`GripperModel.occluder`) is drawn
+    into the z-buffer but not into the image: gripper pixels behind it are not gripper pixels
+    in a label image either (they belong to the arm there).
 
     Args:
         model: the gripper model (default: :meth:`GripperModel.load`).
@@ -123,6 +134,7 @@ class SilhouetteRenderer:
             unions of outward-wound primitives, so a back face is always hidden behind a front
             face and culling only halves the work (a test checks the images are identical).
         near: near-plane distance (m).
+        occlusion: draw the model's occluder (if it has one).
 
     A renderer keeps a z-buffer between calls: use one per thread.
 
@@ -131,29 +143,46 @@ class SilhouetteRenderer:
     """
 
     def __init__(self, model: GripperModel | None = None, *, cull_back_faces: bool = True,
-                 near: float = 1e-3) -> None:
+                 near: float = 1e-3, occlusion: bool = True) -> None:
         self.model = model or GripperModel.load()
         self.cull_back_faces = bool(cull_back_faces)
         self.near = float(near)
-        verts, faces, labels, offset = [], [], [], 0
-        for code, part in enumerate(PARTS):
-            mesh = self.model.meshes[part]
-            verts.append(np.asarray(mesh.vertices, dtype=np.float64))
+        verts, slopes, faces, labels, offset = [], [], [], [], 0
+        parts = [(code, self.model.meshes[part], self.model.X_GB(part, 0.0), self.model.X_GB(part, self.model.stroke))
+                 for code, part in enumerate(PARTS)]
+        if occlusion and self.model.occluder is not None:
+            parts.append((OCCLUDER, self.model.occluder, np.eye(4), np.eye(4)))
+        for code, mesh, X0, X1 in parts:
+            v = np.asarray(mesh.vertices, dtype=np.float64)
+            # Parts are rigid and the fingers slide along the closing axis, so a vertex in G is
+            # affine in the opening: v(w) = v(0) + w * dv.
+            verts.append(v @ X0[:3, :3].T + X0[:3, 3])
+            slopes.append(np.broadcast_to((X1[:3, 3] - X0[:3, 3]) / self.model.stroke, v.shape))
             faces.append(np.asarray(mesh.faces, dtype=np.int64) + offset)
             labels.append(np.full(len(mesh.faces), code, dtype=np.int8))
             offset += len(mesh.vertices)
-        self._verts_B = verts
+        self._V0_G = np.concatenate(verts)
+        self._dV_G = np.concatenate(slopes)
         self._faces = np.concatenate(faces)
         self._face_label = np.concatenate(labels)
-        self._zbuffer: dict[int, np.ndarray] = {}
+        # Back-face test in G: with n the (unnormalised) face normal and p0 a face vertex, the
+        # face points away from the camera when n . p0_C > 0, i.e. n . (p0_G(w) + R^T t) > 0.
+        P = self._V0_G[self._faces]
+        self._n_G = np.cross(P[:, 1] - P[:, 0], P[:, 2] - P[:, 0])
+        self._n_dot_p0 = np.einsum("ij,ij->i", self._n_G, P[:, 0])
+        self._n_dot_dp0 = np.einsum("ij,ij->i", self._n_G, self._dV_G[self._faces[:, 0]])
+        self._zbuffer = (np.zeros(0), np.zeros(0, dtype=np.int64))
 
     def vertices_in_camera(self, X_CG: np.ndarray, *, width: float) -> np.ndarray:
         """(V, 3) model vertices in the camera frame at finger opening ``width`` (all parts)."""
-        out = []
-        for part, v in zip(PARTS, self._verts_B):
-            X = X_CG @ self.model.X_GB(part, width)
-            out.append(v @ X[:3, :3].T + X[:3, 3])
-        return np.concatenate(out)
+        X = np.asarray(X_CG, dtype=np.float64)
+        w = float(np.clip(width, 0.0, self.model.stroke))
+        return self._vertices(X[None, :3, :3], X[None, :3, 3], np.array([w]))[0]
+
+    def _vertices(self, R: np.ndarray, t: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """(B, V, 3) vertices for B poses ``(R, t)`` of G in the camera and openings (clipped)."""
+        V_G = self._V0_G[None] + widths[:, None, None] * self._dV_G[None]
+        return np.einsum("bij,bvj->bvi", R, V_G) + t[:, None, :]
 
     def render(self, X_CG: np.ndarray, *, K: np.ndarray, shape: tuple[int, int], width: float) -> np.ndarray:
         """The (H, W) int8 part-label image of the gripper at pose ``X_CG``.
@@ -171,31 +200,50 @@ class SilhouetteRenderer:
             ValueError: ``K`` is not a valid intrinsic matrix, ``X_CG`` not a finite 4x4, or
                 ``shape`` not two positive integers.
         """
+        return self.render_many(np.asarray(X_CG)[None], K=K, shape=shape, widths=[width])[0]
+
+    def render_many(self, X_CG: np.ndarray, *, K: np.ndarray, shape: tuple[int, int],
+                    widths: Sequence[float] | np.ndarray) -> np.ndarray:
+        """(B, H, W) part-label images of B poses (see :meth:`render`) in one rasterisation.
+
+        Raises:
+            ValueError: as :meth:`render`, or the number of widths differs from the poses'.
+        """
         K = _check_K(K)
-        X_CG = _check_pose(X_CG, "X_CG")
+        X = np.asarray(X_CG, dtype=np.float64)
+        if X.ndim != 3:
+            raise ValueError(f"X_CG must be (B, 4, 4) poses, got shape {X.shape}")
+        X = np.stack([_check_pose(x, "X_CG") for x in X]) if len(X) else X.reshape(0, 4, 4)
         H, W = _check_shape(shape)
-        if not np.isfinite(width):
-            raise ValueError(f"width must be finite, got {width}")
-        return self._render(X_CG, K, H, W, float(width))
+        w = np.asarray(widths, dtype=np.float64).reshape(-1)
+        if w.shape != (len(X),) or not np.isfinite(w).all():
+            raise ValueError(f"need one finite width per pose ({len(X)}), got {widths}")
+        return self._render_many(X[:, :3, :3], X[:, :3, 3], np.clip(w, 0.0, self.model.stroke), K, H, W)
 
-    def _render(self, X_CG: np.ndarray, K: np.ndarray, H: int, W: int, width: float) -> np.ndarray:
-        """:meth:`render` without argument checks (the estimator calls this hundreds of times)."""
-        image = np.full(H * W, -1, dtype=np.int8)
-        pix, lab = self._rasterize(self.vertices_in_camera(X_CG, width=width), K, H, W)
+    def _render_many(self, R: np.ndarray, t: np.ndarray, widths: np.ndarray, K: np.ndarray, H: int, W: int
+                     ) -> np.ndarray:
+        """:meth:`render_many` without argument checks (widths already clipped)."""
+        image = np.full(len(R) * H * W, -1, dtype=np.int8)
+        pix, lab = self._rasterize(R, t, widths, K, H, W)
         image[pix] = lab
-        return image.reshape(H, W)
+        return image.reshape(len(R), H, W)
 
-    def _rasterize(self, V: np.ndarray, K: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
-        """Flat pixel indices and part labels of the visible surface (one entry per pixel)."""
-        P = V[self._faces]  # (F, 3, 3)
-        labels = self._face_label
-        keep = (P[:, :, 2] > self.near).all(axis=1)
+    def _rasterize(self, R: np.ndarray, t: np.ndarray, widths: np.ndarray, K: np.ndarray, H: int, W: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Visible gripper surface of B poses: flat indices into (B, H, W) (pose-major, so
+        sorted by pose) and part labels, one entry per covered pixel (occluded ones left out)."""
+        B = len(R)
+        V = self._vertices(R, t, widths)  # (B, V, 3)
+        keep = (V[:, :, 2] > self.near)[:, self._faces].all(axis=2)  # (B, F)
         if self.cull_back_faces:
-            normal = np.cross(P[:, 1] - P[:, 0], P[:, 2] - P[:, 0])
-            keep &= np.einsum("ij,ij->i", normal, P[:, 0]) < 0.0
-        P, labels = P[keep], labels[keep]
-        if len(P) == 0:
+            t_G = np.einsum("bji,bj->bi", R, t)  # R^T t: the camera centre's offset, in G
+            facing = self._n_dot_p0[None] + widths[:, None] * self._n_dot_dp0[None] + t_G @ self._n_G.T
+            keep &= facing < 0.0
+        pose, face = np.nonzero(keep)
+        if len(face) == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
+        P = V[pose[:, None], self._faces[face]]  # (M, 3, 3)
+        labels = self._face_label[face]
         z = P[:, :, 2]
         u = (K[0, 0] * P[:, :, 0] + K[0, 1] * P[:, :, 1]) / z + K[0, 2]
         v = K[1, 1] * P[:, :, 1] / z + K[1, 2]
@@ -206,6 +254,21 @@ class SilhouetteRenderer:
         u_hi = np.minimum(np.floor(u.max(axis=1)), W - 1).astype(np.int64)
         v_lo = np.maximum(np.ceil(v.min(axis=1)), 0).astype(np.int64)
         v_hi = np.minimum(np.floor(v.max(axis=1)), H - 1).astype(np.int64)
+        occ = labels == OCCLUDER
+        if occ.any():
+            # The occluder only matters where it covers the gripper: clip its triangles' boxes to
+            # the box of the pose's gripper triangles (most of the arm link lies outside it).
+            part_pose = pose[~occ]
+            box = np.stack([np.full(B, W), np.full(B, -1), np.full(B, H), np.full(B, -1)])
+            np.minimum.at(box[0], part_pose, u_lo[~occ])
+            np.maximum.at(box[1], part_pose, u_hi[~occ])
+            np.minimum.at(box[2], part_pose, v_lo[~occ])
+            np.maximum.at(box[3], part_pose, v_hi[~occ])
+            op = pose[occ]
+            u_lo[occ] = np.maximum(u_lo[occ], box[0, op])
+            u_hi[occ] = np.minimum(u_hi[occ], box[1, op])
+            v_lo[occ] = np.maximum(v_lo[occ], box[2, op])
+            v_hi[occ] = np.minimum(v_hi[occ], box[3, op])
         nu = np.maximum(u_hi - u_lo + 1, 0)
         nv = np.maximum(v_hi - v_lo + 1, 0)
         # (Nearly) edge-on triangles are skipped: their neighbours cover those pixels.
@@ -228,14 +291,14 @@ class SilhouetteRenderer:
         b2 = 1.0 - b0 - b1
         inside = (b0 >= 0.0) & (b1 >= 0.0) & (b2 >= 0.0)
         tri, b0, b1, b2 = tri[inside], b0[inside], b1[inside], b2[inside]
-        pix = (pv[inside] * W + pu[inside])
+        pix = (pose[tri] * H + pv[inside]) * W + pu[inside]
         inv_z = b0 / z[tri, 0] + b1 / z[tri, 1] + b2 / z[tri, 2]
-        # Z-buffer: the largest 1/z (nearest surface) wins each pixel. The buffer is kept between
-        # calls and only its touched entries are cleared (a fresh one per call costs more than
-        # the rasterisation at supersampled sizes).
-        if H * W not in self._zbuffer:
-            self._zbuffer[H * W] = (np.zeros(H * W), np.zeros(H * W, dtype=np.int64))
-        nearest, claim = self._zbuffer[H * W]
+        # Z-buffer: the largest 1/z (nearest surface) wins each pixel. One buffer, grown when a
+        # call needs more, is kept between calls and only its touched entries are cleared (a
+        # fresh one per call costs more than the rasterisation at supersampled sizes).
+        if len(self._zbuffer[0]) < B * H * W:
+            self._zbuffer = (np.zeros(B * H * W), np.zeros(B * H * W, dtype=np.int64))
+        nearest, claim = self._zbuffer
         np.maximum.at(nearest, pix, inv_z)
         win = np.flatnonzero(inv_z >= nearest[pix])
         nearest[pix] = 0.0
@@ -243,7 +306,9 @@ class SilhouetteRenderer:
         # claims the pixel, so that each pixel is reported once.
         claim[pix[win]] = win
         win = win[claim[pix[win]] == win]
-        return pix[win], labels[tri[win]]
+        lab = labels[tri[win]]
+        part = lab != OCCLUDER
+        return pix[win][part], lab[part]
 
 
 def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
@@ -334,11 +399,14 @@ class RGBPoseConfig:
 
 
 def _outline(image: np.ndarray) -> np.ndarray:
-    """Pixels with a 4-neighbour of another value (the image border counts as another value)."""
-    mid = image[1:-1, 1:-1]
+    """Pixels with a 4-neighbour of another value (the image border counts as another value).
+
+    ``image`` is (H, W) or a stack (..., H, W) of images, each outlined on its own.
+    """
+    mid = image[..., 1:-1, 1:-1]
     same = np.zeros(image.shape, dtype=bool)
-    same[1:-1, 1:-1] = (mid == image[:-2, 1:-1]) & (mid == image[2:, 1:-1]) & (mid == image[1:-1, :-2]) \
-        & (mid == image[1:-1, 2:])
+    same[..., 1:-1, 1:-1] = (mid == image[..., :-2, 1:-1]) & (mid == image[..., 2:, 1:-1]) \
+        & (mid == image[..., 1:-1, :-2]) & (mid == image[..., 1:-1, 2:])
     return ~same
 
 
@@ -347,10 +415,26 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return mask & _outline(mask)
 
 
-def _soft_iou(coverage: np.ndarray, observed: np.ndarray) -> float:
-    """IoU of a fractional coverage image with a binary mask (``sum min / sum max``)."""
-    union = np.count_nonzero(observed) + float(coverage[~observed].sum())
-    return float(coverage[observed].sum()) / union if union > 0 else 0.0
+def _soft_iou(coverage: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """IoU of fractional coverage images (..., H, W) with a binary mask (``sum min / sum max``)."""
+    union = np.count_nonzero(observed) + (coverage * ~observed).sum(axis=(-2, -1))
+    inter = (coverage * observed).sum(axis=(-2, -1))
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _rotvecs_to_matrices(rotvecs: np.ndarray) -> np.ndarray:
+    """(B, 3, 3) rotations of (B, 3) rotation vectors (Rodrigues; series near zero)."""
+    theta = np.linalg.norm(rotvecs, axis=1)
+    small = theta < 1e-4
+    th = np.where(small, 1.0, theta)
+    t2 = theta * theta
+    a = np.where(small, 1.0 - t2 / 6.0, np.sin(th) / th)
+    b = np.where(small, 0.5 - t2 / 24.0, (1.0 - np.cos(th)) / (th * th))
+    x, y, z = rotvecs.T
+    S = np.zeros((len(rotvecs), 3, 3))
+    S[:, 0, 1], S[:, 0, 2], S[:, 1, 2] = -z, y, -x
+    S[:, 1, 0], S[:, 2, 0], S[:, 2, 1] = z, -y, x
+    return np.eye(3)[None] + a[:, None, None] * S + b[:, None, None] * (S @ S)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +447,7 @@ class _Score:
 
 
 class _Objective:
-    """Render-and-compare cost of a pose against one frame's observed segmentation.
+    """Render-and-compare cost of poses against one frame's observed segmentation.
 
     Pose parameters ``p = (x, y, log z, rx, ry, rz, w)``: the model centre ``c`` (``center_G``)
     sits at ``z * (x, y, 1)`` in the camera, the rotation is ``exp([rx, ry, rz]) @ R_ref``
@@ -372,6 +456,8 @@ class _Objective:
     Poses are rendered ``supersample`` times finer and compared as fractional pixel coverage:
     a binary silhouette only changes when a pixel centre is crossed, so a search on it stalls
     on plateaus a few degrees from the optimum; coverage moves with every sub-pixel change.
+    Costs are computed for a batch of parameter vectors at once (:meth:`costs`): one
+    rasterisation and one pass of array operations for the whole batch.
     """
 
     def __init__(self, renderer: SilhouetteRenderer, observed: np.ndarray, has_parts: bool, K: np.ndarray,
@@ -403,7 +489,7 @@ class _Objective:
         # Distance (pixels) to the nearest observed boundary, on the sub-pixel grid, once per frame.
         self.edge_dt = self._edge_distance(self.obs_mask)
         self.evaluations = 0  # cost evaluations (renders) so far, for diagnostics
-        self.part_present = [bool(np.any(observed == k)) for k in range(len(PARTS))]
+        self.part_present = np.array([bool(np.any(observed == k)) for k in range(len(PARTS))])
         if has_parts:
             self.part_dt = np.stack([self._edge_distance(observed == k) for k in range(len(PARTS))])
 
@@ -423,20 +509,26 @@ class _Objective:
         p = np.array([c[0] / z, c[1] / z, np.log(z), 0.0, 0.0, 0.0, float(width)])
         return p, X_CG[:3, :3].copy()
 
+    def poses_from_params(self, P: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(R, t, widths)`` of (B, 7) parameter vectors: (B, 3, 3), (B, 3), (B,) clipped."""
+        z = np.exp(P[:, 2])
+        c = z[:, None] * np.stack([P[:, 0], P[:, 1], np.ones(len(P))], axis=1)
+        R = _rotvecs_to_matrices(P[:, 3:6]) @ R_ref
+        t = c - R @ self.center_G
+        return R, t, np.clip(P[:, 6], 0.0, self.stroke)
+
     def pose_from_params(self, p: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, float]:
-        z = np.exp(p[2])
-        c = z * np.array([p[0], p[1], 1.0])
+        R, t, w = self.poses_from_params(np.asarray(p, dtype=np.float64)[None], R_ref)
         X = np.eye(4)
-        X[:3, :3] = Rotation.from_rotvec(p[3:6]).as_matrix() @ R_ref
-        X[:3, 3] = c - X[:3, :3] @ self.center_G
-        return X, float(np.clip(p[6], 0.0, self.stroke))
+        X[:3, :3], X[:3, 3] = R[0], t[0]
+        return X, float(w[0])
 
     # --- scoring -----------------------------------------------------------------------------
 
     def render(self, p: np.ndarray, R_ref: np.ndarray) -> np.ndarray:
         """Part labels of a pose at the image's resolution."""
-        X, w = self.pose_from_params(p, R_ref)
-        return self.renderer._render(X, self.K, self.shape[0], self.shape[1], w)
+        R, t, w = self.poses_from_params(np.asarray(p, dtype=np.float64)[None], R_ref)
+        return self.renderer._render_many(R, t, w, self.K, self.shape[0], self.shape[1])[0]
 
     def iou(self, p: np.ndarray, R_ref: np.ndarray) -> tuple[float, int]:
         """Binary whole-silhouette IoU at the image's resolution and the intersection size."""
@@ -446,70 +538,114 @@ class _Objective:
         return (inter / union if union else 0.0), inter
 
     def score(self, p: np.ndarray, R_ref: np.ndarray) -> _Score:
+        cost, overlap, edge_px = self.scores(np.asarray(p, dtype=np.float64)[None], R_ref)
+        return _Score(float(cost[0]), float(overlap[0]), float(edge_px[0]))
+
+    def cost(self, p: np.ndarray, R_ref: np.ndarray) -> float:
+        return self.score(p, R_ref).cost
+
+    def costs(self, P: np.ndarray, R_ref: np.ndarray) -> np.ndarray:
+        """(B,) costs of (B, 7) parameter vectors."""
+        return self.scores(P, R_ref)[0]
+
+    def scores(self, P: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(cost, overlap, edge_px)``, each (B,), of (B, 7) parameter vectors.
+
+        A pose that puts nothing on screen costs ``inf`` (worse than any pose that shows
+        something). Every pose is compared inside one window, the union of all silhouettes'
+        and the observation's boxes plus one pixel: pixels outside a pose's own such window add
+        nothing to its cost (no coverage, observed background), so the batch changes no cost.
+        """
         c, s = self.config, self.sub
-        self.evaluations += 1
-        X, width = self.pose_from_params(p, R_ref)
-        V = self.renderer.vertices_in_camera(X, width=width)
-        pix, lab = self.renderer._rasterize(V, self.K_sub, self.shape[0] * s, self.shape[1] * s)
+        B = len(P)
+        self.evaluations += B
+        H, W = self.shape
+        Hs, Ws = H * s, W * s
+        R, t, widths = self.poses_from_params(P, R_ref)
+        pix, lab = self.renderer._rasterize(R, t, widths, self.K_sub, Hs, Ws)
+        cost = np.full(B, np.inf)
+        overlap = np.full(B, np.inf)
+        edge_px = np.full(B, float(c.max_edge_px))
         if pix.size == 0:
-            # Nothing on screen: worse than any pose that shows something.
-            return _Score(float("inf"), float("inf"), c.max_edge_px)
-        rr, cc = np.divmod(pix, self.shape[1] * s)
-        # Compare inside the union of both silhouettes' boxes (+1 pixel) only.
-        r0 = max(min(rr.min() // s, self.obs_box[0]) - 1, 0)
-        r1 = min(max(rr.max() // s, self.obs_box[1]) + 2, self.shape[0])
-        c0 = max(min(cc.min() // s, self.obs_box[2]) - 1, 0)
-        c1 = min(max(cc.max() // s, self.obs_box[3]) + 2, self.shape[1])
+            return cost, overlap, edge_px
+        b, rem = np.divmod(pix, Hs * Ws)
+        rr, cc = np.divmod(rem, Ws)
+        drawn = np.bincount(b, minlength=B) > 0
+        r0 = max(min(int(rr.min()) // s, self.obs_box[0]) - 1, 0)
+        r1 = min(max(int(rr.max()) // s, self.obs_box[1]) + 2, H)
+        c0 = max(min(int(cc.min()) // s, self.obs_box[2]) - 1, 0)
+        c1 = min(max(int(cc.max()) // s, self.obs_box[3]) + 2, W)
         h, w = r1 - r0, c1 - c0
         obs = self.observed[r0:r1, c0:c1]
-        # Fractional coverage of every pixel by each part (columns) and by the background.
-        block = (rr // s - r0) * w + (cc // s - c0)
-        n_part = len(PARTS)
-        counts = np.bincount(block * n_part + lab, minlength=h * w * n_part).reshape(h, w, n_part) / (s * s)
-        cover_fg = counts.sum(axis=2)
-        if self.has_parts:
-            cover_obs = np.take_along_axis(counts, np.maximum(obs, 0)[..., None], axis=2)[..., 0]
-        else:
-            cover_obs = cover_fg
         fg_obs = obs >= 0
-        cover_obs = np.where(fg_obs, cover_obs, 1.0 - cover_fg)
+        # Fractional coverage of every pixel by each part (last axis), per pose.
+        n_part = len(PARTS)
+        block = (b * h + (rr // s - r0)) * w + (cc // s - c0)
+        counts = np.bincount(block * n_part + lab, minlength=B * h * w * n_part).reshape(B, h, w, n_part) / (s * s)
+        cover_fg = counts.sum(axis=3)
         if c.overlap == "likelihood":
+            if self.has_parts:
+                onehot = np.arange(n_part) == np.maximum(obs, 0)[..., None]
+                cover_obs = (counts * onehot).sum(axis=3)
+            else:
+                cover_obs = cover_fg
+            cover_obs = np.where(fg_obs, cover_obs, 1.0 - cover_fg)
             # Each observed label is a pixel-centre sample of the true image; with the centre
             # anywhere in the pixel, its probability is the rendered coverage of that label.
-            overlap = float(-np.log((cover_obs + c.eps) / (1.0 + c.eps)).sum()) / self.n_obs
+            nll = -np.log((cover_obs + c.eps) / (1.0 + c.eps))
+            ov = self._per_pose_sum(nll) / self.n_obs
         else:
-            overlap = 1.0 - _soft_iou(cover_fg, fg_obs)
+            ov = 1.0 - _soft_iou(cover_fg, fg_obs)
             if self.has_parts:
-                ious = [_soft_iou(counts[..., k], obs == k) for k in range(n_part)
-                        if self.part_present[k] or counts[..., k].any()]
-                overlap += c.part_weight * (1.0 - float(np.mean(ious)))
-        edge_px = self._edge_term(rr - s * r0, cc - s * c0, lab, (h * s, w * s), (s * r0, s * c0))
-        return _Score(overlap + c.edge_weight * edge_px, overlap, edge_px)
+                part_iou = np.stack([_soft_iou(counts[..., k], obs == k) for k in range(n_part)], axis=1)
+                present = self.part_present[None] | counts.any(axis=(1, 2))
+                ov = ov + c.part_weight * (1.0 - (part_iou * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1))
+        edge = self._edge_terms(b, rr - s * r0, cc - s * c0, lab, B, (h * s, w * s), (s * r0, s * c0))
+        overlap[drawn] = ov[drawn]
+        edge_px[drawn] = edge[drawn]
+        cost[drawn] = ov[drawn] + c.edge_weight * edge[drawn]
+        return cost, overlap, edge_px
 
-    def _edge_term(self, rr: np.ndarray, cc: np.ndarray, lab: np.ndarray, shape: tuple[int, int],
-                   offset: tuple[int, int]) -> float:
-        """Mean distance (pixels) from the rendered boundaries to the observed ones.
+    def _edge_terms(self, b: np.ndarray, rr: np.ndarray, cc: np.ndarray, lab: np.ndarray, B: int,
+                    shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
+        """(B,) mean distances (pixels) from the rendered boundaries to the observed ones.
 
         The whole silhouette's outline is compared with the observed outline and, with part
         labels, each part's outline (internal part borders included) with that part's observed
         outline; a rendered part that the segmentation does not show sits at the cap.
         """
-        L = np.full(shape, -1, dtype=np.int8)
-        L[rr, cc] = lab
+        cap = self.config.max_edge_px
+        L = np.full((B, *shape), -1, dtype=np.int8)
+        L[b, rr, cc] = lab
         fg = L >= 0
         # Rendered pixels never touch the window's edge (one pixel of margin) except at the
         # image border, which counts as outside, as in _boundary.
-        d = self.edge_dt[offset[0]:offset[0] + shape[0], offset[1]:offset[1] + shape[1]][_boundary(fg)]
-        edge = float(d.mean()) if d.size else self.config.max_edge_px
+        bi, ri, ci = np.nonzero(_boundary(fg))
+        edge = self._per_pose_mean(bi, self.edge_dt[ri + offset[0], ci + offset[1]], B, cap)
         if not self.has_parts:
             return edge
-        part_outline = fg & _outline(L)
-        rows, cols = np.nonzero(part_outline)
-        d_part = self.part_dt[L[rows, cols], rows + offset[0], cols + offset[1]]
-        return 0.5 * (edge + (float(d_part.mean()) if d_part.size else self.config.max_edge_px))
+        bi, ri, ci = np.nonzero(fg & _outline(L))
+        d_part = self.part_dt[L[bi, ri, ci], ri + offset[0], ci + offset[1]]
+        return 0.5 * (edge + self._per_pose_mean(bi, d_part, B, cap))
 
-    def cost(self, p: np.ndarray, R_ref: np.ndarray) -> float:
-        return self.score(p, R_ref).cost
+    # Per-pose reductions add a pose's nonzero values one by one in row-major order: the same
+    # additions in the same order whatever the window and the other poses of the batch, so a
+    # pose costs bit for bit the same in any batch (a pairwise sum over a window would group the
+    # terms by their position in it, and exact ties between poses with the same render, common
+    # as the cost is piecewise constant, could then break either way).
+
+    @staticmethod
+    def _per_pose_sum(values: np.ndarray) -> np.ndarray:
+        """(B,) sums of (B, ...) values."""
+        pose = np.nonzero(values)[0]
+        return np.bincount(pose, weights=values[values != 0], minlength=len(values))
+
+    @staticmethod
+    def _per_pose_mean(pose: np.ndarray, values: np.ndarray, B: int, empty: float) -> np.ndarray:
+        """(B,) means of ``values`` grouped by ``pose`` (sorted), ``empty`` for a pose without any."""
+        n = np.bincount(pose, minlength=B)
+        total = np.bincount(pose, weights=values, minlength=B)
+        return np.where(n > 0, total / np.maximum(n, 1), empty)
 
     # --- alignment ---------------------------------------------------------------------------
 
@@ -537,30 +673,62 @@ class _Objective:
         return p
 
 
-def _pattern_search(cost: Callable[[np.ndarray], float], p0: np.ndarray, steps: np.ndarray, *,
+POLL_BATCH = 2
+"""Coordinates polled per speculative batch of :func:`_pattern_search` (two trials each):
+measured fastest of 1, 2 and 7 on the policy's 128x160 frames (``scripts/bench_rgb_pose.py``),
+as a render's per-call overhead is about the cost of one pose's pixel work."""
+
+
+def _pattern_search(costs: Callable[[np.ndarray], np.ndarray], p0: np.ndarray, steps: np.ndarray, *,
                     min_scale: float, max_evaluations: int, scale: float = 1.0,
                     f0: float | None = None) -> tuple[np.ndarray, float, float]:
     """Hooke-Jeeves pattern search: coordinate polls, pattern moves, halving steps.
 
     Gradient-free because a rendered silhouette, hence the cost, is piecewise constant in the
     pose (at the sub-pixel scale). Returns ``(p, cost, final step scale)``.
+
+    ``costs`` maps (B, n) points to (B,) costs. The coordinate polls of an exploration are
+    sequential (each starts from the best point so far), but until one succeeds they all start
+    from the same point: the next :data:`POLL_BATCH` coordinates' polls are evaluated
+    speculatively as one batch and the sequential rule is replayed over it; after a success
+    the following polls are batched from the new point. The search visits exactly the points,
+    takes exactly the moves and counts exactly the evaluations of the one-at-a-time search
+    (``costs`` must give a point the same value in any batch); the unused polls of a batch are
+    the price of fewer, larger renders.
     """
-    p = p0.copy()
-    f = cost(p) if f0 is None else f0
+    active = np.flatnonzero(steps > 0)
+    p = np.asarray(p0, dtype=np.float64).copy()
+    f = float(costs(p[None])[0]) if f0 is None else float(f0)
     evals = 1
 
-    def explore(base: np.ndarray, fb: float) -> tuple[np.ndarray, float]:
+    def explore(base: np.ndarray, fb: float | None) -> tuple[np.ndarray, float]:
+        """One exploration around ``base``; ``fb`` None evaluates ``base`` in the first batch."""
         nonlocal evals
         x, fx = base.copy(), fb
-        for i in np.flatnonzero(steps > 0):
-            for sign in (1.0, -1.0):
-                trial = x.copy()
-                trial[i] += sign * scale * steps[i]
-                ft = cost(trial)
-                evals += 1
-                if ft < fx:
-                    x, fx = trial, ft
+        k = 0  # next coordinate (index into ``active``) to poll
+        while k < len(active) or fx is None:
+            idx = active[k:k + POLL_BATCH]
+            trials = np.repeat(x[None], 2 * len(idx), axis=0)
+            rows = np.arange(len(idx))
+            trials[2 * rows, idx] += scale * steps[idx]
+            trials[2 * rows + 1, idx] -= scale * steps[idx]
+            if fx is None:
+                f_all = costs(np.concatenate([x[None], trials]))
+                fx, f_trials = float(f_all[0]), f_all[1:]
+            else:
+                f_trials = costs(trials)
+            moved = False
+            for j in range(len(idx)):
+                for sign in (0, 1):
+                    evals += 1
+                    if f_trials[2 * j + sign] < fx:
+                        x, fx, moved = trials[2 * j + sign], float(f_trials[2 * j + sign]), True
+                        break
+                if moved:
+                    k += j + 1
                     break
+            if not moved:
+                k += len(idx)
         return x, fx
 
     while scale >= min_scale and evals < max_evaluations:
@@ -571,7 +739,7 @@ def _pattern_search(cost: Callable[[np.ndarray], float], p0: np.ndarray, steps: 
         # Pattern moves: keep going in the direction that just paid off while it pays.
         while evals < max_evaluations:
             p_prev, p, f = p, x, fx
-            x, fx = explore(p + (p - p_prev), cost(p + (p - p_prev)))
+            x, fx = explore(p + (p - p_prev), None)
             evals += 1
             if fx >= f:
                 break
@@ -743,7 +911,7 @@ class RGBPoseEstimator:
 
     def _search_from(self, objective: _Objective, cand: _Candidate, *, min_scale: float) -> _Candidate:
         c = self.config
-        p, f, scale = _pattern_search(lambda q: objective.cost(q, cand.R_ref), cand.p, self._steps(objective),
+        p, f, scale = _pattern_search(lambda Q: objective.costs(Q, cand.R_ref), cand.p, self._steps(objective),
                                       min_scale=min_scale, max_evaluations=c.max_evaluations,
                                       scale=cand.scale, f0=cand.cost)
         return _Candidate(p, cand.R_ref, f, scale)

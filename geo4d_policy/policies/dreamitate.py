@@ -79,7 +79,10 @@ class DreamitatePolicy(VideoPolicy):
             per_view, regs = [], []
             for v, spec in enumerate(specs):
                 K = spec.intrinsics.K
-                est = RGBPoseEstimator(self.model, K=K)
+                # The prior is the robot's measured pose seen through a calibrated camera: extra
+                # tilted starts only pay for a doubtful prior, and the estimator still adds them
+                # when the prior's fit looks wrong.
+                est = RGBPoseEstimator(self.model, K=K, widen_register=False)
                 labels_now = part_label_image(packed_now[v], arm)
                 reg = est.register(labels_now, init_pose=invert_transform(spec.X_TC) @ X_TG,
                                    init_width=obs.arms[arm].width)

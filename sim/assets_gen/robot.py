@@ -214,6 +214,25 @@ def write_obj(mesh: trimesh.Trimesh, path: Path) -> None:
     Path(path).write_text(trimesh.exchange.obj.export_obj(flat, include_normals=True, include_texture=False))
 
 
+def wrist_occluder_mesh() -> trimesh.Trimesh:
+    """``panda_link7``'s visual primitives in ``G`` (link8): the arm link welded to the gripper frame.
+
+    Link 7 is rigid in ``G`` (the fixed joint 8), and its cylinder, wider than the hand's mount
+    disc, hides the disc and the back of the palm from cameras behind the gripper. Perception
+    renders it as an occluder, so that a rendered gripper silhouette matches a label image
+    (where those pixels belong to the arm). 24 sections: the simulator draws true cylinders.
+    """
+    meshes = []
+    for kind, params, xyz, rpy, _ in LINK_SHAPES[7]:
+        if kind != "cylinder":
+            raise ValueError(f"wrist occluder: unsupported primitive {kind}")
+        m = trimesh.creation.cylinder(radius=params[0], height=params[1], sections=24)
+        m.apply_transform(trimesh.transformations.euler_matrix(*rpy, axes="sxyz"))
+        m.apply_translation(np.asarray(xyz, dtype=np.float64) - (0.0, 0.0, FLANGE_OFFSET))
+        meshes.append(m)
+    return trimesh.util.concatenate(meshes)
+
+
 def gripper_spec() -> dict:
     """Gripper dimensions for perception: frames, finger travel, TCP, mesh file names."""
     return {
@@ -227,8 +246,10 @@ def gripper_spec() -> dict:
         "palm_size": list(PALM_SIZE),
         "meshes": {"hand": "meshes/panda_hand.obj", "left_finger": "meshes/panda_leftfinger.obj",
                    "right_finger": "meshes/panda_rightfinger.obj"},
+        "occluder": "meshes/panda_link7_in_G.obj",
         "note": "finger bodies sit at z = finger_joint_z in the hand frame, y = +w/2 (left) and -w/2 (right) "
-                "for an opening width w; the hand frame is link8 rotated by X_GH_yaw about z.",
+                "for an opening width w; the hand frame is link8 rotated by X_GH_yaw about z. The occluder is "
+                "panda_link7's geometry in G (rigid there): it hides parts of the hand, which renderers must respect.",
     }
 
 
@@ -241,7 +262,7 @@ def write_robot_assets(out_dir: Path) -> list[Path]:
         (out_dir / name).write_text(text + "\n")
         written.append(out_dir / name)
     for name, mesh in (("panda_hand", hand_mesh()), ("panda_leftfinger", finger_mesh("left")),
-                       ("panda_rightfinger", finger_mesh("right"))):
+                       ("panda_rightfinger", finger_mesh("right")), ("panda_link7_in_G", wrist_occluder_mesh())):
         path = out_dir / "meshes" / f"{name}.obj"
         write_obj(mesh, path)
         written.append(path)

@@ -11,6 +11,7 @@ from scipy.spatial.transform import Rotation
 from geo4d_policy.interface import CameraIntrinsics, look_at
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.metrics import pose_errors
+from geo4d_policy.perception import rgb_pose
 from geo4d_policy.perception.rgb_pose import RGBPoseEstimator, SilhouetteRenderer, fuse_rays, fuse_rgb_views
 from geo4d_policy.perception.synthetic import look_at_pose, smooth_trajectory
 from geo4d_policy.perception.tracker import PoseTracker, TrackingFrame, TrackResult
@@ -67,14 +68,15 @@ def _frame(labels, K):
 
 
 @pytest.mark.parametrize("z", [0.5, 1.0])
-def test_palm_seen_from_behind_matches_hand_computed_extent(renderer, z):
+def test_palm_seen_from_behind_matches_hand_computed_extent(model, z):
     # Hand frame aligned with the camera (G is H turned by -45 deg), G at depth z on the
     # optical axis, fingers pointing away: the palm box (y in +-0.095 m, its near face at
     # depth z + 0.0065) spans rows |v - cy| <= f 0.095 / (z + 0.0065), symmetric about the
-    # centre row, and hides the fingers behind it completely.
+    # centre row, and hides the fingers behind it completely. (Without the wrist link, which
+    # would hide the middle: next test.)
     X = _rot_z(45.0)
     X[2, 3] = z
-    labels = renderer.render(X, K=K_128, shape=(128, 160), width=0.08)
+    labels = SilhouetteRenderer(model, occlusion=False).render(X, K=K_128, shape=(128, 160), width=0.08)
     rows = np.flatnonzero((labels >= 0).any(axis=1))
     half = F_128 * 0.095 / (z + 0.0065)
     expected = np.flatnonzero(np.abs(np.arange(128) - 63.5) <= half)
@@ -85,6 +87,25 @@ def test_palm_seen_from_behind_matches_hand_computed_extent(renderer, z):
     cols = np.flatnonzero((labels >= 0).any(axis=0))
     assert abs(cols[0] - (79.5 - F_128 * 0.04 / z)) <= 1.0
     assert abs(cols[-1] - (79.5 + F_128 * 0.048 / (z + 0.0115))) <= 1.0
+
+
+@pytest.mark.parametrize("z", [0.5, 1.0])
+def test_wrist_link_hides_the_palm_behind_it(model, renderer, z):
+    # Same view as above: link7's cylinder (r = 0.045 m, a 24-gon, in G from z = -0.097 to
+    # -0.007) stands between the camera and the palm; its near cap at depth z - 0.097 hides a
+    # disc of radius f 0.045 / (z - 0.097) (times cos(pi / 24) at the polygon's flats) about the
+    # image centre: no gripper pixel inside it. Elsewhere the image is the unoccluded one.
+    X = _rot_z(45.0)
+    X[2, 3] = z
+    plain = SilhouetteRenderer(model, occlusion=False).render(X, K=K_128, shape=(128, 160), width=0.08)
+    labels = renderer.render(X, K=K_128, shape=(128, 160), width=0.08)
+    v, u = np.mgrid[0:128, 0:160]
+    d = np.hypot(u - 79.5, v - 63.5)
+    r_out = F_128 * 0.045 / (z - 0.097)
+    hidden = (d < r_out * np.cos(np.pi / 24) - 0.5) & (plain >= 0)
+    assert hidden.sum() > 30 and np.all(labels[hidden] == -1)
+    outside = d > r_out + 0.5
+    assert np.array_equal(labels[outside], plain[outside])
 
 
 def test_area_scales_with_inverse_square_depth(renderer):
@@ -175,6 +196,30 @@ def test_tracks_a_short_trajectory_at_the_policy_resolution(model, renderer):
     # 128x160 at 0.7 m: the gripper spans about 30x15 pixels.
     assert errors[:, 0].max() < 0.01 and errors[:, 1].max() < 0.03, errors
     assert np.median(rot_deg) < 3.0 and rot_deg.max() < 6.0, rot_deg
+
+
+def test_batched_costs_and_speculative_polls_change_nothing(model, renderer, monkeypatch):
+    # A pose costs bit for bit the same alone or in any batch, and the pattern search takes the
+    # same path whatever the speculative batch size (exact ties between poses with the same
+    # render must break the same way).
+    X = look_at_pose(np.array([0.02, -0.01, 0.8]), roll=0.7)
+    labels = renderer.render(X, K=K_128, shape=(128, 160), width=0.05)
+    objective = rgb_pose._Objective(renderer, labels, True, K_128, rgb_pose.RGBPoseConfig())
+    p0, R_ref = objective.params_from_pose(_perturbed(X, np.random.default_rng(3)), 0.04)
+    P = p0 + np.random.default_rng(4).normal(scale=[0.01, 0.01, 0.03, 0.05, 0.05, 0.05, 0.01], size=(9, 7))
+    together = objective.costs(P, R_ref)
+    assert np.array_equal(together, np.concatenate([objective.costs(p[None], R_ref) for p in P]))
+    assert np.array_equal(together[3:6], objective.costs(P[3:6], R_ref))
+    steps = np.array([0.04, 0.04, 0.08, 0.14, 0.14, 0.14, 0.02])
+    paths = []
+    for batch in (1, 2, 7):
+        monkeypatch.setattr(rgb_pose, "POLL_BATCH", batch)
+        p, f, scale = rgb_pose._pattern_search(lambda Q: objective.costs(Q, R_ref), p0, steps,
+                                               min_scale=1 / 32, max_evaluations=400)
+        paths.append((p, f, scale))
+    for p, f, scale in paths[1:]:
+        assert np.array_equal(p, paths[0][0]) and f == paths[0][1] and scale == paths[0][2]
+    assert paths[0][1] < objective.cost(p0, R_ref)
 
 
 def test_registers_without_a_prior(model, renderer):
