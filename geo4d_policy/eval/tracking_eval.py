@@ -14,13 +14,13 @@ n and m drawn at random) and per arm visible at t:
     on the recorded RGB, on frame t only (then unsegmented frames, as on a predicted video
     with a first-frame mask) or on every frame; frame t's pose hint is the robot's measured
     pose (a policy always knows it), unless ``use_hint`` is off;
-  * :func:`~geo4d_policy.perception.fusion.fuse_views` (most confident view per frame, mapped
-    to T with ``X_TCn``);
-  * open/closed with :class:`~geo4d_policy.perception.gripper_state.GripperStateEstimator`:
-    on segmented frames the finger-cluster centroid distance of the labelled finger points of
-    the chosen view, on unsegmented frames (or with a finger cluster under 5 points) the
-    tracker's fitted opening mapped to the same distance (fingers are a few pixels each at
-    128x160; without labels they cannot be split from what they hold).
+  * :func:`~geo4d_policy.perception.fusion.fuse_views` (most confident view per frame for the
+    pose, mapped to T with ``X_TCn``; the view that saw the fingers best for the opening);
+  * open/closed with :class:`~geo4d_policy.perception.gripper_state.GripperStateEstimator` on
+    :func:`~geo4d_policy.perception.video_tracking.fused_finger_distance` of the finger view, as
+    a policy reads it: the tracker's fitted opening where it saw a finger well, else the
+    finger-cluster centroid distance of the labelled finger points, else the fitted opening
+    (fingers are a few pixels each at 128x160).
 
 Ground truth: the tracker's ``X_CG`` is the pose of ``G`` = ``panda_link8`` (the gripper model's
 frame, :mod:`~geo4d_policy.perception.gripper_model`), the frame the dataset records as
@@ -33,8 +33,9 @@ the default "closed below half the stroke" never fires for the apple, which the 
 
 Metrics are over the future frames (t+1 ... t+F; frame t is the registration): translation
 error median / p90 (mm), rotation error median / p90 (deg), lost rate (fused status
-``"lost"``: both views lost the gripper), open/close accuracy, and tracking time per frame
-(both views and fusion, wall clock). Lost frames keep the held pose and count in the errors.
+``"lost"``: both views lost the gripper), open/close accuracy (also split by whether the
+fingers were seen well in the finger view), and tracking time per frame (both views and fusion,
+wall clock). Lost frames keep the held pose and count in the errors.
 
 Degradations of the recorded frames (each evaluated separately, seeded per clip):
   * ``noise``: Gaussian depth noise (``depth_noise_m``) on valid pixels of both views;
@@ -67,7 +68,7 @@ from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH, GripperStateEstimator
 from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.perception.tracker import ICPGripperTracker, part_label_image, track_gripper_sequence
-from geo4d_policy.perception.video_tracking import fused_finger_distance
+from geo4d_policy.perception.video_tracking import SEEN_FINGER_POINTS, fused_finger_distance
 
 DEGRADATIONS: tuple[str, ...] = ("none", "noise", "dropout", "misreg")
 LABEL_SOURCES: tuple[str, ...] = ("masks", "masks_all", "segmenter", "segmenter_all")
@@ -273,7 +274,12 @@ def view_pointmaps(data: ClipData, degradation: str, config: TrackingEvalConfig,
 
 @dataclasses.dataclass
 class ArmClipResult:
-    """Per-future-frame outcome of one arm on one clip."""
+    """Per-future-frame outcome of one arm on one clip.
+
+    ``fingers_seen`` marks the frames whose finger view saw a finger well
+    (``SEEN_FINGER_POINTS``, what a policy calls an observed frame); on the others the opening
+    read is mostly the tracker's prior.
+    """
 
     trans_mm: np.ndarray
     rot_deg: np.ndarray
@@ -282,6 +288,7 @@ class ArmClipResult:
     gt_closed: np.ndarray
     seconds: float
     n_frames_tracked: int
+    fingers_seen: np.ndarray | None = None
 
 
 def decision_width(estimator: GripperStateEstimator) -> float:
@@ -332,12 +339,13 @@ def track_arm_clip(
     estimator.reset(initial_state=("closed" if data.width[arm][0] < cut else "open") if use_hint else None)
     states = []
     for k, f in enumerate(fused):
-        v = 1 if f.source == "m" else 0
+        v = f.finger_view  # the view that saw the fingers best, as in track_video
         d = fused_finger_distance(f, pointmaps[v, k], valid[v, k], model=model, part_labels=labels[v][k])
         states.append(estimator.update(d if np.isfinite(d) else None).closed)
     gt_closed = np.asarray(data.width[arm][1:]) < cut
     correct = np.array(states[1:]) == gt_closed
-    return ArmClipResult(trans, rot, lost, correct, gt_closed, seconds, T)
+    seen = np.array([max(f.finger_points) >= SEEN_FINGER_POINTS for f in fused[1:]])
+    return ArmClipResult(trans, rot, lost, correct, gt_closed, seconds, T, seen)
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,6 +379,23 @@ def summarize(parts: Sequence[ArmClipResult]) -> dict[str, Any]:
         # The accuracy of always answering the majority state is max(this, 1 - this).
         "gt_closed_fraction": float(np.concatenate([p.gt_closed for p in parts]).mean()),
         "ms_per_frame": float(1e3 * sum(p.seconds for p in parts) / sum(p.n_frames_tracked for p in parts)),
+        **_finger_visibility(parts),
+    }
+
+
+def _finger_visibility(parts: Sequence[ArmClipResult]) -> dict[str, float]:
+    """Share of frames whose fingers were seen well, and the open/close accuracy on those and on
+    the rest: at 128x160 the fingers of a hand closed on an object are often hidden in both views
+    (apple: 17 % of frames with at most 2 finger points in either), where no finger reading can
+    tell the state; this separates that limit from errors in reading seen fingers."""
+    if any(p.fingers_seen is None for p in parts):
+        return {}
+    seen = np.concatenate([p.fingers_seen for p in parts])
+    correct = np.concatenate([p.state_correct for p in parts])
+    return {
+        "fingers_seen_fraction": float(seen.mean()),
+        "open_close_accuracy_fingers_seen": float(correct[seen].mean()) if seen.any() else float("nan"),
+        "open_close_accuracy_fingers_unseen": float(correct[~seen].mean()) if (~seen).any() else float("nan"),
     }
 
 

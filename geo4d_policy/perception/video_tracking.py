@@ -11,8 +11,9 @@ and the receding-horizon controller:
 * :func:`track_video`: for each arm, register the gripper on the current frame (seeded with the
   pose the robot reports, ``X_CnT @ X_TG``), track it through view n's and view m's predicted
   pointmaps, keep the more confident view per frame (:func:`fusion.fuse_views`) and measure the
-  finger opening per frame (finger-cluster centroid distance where the fingers are segmented,
-  else the tracker's fitted opening mapped to the same distance).
+  finger opening per frame in the view that saw the fingers best (the tracker's fitted opening
+  where it saw them well, else the finger-cluster centroid distance where the fingers are
+  segmented, else the fitted opening), mapped to a centroid distance.
 
 Both views' tracks start from the same registered frame: ``X^{m->n}`` lives in camera n's frame,
 so the current view n is the right first frame for both, and no calibration of m is needed.
@@ -168,8 +169,13 @@ def fused_finger_distance(fused: FusedPose, points: np.ndarray, valid: np.ndarra
     palm (the finger region of the tracked pose), split by the closing axis; else the fitted
     opening.
 
+    The measurement is taken in the fused frame's finger view (``fused.finger_view``: the view
+    whose tracker saw the fingers best), not necessarily the view its pose came from; callers
+    pass that view's pointmap and segmentation. Both views' points are in camera n's frame, so
+    the fused pose splits either view's finger points.
+
     Args:
-        fused: the frame's fused pose (its ``source`` view is the one ``points`` belong to).
+        fused: the frame's fused pose (its finger view is the one ``points`` belong to).
         points, valid: (H, W, 3) pointmap of that view in camera n's frame and its validity.
         model: the gripper model.
         part_labels: optional (H, W) part codes of that view.
@@ -200,8 +206,8 @@ def fused_finger_distance(fused: FusedPose, points: np.ndarray, valid: np.ndarra
 
 
 def _finger_distance(video: PredictedVideo, arm: str, fused: FusedPose, t: int, model: GripperModel) -> float:
-    """:func:`fused_finger_distance` of frame ``t`` of a predicted video."""
-    v = 1 if fused.source == "m" else 0
+    """:func:`fused_finger_distance` of frame ``t`` of a predicted video (in the finger view)."""
+    v = fused.finger_view
     labels = (video.part_labels or {}).get(arm)
     masks = (video.masks or {}).get(arm)
     return fused_finger_distance(fused, video.pointmaps[v, t], np.asarray(video.valid[v, t], dtype=bool), model=model,

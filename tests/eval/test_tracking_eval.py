@@ -178,3 +178,17 @@ def test_cli_bad_input_exits_2(dataset, tmp_path, capsys):
             main(["--data", str(dataset), "--out", str(tmp_path / "o"), *bad])
         assert e.value.code == 2
     assert not Path(tmp_path / "o").exists()
+
+
+def test_open_close_accuracy_is_split_by_finger_visibility():
+    from geo4d_policy.eval.tracking_eval import ArmClipResult, summarize
+
+    z = np.zeros(4)
+    correct, seen = np.array([True, True, False, True]), np.array([True, True, False, False])
+    part = ArmClipResult(z, z, np.zeros(4, bool), correct, np.zeros(4, bool), 0.1, 4, seen)
+    m = summarize([part])
+    assert m["open_close_accuracy"] == 0.75 and m["fingers_seen_fraction"] == 0.5
+    assert m["open_close_accuracy_fingers_seen"] == 1.0 and m["open_close_accuracy_fingers_unseen"] == 0.5
+    # Results without visibility (older callers) report only the pooled accuracy.
+    old = ArmClipResult(z, z, np.zeros(4, bool), np.ones(4, bool), np.zeros(4, bool), 0.1, 4)
+    assert "fingers_seen_fraction" not in summarize([old])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from geo4d_policy.perception.fusion import estimate_relative_pose, fuse_arms, fuse_views
+from geo4d_policy.perception.fusion import FusedPose, estimate_relative_pose, fuse_arms, fuse_views
 from geo4d_policy.perception.tracker import TrackResult
 
 
@@ -71,3 +71,29 @@ def test_relative_pose_between_pixel_aligned_pointmaps(rng):
     assert Rotation.from_matrix(est[:3, :3].T @ X[:3, :3]).magnitude() < np.deg2rad(0.3)
     with pytest.raises(ValueError):
         estimate_relative_pose(src[:1, :2], dst[:1, :2])
+
+
+def test_the_opening_comes_from_the_view_that_saw_the_fingers_best():
+    # Traced on PlaceAppleFromBowlIntoBin (ground-truth masks): a view looking down on the hand
+    # fits the palm best but sees no finger, so its opening is only its prior; the other view
+    # sees both fingers. The pose comes from the first, the opening from the second.
+    Xa, Xb = _pose(7), _pose(8)
+    top = TrackResult(Xa, 1.0, "ok", width=0.040, finger_points=(0, 0))
+    side = TrackResult(Xb, 0.75, "ok", width=0.080, finger_points=(16, 15))
+    f = fuse_views([top], [side], X_TCn=X_TCn)[0]
+    assert f.source == "n" and np.allclose(f.X_CnG, Xa) and f.confidence == 1.0
+    assert f.finger_source == "m" and f.finger_view == 1
+    assert f.width == 0.080 and f.finger_points == (16, 15)
+    # Ranked by the less seen finger first: (4, 5) beats (0, 12).
+    one_sided = TrackResult(Xa, 1.0, "ok", width=0.050, finger_points=(0, 12))
+    both = TrackResult(Xb, 0.9, "ok", width=0.078, finger_points=(4, 5))
+    assert fuse_views([one_sided], [both], X_TCn=X_TCn)[0].width == 0.078
+    # Ties (nothing seen in either view) keep the pose's view; a lost view is never used.
+    tie = fuse_views([TrackResult(Xa, 0.6, "ok", width=0.05)], [TrackResult(Xb, 0.8, "ok", width=0.07)],
+                     X_TCn=X_TCn)[0]
+    assert tie.source == "m" and tie.finger_source == "m" and tie.width == 0.07
+    lost = fuse_views([TrackResult(Xa, 0.6, "ok", width=0.05)],
+                      [TrackResult(Xb, 0.0, "lost", width=0.07, finger_points=(20, 20))], X_TCn=X_TCn)[0]
+    assert lost.finger_source == "n" and lost.width == 0.05
+    # Fusions that set no finger source read the pose's view.
+    assert FusedPose(np.eye(4), np.eye(4), 1.0, "m", "ok").finger_view == 1

@@ -50,3 +50,38 @@ def test_bad_input():
     with pytest.raises(ValueError, match="RGB-only"):
         track_video(rgb_only, CurrentView(np.zeros((4, 4, 3)), np.zeros((4, 4), bool), {}), X_TCn=np.eye(4),
                     X_TG_now={"left": np.eye(4)})
+
+
+class _Scripted:
+    """A stub tracker returning one fixed result on every frame."""
+
+    def __init__(self, result):
+        self.result = result
+
+    def reset(self):
+        pass
+
+    def register(self, observation, *, part_labels=None, init_pose=None):
+        return self.result
+
+    def track(self, observation, *, part_labels=None):
+        return self.result
+
+
+def test_the_finger_state_is_read_in_the_view_that_saw_the_fingers():
+    # PlaceAppleFromBowlIntoBin, traced: the view looking down on the open hand had the best pose
+    # (confidence 1.0) but no finger point, so its opening was the tracker's prior (half the
+    # stroke, "closed"); the side view saw both fingers at 80 mm. The opening must come from it.
+    from geo4d_policy.perception.tracker import TrackResult
+
+    model = GripperModel.load()
+    X = look_at_pose(np.array([0.0, 0.0, 0.55]))
+    top = _Scripted(TrackResult(X, 1.0, "ok", width=0.04, finger_points=(0, 0)))
+    side = _Scripted(TrackResult(X, 0.75, "ok", width=0.08, finger_points=(16, 15)))
+    pm = np.zeros((2, 3, 4, 4, 3), np.float32)
+    video = PredictedVideo(pm, np.ones((2, 3, 4, 4), bool))
+    current = CurrentView(pm[0, 0], np.ones((4, 4), bool), {"left": None})
+    tr = track_video(video, current, X_TCn=np.eye(4), X_TG_now={"left": X}, model=model,
+                     trackers={"left": (top, side)})["left"]
+    assert [f.source for f in tr.fused] == ["n"] * 3 and [f.finger_source for f in tr.fused] == ["m"] * 3
+    assert np.allclose(tr.finger_distance, model.finger_centroid_distance(0.08))
