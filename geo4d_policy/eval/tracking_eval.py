@@ -188,19 +188,31 @@ def check_dataset(root: str | os.PathLike[str]) -> None:
 
 def sample_clips(root: str | os.PathLike[str], *, n_clips: int, n_future: int, seed: int) -> list[Clip]:
     """``n_clips`` seeded clips of a dataset: start frames with ``n_future`` recorded frames after
-    them (episodes too short for one contribute none), each with a random held-out camera pair."""
+    them (episodes too short for one contribute none), each with a random held-out camera pair.
+
+    A collected episode can end with a video frame after its last robot step (the final
+    observation is filmed but commands nothing, so no robot state is recorded with it); a clip
+    drawn to end on such a frame is moved back to end on the last frame with ground truth, so
+    that every frame of a clip has a measured gripper pose (the draw itself, and so every other
+    clip of a seed, is unchanged)."""
     check_dataset(root)
     root = Path(root)
     meta = load_meta(root)
     starts = [(e, t) for e in meta.episodes for t in range(e.n_frames - n_future)]
     if not starts:
         raise DatasetError(f"{root}: no episode has {n_future + 1} frames")
+    stride = max(int(round(meta.robot_hz / meta.video_hz)), 1)
     rng = np.random.default_rng([seed, 11])
     pick = rng.choice(len(starts), size=min(n_clips, len(starts)), replace=False)
     clips = []
     for i in sorted(pick):
         e, t = starts[int(i)]
+        # Video frame k is filmed on robot step k * stride (frames start with step 0).
+        last = min(e.n_frames - 1, (e.n_steps - 1) // stride)
+        t = min(t, last - n_future)
         n, m = rng.choice(meta.heldout_indices, size=2, replace=False)
+        if t < 0:
+            continue
         clips.append(Clip(meta.task, root / e.file, e.seed, tuple(range(t, t + n_future + 1)),
                           (meta.camera_names[int(n)], meta.camera_names[int(m)])))
     return clips

@@ -192,3 +192,24 @@ def test_open_close_accuracy_is_split_by_finger_visibility():
     # Results without visibility (older callers) report only the pooled accuracy.
     old = ArmClipResult(z, z, np.zeros(4, bool), np.ones(4, bool), np.zeros(4, bool), 0.1, 4)
     assert "fingers_seen_fraction" not in summarize([old])
+
+
+def test_clips_end_on_frames_with_robot_ground_truth(tmp_path):
+    # A collected episode can end with a video frame filmed after the last robot step; a clip
+    # drawn to end there moves back one frame, and the other clips of the seed do not change.
+    from geo4d_policy.eval.tracking_eval import load_clip, sample_clips
+
+    root = tmp_path / "apple"
+    synthetic.make_dataset(root, seeds=[0], n_frames=6, resolution=(32, 40))
+    full = sample_clips(root, n_clips=10, n_future=2, seed=0)
+    assert max(c.frames[-1] for c in full) == 5
+    meta_path = root / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    stride = round(meta["rates_hz"]["robot"] / meta["rates_hz"]["video"])
+    meta["episodes"][0]["n_steps"] = 5 * stride  # frame 5 (step 25) has no robot step
+    meta_path.write_text(json.dumps(meta))
+    cut = sample_clips(root, n_clips=10, n_future=2, seed=0)
+    assert [c.cams for c in cut] == [c.cams for c in full]
+    for a, b in zip(full, cut):
+        assert b.frames == (a.frames if a.frames[-1] < 5 else tuple(f - 1 for f in a.frames))
+    load_clip(cut[-1])  # frames fall on robot steps
