@@ -34,8 +34,12 @@ from geo4d_policy.perception.video_tracking import ArmTrack, PredictedVideo
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.devices import resolve_device
 from geo4d_policy.policies.geo4d import REPO_ROOT, check_generator_checkpoint, local_predictor
-from geo4d_policy.policies.registry import PolicyUnavailableError
-from geo4d_policy.policies.video_policy import DEFAULT_SEGMENTER, VideoPolicy, VideoPolicyConfig, video_policy_config
+from geo4d_policy.policies.video_policy import (
+    VideoPolicy,
+    VideoPolicyConfig,
+    check_segmenter_option,
+    video_policy_config,
+)
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "dreamitate_small"
 shared_resources = make_shared_resources(DEFAULT_CHECKPOINT)
@@ -100,10 +104,7 @@ class DreamitatePolicy(VideoPolicy):
 
 def preflight(*, task: str, options: dict[str, Any]) -> None:
     """Rollout-runner hook: refuse missing or mismatched checkpoints before any episode starts."""
-    seg = Path(options.get("segmenter") or DEFAULT_SEGMENTER)
-    if not seg.exists():
-        raise PolicyUnavailableError(f"no gripper segmenter at {seg}; train one with `geo4d-train segmenter ...` "
-                                     f"and pass --policy-option segmenter=DIR")
+    check_segmenter_option(options.get("segmenter"), required=True)
     if not options.get("server"):
         check_generator_checkpoint(Path(options.get("checkpoint") or DEFAULT_CHECKPOINT), task=task,
                                    pointmaps=False, hint=TRAIN_HINT)
@@ -118,7 +119,8 @@ def make_policy(*, task: str, checkpoint: str | None = None, segmenter: str | No
     Args:
         task: task name (CamelCase or snake_case).
         checkpoint: RGB-only generator (default ``assets/checkpoints/dreamitate_small``).
-        segmenter: gripper part segmenter (default ``assets/checkpoints/segmenter_medium``).
+        segmenter: gripper part segmenter: a checkpoint, or ``auto``/None for the shipped
+            ``assets/checkpoints/segmenter_medium`` (required: RGB-only frames carry no labels).
         device: ``auto``, ``cpu``, ``cuda`` ...
         num_steps: sampler steps per prediction (default 25).
         execute_frames: predicted frames executed before replanning (default 4).
@@ -143,7 +145,7 @@ def make_policy(*, task: str, checkpoint: str | None = None, segmenter: str | No
     else:
         model = load_generator(checkpoint or DEFAULT_CHECKPOINT, task=task, device=device, compile_unet=compile_unet)
         predictor = local_predictor(model)
-    seg = GripperSegmenter.from_pretrained(segmenter or DEFAULT_SEGMENTER, device=device)
+    seg = GripperSegmenter.from_pretrained(check_segmenter_option(segmenter, required=True), device=device)
     config = video_policy_config(execute_frames=execute_frames)
     return DreamitatePolicy(task=task, predictor=predictor, segmenter=seg, num_steps=num_steps, config=config,
                             record_predictions=record_predictions)

@@ -64,19 +64,38 @@ DEFAULT_SEGMENTER = Path(__file__).resolve().parents[2] / "assets" / "checkpoint
 """The shipped gripper part segmenter (RGB -> palm/finger classes per arm)."""
 
 
-def check_segmenter_option(option: str | None) -> None:
-    """Refuse an explicit segmenter path that does not exist (a rollout's preflight calls this, so
-    a typo stops the run before any episode instead of failing every episode).
+def check_segmenter_option(option: str | None, *, required: bool = False) -> Path | None:
+    """The segmenter checkpoint a ``segmenter`` policy option names, refusing one that is missing
+    (a rollout's preflight calls this, so a typo stops the run before any episode instead of
+    failing every episode).
+
+    Args:
+        option: ``"auto"``/None (the shipped one), ``"none"``/``"off"`` (no segmenter), or a path.
+        required: the policy cannot run without a segmenter (RGB-only frames carry no labels):
+            ``none`` is refused, and so is ``auto`` without the shipped checkpoint.
+
+    Returns:
+        The checkpoint path, or None for no segmenter (``none``, or ``auto`` without the
+        shipped one when not ``required``).
 
     Raises:
         PolicyUnavailableError: the message names the path and the fix.
     """
-    if option in (None, "auto", "none", "off", False) or Path(str(option)).exists():
-        return
     from geo4d_policy.policies.registry import PolicyUnavailableError
 
-    raise PolicyUnavailableError(f"no gripper segmenter at {option}; train one with `geo4d-train segmenter ...` "
-                                 f"or pass --policy-option segmenter=auto|none")
+    choices = "auto|DIR" if required else "auto|none"
+    if option in ("none", "off", False):
+        if required:
+            raise PolicyUnavailableError("this policy needs a gripper segmenter (its predicted frames carry no "
+                                         f"labels); pass --policy-option segmenter={choices}")
+        return None
+    path = DEFAULT_SEGMENTER if option in (None, "auto") else Path(str(option))
+    if path.exists():
+        return path
+    if option in (None, "auto") and not required:
+        return None
+    raise PolicyUnavailableError(f"no gripper segmenter at {path}; train one with `geo4d-train segmenter ...` "
+                                 f"or pass --policy-option segmenter={choices}")
 
 
 def load_segmenter(option: str | None, *, device: str = "cpu") -> Any:
@@ -89,11 +108,8 @@ def load_segmenter(option: str | None, *, device: str = "cpu") -> Any:
     Raises:
         PolicyUnavailableError: an explicit path that holds no segmenter.
     """
-    if option in ("none", "off", False):
-        return None
-    check_segmenter_option(option)
-    path = DEFAULT_SEGMENTER if option in (None, "auto") else Path(str(option))
-    if not path.exists():  # "auto" without the shipped checkpoint
+    path = check_segmenter_option(option)
+    if path is None:
         return None
     from geo4d_policy.perception.segmenter import GripperSegmenter
 
