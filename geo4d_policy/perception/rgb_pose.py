@@ -9,9 +9,10 @@ knows both views' calibrated ``X_TC`` (for fairness, Dreamitate gets them too).
 
 This module owns:
   * :class:`SilhouetteRenderer`: a numpy z-buffered triangle rasteriser of the gripper model
-    (:mod:`gripper_model`'s palm and finger meshes at a finger opening) for a pinhole ``K`` and a
-    pose ``X_CG``, producing an (H, W) part-label image (-1 none, 0 palm, 1 left finger, 2 right
-    finger); a pixel belongs to a triangle when its centre (integer coordinates, the convention
+    (:mod:`gripper_model`'s palm and finger meshes at a finger opening, behind the wrist link
+    that hides part of the palm) for a pinhole ``K`` and one or several poses ``X_CG``,
+    producing an (H, W) part-label image (-1 none, 0 palm, 1 left finger, 2 right finger) per
+    pose; a pixel belongs to a triangle when its centre (integer coordinates, the convention
     of ``project_points`` and of the simulator's label images) lies inside it.
   * :class:`RGBPoseEstimator`: a :class:`~geo4d_policy.perception.tracker.PoseTracker` that uses
     only a frame's segmentation (part labels or a gripper mask), the intrinsics and a prior pose;
