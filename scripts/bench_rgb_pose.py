@@ -30,6 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from geo4d_policy.data.geometry import invert_transform  # noqa: E402
+from geo4d_policy.eval.tracking_eval import load_clip, random_rigid_error, sample_clips  # noqa: E402
 from geo4d_policy.interface import CameraIntrinsics  # noqa: E402
 from geo4d_policy.perception.gripper_model import GripperModel  # noqa: E402
 from geo4d_policy.perception.metrics import pose_errors  # noqa: E402
@@ -39,14 +40,13 @@ from geo4d_policy.perception.tracker import part_label_image  # noqa: E402
 
 
 def _perturbed(X: np.ndarray, rng: np.random.Generator, translation: float, angle_deg: float) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
+    """``X`` turned by ``angle_deg`` about and moved by ``translation`` along random directions."""
     if translation == 0 and angle_deg == 0:
         return X.copy()
-    a, d = rng.normal(size=3), rng.normal(size=3)
+    E = random_rigid_error(rng, translation=translation, rotation_deg=angle_deg)
     Y = X.copy()
-    Y[:3, :3] = Rotation.from_rotvec(np.deg2rad(angle_deg) * a / np.linalg.norm(a)).as_matrix() @ X[:3, :3]
-    Y[:3, 3] += translation * d / np.linalg.norm(d)
+    Y[:3, :3] = E[:3, :3] @ X[:3, :3]
+    Y[:3, 3] += E[:3, 3]
     return Y
 
 
@@ -65,8 +65,6 @@ def synthetic_cases(n: int, frames: int):
 
 def dataset_cases(root: str, n: int, frames: int, min_pixels: int = 20):
     """Clips of a dataset's held-out cameras, one case per (clip, view, visible arm)."""
-    from geo4d_policy.eval.tracking_eval import load_clip, sample_clips
-
     for clip in sample_clips(root, n_clips=n, n_future=frames - 1, seed=0):
         data = load_clip(clip)
         for v, cam in enumerate(clip.cams):

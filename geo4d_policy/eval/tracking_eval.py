@@ -68,7 +68,7 @@ from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH, GripperStateEstimator
 from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.perception.tracker import ICPGripperTracker, part_label_image, track_gripper_sequence
-from geo4d_policy.perception.video_tracking import SEEN_FINGER_POINTS, fused_finger_distance
+from geo4d_policy.perception.video_tracking import fingers_seen, fused_finger_distance
 
 DEGRADATIONS: tuple[str, ...] = ("none", "noise", "dropout", "misreg")
 LABEL_SOURCES: tuple[str, ...] = ("masks", "masks_all", "segmenter", "segmenter_all")
@@ -289,8 +289,8 @@ class ArmClipResult:
     """Per-future-frame outcome of one arm on one clip.
 
     ``fingers_seen`` marks the frames whose finger view saw a finger well
-    (``SEEN_FINGER_POINTS``, what a policy calls an observed frame); on the others the opening
-    read is mostly the tracker's prior.
+    (:func:`~geo4d_policy.perception.video_tracking.fingers_seen`, what a policy calls an
+    observed frame); on the others the opening read is mostly the tracker's prior.
     """
 
     trans_mm: np.ndarray
@@ -356,7 +356,7 @@ def track_arm_clip(
         states.append(estimator.update(d if np.isfinite(d) else None).closed)
     gt_closed = np.asarray(data.width[arm][1:]) < cut
     correct = np.array(states[1:]) == gt_closed
-    seen = np.array([max(f.finger_points) >= SEEN_FINGER_POINTS for f in fused[1:]])
+    seen = np.array([fingers_seen(f) for f in fused[1:]])
     return ArmClipResult(trans, rot, lost, correct, gt_closed, seconds, T, seen)
 
 

@@ -46,6 +46,12 @@ MIN_MASK_PIXELS = 20
 SEEN_FINGER_POINTS = 8
 """Tracker inliers on a finger from which its fitted opening is trusted over point centroids."""
 
+
+def fingers_seen(fused: FusedPose) -> bool:
+    """Whether the frame's finger view saw a finger well (``SEEN_FINGER_POINTS`` inliers): the
+    fitted opening is then a measurement, not the tracker's prior."""
+    return max(fused.finger_points) >= SEEN_FINGER_POINTS
+
 FINGER_REGION_MARGIN = 0.005
 """Masked points more than this beyond the finger joints (along G's z) count as finger points."""
 
@@ -182,7 +188,7 @@ def fused_finger_distance(fused: FusedPose, points: np.ndarray, valid: np.ndarra
         mask: optional (H, W) whole-gripper mask of that view (used without part labels).
     """
     fitted = fused.status == "ok" and fused.width is not None and np.isfinite(fused.width)
-    if fitted and max(fused.finger_points) >= SEEN_FINGER_POINTS:
+    if fitted and fingers_seen(fused):
         return float(model.finger_centroid_distance(float(np.clip(fused.width, 0.0, model.stroke))))
     if fused.status == "ok" and (part_labels is not None or mask is not None):
         pts = np.asarray(points)

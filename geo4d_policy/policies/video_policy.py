@@ -52,10 +52,10 @@ from geo4d_policy.perception.gripper_state import (
 )
 from geo4d_policy.perception.tracker import ICPTrackerConfig, part_label_image
 from geo4d_policy.perception.video_tracking import (
-    SEEN_FINGER_POINTS,
     ArmTrack,
     CurrentView,
     PredictedVideo,
+    fingers_seen,
     track_video,
 )
 
@@ -439,7 +439,7 @@ class VideoPolicy:
             raw = np.array([estimator.update(float(d) if np.isfinite(d) and ok else None).closed
                             for d, ok in zip(track.finger_distance, conf >= cfg.measure_confidence)])
             closed = debounce(raw, start=closed_now, frames=cfg.toggle_frames)
-            observed = np.array([max(f.finger_points) >= SEEN_FINGER_POINTS for f in track.fused])
+            observed = np.array([fingers_seen(f) for f in track.fused])
             closed = backdate_release(closed, observed, frames=cfg.release_backdate_frames)
             if cfg.turn_descent is not None:
                 closed = toggle_at_turn(closed, X_TG[:, :3, 3], pose_ok, observed,
