@@ -201,25 +201,50 @@ def test_tracks_a_short_trajectory_at_the_policy_resolution(model, renderer):
 def test_batched_costs_and_speculative_polls_change_nothing(model, renderer, monkeypatch):
     # A pose costs bit for bit the same alone or in any batch, and the pattern search takes the
     # same path whatever the speculative batch size (exact ties between poses with the same
-    # render must break the same way).
+    # render must break the same way). Each comparison uses a fresh objective: an objective
+    # remembers the scores it computed.
     X = look_at_pose(np.array([0.02, -0.01, 0.8]), roll=0.7)
     labels = renderer.render(X, K=K_128, shape=(128, 160), width=0.05)
-    objective = rgb_pose._Objective(renderer, labels, True, K_128, rgb_pose.RGBPoseConfig())
-    p0, R_ref = objective.params_from_pose(_perturbed(X, np.random.default_rng(3)), 0.04)
+
+    def fresh():
+        return rgb_pose._Objective(renderer, labels, True, K_128, rgb_pose.RGBPoseConfig())
+
+    p0, R_ref = fresh().params_from_pose(_perturbed(X, np.random.default_rng(3)), 0.04)
     P = p0 + np.random.default_rng(4).normal(scale=[0.01, 0.01, 0.03, 0.05, 0.05, 0.05, 0.01], size=(9, 7))
-    together = objective.costs(P, R_ref)
-    assert np.array_equal(together, np.concatenate([objective.costs(p[None], R_ref) for p in P]))
-    assert np.array_equal(together[3:6], objective.costs(P[3:6], R_ref))
+    together = fresh().costs(P, R_ref)
+    assert np.array_equal(together, np.concatenate([fresh().costs(p[None], R_ref) for p in P]))
+    assert np.array_equal(together[3:6], fresh().costs(P[3:6], R_ref))
     steps = np.array([0.04, 0.04, 0.08, 0.14, 0.14, 0.14, 0.02])
     paths = []
     for batch in (1, 2, 7):
         monkeypatch.setattr(rgb_pose, "POLL_BATCH", batch)
+        objective = fresh()
         p, f, scale = rgb_pose._pattern_search(lambda Q: objective.costs(Q, R_ref), p0, steps,
                                                min_scale=1 / 32, max_evaluations=400)
         paths.append((p, f, scale))
     for p, f, scale in paths[1:]:
         assert np.array_equal(p, paths[0][0]) and f == paths[0][1] and scale == paths[0][2]
-    assert paths[0][1] < objective.cost(p0, R_ref)
+    assert paths[0][1] < fresh().cost(p0, R_ref)
+
+
+def test_objective_renders_each_point_once(renderer):
+    # Scores are remembered per (reference rotation, parameter vector): a batch with repeats and
+    # points seen before renders only the new points and returns the same values.
+    X = look_at_pose(np.array([0.0, 0.01, 0.75]), roll=-0.4)
+    labels = renderer.render(X, K=K_128, shape=(128, 160), width=0.03)
+    objective = rgb_pose._Objective(renderer, labels, True, K_128, rgb_pose.RGBPoseConfig())
+    p0, R_ref = objective.params_from_pose(X, 0.03)
+    P = p0 + np.random.default_rng(5).normal(scale=[0.01, 0.01, 0.03, 0.05, 0.05, 0.05, 0.01], size=(4, 7))
+    first = objective.scores(P[:2], R_ref)
+    assert objective.evaluations == 2
+    again = objective.scores(np.stack([P[1], P[2], P[1], P[0], P[3], P[2]]), R_ref)
+    assert objective.evaluations == 4
+    for a, b in zip(first, again):
+        assert np.array_equal(a, b[[3, 0]])
+    assert again[0][1] == again[0][5] and np.isfinite(again[0]).all()
+    # Another reference rotation is another point.
+    objective.scores(P[:1], R_ref @ rgb_pose._rotvecs_to_matrices(np.array([[0.0, 0.0, 0.3]]))[0])
+    assert objective.evaluations == 5
 
 
 def test_registers_without_a_prior(model, renderer):
