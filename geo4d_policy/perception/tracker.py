@@ -13,7 +13,9 @@ The ICP tracker, in brief (the why is in the comments):
   * Observed points are matched to the nearest model sample of the palm or of a finger; the
     finger opening ``w`` is a free 7th parameter, so an opening or closing gripper does not drag
     the pose. With part labels (from label images or a per-part segmenter) each point is only
-    matched to its own part.
+    matched to its own part. Gauss-Newton moves ``w`` only locally, so every accepted frame also
+    scores a grid of openings over the whole stroke at its pose and re-fits from the best one
+    when it explains the points better and both fingers support it (``width_search_step``).
   * Each Gauss-Newton step minimises point-to-plane residuals plus a small point-to-point term
     (the plane term converges fast on the boxy gripper, the point term removes the sliding
     freedom of planar patches), Huber-weighted, over correspondences within a distance that
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -364,6 +366,12 @@ class ICPTrackerConfig:
             model surface, so a gripper almost entirely hidden still gets a low confidence.
         width_prior: weight pulling the width to its previous value (regularises frames where
             the fingers are barely seen).
+        width_search_step: grid step (m) of the global search over the opening done at the
+            accepted pose of every frame (0 disables it). Gauss-Newton only moves the width
+            locally and stalls in a shallow minimum a few millimetres from its start (on a
+            recorded apple frame: 64 mm started from the previous 64 mm, 79 mm started from
+            80 mm, robot at 80 mm), and the start is the previous frame's width, so a stalled
+            width sticks for the rest of the track.
         reacquire: try a gated multi-hypothesis re-registration before declaring a frame lost,
             and on frames tracked below ``search_below``.
         search_below: confidence under which a tracked frame also gets the gated search.
@@ -401,6 +409,7 @@ class ICPTrackerConfig:
     occlusion_margin: float = 0.015
     min_visible_fraction: float = 0.25
     width_prior: float = 1e-3
+    width_search_step: float = 0.002
     reacquire: bool = True
     search_below: float = 0.8
     n_fine_hypotheses: int = 3
@@ -521,6 +530,7 @@ class ICPGripperTracker:
             threshold = max(threshold, self.config.min_search_confidence)
         if fit is None or self._confidence(fit) < threshold:
             return self._lost("no confident registration", held=hint, fit=fit)
+        fit = self._search_width(q, labels, fit, accept=lambda f: self._confidence(f) >= threshold)
         return self._accept(fit)
 
     def start_from(self, X_CG: np.ndarray, *, width: float | None = None) -> None:
@@ -586,6 +596,7 @@ class ICPGripperTracker:
                 fit = gated
         if not acceptable(fit):
             return self._lost("no confident fit within the motion gate", fit=fit)
+        fit = self._search_width(q, labels, fit, accept=acceptable)
         return self._accept(fit)
 
     def score_pose(self, points: np.ndarray, X_CG: np.ndarray, *, width: float | None = None,
@@ -691,6 +702,53 @@ class ICPGripperTracker:
         return TrackResult(fit.X_CG.copy(), self._confidence(fit), "ok", fit.fitness, fit.coverage, fit.rmse,
                            fit.n_points, fit.n_inliers, fit.width if self.config.fit_width else None,
                            fit.finger_points)
+
+    def _search_width(self, q: np.ndarray, labels: np.ndarray | None, fit: _Fit, *,
+                      accept: Callable[[_Fit], bool]) -> _Fit:
+        """Re-fit from the best opening of a grid over the whole stroke at the fit's pose.
+
+        The grid is scored by the truncated squared distance of the points to the model (what
+        the inlier count measures, made continuous so that a plateau of equal counts still has a
+        best width). Only a grid width that explains the points better than the fitted one is
+        refined from, and that refit is kept only if it is acceptable and scores higher
+        (``_Fit.score``, the criterion every other choice between fits uses): with no finger in
+        view every width explains the points equally and the fit is left as it is, and a grid
+        width that only one finger's points support is not refined from.
+        """
+        c = self.config
+        if not c.fit_width or c.width_search_step <= 0:
+            return fit
+        X_GC = invert_transform(fit.X_CG)
+        qG = q @ X_GC[:3, :3].T + X_GC[:3, 3]
+        if labels is not None:
+            # Palm-labelled points do not depend on the width.
+            keep = labels != PART_HAND
+            qG, lab = qG[keep], labels[keep]
+        else:
+            lab = None
+        if len(qG) == 0:
+            return fit
+        tau = c.inlier_dist
+
+        def cost(w: float) -> float:
+            d, *_ = self._match(qG, lab, w, max_dist=tau)
+            return float(np.sum(np.minimum(d, tau) ** 2))
+
+        grid = np.arange(0.0, self.model.stroke + 0.5 * c.width_search_step, c.width_search_step)
+        costs = np.array([cost(float(w)) for w in grid])
+        best = float(grid[int(np.argmin(costs))])
+        # A grid point that is not better than the fitted width by more than noise (a quarter of
+        # one point's inlier radius squared) is the same basin.
+        if costs.min() >= cost(fit.width) - 0.25 * tau ** 2:
+            return fit
+        # The opening is the gap between the two fingers: points on one finger alone fit any
+        # width once the pose slides along the closing axis (on recorded apple frames such
+        # one-sided fits fall on the right side of the open/closed cut about half the time).
+        d, part, _, _ = self._match(qG, lab, best, max_dist=tau)
+        if not (np.any((d <= tau) & (part == PART_LEFT)) and np.any((d <= tau) & (part == PART_RIGHT))):
+            return fit
+        alt = self._refine(q, labels, fit.X_CG, best, corr_start=c.corr_dist_min)
+        return alt if accept(alt) and alt.score > fit.score else fit
 
     def _confidence(self, fit: _Fit | None) -> float:
         if fit is None:
