@@ -17,10 +17,16 @@ n and m drawn at random) and per arm visible at t:
   * :func:`~geo4d_policy.perception.fusion.fuse_views` (most confident view per frame for the
     pose, mapped to T with ``X_TCn``; the view that saw the fingers best for the opening);
   * open/closed with :class:`~geo4d_policy.perception.gripper_state.GripperStateEstimator` on
-    :func:`~geo4d_policy.perception.video_tracking.fused_finger_distance` of the finger view, as
-    a policy reads it: the tracker's fitted opening where it saw a finger well, else the
-    finger-cluster centroid distance of the labelled finger points, else the fitted opening
-    (fingers are a few pixels each at 128x160).
+    :func:`~geo4d_policy.perception.video_tracking.fused_finger_distance` of the finger view:
+    the tracker's fitted opening where it saw a finger well, else (``free_space``, tasks with an
+    object width) the one of "holding the object" and "open" whose fingers the two views' free
+    space contradicts clearly less, or no reading (the state held) when that does not decide
+    and the finger view has no finger inlier, else the finger-cluster centroid distance of the
+    labelled finger points, else the fitted opening (fingers are a few pixels each at 128x160).
+    This is how the video policy reads it (``VideoPolicyConfig.free_space``), except that the
+    policy estimates camera m's pose from the prediction (:func:`video_policy.view_cameras`)
+    where the eval takes the recorded calibration; ``free_space=False`` measures the reading
+    without the free-space step.
 
 Ground truth: the tracker's ``X_CG`` is the pose of ``G`` = ``panda_link8`` (the gripper model's
 frame, :mod:`~geo4d_policy.perception.gripper_model`), the frame the dataset records as
@@ -67,7 +73,12 @@ from geo4d_policy.perception.fusion import fuse_views
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH, GripperStateEstimator
 from geo4d_policy.perception.metrics import pose_errors
-from geo4d_policy.perception.tracker import ICPGripperTracker, part_label_image, track_gripper_sequence
+from geo4d_policy.perception.tracker import (
+    ICPGripperTracker,
+    TrackingFrame,
+    part_label_image,
+    track_gripper_sequence,
+)
 from geo4d_policy.perception.video_tracking import fingers_seen, fused_finger_distance
 
 DEGRADATIONS: tuple[str, ...] = ("none", "noise", "dropout", "misreg")
@@ -96,6 +107,10 @@ class TrackingEvalConfig:
             gripper pixels are in the recorded masks of frame t in one of the two views.
         object_width: task -> width (m) of the object the hand closes on; the task's estimator
             uses :meth:`GripperStateEstimator.for_object_width` (tasks not listed: defaults).
+        free_space: where the fingers were not seen well, choose between this width and the
+            stroke by the views' free space around the fingers
+            (:func:`~geo4d_policy.perception.video_tracking.free_space_opening`); tasks without
+            an object width never do.
         seed: clip, camera-pair and degradation draws.
     """
 
@@ -111,6 +126,7 @@ class TrackingEvalConfig:
     use_hint: bool = True
     min_part_pixels: int = 20
     object_width: dict[str, float] = dataclasses.field(default_factory=lambda: dict(HELD_OBJECT_WIDTH))
+    free_space: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -318,6 +334,7 @@ def track_arm_clip(
     model: GripperModel,
     estimator: GripperStateEstimator,
     use_hint: bool,
+    candidate_widths: Sequence[float] | None = None,
 ) -> ArmClipResult:
     """Track ``arm`` through both views of a clip, fuse, and score the future frames.
 
@@ -330,6 +347,9 @@ def track_arm_clip(
         model: the gripper model.
         estimator: open/closed estimator of the task (reset here).
         use_hint: seed the registration with the measured pose and the state with the measured width.
+        candidate_widths: openings for the free-space choice of frames whose fingers were not
+            seen well (see :func:`~geo4d_policy.perception.video_tracking.fused_finger_distance`);
+            None leaves it out.
     """
     X_TCn = data.X_TC[0]
     T = pointmaps.shape[1]
@@ -349,10 +369,17 @@ def track_arm_clip(
     cut = decision_width(estimator)
     # Like the pose, the state starts from the robot's measurement when hinting (as a policy does).
     estimator.reset(initial_state=("closed" if data.width[arm][0] < cut else "open") if use_hint else None)
+    # Each view with its own pixels' projection (view m's pixels hold X^{m->n}), for free space;
+    # the recorded calibration, as the generator's X^{m->n} implies it (misreg leaves it exact).
+    X_CnCv = (None, relative_camera_transform(data.X_TC[0], data.X_TC[1]))
     states = []
     for k, f in enumerate(fused):
         v = f.finger_view  # the view that saw the fingers best, as in track_video
-        d = fused_finger_distance(f, pointmaps[v, k], valid[v, k], model=model, part_labels=labels[v][k])
+        views = None
+        if candidate_widths is not None:
+            views = [TrackingFrame(pointmaps[u, k], valid[u, k], K=data.K[u], X_CnCv=X_CnCv[u]) for u in range(2)]
+        d = fused_finger_distance(f, pointmaps[v, k], valid[v, k], model=model, part_labels=labels[v][k],
+                                  views=views, candidate_widths=candidate_widths)
         states.append(estimator.update(d if np.isfinite(d) else None).closed)
     gt_closed = np.asarray(data.width[arm][1:]) < cut
     correct = np.array(states[1:]) == gt_closed
@@ -460,6 +487,8 @@ def evaluate_tracking(
         arms = list(data.X_TG)
         T = len(clip.frames)
         estimator = _estimator_for(clip.task, config, model)
+        held = config.object_width.get(clip.task)
+        candidates = (held, model.stroke) if config.free_space and held is not None else None
         # Per-frame part codes, [view][frame], of each arm from each base source.
         every: dict[str, dict[str, list[list[np.ndarray]]]] = {
             "masks": {a: [[part_label_image(data.masks[v, k], a) for k in range(T)] for v in range(2)]
@@ -487,7 +516,8 @@ def evaluate_tracking(
                         skipped[key] = skipped.get(key, 0) + 1
                         continue
                     r = track_arm_clip(arm, data, pm, valid, label_sets[source][arm], model=model,
-                                       estimator=estimator, use_hint=config.use_hint)
+                                       estimator=estimator, use_hint=config.use_hint,
+                                       candidate_widths=candidates)
                     parts.setdefault((clip.task, source, degradation, arm), []).append(r)
                     record["results"][f"{source}/{degradation}/{arm}"] = {
                         "trans_mm_median": float(np.median(r.trans_mm)), "lost": int(r.lost.sum()),

@@ -8,6 +8,8 @@ This module owns:
   * :class:`ICPGripperTracker`, the default, offline tracker: model-based registration of the
     gripper CAD model (:mod:`geo4d_policy.perception.gripper_model`) to the observed points.
   * :func:`track_gripper_sequence`, the sequence driver used by policies and evaluation.
+  * :func:`finger_see_through`, negative evidence on a finger opening: finger surface a camera
+    would see but sees through (used where the fingers show no points).
 
 The ICP tracker, in brief (the why is in the comments):
   * Observed points are matched to the nearest model sample of the palm or of a finger; the
@@ -297,22 +299,72 @@ class _Occlusion:
         self.center = np.zeros(3)
         self.ok = True
 
-    def expected(self, pts: np.ndarray, *, margin: float) -> np.ndarray:
-        """Mask of ``pts`` inside the image and not hidden behind an observed point."""
+    def _lookup(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Project ``pts``: the mask of those inside the image, their indices, whether their pixel
+        holds an observed point, and the camera distances of that point and of theirs."""
         h = np.c_[pts, np.ones(len(pts))] @ self.P.T
         front = h[:, 2] > 1e-9
         uv = np.full((len(pts), 2), -1, dtype=np.int64)
         uv[front] = np.round(h[front, :2] / h[front, 2:3]).astype(np.int64)
         H, W = self.valid.shape
         inside = front & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
-        out = inside.copy()
         idx = np.flatnonzero(inside)
         obs_ok = self.valid[uv[idx, 1], uv[idx, 0]]
-        obs = self.points[uv[idx, 1], uv[idx, 0]]
-        d_obs = np.linalg.norm(obs - self.center, axis=1)
+        d_obs = np.linalg.norm(self.points[uv[idx, 1], uv[idx, 0]] - self.center, axis=1)
         d_pt = np.linalg.norm(pts[idx] - self.center, axis=1)
+        return inside, idx, obs_ok, d_obs, d_pt
+
+    def expected(self, pts: np.ndarray, *, margin: float) -> np.ndarray:
+        """Mask of ``pts`` inside the image and not hidden behind an observed point."""
+        inside, idx, obs_ok, d_obs, d_pt = self._lookup(pts)
+        out = inside.copy()
         out[idx[obs_ok & (d_obs < d_pt - margin)]] = False
         return out
+
+    def seen_through(self, pts: np.ndarray, *, margin: float) -> np.ndarray:
+        """Mask of ``pts`` inside the image whose pixel shows free space at them: the observed
+        point lies more than ``margin`` beyond them, or the pixel has no point. A surface there
+        would have hidden what the camera saw."""
+        _, idx, obs_ok, d_obs, d_pt = self._lookup(pts)
+        out = np.zeros(len(pts), dtype=bool)
+        out[idx] = ~obs_ok | (d_obs > d_pt + margin)
+        return out
+
+
+def finger_see_through(frame: TrackingFrame, X_CG: np.ndarray, width: float, *, model: GripperModel,
+                       margin: float = 0.01, samples: int = 700, seed: int = 0) -> int | None:
+    """Finger surface samples at opening ``width`` that ``frame``'s camera faces but sees through.
+
+    Negative evidence on the opening where the fingers show no points (at 128x160 a finger is a
+    few pixels, often none): a finger at this opening would hide whatever the camera saw behind
+    it, so each camera-facing finger sample whose pixel shows a surface more than ``margin``
+    beyond it (or nothing) speaks against the opening. Samples hidden behind nearer observed
+    surface (the palm, a held object) say nothing. Counts at two openings compare only on the
+    same frame and pose.
+
+    Args:
+        frame: the view (pointmap in camera n's frame; its ``K`` / ``X_CnCv`` when its pixels
+            are not camera n's, else the projection is fitted to the pointmap as for occlusion).
+        X_CG: gripper pose in camera n's frame.
+        width: the opening to test (m).
+        model: the gripper model.
+        margin: how far beyond a finger sample the observed surface must be (m).
+        samples: surface samples per finger.
+        seed: sample seed.
+
+    Returns:
+        The count, or None when the frame's projection is unknown.
+    """
+    pm = np.asarray(frame.pointmap, dtype=np.float64)
+    ok = np.asarray(frame.valid, dtype=bool) & np.isfinite(pm).all(axis=-1)
+    occ = _Occlusion(frame, pm, ok, rng=np.random.default_rng(seed))
+    if not occ.ok:
+        return None
+    parts = model.sample_points(width=width, counts=samples, seed=seed, parts=("left_finger", "right_finger"))
+    pts = np.concatenate([p.points for p in parts.values()]) @ X_CG[:3, :3].T + X_CG[:3, 3]
+    nrm = np.concatenate([p.normals for p in parts.values()]) @ X_CG[:3, :3].T
+    facing = np.einsum("ij,ij->i", nrm, pts - occ.center) < 0
+    return int(occ.seen_through(pts[facing], margin=margin).sum())
 
 
 # --------------------------------------------------------------------------------------------

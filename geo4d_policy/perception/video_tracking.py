@@ -37,6 +37,7 @@ from geo4d_policy.perception.tracker import (
     PoseTracker,
     TrackingFrame,
     TrackResult,
+    finger_see_through,
 )
 
 
@@ -163,8 +164,59 @@ def _track_view(tracker: PoseTracker, current: CurrentView, arm: str, pointmaps:
     return reg, out
 
 
+FREE_SPACE_MIN_DIFFERENCE = 3
+"""Seen-through finger samples by which the chosen candidate opening must beat the others."""
+
+FREE_SPACE_MIN_RATIO = 1.5
+"""... and the others must show at least this multiple of its seen-through samples."""
+
+
+def free_space_opening(X_CnG: np.ndarray, views: Sequence[TrackingFrame], *, model: GripperModel,
+                       widths: Sequence[float], min_difference: int = FREE_SPACE_MIN_DIFFERENCE,
+                       min_ratio: float = FREE_SPACE_MIN_RATIO) -> float | None:
+    """Of the candidate openings, the one whose fingers the views' free space contradicts least.
+
+    Where the fingers show (almost) no points, their points cannot tell the opening, but the
+    scene around them can: a finger at a wrong opening would stand where a camera sees through
+    to something farther (:func:`tracker.finger_see_through`). Both views count: on recorded
+    apple clips view n alone rarely decides. A few seen-through samples come with any opening
+    (a finger is a few pixels wide, and a rounded projection lands some of its samples on the
+    pixels beside it), more where more of the fingers is in view, so a candidate must beat the
+    others both by a count and by a ratio.
+
+    Args:
+        X_CnG: the gripper pose in camera n's frame.
+        views: the frames to test in (each with the projection of its own pixels, see
+            :func:`tracker.finger_see_through`); views without one are skipped.
+        model: the gripper model.
+        widths: candidate openings (m), e.g. the task's held-object width and the stroke.
+        min_difference: every other candidate must have at least this many more samples.
+        min_ratio: ... and at least this multiple of the best one's samples.
+
+    Returns:
+        The chosen opening, or None when no view can be projected or no candidate is clearly best.
+    """
+    counts = np.zeros(len(widths))
+    used = False
+    for frame in views:
+        c = [finger_see_through(frame, X_CnG, float(w), model=model) for w in widths]
+        if any(x is None for x in c):
+            continue
+        counts += np.asarray(c, dtype=np.float64)
+        used = True
+    if not used or len(widths) < 2:
+        return None
+    order = np.argsort(counts, kind="stable")
+    best, runner_up = counts[order[0]], counts[order[1]]
+    if runner_up < max(best + min_difference, min_ratio * best):
+        return None
+    return float(widths[int(order[0])])
+
+
 def fused_finger_distance(fused: FusedPose, points: np.ndarray, valid: np.ndarray, *, model: GripperModel,
-                          part_labels: np.ndarray | None = None, mask: np.ndarray | None = None) -> float:
+                          part_labels: np.ndarray | None = None, mask: np.ndarray | None = None,
+                          views: Sequence[TrackingFrame] | None = None,
+                          candidate_widths: Sequence[float] | None = None) -> float:
     """Finger centroid distance of one fused frame (NaN if unmeasurable): what open/close reads.
 
     When the tracker saw a finger well (``SEEN_FINGER_POINTS`` inliers), its fitted opening is
@@ -180,16 +232,36 @@ def fused_finger_distance(fused: FusedPose, points: np.ndarray, valid: np.ndarra
     pass that view's pointmap and segmentation. Both views' points are in camera n's frame, so
     the fused pose splits either view's finger points.
 
+    Where the fingers were not seen well and ``candidate_widths`` and ``views`` are given, the
+    free space around the fingers in all views chooses among the candidate openings first
+    (:func:`free_space_opening`): a few finger pixels, or none, leave the clusters and the fitted
+    opening to noise and to the tracker's prior (on recorded apple clips the fitted opening of
+    such frames stuck at a value read from one or two finger pixels for the rest of a track).
+    If the free space does not decide and the finger view has no finger inlier at all, the
+    frame is unmeasured (NaN) rather than read from the tracker's prior.
+
     Args:
         fused: the frame's fused pose (its finger view is the one ``points`` belong to).
         points, valid: (H, W, 3) pointmap of that view in camera n's frame and its validity.
         model: the gripper model.
         part_labels: optional (H, W) part codes of that view.
         mask: optional (H, W) whole-gripper mask of that view (used without part labels).
+        views: optional frames of every view (pointmaps in camera n's frame, each with its
+            pixels' projection) for the free-space choice.
+        candidate_widths: optional openings the hand takes in the task (e.g. holding its object,
+            and the stroke); None leaves the free-space choice out.
     """
     fitted = fused.status == "ok" and fused.width is not None and np.isfinite(fused.width)
     if fitted and fingers_seen(fused):
         return float(model.finger_centroid_distance(float(np.clip(fused.width, 0.0, model.stroke))))
+    if fused.status == "ok" and views and candidate_widths:
+        w = free_space_opening(fused.X_CnG, views, model=model, widths=candidate_widths)
+        if w is not None:
+            return float(model.finger_centroid_distance(w))
+        if max(fused.finger_points) == 0:
+            # No finger inlier in the finger view and no clear free space: the fitted opening is
+            # the tracker's prior (at first half the stroke), not a reading; none is better.
+            return float("nan")
     if fused.status == "ok" and (part_labels is not None or mask is not None):
         pts = np.asarray(points)
         if part_labels is not None:
@@ -211,14 +283,22 @@ def fused_finger_distance(fused: FusedPose, points: np.ndarray, valid: np.ndarra
     return float("nan")
 
 
-def _finger_distance(video: PredictedVideo, arm: str, fused: FusedPose, t: int, model: GripperModel) -> float:
+def _finger_distance(video: PredictedVideo, arm: str, fused: FusedPose, t: int, model: GripperModel, *,
+                     candidate_widths: Sequence[float] | None = None,
+                     view_cameras: Sequence[tuple[np.ndarray | None, np.ndarray | None]] | None = None) -> float:
     """:func:`fused_finger_distance` of frame ``t`` of a predicted video (in the finger view)."""
     v = fused.finger_view
     labels = (video.part_labels or {}).get(arm)
     masks = (video.masks or {}).get(arm)
+    views = None
+    if candidate_widths is not None:
+        cams = view_cameras or [(None, None)] * 2
+        views = [TrackingFrame(video.pointmaps[u, t], np.asarray(video.valid[u, t], dtype=bool), K=cams[u][0],
+                               X_CnCv=cams[u][1]) for u in range(video.pointmaps.shape[0])]
     return fused_finger_distance(fused, video.pointmaps[v, t], np.asarray(video.valid[v, t], dtype=bool), model=model,
                                  part_labels=None if labels is None else labels[v, t],
-                                 mask=None if masks is None else masks[v, t])
+                                 mask=None if masks is None else masks[v, t],
+                                 views=views, candidate_widths=candidate_widths)
 
 
 def track_video(
@@ -233,6 +313,8 @@ def track_video(
     tracker_config: ICPTrackerConfig | None = None,
     trackers: Mapping[str, Sequence[PoseTracker]] | None = None,
     single_view: bool = False,
+    candidate_widths: Sequence[float] | None = None,
+    view_cameras: Sequence[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
 ) -> dict[str, ArmTrack]:
     """Track every arm of ``X_TG_now`` through ``video`` (see the module docstring).
 
@@ -247,6 +329,12 @@ def track_video(
         tracker_config: options of the default ICP trackers.
         trackers: optional arm -> (tracker for view n, tracker for view m) to use instead.
         single_view: track only in view n (ablation; ``video`` still holds both views).
+        candidate_widths: openings the hand takes in the task (e.g. holding its object, and the
+            stroke); where the fingers were not seen well, the free space around them chooses
+            among these (:func:`fused_finger_distance`). None leaves that out.
+        view_cameras: per view, ``(K, X_CnCv)`` of the camera that owns its pixels, for the
+            free-space choice (None entries: the projection is fitted to the pointmap, which
+            holds for view n only, so view m then gives no evidence).
 
     Returns:
         arm -> :class:`ArmTrack`.
@@ -277,6 +365,7 @@ def track_video(
         if not single_view:
             _, res_m = _track_view(pair[1], current, arm, *view(1), hint, width)
         fused = fuse_views(res_n, res_m, X_TCn=X_TCn)
-        dist = np.array([_finger_distance(video, arm, f, t, model) for t, f in enumerate(fused)])
+        dist = np.array([_finger_distance(video, arm, f, t, model, candidate_widths=candidate_widths,
+                                          view_cameras=view_cameras) for t, f in enumerate(fused)])
         out[arm] = ArmTrack(fused, reg, dist, (res_n, res_m or []))
     return out

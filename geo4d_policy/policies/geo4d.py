@@ -180,7 +180,7 @@ def local_predictor(model: Any):
 def make_policy(*, task: str, checkpoint: str | None = None, device: str | None = "auto",
                 num_steps: int | None = None, execute_frames: int | None = None, server: str | None = None,
                 segmenter: str | None = "auto", compile_unet: bool = False,
-                record_predictions: bool = False) -> Geo4DPolicy:
+                record_predictions: bool = False, free_space: bool = True) -> Geo4DPolicy:
     """The ``geo4d`` policy for ``task``.
 
     Args:
@@ -195,6 +195,8 @@ def make_policy(*, task: str, checkpoint: str | None = None, device: str | None 
             ``none``: track in unsegmented pointmaps; or a path).
         compile_unet: ``torch.compile`` the U-Net (CUDA only; first prediction compiles).
         record_predictions: keep each replan's predicted frames for ``--video``.
+        free_space: read unseen fingers' opening from the free space around them
+            (``VideoPolicyConfig.free_space``; false for the ablation).
 
     Raises:
         PolicyUnavailableError: missing checkpoint, or one not trained on ``task``; the
@@ -209,7 +211,7 @@ def make_policy(*, task: str, checkpoint: str | None = None, device: str | None 
     else:
         predictor = local_predictor(load_generator(checkpoint, task=task, device=resolve_device(device),
                                                    compile_unet=compile_unet))
-    config = video_policy_config(execute_frames=execute_frames)
+    config = video_policy_config(execute_frames=execute_frames, free_space=free_space)
     return Geo4DPolicy(task=task, predictor=predictor, num_steps=num_steps, config=config,
                        segmenter=load_segmenter(segmenter, device=resolve_device(device)),
                        record_predictions=record_predictions)

@@ -195,7 +195,7 @@ def preflight(*, task: str, options: dict[str, Any]) -> None:
 
 def make_policy(*, task: str, num_frames: int = 6, labels: str = "segmenter", execute_frames: int | None = None,
                 segmenter: str | None = "auto", record_predictions: bool = False,
-                device: str | None = None) -> OraclePolicy:
+                device: str | None = None, free_space: bool = True) -> OraclePolicy:
     """The ``oracle`` policy for ``task``.
 
     Args:
@@ -210,8 +210,10 @@ def make_policy(*, task: str, num_frames: int = 6, labels: str = "segmenter", ex
         execute_frames: predicted frames executed per replan (default: the pipeline's).
         record_predictions: keep each replan's frames for :meth:`save_predictions`.
         device: torch device of the segmenter.
+        free_space: read unseen fingers' opening from the free space around them
+            (``VideoPolicyConfig.free_space``; false for the ablation).
     """
-    config = video_policy_config(execute_frames=execute_frames)
+    config = video_policy_config(execute_frames=execute_frames, free_space=free_space)
     preflight(task=task, options={"labels": labels, "segmenter": segmenter})
     seg = load_segmenter(segmenter if labels == "segmenter" else "none", device=device or "cpu")
     return OraclePolicy(task=canonical_task_name(task), config=config, num_frames=num_frames,

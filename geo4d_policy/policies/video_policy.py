@@ -44,6 +44,7 @@ from geo4d_policy.control.receding_horizon import (
 from geo4d_policy.data.geometry import depth_to_pointmap
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
+from geo4d_policy.perception.fusion import estimate_relative_pose
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import (
     CLOSED_COMMAND_WIDTH,
@@ -267,6 +268,9 @@ class VideoPolicyConfig:
         max_lost_replans: consecutive replans without any trackable arm before the episode
             fails with "tracking lost".
         single_view: track only in view n (ablation of the two-view fusion).
+        free_space: where the predicted fingers were not seen well, read "holding the object"
+            or "open" from the free space around them in both views (tasks with an object width;
+            see :func:`~geo4d_policy.perception.video_tracking.free_space_opening`).
         track_frames: predicted frames tracked per replan (default: the executed ones plus
             ``toggle_frames - 1``, so that a gripper change seen in the last executed frame can
             be confirmed; without them a grasp seen there waited for the next replan, by when
@@ -304,15 +308,42 @@ class VideoPolicyConfig:
     turn_rise: float = 0.03
     object_width: float | None = None
     task_closed_width: bool = True
+    free_space: bool = True
 
 
-def video_policy_config(*, execute_frames: int | None = None) -> VideoPolicyConfig:
-    """The default options, with the policy factories' ``execute_frames`` override applied."""
-    config = VideoPolicyConfig()
+def video_policy_config(*, execute_frames: int | None = None, free_space: bool = True) -> VideoPolicyConfig:
+    """The default options, with the policy factories' ``execute_frames``/``free_space`` applied."""
+    config = VideoPolicyConfig(free_space=bool(free_space))
     if execute_frames is not None:
         config = dataclasses.replace(config, control=dataclasses.replace(config.control,
                                                                          execute_frames=int(execute_frames)))
     return config
+
+
+VIEW_M_MAX_RESIDUAL = 0.02
+"""Median residual (m) above which view m's estimated camera pose is not trusted."""
+
+
+def view_cameras(obs: Observation, video: PredictedVideo) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    """``(K, X_CnCv)`` of the camera owning each predicted view's pixels, as a policy knows them.
+
+    The intrinsics are known; camera m's pose in camera n is not (only ``X_TCn`` is), so it is
+    estimated from the prediction itself: the observed depth of view m (in camera m's frame)
+    against the first predicted ``X^{m->n}``, whose static scene should agree with it. When that
+    fit is poor (a bad prediction) or impossible, view m gets no pose and no free-space evidence.
+    """
+    n, m = (obs.cameras[c] for c in obs.eval_cameras[:2])
+    X_CnCm = None
+    pm = np.asarray(video.pointmaps[1, 0], dtype=np.float64)
+    points_m, valid_m = depth_to_pointmap(m.depth, m.spec.intrinsics)
+    if points_m.shape == pm.shape:
+        both = valid_m & np.asarray(video.valid[1, 0], dtype=bool) & np.isfinite(pm).all(axis=-1)
+        if both.sum() >= 50:
+            X = estimate_relative_pose(points_m, pm, valid=both)
+            res = np.linalg.norm(points_m[both] @ X[:3, :3].T + X[:3, 3] - pm[both], axis=1)
+            if np.median(res) <= VIEW_M_MAX_RESIDUAL:
+                X_CnCm = X
+    return [(n.spec.intrinsics.K, None), (m.spec.intrinsics.K, X_CnCm)]
 
 
 def current_view(obs: Observation, *, arms: tuple[str, ...] = ARM_NAMES) -> CurrentView:
@@ -336,6 +367,7 @@ class VideoPolicy:
         self.record_predictions = record_predictions
         self.model = GripperModel.load()
         held = self.config.object_width if self.config.object_width is not None else HELD_OBJECT_WIDTH.get(task)
+        self._held_width = held
         control = self.config.control
         if self.config.task_closed_width and task in CLOSED_COMMAND_WIDTH:
             control = dataclasses.replace(control, closed_width=CLOSED_COMMAND_WIDTH[task])
@@ -382,11 +414,14 @@ class VideoPolicy:
         cfg = self.config
         X_TCn = np.asarray(obs.camera_specs[obs.eval_cameras[0]].X_TC, dtype=np.float64)
         arms = tuple(self._cmd or obs.arms)
+        free_space = cfg.free_space and self._held_width is not None
         return track_video(video, current_view(obs, arms=arms), X_TCn=X_TCn,
                            X_TG_now={arm: obs.arms[arm].X_TG for arm in arms},
                            width_now={arm: obs.arms[arm].width for arm in arms},
                            max_frames=self.frames_to_track, model=self.model,
-                           tracker_config=cfg.tracker, single_view=cfg.single_view)
+                           tracker_config=cfg.tracker, single_view=cfg.single_view,
+                           candidate_widths=(self._held_width, self.model.stroke) if free_space else None,
+                           view_cameras=view_cameras(obs, video) if free_space else None)
 
     def _update_peak(self, arm: str, kf: ArmKeyframes, *, closed_now: bool, z_now: float) -> None:
         """The highest commanded z since the arm's last change of state (for :func:`toggle_at_turn`)."""

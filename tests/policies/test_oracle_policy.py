@@ -85,3 +85,31 @@ def test_oracle_refuses_observations_without_simulator_state(env):
     blind = dataclasses.replace(obs, privileged=None)
     with pytest.raises(RuntimeError, match="simulator's state"):
         policy.act(blind)
+
+
+def test_view_m_camera_is_recovered_from_the_prediction(env):
+    """The free-space reading's camera of view m: from the observed depth of view m against the
+    predicted X^{m->n} (here the true look-ahead), it matches the calibration the policy is not
+    given; a prediction unrelated to the scene gives no pose rather than a wrong one."""
+    import dataclasses
+
+    from geo4d_policy.data.geometry import invert_transform
+    from geo4d_policy.policies.video_policy import view_cameras
+
+    policy = make_policy(task=TASK, num_frames=2)
+    obs = env.reset(14)
+    policy.reset(seed=14)
+    video = policy.predict_video(obs)
+    cams = view_cameras(obs, video)
+    n, m = (obs.camera_specs[c] for c in obs.eval_cameras[:2])
+    np.testing.assert_allclose(cams[0][0], n.intrinsics.K)
+    assert cams[0][1] is None  # view n's pixels are camera n's
+    np.testing.assert_allclose(cams[1][0], m.intrinsics.K)
+    truth = invert_transform(n.X_TC) @ m.X_TC
+    assert np.linalg.norm(cams[1][1][:3, 3] - truth[:3, 3]) < 0.005
+    cos = (np.trace(cams[1][1][:3, :3].T @ truth[:3, :3]) - 1) / 2
+    assert np.degrees(np.arccos(np.clip(cos, -1, 1))) < 0.5
+
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(-1.0, 1.0, size=video.pointmaps.shape).astype(video.pointmaps.dtype) + [0, 0, 2.0]
+    assert view_cameras(obs, dataclasses.replace(video, pointmaps=noise))[1][1] is None
