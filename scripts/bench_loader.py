@@ -4,7 +4,8 @@
     .venv/bin/python scripts/bench_loader.py --resolution 256 320 --episodes 2 --keep /tmp/ds
 
 Prints the size on disk per episode and samples/s of ``GeneratorClipDataset`` (two views,
-1 + 10 frames, RGB + pointmaps) and ``PolicyDataset`` (horizon 16, 2 observation steps) through a
+1 + 10 frames, RGB + pointmaps) and ``PolicyDataset`` (the ``--dp-config`` recipe's horizon,
+observation steps, observation stride and resolution: 16, 2, 8, 96x120 for ``small``) through a
 torch ``DataLoader`` with ``num_workers`` 0 and 2 (``--workers``; batch 4, shuffled). CPU-only; on the 2-core
 machine the workers compete with the main process, so expect less than 2x from 2 workers.
 Synthetic scenes compress differently from simulator renders; read the sizes as indicative.
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from geo4d_policy.data import synthetic  # noqa: E402
 from geo4d_policy.data.datasets import GeneratorClipDataset, PolicyDataset  # noqa: E402
 from geo4d_policy.data.verify import dataset_info  # noqa: E402
+from geo4d_policy.train.diffusion_policy import load_dp_train_config  # noqa: E402
 
 
 def bench(ds: torch.utils.data.Dataset, *, workers: int, batch: int, n_samples: int) -> float:
@@ -55,6 +57,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="num_workers values to time")
     p.add_argument("--keep", type=Path, default=None, help="write the dataset here and keep it")
+    p.add_argument("--dp-config", default="small", help="Diffusion Policy recipe whose sample layout is timed")
     args = p.parse_args()
     torch.set_num_threads(1)  # per-sample work is numpy/h5py; extra threads only add contention
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_loader_")) / "ds"
@@ -68,9 +71,11 @@ def main() -> None:
         print(f"size: {info['bytes_per_episode_mean'] / 1e6:.2f} MB per episode, "
               f"{info['bytes_per_episode_mean'] / (16 * args.frames) / 1e3:.1f} kB per camera frame")
         gen = GeneratorClipDataset(root, n_future=10)
-        pol = PolicyDataset(root, horizon=16, n_obs_steps=2)
+        m = load_dp_train_config(args.dp_config).model
+        pol = PolicyDataset(root, horizon=m.horizon, n_obs_steps=m.n_obs_steps, obs_stride=m.obs_stride,
+                            resolution=tuple(m.resolution))
         for name, ds in (("GeneratorClipDataset (2 views x 11 frames)", gen),
-                         ("PolicyDataset (h=16, 2 obs)", pol)):
+                         (f"PolicyDataset ({args.dp_config}: stride {m.obs_stride})", pol)):
             for workers in args.workers:
                 rate = bench(ds, workers=workers, batch=args.batch, n_samples=args.samples)
                 print(f"{name:44s} num_workers={workers}: {rate:7.1f} samples/s")

@@ -595,12 +595,16 @@ class EpisodeReader:
             if idx.size and (idx.min() < -n or idx.max() >= n):
                 raise IndexError(f"frame index out of range 0..{n - 1}: {idx.tolist()}")
             idx = np.where(idx < 0, idx + n, idx)
-            # h5py wants strictly increasing indices: read each needed frame once, then gather.
+            # Read each needed frame once, then gather. Not through an h5py index list: its
+            # point selection took ~25 ms for 2 frames against ~0.2 ms for two integer reads
+            # (128x160 RGB, one chunk per frame), the Diffusion Policy loader's main cost.
             uniq, inverse = np.unique(idx, return_inverse=True)
             if len(uniq) and uniq[-1] - uniq[0] + 1 == len(uniq):
                 block = ds[int(uniq[0]) : int(uniq[-1]) + 1]
+            elif len(uniq):
+                block = np.stack([ds[int(i)] for i in uniq])
             else:
-                block = ds[uniq] if len(uniq) else ds[0:0]
+                block = ds[0:0]
             return block[inverse.reshape(idx.shape)]
         except (IndexError, KeyError):
             raise
