@@ -77,6 +77,9 @@ class StationConfig:
     right: ArmMount = ArmMount(xyz=(-0.42, -0.30, 0.0), yaw=0.0)
     table_size: tuple[float, float, float] = (1.35, 1.7, 0.05)
     table_centre_x: float = -0.07
+    # A collision-only floor (not rendered) this far below the table top: an object knocked off
+    # the table used to fall forever, and after ~20 s of free fall its spin diverged (NaN poses).
+    floor_z: float = -0.75
     settle_time: float = 0.6
     limits: ControllerLimits = ControllerLimits()
 
@@ -102,6 +105,16 @@ def _table_sdf(size: tuple[float, float, float], centre_x: float) -> str:
 <visual name="top"><geometry><box><size>{sx} {sy} {sz}</size></box></geometry>
 <material><diffuse>0.62 0.5 0.38 1</diffuse></material></visual>
 <collision name="top"><geometry><box><size>{sx} {sy} {sz}</size></box></geometry>
+<drake:proximity_properties><drake:rigid_hydroelastic/><drake:mu_dynamic>0.6</drake:mu_dynamic><drake:mu_static>0.6</drake:mu_static></drake:proximity_properties>
+</collision></link></model></sdf>"""
+
+
+def _floor_sdf(z: float) -> str:
+    """A static 20 m x 20 m slab whose top is at height ``z`` in T; collision only."""
+    return f"""<?xml version="1.0"?>
+<sdf version="1.9" xmlns:drake="http://drake.mit.edu"><model name="floor"><static>true</static>
+<link name="floor"><pose>0 0 {z - 0.05} 0 0 0</pose>
+<collision name="floor"><geometry><box><size>20 20 0.1</size></box></geometry>
 <drake:proximity_properties><drake:rigid_hydroelastic/><drake:mu_dynamic>0.6</drake:mu_dynamic><drake:mu_static>0.6</drake:mu_static></drake:proximity_properties>
 </collision></link></model></sdf>"""
 
@@ -353,6 +366,7 @@ def build_station(*, config: StationConfig, objects: Sequence[ObjectPlacement], 
     parser = Parser(plant)
     parser.package_map().Add("geo4d_assets", str(ASSETS))
     parser.AddModelsFromString(_table_sdf(config.table_size, config.table_centre_x), "sdf")
+    parser.AddModelsFromString(_floor_sdf(config.floor_z), "sdf")
 
     arm_instances, hand_instances = {}, {}
     for arm in ARM_NAMES:
