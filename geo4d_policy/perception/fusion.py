@@ -15,7 +15,8 @@ object, so one view may fit the palm best (high pose confidence) with no finger 
 opening then only the tracker's prior (half the stroke: "closed" for every task's threshold),
 while the other view sees both fingers. Reading the pose view's opening caused most of
 PlaceAppleFromBowlIntoBin's open/close errors (14 of 20 wrong frames on 10 clips with
-ground-truth masks).
+ground-truth masks). A view competes for the opening only while its pose agrees with the pose
+view's: one that lost the gripper finds "finger" points around its wrong pose.
 
 It also offers :func:`estimate_relative_pose`, the rigid transform between two pixel-aligned
 pointmaps of the same view (e.g. ``X^m`` in m's own frame and ``X^{m->n}``), which is how an
@@ -31,7 +32,19 @@ from typing import Literal
 
 import numpy as np
 
+from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.perception.tracker import TrackResult
+
+FINGER_VIEW_MAX_OFFSET_MM = 10.0
+FINGER_VIEW_MAX_ANGLE_DEG = 10.0
+"""A view lends its finger opening to the fused pose only if its own pose is this close to it.
+
+A view that lost the gripper can still report many "finger inliers": they are scene points
+near its wrong pose (traced on PutSpatulaOnTable: a view 27-113 mm and 32-113 deg off, at
+confidence 0.3-0.5, had more finger points than the pose view and read 62-73 mm while the hand
+held the spatula at 18 mm, so the oracle dropped it). Views that agree do so within 1-2 mm and
+1 deg on recorded and oracle frames.
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +93,9 @@ def choose_finger_view(candidates: Sequence[tuple[TrackResult, str]],
     Ranked by the finger inliers on the less seen finger, then on both fingers: with both fingers
     seen the opening is fitted from both sides, and on recorded apple clips the fitted width's
     error falls from a median 9 mm with a finger unseen to 0.3 mm with five points on each.
-    Ties (e.g. no finger seen in either view) keep the pose's view, ``pose_source``.
+    Ties (e.g. no finger seen in either view) keep the pose's view, ``pose_source``. Only views
+    whose pose agrees with the pose view's (:data:`FINGER_VIEW_MAX_OFFSET_MM`,
+    :data:`FINGER_VIEW_MAX_ANGLE_DEG`) compete: the finger points of a wrong pose are not fingers.
 
     Args:
         candidates: the frame's usable ``(result, view name)`` pairs (tracked, finite pose).
@@ -91,8 +106,12 @@ def choose_finger_view(candidates: Sequence[tuple[TrackResult, str]],
     """
     by_view = {name: r for r, name in candidates}
     best = (by_view[pose_source], pose_source)
+    X_pose = np.asarray(best[0].X_CG, dtype=np.float64)
     for r, name in candidates:
-        if _finger_evidence(r) > _finger_evidence(best[0]):
+        if name == pose_source or _finger_evidence(r) <= _finger_evidence(best[0]):
+            continue
+        offset_mm, angle_deg = (float(e[0]) for e in pose_errors(np.asarray(r.X_CG, dtype=np.float64), X_pose))
+        if offset_mm <= FINGER_VIEW_MAX_OFFSET_MM and angle_deg <= FINGER_VIEW_MAX_ANGLE_DEG:
             best = (r, name)
     return best
 

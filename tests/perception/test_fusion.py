@@ -14,6 +14,14 @@ def _pose(seed):
     return X
 
 
+def _offset(*, mm: float, deg: float) -> np.ndarray:
+    """A rigid offset of ``mm`` along (1, 1, 0)/sqrt(2) and ``deg`` about (0, 1, 1)/sqrt(2)."""
+    X = np.eye(4)
+    X[:3, :3] = Rotation.from_rotvec(np.deg2rad(deg) * np.array([0, 1, 1]) / np.sqrt(2)).as_matrix()
+    X[:3, 3] = mm * 1e-3 * np.array([1, 1, 0]) / np.sqrt(2)
+    return X
+
+
 def _res(X, conf, status="ok"):
     return TrackResult(X, conf if status == "ok" else 0.0, status)
 
@@ -76,8 +84,10 @@ def test_relative_pose_between_pixel_aligned_pointmaps(rng):
 def test_the_opening_comes_from_the_view_that_saw_the_fingers_best():
     # Traced on PlaceAppleFromBowlIntoBin (ground-truth masks): a view looking down on the hand
     # fits the palm best but sees no finger, so its opening is only its prior; the other view
-    # sees both fingers. The pose comes from the first, the opening from the second.
-    Xa, Xb = _pose(7), _pose(8)
+    # sees both fingers. The pose comes from the first, the opening from the second. The two
+    # views agree on the pose to within 2 mm and 1 deg, as they do on recorded frames.
+    Xa = _pose(7)
+    Xb = Xa @ _offset(mm=2.0, deg=1.0)
     top = TrackResult(Xa, 1.0, "ok", width=0.040, finger_points=(0, 0))
     side = TrackResult(Xb, 0.75, "ok", width=0.080, finger_points=(16, 15))
     f = fuse_views([top], [side], X_TCn=X_TCn)[0]
@@ -97,3 +107,19 @@ def test_the_opening_comes_from_the_view_that_saw_the_fingers_best():
     assert lost.finger_source == "n" and lost.width == 0.05
     # Fusions that set no finger source read the pose's view.
     assert FusedPose(np.eye(4), np.eye(4), 1.0, "m", "ok").finger_view == 1
+
+
+@pytest.mark.parametrize("mm, deg", [(30.0, 1.0), (2.0, 30.0)])
+def test_a_view_whose_pose_disagrees_lends_no_opening(mm, deg):
+    # Traced on PutSpatulaOnTable (oracle): a view tracked 27-113 mm and 32-113 deg off at
+    # confidence 0.3-0.5 counted more "finger" points (scene points near its wrong pose) than the
+    # pose view and read the hand open while it held the spatula at 18 mm.
+    Xa = _pose(7)
+    holding = TrackResult(Xa, 0.97, "ok", width=0.018, finger_points=(2, 14))
+    wrong = TrackResult(Xa @ _offset(mm=mm, deg=deg), 0.4, "ok", width=0.073, finger_points=(30, 43))
+    f = fuse_views([wrong], [holding], X_TCn=X_TCn)[0]
+    assert f.source == "m" and f.finger_source == "m"
+    assert f.width == 0.018 and f.finger_points == (2, 14)
+    # Within the agreement bounds (9 mm, 9 deg) the better-seen view is used.
+    near = TrackResult(Xa @ _offset(mm=9.0, deg=9.0), 0.4, "ok", width=0.019, finger_points=(30, 43))
+    assert fuse_views([near], [holding], X_TCn=X_TCn)[0].width == 0.019
