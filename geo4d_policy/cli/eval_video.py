@@ -1,12 +1,21 @@
-"""``geo4d-eval-video``: 4D-generation quality on held-out views (the paper's Table 1 metrics).
+"""``geo4d-eval-video``: what the policy needs from the 4D generator, with its ceiling and floor.
 
-    geo4d-eval-video --checkpoint CKPT --data DIR [DIR ...] --out OUT [--clips N] [--steps 25]
-                     [--device cpu|cuda] [--seed S]
+    geo4d-eval-video --checkpoint CKPT --data VAL_DIR [VAL_DIR ...] --out OUT [--clips 30] [--steps 25]
+                     [--device cpu|cuda] [--seed S] [--segmenter auto|none|PATH] [--workers N]
+                     [--rows generator autoencoder repeat_current]
 
-For each dataset, ``N`` clips are drawn from the held-out cameras (two distinct held-out views
-per clip, view n first); the generator predicts 10 frames from the conditioning frame and is
-scored against the ground truth (``geo4d_policy.eval.video_metrics``). Writes
-``OUT/metrics.json`` (per task, per clip and the mean, plus the resolved options) and prints a table.
+On validation episodes (never the checkpoint's training episodes: refused), on the policy's two
+evaluation cameras, ``--clips`` clips per task where a gripper moves: the generator's
+prediction, the autoencoders' round trip of the recorded future (the ceiling) and "repeat the
+current frame" (the floor) are scored per view and future frame (depth AbsRel/delta1,
+gripper-pixel 3D error, PSNR) and through the policy's own tracking (tracked gripper pose
+against the logged robot pose, open/close). See :mod:`geo4d_policy.eval.generator_eval`.
+
+Writes ``OUT/metrics.json`` (``rows.<row>`` with ``gripper_track_mm_median``,
+``gripper_track_mm_p90``, ``gripper_track_deg_median``, ``open_close_acc``, ``abs_rel``,
+``delta1``, ``gripper_px_mm_median``, ``psnr``: means over tasks and views of the executed
+frames 1-5, plus per-task, per-view and per-frame tables), ``OUT/error_by_frame.png``, and
+prints a table.
 """
 
 from __future__ import annotations
@@ -20,92 +29,60 @@ from collections.abc import Sequence
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU timings swing 20x without it (notes/mlstack.md)
 
-METRIC_KEYS = ("abs_rel_n", "abs_rel_m", "delta1_n", "delta1_m", "psnr_n", "psnr_m", "ssim_n", "ssim_m", "miou",
-               "miou_gt")
-
-
-def _to_uint8(x) -> "np.ndarray":
-    import numpy as np
-
-    return ((x.numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-
-
-def evaluate(checkpoint: str, data_dirs: Sequence[str], *, clips: int, steps: int, device: str, seed: int
-             ) -> dict:
-    import numpy as np
-
-    from geo4d_policy.data.datasets import GeneratorClipDataset
-    from geo4d_policy.data.format import load_meta
-    from geo4d_policy.eval.video_metrics import clip_metrics
-    from geo4d_policy.models.pipeline import Generator4D
-
-    model = Generator4D.from_pretrained(checkpoint, device=device)
-    norm = model.normalization
-    results: dict = {"checkpoint": checkpoint, "steps": steps, "clips_per_task": clips, "seed": seed, "tasks": {}}
-    for d in data_dirs:
-        task = load_meta(d).task
-        ds = GeneratorClipDataset(d, split="heldout", seed=seed)
-        rng = np.random.default_rng(seed)
-        idx = rng.choice(len(ds), size=min(clips, len(ds)), replace=False)
-        per_clip, latencies = [], []
-        for i in idx:
-            s = ds[int(i)]
-            rgb_cond = _to_uint8(s["rgb_cond"].permute(0, 2, 3, 1))
-            pm_cond = norm.denormalize(s["pm_cond"]).permute(0, 2, 3, 1).numpy()
-            vc = s["valid_cond"].numpy()
-            t0 = time.perf_counter()
-            pred = model.predict(rgb_cond, pm_cond[0], pm_cond[1], valid_n=vc[0], valid_m=vc[1], task=task,
-                                 num_steps=steps, seed=int(i))
-            latencies.append(time.perf_counter() - t0)
-            gt_rgb = _to_uint8(s["rgb"].permute(0, 1, 3, 4, 2))
-            gt_pm = norm.denormalize(s["pm"]).permute(0, 1, 3, 4, 2).numpy()
-            m = clip_metrics(pred_rgb=pred["rgb"], pred_pm=pred["pointmaps"], gt_rgb=gt_rgb, gt_pm=gt_pm,
-                             gt_valid=s["valid"].numpy(), X_TC=s["X_TC"].numpy().astype(np.float64),
-                             K=s["K"].numpy().astype(np.float64), gripper=s["gripper"].numpy())
-            m.update(clip_index=int(i), cams=[int(c) for c in s["cams"]], latency_s=latencies[-1])
-            per_clip.append(m)
-        mean = {k: float(np.nanmean([c[k] for c in per_clip if k in c])) for k in METRIC_KEYS
-                if any(k in c for c in per_clip)}
-        mean["latency_s"] = float(np.median(latencies)) if latencies else float("nan")
-        results["tasks"][task] = {"data": str(d), "mean": mean, "clips": per_clip}
-    return results
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="geo4d-eval-video", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--data", nargs="+", required=True, help="validation datasets (geo4d-collect, one task each)")
     p.add_argument("--out", required=True)
-    p.add_argument("--clips", type=int, default=20)
-    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--clips", type=int, default=30, help="clips per task")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--segmenter", default="auto", help="segmenter of the rows' RGB: auto (shipped), none, or a path")
+    p.add_argument("--workers", type=int, default=0, help="tracking processes (0: one per CPU, at most 16)")
+    p.add_argument("--rows", nargs="+", default=None, help="subset of generator autoencoder repeat_current")
+    p.add_argument("--min-motion", type=float, default=0.02,
+                   help="a clip counts when a gripper moves this far (m) over the executed frames")
+    p.add_argument("--min-part-pixels", type=int, default=20,
+                   help="... and shows this many gripper pixels in one of the two views")
     args = p.parse_args(argv)
-    if args.clips <= 0 or args.steps <= 0:
-        print("geo4d-eval-video: --clips and --steps must be positive", file=sys.stderr)
-        return 2
     from rich.console import Console
     from rich.table import Table
 
     from geo4d_policy.config import atomic_write_text
     from geo4d_policy.data.format import DatasetError
+    from geo4d_policy.eval.generator_eval import (
+        ROWS,
+        SUMMARY_KEYS,
+        GeneratorEvalConfig,
+        evaluate_generator,
+        plot_error_by_frame,
+    )
     from geo4d_policy.models.checkpoint import CheckpointError
 
     try:
-        results = evaluate(args.checkpoint, args.data, clips=args.clips, steps=args.steps, device=args.device,
-                           seed=args.seed)
-    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
+        config = GeneratorEvalConfig(clips=args.clips, steps=args.steps, seed=args.seed, segmenter=args.segmenter,
+                                     workers=args.workers, rows=tuple(args.rows or ROWS),
+                                     min_motion_m=args.min_motion, min_part_pixels=args.min_part_pixels)
+        t0 = time.perf_counter()
+        results = evaluate_generator(args.checkpoint, args.data, config, device=args.device,
+                                     progress=lambda s: print(f"geo4d-eval-video: {s}", file=sys.stderr))
+        results["seconds"] = time.perf_counter() - t0
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"geo4d-eval-video: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(results, indent=1) + "\n")
-    table = Table(title=f"geo4d-eval-video ({args.steps} steps, held-out views)")
+    plot_error_by_frame(results, os.path.join(args.out, "error_by_frame.png"))
+    lo, hi = config.summary_frames
+    table = Table(title=f"geo4d-eval-video: frames {lo}-{hi}, {args.steps} steps, policy cameras, validation episodes")
     table.add_column("metric")
-    for task in results["tasks"]:
-        table.add_column(task, justify="right")
-    for k in (*METRIC_KEYS, "latency_s"):
-        table.add_row(k, *(f"{r['mean'].get(k, float('nan')):.3f}" for r in results["tasks"].values()))
+    for row in results["rows"]:
+        table.add_column(row, justify="right")
+    for k in SUMMARY_KEYS:
+        table.add_row(k, *(f"{r[k]:.4g}" for r in results["rows"].values()))
     Console().print(table)
     return 0
 

@@ -76,6 +76,86 @@ def make_data_iter_factory(data_dirs: Sequence[str], *, batch_size: int, num_wor
     return factory
 
 
+def _model_config(name: str, overrides: Sequence[str]):
+    """The model config ``name`` with dotted ``KEY=VALUE`` overrides (values parsed as YAML)."""
+    import yaml
+
+    from geo4d_policy.config import ConfigError, to_dict
+    from geo4d_policy.models.config import load_model_config, model_config_from_dict
+
+    cfg = load_model_config(name)
+    if not overrides:
+        return cfg
+    data = to_dict(cfg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--override expects KEY=VALUE, got {item!r}")
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"--override {key}: {part!r} is not a section of the model config")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"--override {key}: unknown field; valid: {sorted(node)}")
+        node[parts[-1]] = yaml.safe_load(value)
+    return model_config_from_dict(data)
+
+
+def training_seeds(data_dirs: Sequence[str], *, init: str | None, max_episodes: int | None
+                   ) -> dict[str, tuple[int, ...]]:
+    """task -> data seeds of the episodes a run trains on, plus those ``init``'s checkpoint records."""
+    from geo4d_policy.data.format import load_meta
+    from geo4d_policy.models.checkpoint import read_config_json
+
+    seeds: dict[str, set[int]] = {}
+    for d in data_dirs:
+        meta = load_meta(d)
+        eps = sorted(e.seed for e in meta.episodes)[: max_episodes or None]
+        seeds.setdefault(meta.task, set()).update(eps)
+    if init is not None:
+        try:
+            recorded = read_config_json(init).get("training", {}).get("train_config", {}).get("data_seeds", {})
+        except Exception:  # not a checkpoint of ours (e.g. a VAE run): nothing recorded
+            recorded = {}
+        for task, lst in (recorded or {}).items():
+            seeds.setdefault(task, set()).update(int(x) for x in lst)
+    return {t: tuple(sorted(v)) for t, v in seeds.items()}
+
+
+def gpu_data_iter_factory(config, data_dirs: Sequence[str], *, batch_size: int, seed: int,
+                          max_episodes: int | None, workers: int, cache_pairs: int):
+    """The device-resident data path: a FrameStore, and for the generator a latent cache."""
+    import time
+
+    import torch
+
+    from geo4d_policy.data.frame_store import FrameStore
+    from geo4d_policy.data.geometry import PointmapNormalization
+    from geo4d_policy.train import gpu_data
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    store = FrameStore.load(data_dirs, device=device, cameras="train", max_episodes=max_episodes,
+                            workers=max(workers, 1))
+    print(f"geo4d-train: {store.num_episodes} episodes on {device} ({store.nbytes() / 1e9:.2f} GB) "
+          f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    mc = config.model
+    if config.kind != "generator":
+        return gpu_data.frame_batch_factory(store, kind=config.kind, batch_size=batch_size, seed=seed,
+                                            normalization=PointmapNormalization(*mc.pointmap_range))
+    from geo4d_policy.train.trainer import build_generator_for_cache
+
+    t0 = time.perf_counter()
+    model = build_generator_for_cache(config).to(device)
+    cache = gpu_data.LatentCache.build(model, store, pairs_per_episode=cache_pairs, seed=seed)
+    del model, store
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    print(f"geo4d-train: latent cache {cache.nbytes() / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)
+    return cache.batch_factory(batch_size=batch_size, num_frames=mc.num_frames, seed=seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geo4d-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,10 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--ckpt-every", type=int, default=None)
         s.add_argument("--resume", action="store_true")
         s.add_argument("--init", default=None, help="start from these weights (see --help of the kind)")
+        s.add_argument("--max-time", type=float, default=None,
+                       help="stop with a checkpoint after this many seconds of training (continue with --resume)")
+        s.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up (default 500)")
+        s.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the shipped weights (default 0.999)")
+        s.add_argument("--gpu-data", action="store_true",
+                       help="hold the datasets on the training device and draw batches there (the fast "
+                            "path; the generator trains on a latent cache encoded once at start)")
+        s.add_argument("--max-episodes", type=int, default=None,
+                       help="with --gpu-data: at most this many episodes per dataset (lowest seeds)")
+        s.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                       help="model-config field by dotted path, e.g. pointmap_vae.latent_channels=16 "
+                            "(YAML value syntax; repeatable)")
     sub.choices["vae"].add_argument("--modality", choices=("rgb", "pointmap"), required=True)
+    sub.choices["generator"].add_argument("--cache-pairs", type=int, default=16,
+                                          help="with --gpu-data: camera pairs per episode whose X^{m->n} is cached")
     g = sub.choices["generator"]
     g.add_argument("--task", required=True, help="task name, or 'all' for every dataset's task")
-    g.add_argument("--image-vae", required=True, help="trained image VAE checkpoint (run or step directory)")
+    g.add_argument("--image-vae", default=None,
+                   help="trained image VAE checkpoint (run or step directory); default with --init: the "
+                        "initial generator's own autoencoders")
     g.add_argument("--pointmap-vae", default=None, help="trained pointmap VAE checkpoint")
     g.add_argument("--init-svd-unet", default=None, help="local SVD U-Net safetensors (paper config only)")
     s = sub.add_parser("segmenter", help="gripper part segmenter (RGB -> palm/finger classes per arm)")
@@ -188,16 +284,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             if any(t != wanted for t in tasks):
                 raise ValueError(f"--task {wanted} but the datasets hold {sorted(set(tasks))}")
         kind = "generator" if args.what == "generator" else f"{'image' if args.modality == 'rgb' else 'pointmap'}_vae"
-        overrides = {k: v for k, v in (("max_steps", args.steps), ("lr", args.lr), ("ckpt_every", args.ckpt_every))
-                     if v is not None}
+        if kind == "generator" and args.image_vae is None and args.init is None:
+            raise ValueError("generator training needs --image-vae/--pointmap-vae, or --init GENERATOR_CKPT "
+                             "whose autoencoders it keeps")
+        overrides = {k: v for k, v in (("max_steps", args.steps), ("lr", args.lr), ("ckpt_every", args.ckpt_every),
+                                       ("max_time_s", args.max_time), ("warmup_steps", args.warmup_steps),
+                                       ("ema_decay", args.ema_decay)) if v is not None}
+        model_cfg = _model_config(args.config, args.override)
         config = TrainConfig(
-            kind=kind, model=args.config, tasks=tuple(dict.fromkeys(tasks)), seed=args.seed,
+            kind=kind, model=model_cfg, tasks=tuple(dict.fromkeys(tasks)), seed=args.seed,
             image_vae=getattr(args, "image_vae", None), pointmap_vae=getattr(args, "pointmap_vae", None),
             init_from=args.init, init_svd_unet=getattr(args, "init_svd_unet", None),
-            progress=sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS")), **overrides,
+            progress=sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS")),
+            data_seeds=training_seeds(args.data, init=args.init, max_episodes=args.max_episodes),
+            batch_size=args.batch_size, vae_max_images=max(args.batch_size, 32) if args.gpu_data else 32,
+            **overrides,
         )
-        factory = make_data_iter_factory(args.data, batch_size=args.batch_size, num_workers=args.workers,
-                                         seed=args.seed)
+        if args.gpu_data:
+            factory = gpu_data_iter_factory(config, args.data, batch_size=args.batch_size, seed=args.seed,
+                                            max_episodes=args.max_episodes, workers=args.workers,
+                                            cache_pairs=getattr(args, "cache_pairs", 16))
+        else:
+            factory = make_data_iter_factory(args.data, batch_size=args.batch_size, num_workers=args.workers,
+                                             seed=args.seed)
         result = train(config, data_iter_factory=factory, out_dir=args.out, resume=args.resume)
     except (UnknownNameError, ValueError, ConfigError, DatasetError, FileExistsError, FileNotFoundError) as e:
         print(f"geo4d-train: {e}", file=sys.stderr)

@@ -37,6 +37,11 @@ class VAEConfig:
     standard deviation is the EDM ``sigma_data`` (0.5), as the preconditioning assumes:
     ``z = (mean - shift_factor) * scaling_factor``. They are measured on data when a VAE
     checkpoint is written (:meth:`geo4d_policy.models.vae.VAE.calibrate`) and stored in it.
+
+    ``gripper_loss_weight`` / ``edge_loss_weight`` weigh the reconstruction loss of pixels on
+    or next to a gripper (dilated by 2 px) and, for pointmaps, pixels at depth discontinuities:
+    the tracker registers the gripper model on exactly those points, and an autoencoder that
+    blurs them caps every generator built on it (training-only; inference ignores them).
     """
 
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
@@ -48,8 +53,12 @@ class VAEConfig:
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
     kl_weight: float = 1e-6
+    gripper_loss_weight: float = 1.0
+    edge_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.gripper_loss_weight < 1.0 or self.edge_loss_weight < 1.0:
+            raise ConfigError("VAEConfig: gripper_loss_weight and edge_loss_weight must be >= 1")
         if len(self.block_out_channels) != 4:
             raise ConfigError(
                 "VAEConfig.block_out_channels needs 4 levels (8x downsampling), "
@@ -184,11 +193,8 @@ class GeneratorConfig:
             raise ConfigError(
                 f"GeneratorConfig: height/width must be multiples of {f}, got {self.height}x{self.width}"
             )
-        pm = self.pointmap_vae
-        if pm.downsample_factor != f or pm.latent_channels != self.image_vae.latent_channels:
-            raise ConfigError(
-                "GeneratorConfig: image and pointmap VAEs must share downsampling and latent channels"
-            )
+        if self.pointmap_vae.downsample_factor != f:
+            raise ConfigError("GeneratorConfig: image and pointmap VAEs must share their downsampling")
         if not self.tasks:
             raise ConfigError("GeneratorConfig.tasks must name at least one task")
         if len(set(self.tasks)) != len(self.tasks):
@@ -199,12 +205,18 @@ class GeneratorConfig:
 
     @property
     def latent_channels(self) -> int:
+        """Channels of the RGB latent (the first channels of a view's latent)."""
         return self.image_vae.latent_channels
+
+    @property
+    def pointmap_latent_channels(self) -> int:
+        """Channels of the pointmap latent (0 for RGB-only models)."""
+        return self.pointmap_vae.latent_channels if self.use_pointmaps else 0
 
     @property
     def target_channels(self) -> int:
         """Channels of one view's clean latent: RGB (+ pointmap)."""
-        return self.latent_channels * (2 if self.use_pointmaps else 1)
+        return self.latent_channels + self.pointmap_latent_channels
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -220,6 +232,12 @@ DATA_DERIVED_KEYS: frozenset[str] = frozenset(
         "image_vae.shift_factor",
         "pointmap_vae.scaling_factor",
         "pointmap_vae.shift_factor",
+        "image_vae.kl_weight",
+        "pointmap_vae.kl_weight",
+        "image_vae.gripper_loss_weight",
+        "pointmap_vae.gripper_loss_weight",
+        "image_vae.edge_loss_weight",
+        "pointmap_vae.edge_loss_weight",
     }
 )
 

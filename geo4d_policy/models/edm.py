@@ -136,13 +136,21 @@ def latent_weights(
     """
     from geo4d_policy.models.inputs import mask_any_on_latent_grid, mask_fraction_on_latent_grid
 
+    cells = None if gripper is None else mask_any_on_latent_grid(gripper.bool(), factor)
+    frac = None if valid is None else mask_fraction_on_latent_grid(valid.bool(), factor)
+    return cell_weights(gripper_cells=cells, valid_fraction=frac, edm=edm)
+
+
+def cell_weights(
+    *, gripper_cells: torch.Tensor | None, valid_fraction: torch.Tensor | None, edm: EDMConfig
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:func:`latent_weights` from masks already on the latent grid (what a latent cache keeps):
+    ``gripper_cells`` (bool, any gripper pixel in the cell), ``valid_fraction`` (valid share)."""
     gw = vw = None
-    if gripper is not None:
-        g = mask_any_on_latent_grid(gripper.bool(), factor).float()
-        gw = 1.0 + (edm.gripper_loss_weight - 1.0) * g
-    if valid is not None:
-        frac = mask_fraction_on_latent_grid(valid.bool(), factor)
-        vw = edm.invalid_latent_weight + (1.0 - edm.invalid_latent_weight) * frac
+    if gripper_cells is not None:
+        gw = 1.0 + (edm.gripper_loss_weight - 1.0) * gripper_cells.float()
+    if valid_fraction is not None:
+        vw = edm.invalid_latent_weight + (1.0 - edm.invalid_latent_weight) * valid_fraction.float()
     return gw, vw
 
 
@@ -165,23 +173,31 @@ def edm_loss(
         cond: (B, 2, C, h, w) clean conditioning latents.
         task_ids: (B,) task-table rows.
         config: generator config.
-        generator: CPU RNG for sigma, noise, conditioning dropout and augmentation (training
-            state saves it, so resumed runs draw the same numbers).
+        generator: RNG for sigma, noise, conditioning dropout and augmentation, on any device
+            (the trainer's lives on the training device; training state saves it, so resumed
+            runs draw the same numbers).
         gripper_weight: (B, 2, F, h, w) gripper cell weights (see :func:`latent_weights`).
         pointmap_weight: (B, 2, F, h, w) validity weights of the pointmap cells.
 
     Returns:
-        ``(loss, metrics)``: the scalar loss and float metrics (``loss_rgb``, ``loss_pm``, ...).
+        ``(loss, metrics)``: the scalar loss and detached scalar tensors (``loss_rgb``,
+        ``loss_pm``, ...; read them when logging, not every step: that waits for the GPU).
     """
     edm = config.edm
     b = x0.shape[0]
     dev = x0.device
-    sigma = (torch.randn(b, generator=generator) * edm.p_std + edm.p_mean).exp().to(dev)
-    noise = torch.randn(x0.shape, generator=generator).to(dev, x0.dtype)
+    gdev = generator.device if generator is not None else dev
+
+    def draw(fn, shape: tuple[int, ...]) -> torch.Tensor:
+        # Drawn where the generator lives (the training device in the trainer: no host copy).
+        return fn(shape, generator=generator, device=gdev).to(dev)
+
+    sigma = (draw(torch.randn, (b,)) * edm.p_std + edm.p_mean).exp()
+    noise = draw(torch.randn, tuple(x0.shape)).to(x0.dtype)
     if edm.cond_noise_aug > 0:
-        cond = cond + edm.cond_noise_aug * torch.randn(cond.shape, generator=generator).to(dev, cond.dtype)
+        cond = cond + edm.cond_noise_aug * draw(torch.randn, tuple(cond.shape)).to(cond.dtype)
     if edm.cond_drop_prob > 0:
-        drop = (torch.rand(b, generator=generator) < edm.cond_drop_prob).to(dev)
+        drop = draw(torch.rand, (b,)) < edm.cond_drop_prob
         cond, task_ids = drop_conditioning(unet, cond, task_ids, drop)
     x = x0 + sigma.reshape(-1, 1, 1, 1, 1, 1) * noise
     d = denoise(unet, x, sigma, cond, task_ids=task_ids, config=config)
@@ -191,7 +207,7 @@ def edm_loss(
     lat = config.latent_channels
     rgb = err[:, :, :, :lat].mean(dim=(0, 2, 3, 4, 5))  # (2,) per view
     loss_rgb = rgb.sum()
-    metrics = {"loss_rgb_n": float(rgb[0].detach()), "loss_rgb_m": float(rgb[1].detach())}
+    metrics = {"loss_rgb_n": rgb[0].detach(), "loss_rgb_m": rgb[1].detach()}
     loss = loss_rgb
     if config.use_pointmaps:
         pe = err[:, :, :, lat:]
@@ -201,10 +217,10 @@ def edm_loss(
         loss_pm = pm.sum()
         loss = loss + edm.pointmap_loss_weight * loss_pm
         metrics.update(
-            loss_pm_n=float(pm[0].detach()), loss_pm_m=float(pm[1].detach()), loss_pm=float(loss_pm.detach())
+            loss_pm_n=pm[0].detach(), loss_pm_m=pm[1].detach(), loss_pm=loss_pm.detach()
         )
     metrics.update(
-        loss=float(loss.detach()), loss_rgb=float(loss_rgb.detach()), sigma_mean=float(sigma.mean())
+        loss=loss.detach(), loss_rgb=loss_rgb.detach(), sigma_mean=sigma.mean().detach()
     )
     return loss, metrics
 

@@ -41,7 +41,7 @@ from geo4d_policy.models.checkpoint import (
     write_checkpoint_dir,
 )
 from geo4d_policy.models.config import GeneratorConfig, config_differences, model_config_from_dict
-from geo4d_policy.models.edm import edm_loss, latent_weights, sample_edm
+from geo4d_policy.models.edm import cell_weights, edm_loss, latent_weights, sample_edm
 from geo4d_policy.models.generator import Geo4DUNet
 from geo4d_policy.models.inputs import fill_invalid_points, resize_images, resize_nearest
 from geo4d_policy.models.vae import VAE
@@ -84,6 +84,10 @@ class Generator4D(nn.Module):
         self.pointmap_vae = VAE(config.pointmap_vae, kind="pointmap") if config.use_pointmaps else None
         self.unet = Geo4DUNet(config)
         self.normalization = PointmapNormalization(*config.pointmap_range)
+        # The "training" record of the checkpoint this model was loaded from (recipe, step, the
+        # data seeds it has seen): kept through re-saving (export), so that evaluations can
+        # still refuse the training episodes.
+        self.training_record: dict[str, Any] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -171,36 +175,31 @@ class Generator4D(nn.Module):
 
     def training_loss(
         self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """EDM loss of a dataset batch (see the module docstring for the keys).
 
-        The VAEs encode under ``no_grad`` (they are frozen); only the U-Net gets gradients.
+        The VAEs encode under ``no_grad`` (they are frozen); only the U-Net gets gradients. A
+        batch from a latent cache (:mod:`geo4d_policy.train.latent_cache`) carries the encoded
+        clip instead of frames: ``latents`` (B, 2, F, C, h, w), ``cond_latents`` (B, 2, C, h, w),
+        ``gripper_cells`` (B, 2, F, h, w) bool and ``valid_fraction`` (B, 2, F, h, w); the loss
+        is then the same as for the frames those latents were encoded from.
         """
         cfg = self.config
-        rgb = batch["rgb"]
-        b, v, f, _, hgt, wid = rgb.shape
-        if (hgt, wid) != (cfg.height, cfg.width):
-            raise ValueError(
-                f"batch resolution {hgt}x{wid} differs from the model's {cfg.height}x{cfg.width}"
-            )
         use_pm = cfg.use_pointmaps
-        with torch.no_grad():
-            pm_cond = valid_cond = None
-            if use_pm:
-                pm_cond = batch["pm_cond"]
-                valid_cond = batch.get("valid_cond")
-                if valid_cond is None:
-                    valid_cond = self.conditioning_validity(pm_cond)
-            cond = self.encode_frames(batch["rgb_cond"], pm_cond, valid_cond)
-            x0 = self.encode_frames(
-                rgb, batch.get("pm") if use_pm else None, batch.get("valid") if use_pm else None
+        if "latents" in batch:
+            x0, cond = batch["latents"], batch["cond_latents"]
+            b = x0.shape[0]
+            gw, vw = cell_weights(gripper_cells=batch.get("gripper_cells"),
+                                  valid_fraction=batch.get("valid_fraction") if use_pm else None, edm=cfg.edm)
+        else:
+            cond, x0 = self.encode_batch(batch)
+            b = x0.shape[0]
+            gw, vw = latent_weights(
+                gripper=batch.get("gripper"),
+                valid=batch.get("valid") if use_pm else None,
+                factor=self.image_vae.downsample_factor,
+                edm=cfg.edm,
             )
-        gw, vw = latent_weights(
-            gripper=batch.get("gripper"),
-            valid=batch.get("valid") if use_pm else None,
-            factor=self.image_vae.downsample_factor,
-            edm=cfg.edm,
-        )
         return edm_loss(
             self.unet,
             x0.float(),
@@ -211,6 +210,27 @@ class Generator4D(nn.Module):
             gripper_weight=gw,
             pointmap_weight=vw,
         )
+
+    @torch.no_grad()
+    def encode_batch(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cond (B, 2, C, h, w), x0 (B, 2, F, C, h, w))`` latents of a frame batch."""
+        cfg = self.config
+        rgb = batch["rgb"]
+        hgt, wid = rgb.shape[-2:]
+        if (hgt, wid) != (cfg.height, cfg.width):
+            raise ValueError(
+                f"batch resolution {hgt}x{wid} differs from the model's {cfg.height}x{cfg.width}"
+            )
+        use_pm = cfg.use_pointmaps
+        pm_cond = valid_cond = None
+        if use_pm:
+            pm_cond = batch["pm_cond"]
+            valid_cond = batch.get("valid_cond")
+            if valid_cond is None:
+                valid_cond = self.conditioning_validity(pm_cond)
+        cond = self.encode_frames(batch["rgb_cond"], pm_cond, valid_cond)
+        x0 = self.encode_frames(rgb, batch.get("pm") if use_pm else None, batch.get("valid") if use_pm else None)
+        return cond, x0
 
     def forward(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None):
         """The training loss (so that DDP wrappers see a forward call)."""
@@ -420,6 +440,9 @@ class Generator4D(nn.Module):
     def checkpoint_config(self, *, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The ``config.json`` content: format, trained task(s), normalisation, resolution, model config."""
         cfg = self.config
+        extra = dict(extra or {})
+        if "training" not in extra and self.training_record is not None:
+            extra["training"] = self.training_record
         return {
             "format": GENERATOR_FORMAT,
             "version": FORMAT_VERSION,
@@ -429,7 +452,7 @@ class Generator4D(nn.Module):
             "resolution": [cfg.height, cfg.width],
             "num_frames": cfg.num_frames,
             "model": to_dict(cfg),
-            **dict(extra or {}),
+            **extra,
         }
 
     def save_pretrained(
@@ -440,10 +463,11 @@ class Generator4D(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         """Write ``config.json`` + ``model.safetensors`` (all weights; ``dtype`` e.g. fp16 to ship,
-        or ``torch.int8`` for per-row int8 storage of the large matrices, see :func:`quantize_int8`)."""
+        or ``torch.int8`` for per-row int8 storage of the U-Net's large matrices, see
+        :func:`quantize_int8`; the autoencoders then stay fp16: they bound every prediction)."""
         tensors = state_dict_for_saving(self)
         if dtype == torch.int8:
-            tensors = quantize_int8(tensors)
+            tensors = quantize_int8(tensors, keep_prefixes=("image_vae.", "pointmap_vae."))
         elif dtype is not None:
             tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
         write_checkpoint_dir(path, self.checkpoint_config(extra=extra), tensors)
@@ -499,6 +523,7 @@ class Generator4D(nn.Module):
                 f"{path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
         model.freeze_vaes()
+        model.training_record = data.get("training")
         return model.to(device=device, dtype=dtype).eval()
 
 

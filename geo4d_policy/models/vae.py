@@ -11,8 +11,9 @@ The posterior *mean* is used everywhere outside VAE training, which makes encodi
 deterministic (the KL term keeps the posterior variance small anyway).
 
 Training objective (:meth:`VAE.loss`): L1 reconstruction, averaged over valid pixels for
-pointmaps (invalid pixels are filled before encoding and ignored in the loss), plus
-``kl_weight`` times the KL divergence averaged per latent element.
+pointmaps (invalid pixels are filled before encoding and ignored in the loss) and weighted up on
+gripper pixels and depth edges (:meth:`VAE.pixel_weights`), plus ``kl_weight`` times the KL
+divergence averaged per latent element.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import nn
 
@@ -122,44 +124,76 @@ class VAE(nn.Module):
     # Training
     # ---------------------------------------------------------------------------------------
 
+    def pixel_weights(self, x: torch.Tensor, gripper: torch.Tensor | None) -> torch.Tensor | None:
+        """(N, H, W) reconstruction weights of frames ``x`` (N, C, H, W), or None when uniform.
+
+        ``gripper_loss_weight`` on gripper pixels dilated by 2 px (their silhouette's edge is
+        where a blurred decoder puts points between the hand and the background);
+        ``edge_loss_weight`` (pointmaps) where a 3x3 neighbourhood spans more than 2 cm.
+        """
+        cfg = self.config
+        w = None
+        if gripper is not None and cfg.gripper_loss_weight > 1.0:
+            g = F.max_pool2d(gripper.reshape(-1, 1, *gripper.shape[-2:]).float(), 5, stride=1, padding=2)[:, 0]
+            w = 1.0 + (cfg.gripper_loss_weight - 1.0) * g
+        if self.kind == "pointmap" and cfg.edge_loss_weight > 1.0:
+            # 2 cm in normalised units; the range of the normalised coordinates is 2 per (hi - lo) m.
+            jump = 0.02 * 2.0 / 3.0
+            hi = F.max_pool2d(x.float(), 3, stride=1, padding=1)
+            lo = -F.max_pool2d(-x.float(), 3, stride=1, padding=1)
+            edge = ((hi - lo).amax(dim=1) > jump).float()
+            e = 1.0 + (cfg.edge_loss_weight - 1.0) * edge
+            w = e if w is None else torch.maximum(w, e)
+        return w
+
     def loss(
         self,
         x: torch.Tensor,
         *,
         valid: torch.Tensor | None = None,
+        gripper: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """L1 reconstruction (masked by ``valid``) + ``kl_weight`` * mean KL of a batch of frames.
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted L1 reconstruction (masked by ``valid``) + ``kl_weight`` * mean KL of frames.
 
         Args:
             x: (..., C, H, W) frames (RGB in [-1, 1] or normalised pointmaps).
             valid: (..., H, W) pixel validity; the reconstruction loss ignores invalid pixels.
-            generator: RNG of the posterior sample.
+            gripper: (..., H, W) gripper pixels, weighted by :meth:`pixel_weights`.
+            generator: RNG of the posterior sample (on ``x``'s device).
 
         Returns:
-            ``(loss, metrics)`` with the scalar loss and float metrics (``l1``, ``kl``).
+            ``(loss, metrics)`` with the scalar loss and detached scalar tensors (``l1``, ``kl``;
+            no host synchronisation: the training loop reads them when it logs).
         """
         if self.kind == "pointmap":
             x, valid = fill_invalid_points(x, valid)
         flat, _ = _flatten_frames(x)
         post = self._posterior(flat)
-        z = post.sample(generator=generator)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator, device=post.mean.device,
+                                               dtype=post.mean.dtype)
         rec = self.model.decode(z).sample
-        err = (rec.float() - flat.float()).abs()
-        if valid is not None:
-            m = valid.reshape(-1, 1, *valid.shape[-2:]).to(err.dtype)
-            l1 = (err * m).sum() / (m.sum() * err.shape[1]).clamp_min(1.0)
-        else:
-            l1 = err.mean()
+        err = (rec.float() - flat.float()).abs().mean(dim=1)  # (N, H, W)
+        w = self.pixel_weights(flat, None if gripper is None else gripper.reshape(-1, *gripper.shape[-2:]))
+        m = torch.ones_like(err) if valid is None else valid.reshape(-1, *valid.shape[-2:]).to(err.dtype)
+        wm = m if w is None else m * w
+        l1 = (err * wm).sum() / wm.sum().clamp_min(1.0)
         kl = 0.5 * (post.mean.float() ** 2 + post.var.float() - 1.0 - post.logvar.float()).mean()
         loss = l1 + self.config.kl_weight * kl
-        return loss, {"loss": float(loss.detach()), "l1": float(l1.detach()), "kl": float(kl.detach())}
+        l1_plain = (err * m).sum() / m.sum().clamp_min(1.0)
+        return loss, {"loss": loss.detach(), "l1": l1_plain.detach(), "l1_weighted": l1.detach(),
+                      "kl": kl.detach()}
 
     def forward(
-        self, x: torch.Tensor, *, valid: torch.Tensor | None = None, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+        self,
+        x: torch.Tensor,
+        *,
+        valid: torch.Tensor | None = None,
+        gripper: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss (so that DDP wrappers see a forward call)."""
-        return self.loss(x, valid=valid, generator=generator)
+        return self.loss(x, valid=valid, gripper=gripper, generator=generator)
 
     @torch.no_grad()
     def calibrate(
@@ -199,7 +233,8 @@ class VAE(nn.Module):
     def init_from(self, other: VAE) -> None:
         """Copy another VAE's weights (e.g. pointmap VAE from the image VAE; same architecture)."""
         def arch(c: VAEConfig) -> VAEConfig:
-            return dataclasses.replace(c, scaling_factor=1.0, shift_factor=0.0, kl_weight=0.0)
+            return dataclasses.replace(c, scaling_factor=1.0, shift_factor=0.0, kl_weight=0.0,
+                                       gripper_loss_weight=1.0, edge_loss_weight=1.0)
 
         a, b = arch(self.config), arch(other.config)
         if a != b:

@@ -47,6 +47,13 @@ class TrainConfig:
         keep_last: step directories kept (older ones are deleted).
         vae_max_images: frames per VAE step, drawn from each dataset batch.
         progress: show a progress bar.
+        max_time_s: stop (with a checkpoint) after this many seconds of training in this
+            process; a resumed run continues towards ``max_steps`` (time-boxed device calls).
+        data_seeds: task -> data-stream seeds of every episode the weights have seen (this run's
+            datasets plus those recorded by ``init_from``); evaluations refuse validation
+            episodes among them.
+        batch_size: clips (generator) or frames (VAEs) per step, as recorded (the data factory
+            makes the batches).
     """
 
     kind: TrainKind = "generator"
@@ -72,8 +79,13 @@ class TrainConfig:
     keep_last: int = 3
     vae_max_images: int = 32
     progress: bool = True
+    max_time_s: float | None = None
+    data_seeds: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_time_s is not None and not self.max_time_s > 0:
+            raise ConfigError(f"TrainConfig.max_time_s must be > 0 or null, got {self.max_time_s}")
         if self.max_steps < 1 or self.ckpt_every < 1 or self.log_every < 1 or self.keep_last < 1:
             raise ConfigError("TrainConfig: max_steps, ckpt_every, log_every and keep_last must be >= 1")
         if not self.tasks:

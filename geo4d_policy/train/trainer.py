@@ -99,18 +99,22 @@ def vae_frames(
     max_images: int,
     generator: torch.Generator,
     pointmap_range: tuple[float, float],
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Frames (N, 3, H, W) (+ validity (N, H, W)) for a VAE step from a dataset batch.
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Frames (N, 3, H, W), validity (N, H, W) and gripper pixels (N, H, W) for a VAE step.
 
     Uses the conditioning and target frames of both views (``rgb_cond``/``rgb`` or
     ``pm_cond``/``pm`` with ``valid_cond``/``valid``; without ``valid_cond``, conditioning
-    points count as valid when finite with metric z > 0), or ``images`` (+ ``valid``) when the
-    batch holds plain frames; then draws at most ``max_images`` of them.
+    points count as valid when finite with metric z > 0; gripper masks from
+    ``gripper_cond``/``gripper`` when present), or ``images`` (+ ``valid``, ``gripper``) when the
+    batch holds plain frames (the GPU frame sampler's batches); then draws at most
+    ``max_images`` of them. Validity and gripper masks are None when the batch has none.
     """
+    grip = None
     if "images" in batch:
-        x, valid = batch["images"], batch.get("valid")
+        x, valid, grip = batch["images"], batch.get("valid"), batch.get("gripper")
         x = x.reshape(-1, *x.shape[-3:])
         valid = None if valid is None else valid.reshape(-1, *valid.shape[-2:])
+        grip = None if grip is None else grip.reshape(-1, *grip.shape[-2:])
     else:
         key = "rgb" if kind == "image_vae" else "pm"
         cond, seq = batch[f"{key}_cond"], batch[key]
@@ -124,11 +128,15 @@ def vae_frames(
                 v_cond = torch.isfinite(cond).all(-3) & (torch.nan_to_num(z, nan=0.0) > 0)
             v_cond = v_cond.reshape(-1, *seq.shape[-2:]).bool()
             valid = torch.cat([v_cond, v_seq])
+        if "gripper" in batch and "gripper_cond" in batch:
+            g_seq, g_cond = batch["gripper"], batch["gripper_cond"]
+            grip = torch.cat([g_cond.reshape(-1, *seq.shape[-2:]), g_seq.reshape(-1, *seq.shape[-2:])]).bool()
     if x.shape[0] > max_images:
-        idx = torch.randperm(x.shape[0], generator=generator)[:max_images].to(x.device)
+        idx = torch.randperm(x.shape[0], generator=generator, device=generator.device)[:max_images].to(x.device)
         x = x[idx]
         valid = None if valid is None else valid[idx]
-    return x, valid
+        grip = None if grip is None else grip[idx]
+    return x, valid, grip
 
 
 class _VAEModule(nn.Module):
@@ -143,17 +151,62 @@ class _VAEModule(nn.Module):
         self.recent: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
     def forward(self, batch: Batch, *, generator: torch.Generator):
-        x, valid = vae_frames(
+        x, valid, grip = vae_frames(
             batch,
             kind=self.kind,
             max_images=self.max_images,
             generator=generator,
             pointmap_range=self.pointmap_range,
         )
-        # Frames kept for measuring the latent scale at checkpoint time.
-        kept = (x.detach().cpu(), None if valid is None else valid.detach().cpu())
+        # Frames kept (on the device: a copy to the host would synchronise every step) for
+        # measuring the latent scale at checkpoint time.
+        kept = (x.detach(), None if valid is None else valid.detach())
         self.recent = (self.recent + [kept])[-4:]
-        return self.vae.loss(x, valid=valid, generator=generator)
+        return self.vae.loss(x, valid=valid, gripper=grip, generator=generator)
+
+
+def build_generator(cfg: TrainConfig, mc: GeneratorConfig, tasks: tuple[str, ...]) -> Generator4D:
+    """The generator a run trains: VAEs from ``cfg`` (or ``init_from``'s), U-Net initialised as asked."""
+    model = Generator4D(mc, trained_tasks=tasks)
+    src = None
+    if cfg.init_from is not None:
+        src = Generator4D.from_pretrained(cfg.init_from, config=mc)
+    if cfg.image_vae is None and cfg.pointmap_vae is None and src is not None:
+        # Continuing a generator: its own (frozen) autoencoders come with it.
+        model.set_vaes(src.image_vae, src.pointmap_vae)
+    elif cfg.image_vae is not None or cfg.pointmap_vae is not None:
+        if cfg.image_vae is None or (mc.use_pointmaps and cfg.pointmap_vae is None):
+            raise ValueError(
+                "generator training: give both image_vae and pointmap_vae checkpoints (or neither)"
+            )
+        image = VAE.from_pretrained(cfg.image_vae, kind="image")
+        pm = VAE.from_pretrained(cfg.pointmap_vae, kind="pointmap") if mc.use_pointmaps else None
+        for name, vae in (("image", image), ("pointmap", pm)):
+            if vae is None:
+                continue
+            probe = dataclasses.replace(mc, **{f"{name}_vae": vae.config})
+            diff = [d for d in config_differences(mc, probe) if not d.startswith(f"{name}_vae.kl_weight")]
+            if diff:
+                raise CheckpointError(
+                    f"{name} VAE checkpoint does not match the model config:\n  " + "\n  ".join(diff)
+                )
+        model.set_vaes(image, pm)
+    else:
+        log.warning("generator training with random VAEs (no image_vae/pointmap_vae given): tests only")
+    model.freeze_vaes()
+    if src is not None:
+        model.unet.load_state_dict(src.unet.state_dict())
+    if cfg.init_svd_unet is not None:
+        missing = load_svd_unet_weights(model.unet, load_file(cfg.init_svd_unet))
+        if missing:
+            log.warning("SVD init left %d U-Net tensors at their initialisation", len(missing))
+    return model
+
+
+def build_generator_for_cache(config: TrainConfig) -> Generator4D:
+    """The generator of ``config`` with its frozen autoencoders (what a latent cache encodes with)."""
+    mc = resolve_model_config(config.model)
+    return build_generator(config, mc, tuple(canonical_task(t) for t in config.tasks)).eval()
 
 
 class _Recipe:
@@ -171,36 +224,7 @@ class _Recipe:
             self.trainable = self.module
 
     def _build_generator(self) -> Generator4D:
-        cfg, mc = self.cfg, self.model_cfg
-        model = Generator4D(mc, trained_tasks=self.tasks)
-        if cfg.image_vae is not None or cfg.pointmap_vae is not None:
-            if cfg.image_vae is None or (mc.use_pointmaps and cfg.pointmap_vae is None):
-                raise ValueError(
-                    "generator training: give both image_vae and pointmap_vae checkpoints (or neither)"
-                )
-            image = VAE.from_pretrained(cfg.image_vae, kind="image")
-            pm = VAE.from_pretrained(cfg.pointmap_vae, kind="pointmap") if mc.use_pointmaps else None
-            for name, vae in (("image", image), ("pointmap", pm)):
-                if vae is None:
-                    continue
-                probe = dataclasses.replace(mc, **{f"{name}_vae": vae.config})
-                diff = [d for d in config_differences(mc, probe) if not d.startswith(f"{name}_vae.kl_weight")]
-                if diff:
-                    raise CheckpointError(
-                        f"{name} VAE checkpoint does not match the model config:\n  " + "\n  ".join(diff)
-                    )
-            model.set_vaes(image, pm)
-        else:
-            log.warning("generator training with random VAEs (no image_vae/pointmap_vae given): tests only")
-        model.freeze_vaes()
-        if cfg.init_from is not None:
-            src = Generator4D.from_pretrained(cfg.init_from, config=mc)
-            model.unet.load_state_dict(src.unet.state_dict())
-        if cfg.init_svd_unet is not None:
-            missing = load_svd_unet_weights(model.unet, load_file(cfg.init_svd_unet))
-            if missing:
-                log.warning("SVD init left %d U-Net tensors at their initialisation", len(missing))
-        return model
+        return build_generator(self.cfg, self.model_cfg, self.tasks)
 
     def _build_vae(self) -> _VAEModule:
         cfg, mc = self.cfg, self.model_cfg
@@ -269,25 +293,28 @@ def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def optimizer_step(accelerator: Any, loss: torch.Tensor, metrics: dict[str, float], *, params: Any,
+def optimizer_step(accelerator: Any, loss: torch.Tensor, metrics: dict[str, Any], *, params: Any,
                    optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any, step: int,
-                   grad_clip: float) -> dict[str, float]:
+                   grad_clip: float, check_finite: bool = True) -> dict[str, Any]:
     """One update from ``loss``: backward, optional clipping, optimizer/scheduler/EMA steps.
 
     Shared by every accelerate-based trainer (generator/VAEs here, Diffusion Policy).
+    ``check_finite`` tests the loss before updating, which waits for the GPU every step; the
+    generator/VAE loop passes False and tests the accumulated loss when it logs instead.
 
     Returns:
-        ``metrics`` plus ``grad_norm`` (NaN without clipping).
+        ``metrics`` plus ``grad_norm`` (a tensor; NaN without clipping).
 
     Raises:
-        FloatingPointError: the loss is not finite (nothing is updated).
+        FloatingPointError: ``check_finite`` and the loss is not finite (nothing is updated).
     """
-    if not torch.isfinite(loss):
+    if check_finite and not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss at step {step}: {metrics}")
     accelerator.backward(loss)
-    grad_norm = float("nan")
+    grad_norm: Any = float("nan")
     if grad_clip > 0:
-        grad_norm = float(accelerator.clip_grad_norm_(params, grad_clip))
+        grad_norm = accelerator.clip_grad_norm_(params, grad_clip)
+        grad_norm = grad_norm.detach() if isinstance(grad_norm, torch.Tensor) else float(grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -388,13 +415,18 @@ def train(
     recipe = _Recipe(config, model_cfg)
     module = recipe.module
     params = [p for p in recipe.trainable.parameters() if p.requires_grad]
+    # The fused CUDA AdamW updates every tensor in a few kernels (per-tensor loops are
+    # launch-bound for small models); same maths as the default implementation.
     optimizer = torch.optim.AdamW(
-        params, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay
+        params, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay,
+        fused=accelerator.device.type == "cuda",
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     module.to(accelerator.device)
     ema = EMA(recipe.trainable, decay=config.ema_decay)
-    gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    # Training noise is drawn on the training device: CPU draws copied over every step would
+    # make the host wait for the GPU.
+    gen = torch.Generator(device=accelerator.device).manual_seed(config.seed * 1000 + rank)
 
     step, epoch, in_epoch = 0, 0, 0
     if resume and (out / LAST_POINTER).exists():
@@ -466,7 +498,7 @@ def train(
 
     last_ckpt = out / (out / LAST_POINTER).read_text().strip() if (out / LAST_POINTER).exists() else None
     metrics_path = out / "metrics.jsonl"
-    acc: dict[str, float] = {}
+    acc: dict[str, Any] = {}
     n_acc = 0
     last_metrics: dict[str, float] = {}
     bar = tqdm(
@@ -476,34 +508,40 @@ def train(
         desc=f"train {config.kind}",
         dynamic_ncols=True,
     )
-    t_log = time.perf_counter()
+    t_start = t_log = time.perf_counter()
     module.train()
     if config.kind == "generator":
         accelerator.unwrap_model(module).freeze_vaes()
     data = _batches(data_iter_factory, epoch=epoch, skip=in_epoch, rank=rank, world_size=world)
-    while step < config.max_steps:
+    out_of_time = False
+    while step < config.max_steps and not out_of_time:
         epoch, idx, batch = next(data)
         in_epoch = idx + 1
         batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
             loss, metrics = recipe.loss(module, batch, gen)
         metrics = optimizer_step(accelerator, loss, metrics, params=params, optimizer=optimizer,
-                                 scheduler=scheduler, ema=ema, step=step, grad_clip=config.grad_clip)
+                                 scheduler=scheduler, ema=ema, step=step, grad_clip=config.grad_clip,
+                                 check_finite=False)
         step += 1
+        # Metrics stay on the device until the next log (no host synchronisation per step).
         for k, v in metrics.items():
-            acc[k] = acc.get(k, 0.0) + v
+            acc[k] = acc[k] + v if k in acc else v
         n_acc += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        if step % config.log_every == 0 or step == config.max_steps:
+        out_of_time = config.max_time_s is not None and time.perf_counter() - t_start >= config.max_time_s
+        if step % config.log_every == 0 or step == config.max_steps or out_of_time:
             now = time.perf_counter()
             keys = sorted(acc)
+            vals = torch.stack([torch.as_tensor(acc[k], dtype=torch.float64, device=accelerator.device).reshape(())
+                                for k in keys]) / n_acc
             # Average over processes too (every rank logs at the same steps).
-            vals = accelerator.reduce(
-                torch.tensor([acc[k] / n_acc for k in keys], dtype=torch.float64, device=accelerator.device),
-                "mean",
-            )
+            vals = accelerator.reduce(vals, "mean")
             last_metrics = dict(zip(keys, vals.tolist()))
+            if not math.isfinite(last_metrics.get("loss", 0.0)):
+                raise FloatingPointError(
+                    f"non-finite loss in steps {step - n_acc + 1}..{step}: {last_metrics}; the last "
+                    f"checkpoint ({last_ckpt}) is from before them")
             rec = {
                 "step": step,
                 "epoch": epoch,
@@ -514,8 +552,9 @@ def train(
             if accelerator.is_main_process:
                 with metrics_path.open("a") as fh:
                     fh.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{last_metrics.get('loss', float('nan')):.4f}")
             acc, n_acc, t_log = {}, 0, now
-        if step % config.ckpt_every == 0 or step == config.max_steps:
+        if step % config.ckpt_every == 0 or step == config.max_steps or out_of_time:
             last_ckpt = save_checkpoint()
     bar.close()
     if last_ckpt is None:

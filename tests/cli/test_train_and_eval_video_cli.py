@@ -15,8 +15,9 @@ from geo4d_policy.data.synthetic import make_dataset
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     make_dataset(root / "data", seeds=range(2), n_frames=12, resolution=(32, 40))
+    make_dataset(root / "val", seeds=[500], n_frames=12, resolution=(32, 40))
     cfg = yaml.safe_load((CONFIG_DIR / "model" / "tiny.yaml").read_text())
-    cfg.update(height=32, width=40)
+    cfg.update(height=32, width=40, num_frames=2)
     (root / "tiny32.yaml").write_text(yaml.safe_dump(cfg))
     return root
 
@@ -41,12 +42,21 @@ def test_train_resume_and_evaluate(setup):
     assert _train(setup, *gen, "--steps", "3", "--resume") == 0
     assert (runs / "gen" / "last").read_text().strip() == "step_3"
     out = setup / "eval"
-    assert eval_main(["--checkpoint", str(runs / "gen"), "--data", str(setup / "data"), "--out", str(out),
-                      "--clips", "1", "--steps", "2"]) == 0
+    # Validation episodes (seed 500, not trained on); the synthetic grippers are a few pixels at 32x40.
+    assert eval_main(["--checkpoint", str(runs / "gen"), "--data", str(setup / "val"), "--out", str(out),
+                      "--clips", "1", "--steps", "2", "--segmenter", "none", "--workers", "0",
+                      "--min-part-pixels", "2", "--min-motion", "0.005"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    mean = metrics["tasks"]["PlaceAppleFromBowlIntoBin"]["mean"]
-    for key in ("abs_rel_n", "abs_rel_m", "delta1_n", "psnr_n", "ssim_m", "miou"):
-        assert key in mean
+    assert (out / "error_by_frame.png").is_file()
+    assert set(metrics["rows"]) == {"generator", "autoencoder", "repeat_current"}
+    for row in metrics["rows"].values():
+        for key in ("gripper_track_mm_median", "gripper_track_mm_p90", "gripper_track_deg_median",
+                    "open_close_acc", "abs_rel", "delta1", "gripper_px_mm_median"):
+            assert key in row
+        per_frame = row["per_task"]["PlaceAppleFromBowlIntoBin"]["per_frame"]
+        assert [f["frame"] for f in per_frame] == [1, 2]
+    # The floor repeats the true current frame: its view-n depth at frame 1 is close to exact.
+    assert metrics["rows"]["repeat_current"]["abs_rel"] < metrics["rows"]["generator"]["abs_rel"]
 
 
 def test_train_refuses_task_mismatch(setup, capsys):

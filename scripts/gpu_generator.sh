@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# On the GPU machine: the generator's accumulated training, one stage per device call (or several
+# stages in one call). Data lives in $GEO4D_WORK (default /tmp/geo4d), which survives only while
+# the machine stays warm: every stage re-collects what is missing, so a bare machine works too.
+#   usage: bash scripts/gpu_generator.sh STAGE [ARGS]
+#     collect [TRAIN_EPS] [VAL_EPS]   expert demonstrations of the three tasks: training data from
+#                                     the data stream's base 0, validation data from base 7
+#                                     (seeds 700000+i, never trained on); defaults 24 / 6 per task
+#     ae-sweep SECONDS                train the autoencoder candidates of $AE_CANDIDATES in parallel
+#     ae-select SECONDS               measure every candidate's round trip on the validation data,
+#                                     pick the best image and pointmap autoencoders, train those on
+#                                     for SECONDS; writes $GEO4D_WORK/chosen.env
+#     gen SECONDS                     train the generator on a latent cache (new one from the chosen
+#                                     autoencoders, or continuing GEN_INIT = a generator checkpoint)
+#     export NAME                     bf16/int8 checkpoint of the last generator -> $OUT (shards)
+# Environment: GEO4D_MODEL (default small), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64).
+set -uo pipefail
+stage=$1; shift
+root=${GEO4D_WORK:-/tmp/geo4d}; runs=$root/runs; mkdir -p "$runs" "$root/data" "$root/val"
+cfg=${GEO4D_MODEL:-small}
+tasks=(PlaceAppleFromBowlIntoBin PutSpatulaOnTable StoreCerealBoxUnderShelf)
+export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
+train_dirs() { for t in "${tasks[@]}"; do echo -n "$root/data/$t "; done; }
+val_dirs() { for t in "${tasks[@]}"; do echo -n "$root/val/$t "; done; }
+cores=$(python -c 'import os; print(len(os.sched_getaffinity(0)))')
+
+collect() {
+  local n=${1:-24} v=${2:-6} t0; t0=$(date +%s)
+  for t in "${tasks[@]}"; do
+    OMP_NUM_THREADS=1 ${COLLECT_SECONDS:+timeout --signal=INT "$COLLECT_SECONDS"} \
+      python -m geo4d_policy.cli.collect --task "$t" --episodes "$n" --out "$root/data/$t" \
+      --workers $(( (cores - 3) / 3 )) --seed 0 --resume > "$root/collect_$t.log" 2>&1 &
+    OMP_NUM_THREADS=1 ${COLLECT_SECONDS:+timeout --signal=INT "$COLLECT_SECONDS"} \
+      python -m geo4d_policy.cli.collect --task "$t" --episodes "$v" --out "$root/val/$t" \
+      --workers 1 --seed 7 --resume > "$root/collect_val_$t.log" 2>&1 &
+  done
+  wait
+  echo "collect: $n train + $v val episodes per task in $(( $(date +%s) - t0 )) s on $cores cores"
+  for t in "${tasks[@]}"; do tail -n 2 "$root/collect_$t.log"; tail -n 1 "$root/collect_val_$t.log"; done
+}
+
+# name | modality | overrides (space-separated KEY=VALUE)
+AE_CANDIDATES=${AE_CANDIDATES:-"img8|rgb|image_vae.block_out_channels=[32,64,64,64] image_vae.norm_num_groups=32 image_vae.latent_channels=8 image_vae.gripper_loss_weight=5
+img16|rgb|image_vae.block_out_channels=[32,64,64,64] image_vae.norm_num_groups=32 image_vae.latent_channels=16 image_vae.gripper_loss_weight=5
+pm8|pointmap|pointmap_vae.block_out_channels=[32,64,64,64] pointmap_vae.norm_num_groups=32 pointmap_vae.latent_channels=8 pointmap_vae.gripper_loss_weight=10 pointmap_vae.edge_loss_weight=4
+pm16|pointmap|pointmap_vae.block_out_channels=[32,64,64,64] pointmap_vae.norm_num_groups=32 pointmap_vae.latent_channels=16 pointmap_vae.gripper_loss_weight=10 pointmap_vae.edge_loss_weight=4"}
+
+ae_train() {  # name modality seconds overrides...
+  local name=$1 mod=$2 secs=$3; shift 3
+  local ov=(); for o in "$@"; do ov+=(--override "$o"); done
+  python -m geo4d_policy.cli.train vae --modality "$mod" --data $(train_dirs) --out "$runs/ae_$name" --config "$cfg" \
+    "${ov[@]}" --steps 200000 --batch-size "${AE_BATCH:-64}" --lr "${AE_LR:-4e-4}" --ckpt-every 2000 --gpu-data \
+    --workers 4 --warmup-steps 200 --ema-decay 0.995 --max-time "$secs" --resume > "$root/ae_$name.log" 2>&1
+  echo "ae $name: $(tail -n 1 "$runs/ae_$name/metrics.jsonl")"
+}
+
+case $stage in
+  collect) collect "$@" ;;
+  ae-sweep)
+    [ -d "$root/data/${tasks[0]}" ] || collect
+    while IFS='|' read -r name mod ov; do
+      [ -n "$name" ] && { read -ra o <<< "$ov"; ae_train "$name" "$mod" "$1" "${o[@]}" & }
+    done <<< "$AE_CANDIDATES"
+    wait
+    ;;
+  ae-select)
+    cands=(); gens=()
+    while IFS='|' read -r name mod ov; do
+      [ -n "$name" ] || continue
+      if [ "$mod" = rgb ]; then cands+=(--candidate "$name" "$runs/ae_$name" -); else cands+=(--candidate "$name" - "$runs/ae_$name"); fi
+    done <<< "$AE_CANDIDATES"
+    [ -n "${OLD_GENERATOR:-}" ] && gens=(--generator shipped "$OLD_GENERATOR")
+    python scripts/eval_autoencoders.py --data $(val_dirs) --out "$root/ae_eval_sweep.json" "${cands[@]}" "${gens[@]}" \
+      --frames-per-episode 40
+    python - "$root/ae_eval_sweep.json" "$root/chosen.env" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+def pooled(name, key):
+    vals = [t["candidates"][name]["mean"].get(key) for t in r["tasks"].values()]
+    return sum(vals) / len(vals) if all(v is not None for v in vals) else None
+names = list(next(iter(r["tasks"].values()))["candidates"])
+img = [n for n in names if pooled(n, "psnr") is not None and n != "shipped"]
+pm = [n for n in names if pooled(n, "gripper_px_mm_median") is not None and n != "shipped"]
+# Image: highest PSNR; pointmap: lowest gripper-pixel error (the tracker's input).
+best_img = max(img, key=lambda n: pooled(n, "psnr"))
+best_pm = min(pm, key=lambda n: pooled(n, "gripper_px_mm_median"))
+open(sys.argv[2], "w").write(f"IMG={best_img}\nPM={best_pm}\n")
+print("chosen:", best_img, best_pm)
+PY
+    # shellcheck disable=SC1091
+    source "$root/chosen.env"
+    if [ "${1:-0}" -gt 0 ]; then
+      while IFS='|' read -r name mod ov; do
+        { [ "$name" = "$IMG" ] || [ "$name" = "$PM" ]; } && { read -ra o <<< "$ov"; ae_train "$name" "$mod" "$1" "${o[@]}" & }
+      done <<< "$AE_CANDIDATES"
+      wait
+      python scripts/eval_autoencoders.py --data $(val_dirs) --out "$root/ae_eval_chosen.json" \
+        --candidate chosen "$runs/ae_$IMG" "$runs/ae_$PM" --frames-per-episode 40
+    fi
+    ;;
+  gen)
+    secs=$1
+    [ -d "$root/data/${tasks[0]}" ] || collect
+    ov=(); for o in ${GEN_OVERRIDES:-}; do ov+=(--override "$o"); done
+    if [ -n "${GEN_INIT:-}" ]; then src=(--init "$GEN_INIT"); else
+      # shellcheck disable=SC1091
+      source "$root/chosen.env"; src=(--image-vae "$runs/ae_$IMG" --pointmap-vae "$runs/ae_$PM")
+      # The generator's autoencoder fields are the chosen candidates'.
+      while IFS='|' read -r name mod o2; do
+        { [ "$name" = "$IMG" ] || [ "$name" = "$PM" ]; } && for o in $o2; do ov+=(--override "$o"); done
+      done <<< "$AE_CANDIDATES"
+    fi
+    python -m geo4d_policy.cli.train generator --task all --data $(train_dirs) --out "$runs/${GEN_RUN:-generator}" \
+      --config "$cfg" "${ov[@]}" "${src[@]}" --steps 1000000 --batch-size "${GEN_BATCH:-64}" --lr "${GEN_LR:-2e-4}" \
+      --ckpt-every 500 --warmup-steps "${GEN_WARMUP:-200}" --ema-decay "${GEN_EMA:-0.995}" --gpu-data --workers 8 \
+      --max-time "$secs" --resume > "$root/gen.log" 2>&1
+    tail -n 3 "$root/gen.log"; tail -n 2 "$runs/${GEN_RUN:-generator}/metrics.jsonl"
+    ;;
+  export)
+    name=$1; ship=$root/ship/$name; rm -rf "$ship"
+    python - "$runs/${GEN_RUN:-generator}" "$ship" <<'PY'
+import sys, torch
+from geo4d_policy.models.pipeline import Generator4D
+g = Generator4D.from_pretrained(sys.argv[1])
+g.save_pretrained(sys.argv[2], dtype=torch.int8)
+print("exported", sys.argv[2], g.trained_tasks)
+PY
+    if [ -n "${OUT:-}" ]; then
+      (cd "$ship" && split -b 15000000 -d model.safetensors "$OUT/$name.model.safetensors.part" && cp config.json "$OUT/$name.config.json")
+    fi
+    ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
