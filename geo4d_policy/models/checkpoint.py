@@ -67,20 +67,22 @@ INT8_SCALE_SUFFIX = ".__int8_scale"
 """Key suffix of the per-row scales of a weight stored in int8 (see :func:`quantize_int8`)."""
 
 
-def quantize_int8(tensors: Mapping[str, torch.Tensor], *, min_numel: int = 4096) -> dict[str, torch.Tensor]:
+def quantize_int8(tensors: Mapping[str, torch.Tensor], *, min_numel: int = 4096,
+                  keep_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Storage-only int8 quantisation: large float matrices as int8 with a per-output-row scale.
 
     Symmetric per-row (dim 0) scaling keeps every output channel's own range, which is what
     convolution and linear weights need; small tensors (norms, biases, embeddings under
     ``min_numel``) stay fp16. :func:`load_weights` dequantises transparently, so models run in
     floating point as before: this halves checkpoint size against fp16, it does not speed
-    anything up.
+    anything up. Tensors whose names start with one of ``keep_prefixes`` stay fp16 (e.g. the
+    autoencoders, whose precision bounds every prediction).
     """
     out: dict[str, torch.Tensor] = {}
     for k, v in tensors.items():
         if not v.is_floating_point():
             out[k] = v
-        elif v.ndim >= 2 and v.numel() >= min_numel:
+        elif v.ndim >= 2 and v.numel() >= min_numel and not k.startswith(keep_prefixes):
             w = v.detach().float()
             scale = w.abs().reshape(len(w), -1).amax(dim=1).clamp_min(1e-12) / 127.0
             scale = scale.reshape(-1, *([1] * (w.ndim - 1)))

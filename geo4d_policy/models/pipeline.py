@@ -396,6 +396,7 @@ class Generator4D(PretrainedModel):
     config_type = GeneratorConfig
     task_conditioned = True
     config_ignore = DATA_DERIVED_KEYS
+    int8_keep_prefixes = ("image_vae.", "pointmap_vae.")  # the autoencoders bound every prediction
 
     def checkpoint_fields(self) -> dict[str, Any]:
         """``config.json`` entries besides the model config: normalisation, resolution, frames."""

@@ -10,7 +10,10 @@ Owns what a checkpoint directory (:mod:`geo4d_policy.models.checkpoint`: ``confi
   requires (e.g. the segmenter's class layout), what :meth:`PretrainedModel.checkpoint_fields`
   adds (normalisation statistics...) and the caller's ``extra`` (training metadata, evaluations).
 * :meth:`~PretrainedModel.save_pretrained`: weights in their dtype, cast (``torch.float16`` to
-  ship) or per-row int8 (:func:`~geo4d_policy.models.checkpoint.quantize_int8`).
+  ship) or per-row int8 (:func:`~geo4d_policy.models.checkpoint.quantize_int8`; a family's
+  ``int8_keep_prefixes`` stay fp16). The ``training`` record of the checkpoint a model was loaded
+  from (recipe, step, the data seeds it has seen) is kept through re-saving, so an exported model
+  still tells which episodes it was trained on.
 * :meth:`~PretrainedModel.from_pretrained`: a checkpoint or run directory (its ``last`` step) ->
   the model in eval mode, refusing with :class:`CheckpointError` and a message naming what is
   wrong: another format, another format version, a task it was not trained on, a config that
@@ -90,10 +93,13 @@ class PretrainedModel(nn.Module):
             the segmenter's class layout).
         config_ignore: config keys left out when comparing with an expected config (values
             measured on data, such as the VAE latent scales).
+        int8_keep_prefixes: weights kept fp16 when saving in int8 (e.g. autoencoders).
 
     Instance attributes:
         config: the model's typed config.
         trained_tasks: tasks of a task-conditioned model (empty for the others).
+        training_record: ``config.json``'s ``training`` entry of the checkpoint it was loaded
+            from (None for a new model).
     """
 
     checkpoint_format: ClassVar[str]
@@ -104,9 +110,11 @@ class PretrainedModel(nn.Module):
     task_conditioned: ClassVar[bool] = False
     required_fields: ClassVar[Mapping[str, Any]] = {}
     config_ignore: ClassVar[frozenset[str]] = frozenset()
+    int8_keep_prefixes: ClassVar[tuple[str, ...]] = ()
 
     config: Any
     trained_tasks: tuple[str, ...] = ()
+    training_record: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------------------------------
     # What a family may extend
@@ -167,6 +175,8 @@ class PretrainedModel(nn.Module):
             data["task"] = self.trained_tasks[0] if len(self.trained_tasks) == 1 else "multi"
             data["tasks"] = list(self.trained_tasks)
         data.update(self.checkpoint_fields())
+        if self.training_record is not None:
+            data["training"] = self.training_record
         data.update(extra or {})
         return data
 
@@ -189,7 +199,7 @@ class PretrainedModel(nn.Module):
         """
         tensors = state_dict_for_saving(self.weights_module())
         if dtype == torch.int8:
-            tensors = quantize_int8(tensors)
+            tensors = quantize_int8(tensors, keep_prefixes=self.int8_keep_prefixes)
         elif dtype is not None:
             tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
         return write_checkpoint_dir(path, self.checkpoint_config(extra=extra, dtype=dtype), tensors,
@@ -254,6 +264,7 @@ class PretrainedModel(nn.Module):
                 raise CheckpointError(f"{where} was trained with another {cls.family} config:\n  "
                                       + "\n  ".join(diff))
         model.load_checkpoint_weights(where)
+        model.training_record = data.get("training")
         return model.to(device=device, dtype=dtype).eval()
 
     def load_checkpoint_weights(self, path: str | os.PathLike[str]) -> None:

@@ -89,6 +89,10 @@ def test_round_trip_and_fp16(saved, tmp_path):
     p = next(loaded.parameters())
     assert p.dtype == torch.float32
     assert torch.allclose(p, next(model.parameters()).half().float())
+    # The training record survives re-saving (an export still says what the model has seen).
+    assert back.training_record == {"step": 7}
+    again = back.save_pretrained(tmp_path / "again")
+    assert json.loads((again / CONFIG_NAME).read_text())["training"] == {"step": 7}
     # A run directory's `last` pointer reaches the same checkpoint.
     (tmp_path / "last").write_text(path.name + "\n")
     assert cls.from_pretrained(tmp_path).config == model.config
@@ -141,6 +145,21 @@ def test_refusals_name_what_is_wrong(saved, tmp_path):
     save_file(bad, str(path / WEIGHTS_NAME))
     with pytest.raises(CheckpointError, match=rf"other shapes \['{first} \(3, 1\)"):
         cls.from_pretrained(path)
+
+
+def test_int8_storage_keeps_the_generator_autoencoders_fp16(tmp_path):
+    from safetensors.torch import load_file
+
+    model = _generator()
+    path = model.save_pretrained(tmp_path / "int8", dtype=torch.int8)
+    stored = load_file(str(path / WEIGHTS_NAME))
+    int8 = {k for k, v in stored.items() if v.dtype == torch.int8}
+    assert int8 and all(k.startswith("unet.") for k in int8)
+    assert any(k.startswith("image_vae.") and v.dtype == torch.float16 and v.numel() >= 4096
+               for k, v in stored.items())
+    back = Generator4D.from_pretrained(path)
+    vae_w = dict(model.named_parameters())
+    assert all(torch.allclose(p, vae_w[k].half().float()) for k, p in back.named_parameters() if "_vae." in k)
 
 
 def test_family_specific_fields(tmp_path):
