@@ -10,8 +10,7 @@ Conventions (see DESIGN.md):
   * ``T`` is the task frame: table-top centre, z up, arms on the -x side facing +x.
   * Camera frames follow Drake/OpenCV: +z forward, +x right, +y down.
   * Depth is float32 metres in memory, ``0.0`` where the camera saw nothing (the same
-    convention as uint16 millimetres on disk). Use :func:`depth_valid` rather than testing
-    values by hand.
+    convention as uint16 millimetres on disk): a depth value is valid when finite and > 0.
   * The gripper frame ``G`` of each arm is Franka's ``panda_link8`` (the flange), as in
     lbm_eval's action space.
 """
@@ -109,12 +108,6 @@ class CameraIntrinsics:
             [[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]], dtype=np.float64
         )
 
-    @classmethod
-    def from_fov_y(cls, *, width: int, height: int, fov_y: float) -> CameraIntrinsics:
-        """Intrinsics of a centred camera with vertical field of view ``fov_y`` (radians)."""
-        f = 0.5 * height / np.tan(0.5 * fov_y)
-        return cls(width, height, f, f, 0.5 * (width - 1), 0.5 * (height - 1))
-
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
 
@@ -177,11 +170,6 @@ def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray = np.array(
     X[:3, :3] = np.stack([x, y, z], axis=1)
     X[:3, 3] = position
     return X
-
-
-def depth_valid(depth: np.ndarray) -> np.ndarray:
-    """Validity mask of a float depth image (finite and positive)."""
-    return np.isfinite(depth) & (depth > 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,18 +282,6 @@ class ActionChunk:
 
     def __iter__(self) -> Iterator[Action]:
         return (self[i] for i in range(len(self)))
-
-    @classmethod
-    def from_actions(cls, actions: list[Action]) -> ActionChunk:
-        """Stack single-step actions (all for the same arms) into a chunk."""
-        if not actions:
-            raise ValueError("an action chunk needs at least one action")
-        arms = list(actions[0].arms)
-        return cls(
-            {a: np.stack([act.arms[a].X_TG for act in actions]) for a in arms},
-            {a: np.array([act.arms[a].width for act in actions], dtype=np.float64) for a in arms},
-        )
-
 
 @dataclasses.dataclass(frozen=True)
 class StepInfo:

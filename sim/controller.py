@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 from pydrake.common.value import AbstractValue
-from pydrake.math import RigidTransform, RotationMatrix
+from pydrake.math import RigidTransform
 from pydrake.multibody.inverse_kinematics import (
     DifferentialInverseKinematicsParameters,
     DifferentialInverseKinematicsStatus,
@@ -149,8 +149,3 @@ class ArmController(LeafSystem):
 
     def _out_status(self, context, output: BasicVector) -> None:
         output.SetFromVector(context.get_discrete_state_vector().get_value()[15:17])
-
-
-def rotation_error(R_a: np.ndarray, R_b: np.ndarray) -> float:
-    """Angle (rad) of the rotation taking ``R_a`` to ``R_b``."""
-    return float(RotationMatrix(R_a.T @ R_b).ToAngleAxis().angle())

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -255,15 +254,6 @@ class Env:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self._meshcat.StaticHtml())
-
-    def episode_info(self) -> dict[str, Any]:
-        """Task, seed, layout and cameras of the current episode (for records and datasets)."""
-        return {
-            "task": self.task.name,
-            "seed": self.seed,
-            "layout": self.layout.to_dict() if self.layout else None,
-            "cameras": [s.to_dict() for s in self.cameras.values()],
-        }
 
     def close(self) -> None:
         self.station = None

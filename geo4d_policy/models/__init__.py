@@ -2,8 +2,8 @@
 
 Modules: ``config`` (typed configs, no torch), ``inputs`` (invalid-point filling, resizing,
 latent-grid masks), ``vae`` (image/pointmap VAEs), ``generator`` (``Geo4DUNet``), ``edm``
-(preconditioning, loss, sampler, CFG), ``pipeline`` (``Generator4D``: predict, save/load),
-``checkpoint`` (checkpoint directories). Heavy imports (torch, diffusers) happen on first use
+(preconditioning, loss, sampler, CFG), ``pipeline`` (``Generator4D``: predict), ``pretrained``
+(``PretrainedModel``: save/load of every model family), ``checkpoint`` (checkpoint directories). Heavy imports (torch, diffusers) happen on first use
 of the names below, so ``import geo4d_policy.models`` stays cheap.
 """
 
@@ -22,6 +22,7 @@ _EXPORTS = {
     "Geo4DUNet": "generator",
     "Generator4D": "pipeline",
     "CheckpointError": "checkpoint",
+    "PretrainedModel": "pretrained",
 }
 
 __all__ = sorted(_EXPORTS)

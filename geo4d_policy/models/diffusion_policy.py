@@ -51,13 +51,8 @@ from torch import nn
 from geo4d_policy.config import ConfigError, from_dict, to_dict
 from geo4d_policy.data.actions import ACTION_DIM, denormalize_minmax, normalize_minmax
 from geo4d_policy.interface import TASK_NAMES, canonical_task_name
-from geo4d_policy.models.checkpoint import (
-    CheckpointError,
-    load_weights,
-    read_config_json,
-    state_dict_for_saving,
-    write_checkpoint_dir,
-)
+from geo4d_policy.models.checkpoint import CheckpointError
+from geo4d_policy.models.pretrained import PretrainedModel, checked_trained_tasks
 
 DP_FORMAT = "geo4d-diffusion-policy"
 DP_FORMAT_VERSION = 1
@@ -521,7 +516,7 @@ def _crop(x: torch.Tensor, size: tuple[int, int], *, generator: torch.Generator 
     return x.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)
 
 
-class DiffusionPolicyModel(nn.Module):
+class DiffusionPolicyModel(PretrainedModel):
     """Image encoder + conditional U-Net + per-task normalisation statistics.
 
     Args:
@@ -536,11 +531,7 @@ class DiffusionPolicyModel(nn.Module):
         super().__init__()
         self.config = dp_config_from_dict(to_dict(config))
         cfg = self.config
-        tasks = tuple(canonical_task_name(t) for t in (trained_tasks or cfg.tasks))
-        unknown = [t for t in tasks if t not in cfg.tasks]
-        if unknown:
-            raise ValueError(f"trained task(s) {unknown} are not in the model's task table {list(cfg.tasks)}")
-        self.trained_tasks: tuple[str, ...] = tasks
+        self.trained_tasks = checked_trained_tasks(trained_tasks or cfg.tasks, cfg.tasks)
         self.normalization: dict[str, dict[str, Any]] = {
             canonical_task_name(t): {k: {"min": list(map(float, v["min"])), "max": list(map(float, v["max"]))}
                                      for k, v in s.items() if k in ("action", "state")}
@@ -562,21 +553,6 @@ class DiffusionPolicyModel(nn.Module):
     # ---------------------------------------------------------------------------------------
     # Normalisation and tasks
     # ---------------------------------------------------------------------------------------
-
-    def resolve_task(self, task: str | None) -> str:
-        """The canonical trained task for ``task`` (None: the only trained task).
-
-        Raises:
-            ValueError: an unknown or untrained task, or None for a multi-task model.
-        """
-        if task is None:
-            if len(self.trained_tasks) != 1:
-                raise ValueError(f"this model was trained on several tasks {list(self.trained_tasks)}: pass task=")
-            return self.trained_tasks[0]
-        t = canonical_task_name(task)
-        if t not in self.trained_tasks:
-            raise ValueError(f"this model was trained on {list(self.trained_tasks)}, not on {t!r}")
-        return t
 
     def task_ids(self, tasks: Sequence[str], *, device: torch.device | str | None = None) -> torch.Tensor:
         """Indices in the task table of ``tasks`` (canonical names)."""
@@ -685,63 +661,18 @@ class DiffusionPolicyModel(nn.Module):
     # Save / load
     # ---------------------------------------------------------------------------------------
 
-    def checkpoint_config(self, *, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The ``config.json`` content: format, trained task(s), normalisation, model config."""
-        return {
-            "format": DP_FORMAT,
-            "version": DP_FORMAT_VERSION,
-            "task": self.trained_tasks[0] if len(self.trained_tasks) == 1 else "multi",
-            "tasks": list(self.trained_tasks),
-            "normalization": self.normalization,
-            "model": to_dict(self.config),
-            **dict(extra or {}),
-        }
+    checkpoint_format = DP_FORMAT
+    format_version = DP_FORMAT_VERSION
+    family = "Diffusion Policy"
+    config_type = DiffusionPolicyConfig
+    task_conditioned = True
 
-    def save_pretrained(self, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None,
-                        dtype: torch.dtype | None = None, extra_writer: Any = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (``dtype``, e.g. fp16, to ship).
-
-        Args:
-            path: the checkpoint directory (replaced atomically).
-            extra: more ``config.json`` entries (training metadata).
-            dtype: floating-point dtype of the stored weights (default: as they are).
-            extra_writer: ``f(tmp_dir)`` adding files before the directory is renamed into place.
-        """
-        tensors = state_dict_for_saving(self)
-        if dtype is not None:
-            tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
-        return write_checkpoint_dir(path, self.checkpoint_config(extra=extra), tensors, extra_writer=extra_writer)
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {"normalization": self.normalization}
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-                        task: str | None = None, dtype: torch.dtype = torch.float32) -> DiffusionPolicyModel:
-        """Load a model saved by :meth:`save_pretrained`, or a training run's newest step.
-
-        Args:
-            path: checkpoint directory, or a run directory whose ``last`` file names one.
-            device: where to put the model.
-            task: refuse the checkpoint unless it was trained on this task.
-            dtype: parameter dtype after loading (fp16 checkpoints become float32 by default:
-                CPUs compute fp16 slowly).
-
-        Raises:
-            CheckpointError: not a Diffusion Policy checkpoint, another task, or weights that do
-                not match the stored config.
-        """
-        data = read_config_json(path, expect_format=DP_FORMAT)
-        if data.get("version") != DP_FORMAT_VERSION:
-            raise CheckpointError(f"{path}: checkpoint format version {data.get('version')}, "
-                                  f"expected {DP_FORMAT_VERSION}")
-        tasks = tuple(data["tasks"])
-        if task is not None and canonical_task_name(task) not in tasks:
-            raise CheckpointError(f"{path} is a Diffusion Policy for {', '.join(tasks)}; "
-                                  f"it was not trained on {canonical_task_name(task)!r}")
-        model = cls(dp_config_from_dict(data["model"]), trained_tasks=tasks, normalization=data.get("normalization"))
-        missing, unexpected = model.load_state_dict(load_weights(path), strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{path}: weights do not match the config: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
-        return model.to(device=device, dtype=dtype).eval()
+    def init_kwargs(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super().init_kwargs(data), "normalization": data.get("normalization")}
 
 
 def parameter_counts(model: DiffusionPolicyModel) -> dict[str, int]:

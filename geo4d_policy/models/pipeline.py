@@ -32,35 +32,18 @@ from torch import nn
 
 from geo4d_policy.config import to_dict
 from geo4d_policy.data.geometry import PointmapNormalization
-from geo4d_policy.models.checkpoint import (
-    CheckpointError,
-    load_weights,
-    quantize_int8,
-    read_config_json,
-    state_dict_for_saving,
-    write_checkpoint_dir,
-)
-from geo4d_policy.models.config import GeneratorConfig, config_differences, model_config_from_dict
+from geo4d_policy.models.config import DATA_DERIVED_KEYS, GeneratorConfig, model_config_from_dict
 from geo4d_policy.models.edm import cell_weights, edm_loss, latent_weights, sample_edm
 from geo4d_policy.models.generator import Geo4DUNet
 from geo4d_policy.models.inputs import fill_invalid_points, resize_images, resize_nearest
+from geo4d_policy.models.pretrained import PretrainedModel, canonical_task
 from geo4d_policy.models.vae import VAE
 
 GENERATOR_FORMAT = "geo4d-generator"
 FORMAT_VERSION = 1
 
 
-def canonical_task(name: str) -> str:
-    """CamelCase task name for known tasks (snake_case accepted); other names pass through."""
-    from geo4d_policy.interface import UnknownNameError, canonical_task_name
-
-    try:
-        return canonical_task_name(name)
-    except UnknownNameError:
-        return name
-
-
-class Generator4D(nn.Module):
+class Generator4D(PretrainedModel):
     """Image VAE + pointmap VAE + :class:`Geo4DUNet`, with their config and trained tasks.
 
     Args:
@@ -398,7 +381,7 @@ class Generator4D(nn.Module):
             raise ValueError(
                 f"input resolution {in_size[0]}x{in_size[1]} differs from the model's {size[0]}x{size[1]}"
             )
-        task = self._resolve_task(request.get("task"))
+        task = self.resolve_task(request.get("task"))
         dev = self.device
         x = torch.from_numpy(rgb).to(dev).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (2,3,H,W)
         x = resize_images(x, size)
@@ -423,108 +406,39 @@ class Generator4D(nn.Module):
             pm, valid = fill_invalid_points(pm, valid)
         return x, pm, valid, in_size, task, int(request.get("seed", 0))
 
-    def _resolve_task(self, task: str | None) -> str:
-        if task is None:
-            if len(self.trained_tasks) != 1:
-                raise ValueError(f"this model was trained on several tasks {self.trained_tasks}: pass task=")
-            return self.trained_tasks[0]
-        t = canonical_task(task)
-        if t not in self.trained_tasks:
-            raise ValueError(f"this model was trained on {list(self.trained_tasks)}, not on {task!r}")
-        return t
-
     # ---------------------------------------------------------------------------------------
     # Save / load
     # ---------------------------------------------------------------------------------------
 
-    def checkpoint_config(self, *, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The ``config.json`` content: format, trained task(s), normalisation, resolution, model config."""
+    checkpoint_format = GENERATOR_FORMAT
+    format_version = FORMAT_VERSION
+    family = "generator"
+    config_type = GeneratorConfig
+    task_conditioned = True
+    config_ignore = DATA_DERIVED_KEYS
+    int8_keep_prefixes = ("image_vae.", "pointmap_vae.")  # the autoencoders bound every prediction
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """``config.json`` entries besides the model config: normalisation, resolution, frames."""
         cfg = self.config
-        extra = dict(extra or {})
-        if "training" not in extra and self.training_record is not None:
-            extra["training"] = self.training_record
         return {
-            "format": GENERATOR_FORMAT,
-            "version": FORMAT_VERSION,
-            "task": self.trained_tasks[0] if len(self.trained_tasks) == 1 else "multi",
-            "tasks": list(self.trained_tasks),
             "pointmap_normalization": self.normalization.to_dict(),
             "resolution": [cfg.height, cfg.width],
             "num_frames": cfg.num_frames,
-            "model": to_dict(cfg),
-            **extra,
         }
 
-    def save_pretrained(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        extra: Mapping[str, Any] | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        """Write ``config.json`` + ``model.safetensors`` (all weights; ``dtype`` e.g. fp16 to ship,
-        or ``torch.int8`` for per-row int8 storage of the U-Net's large matrices, see
-        :func:`quantize_int8`; the autoencoders then stay fp16: they bound every prediction)."""
-        tensors = state_dict_for_saving(self)
-        if dtype == torch.int8:
-            tensors = quantize_int8(tensors, keep_prefixes=("image_vae.", "pointmap_vae."))
-        elif dtype is not None:
-            tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
-        write_checkpoint_dir(path, self.checkpoint_config(extra=extra), tensors)
-
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        device: str | torch.device = "cpu",
-        task: str | None = None,
-        config: GeneratorConfig | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Generator4D:
-        """Load a generator saved by :meth:`save_pretrained` or a training run directory.
+    def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> Generator4D:
+        """Load a generator saved by ``save_pretrained`` (``dtype=torch.int8`` stores the large
+        matrices in int8) or a training run directory, with frozen VAEs.
 
-        Args:
-            path: checkpoint directory, or a run directory whose ``last`` file names one.
-            device: where to put the model.
-            task: refuse the checkpoint unless it was trained on this task.
-            config: refuse the checkpoint unless its model config equals this one (the
-                data-measured VAE latent scales excepted).
-            dtype: parameter dtype after loading (float32; bfloat16/float16 for GPU inference).
-
-        Raises:
-            CheckpointError: not a generator checkpoint, another task, or another config (the
-                message names every differing key).
+        Arguments (``device``, ``dtype``, ``task``, ``config``) and refusals as
+        :meth:`PretrainedModel.from_pretrained`; ``config`` comparisons ignore the
+        data-measured VAE latent scales.
         """
-        data = read_config_json(path, expect_format=GENERATOR_FORMAT)
-        if data.get("version") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path}: checkpoint format version {data.get('version')}, expected {FORMAT_VERSION}"
-            )
-        stored = model_config_from_dict(data["model"])
-        tasks = tuple(data["tasks"])
-        if task is not None and canonical_task(task) not in tasks:
-            raise CheckpointError(
-                f"{path} is a generator for {', '.join(tasks)}; "
-                f"it was not trained on {canonical_task(task)!r}"
-            )
-        if config is not None:
-            diff = config_differences(config, stored)
-            if diff:
-                raise CheckpointError(
-                    f"{path} was trained with another model config ({stored.name!r} vs expected "
-                    f"{config.name!r}):\n  " + "\n  ".join(diff)
-                )
-        model = cls(stored, trained_tasks=tasks)
-        state = load_weights(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        model = super().from_pretrained(path, **kwargs)
         model.freeze_vaes()
-        model.training_record = data.get("training")
-        return model.to(device=device, dtype=dtype).eval()
+        return model
 
 
 def count_parameters(module: nn.Module) -> int:

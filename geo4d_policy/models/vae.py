@@ -28,16 +28,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import nn
 
-from geo4d_policy.config import from_dict, to_dict
-from geo4d_policy.models.checkpoint import (
-    CheckpointError,
-    load_weights,
-    read_config_json,
-    state_dict_for_saving,
-    write_checkpoint_dir,
-)
+from geo4d_policy.config import to_dict
 from geo4d_policy.models.config import VAEConfig
 from geo4d_policy.models.inputs import fill_invalid_points
+from geo4d_policy.models.pretrained import PretrainedModel
 
 VAE_FORMAT = "geo4d-vae"
 VAEKind = Literal["image", "pointmap"]
@@ -48,7 +42,7 @@ def _flatten_frames(x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
     return x.reshape(-1, *x.shape[-3:]), lead
 
 
-class VAE(nn.Module):
+class VAE(PretrainedModel):
     """An 8x-downsampling KL autoencoder for RGB frames or normalised pointmaps.
 
     Args:
@@ -245,32 +239,30 @@ class VAE(nn.Module):
     # Save / load
     # ---------------------------------------------------------------------------------------
 
-    def checkpoint_config(self, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The ``config.json`` content of this VAE."""
-        return {
-            "format": VAE_FORMAT,
-            "version": 1,
-            "kind": self.kind,
-            "vae": to_dict(self.config),
-            **(extra or {}),
-        }
+    checkpoint_format = VAE_FORMAT
+    family = "VAE"
+    config_type = VAEConfig
+    config_field = "vae"
 
-    def save_pretrained(self, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` + ``model.safetensors`` (weights of the inner ``AutoencoderKL``)."""
-        write_checkpoint_dir(path, self.checkpoint_config(extra=extra), state_dict_for_saving(self.model))
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    @classmethod
+    def init_kwargs(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": data["kind"]}
+
+    def weights_module(self) -> nn.Module:
+        """``model.safetensors`` holds the inner ``AutoencoderKL``'s weights."""
+        return self.model
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu", kind: VAEKind | None = None
+        cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu", kind: VAEKind | None = None,
+        **kwargs: Any,
     ) -> VAE:
-        """Load a VAE saved by :meth:`save_pretrained` (a step directory or a run directory).
+        """Load a VAE saved by ``save_pretrained`` (a step directory or a run directory).
 
-        Raises:
-            CheckpointError: not a VAE checkpoint, or of another ``kind`` than asked.
+        ``kind`` refuses a VAE of the other kind; other arguments and refusals as
+        :meth:`PretrainedModel.from_pretrained`.
         """
-        data = read_config_json(path, expect_format=VAE_FORMAT)
-        if kind is not None and data["kind"] != kind:
-            raise CheckpointError(f"{path} holds a {data['kind']} VAE, not the {kind} VAE that was asked for")
-        vae = cls(from_dict(VAEConfig, data["vae"]), kind=data["kind"])
-        vae.model.load_state_dict(load_weights(path))
-        return vae.to(device).eval()
+        return super().from_pretrained(path, device=device, expect={"kind": kind} if kind else None, **kwargs)

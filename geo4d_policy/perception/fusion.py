@@ -173,11 +173,6 @@ def fuse_arms(
     return {arm: fuse_views(rn, rm, X_TCn=X_TCn) for arm, (rn, rm) in per_arm.items()}
 
 
-def poses_in_task_frame(fused: Sequence[FusedPose]) -> tuple[np.ndarray, np.ndarray]:
-    """Stack a fused track: ((T, 4, 4) ``X_TG``, (T,) confidences)."""
-    return np.stack([f.X_TG for f in fused]), np.array([f.confidence for f in fused])
-
-
 def estimate_relative_pose(
     points_src: np.ndarray,
     points_dst: np.ndarray,

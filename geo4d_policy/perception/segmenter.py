@@ -8,7 +8,7 @@ This module owns:
     (:func:`classes_from_packed_masks`, :func:`part_labels_for_arm`, :func:`gripper_mask_for_arm`);
   * :class:`SegmenterConfig` and :class:`GripperSegmenter`, a small convolutional U-Net
     (``predict`` on uint8 images, ``save_pretrained`` / ``from_pretrained`` checkpoint
-    directories through :mod:`geo4d_policy.models.checkpoint`);
+    directories through :mod:`geo4d_policy.models.pretrained`);
   * :func:`confusion_matrix` / :func:`iou_from_confusion`, the per-class IoU used to report it.
 
 Why a learned segmenter: in simulation the first-frame masks come from label images, but a
@@ -24,27 +24,16 @@ a multiple of ``2 ** (levels - 1)`` are padded (edge replication) and the logits
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geo4d_policy.config import ConfigError, from_dict, to_dict
+from geo4d_policy.config import ConfigError
 from geo4d_policy.data.masks import GRIPPER_PARTS, MASK_BITS
 from geo4d_policy.interface import ARM_NAMES
-from geo4d_policy.models.checkpoint import (
-    CheckpointError,
-    load_weights,
-    read_config_json,
-    resolve_checkpoint_dir,
-    state_dict_for_saving,
-    write_checkpoint_dir,
-)
+from geo4d_policy.models.pretrained import PretrainedModel
 
 SEGMENTER_FORMAT = "geo4d-gripper-segmenter"
 SEGMENTER_VERSION = 1
@@ -200,7 +189,7 @@ class _ConvBlock(nn.Sequential):
         )
 
 
-class GripperSegmenter(nn.Module):
+class GripperSegmenter(PretrainedModel):
     """Small U-Net: RGB -> per-pixel gripper part classes.
 
     Args:
@@ -286,45 +275,10 @@ class GripperSegmenter(nn.Module):
             self.train(was_training)
         return out
 
-    # ---- checkpoints ---------------------------------------------------------------------------
+    # ---- checkpoints (format and refusals: geo4d_policy.models.pretrained) ----------------------
 
-    def save_pretrained(self, path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32,
-                        extra: Mapping[str, Any] | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into directory ``path`` (atomically).
-
-        Args:
-            path: checkpoint directory (replaced if it exists).
-            dtype: storage dtype of floating-point weights (``torch.float16`` halves the size;
-                :meth:`from_pretrained` loads either back as float32).
-            extra: additional JSON-serialisable entries for ``config.json`` (e.g. training info).
-        """
-        tensors = {k: (v.to(dtype) if v.is_floating_point() else v)
-                   for k, v in state_dict_for_saving(self).items()}
-        config = {"format": SEGMENTER_FORMAT, "version": SEGMENTER_VERSION, "model": to_dict(self.config),
-                  "classes": list(CLASS_NAMES), "dtype": str(dtype).removeprefix("torch."),
-                  **dict(extra or {})}
-        return write_checkpoint_dir(path, config, tensors)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
-                        ) -> GripperSegmenter:
-        """Load a checkpoint directory (or a training run directory through its ``last`` pointer).
-
-        Raises:
-            CheckpointError: not a segmenter checkpoint, another version or class layout.
-        """
-        data = read_config_json(path, expect_format=SEGMENTER_FORMAT)
-        where = resolve_checkpoint_dir(path)
-        if data.get("version") != SEGMENTER_VERSION:
-            raise CheckpointError(f"{where}: segmenter checkpoint version {data.get('version')}, "
-                                  f"this code reads {SEGMENTER_VERSION}")
-        if tuple(data.get("classes", ())) != CLASS_NAMES:
-            raise CheckpointError(f"{where}: class layout {data.get('classes')} differs from "
-                                  f"{list(CLASS_NAMES)}")
-        model = cls(from_dict(SegmenterConfig, data["model"], where=f"{where}/config.json:model"))
-        weights = {k: (v.float() if v.is_floating_point() else v) for k, v in load_weights(path).items()}
-        model.load_state_dict(weights)
-        return model.to(device).eval()
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    checkpoint_format = SEGMENTER_FORMAT
+    format_version = SEGMENTER_VERSION
+    family = "gripper segmenter"
+    config_type = SegmenterConfig
+    required_fields = {"classes": list(CLASS_NAMES)}

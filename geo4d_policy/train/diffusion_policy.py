@@ -38,39 +38,23 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from geo4d_policy.config import CONFIG_DIR, ConfigError, load_config, save_config, to_dict
 from geo4d_policy.data.actions import normalize_minmax
 from geo4d_policy.data.datasets import PolicyDataset, compute_normalization
 from geo4d_policy.data.format import load_meta
 from geo4d_policy.interface import canonical_task_name
-from geo4d_policy.models.checkpoint import (
-    LAST_POINTER,
-    CheckpointError,
-    read_config_json,
-    state_dict_for_saving,
-)
 from geo4d_policy.models.diffusion_policy import DiffusionPolicyConfig, DiffusionPolicyModel, parameter_counts
+from geo4d_policy.train.config import OptimRecipe
 from geo4d_policy.train.ema import EMA
-from geo4d_policy.train.trainer import (
-    STATE_DIR,
-    TrainResult,
-    lr_lambda,
-    optimizer_step,
-    prune,
-    rng_state,
-    set_rng_state,
-    to_device,
-    truncate_metrics,
-    write_last,
-)
+from geo4d_policy.train.state import Counters, TrainingState, check_run_dir, last_checkpoint
+from geo4d_policy.train.trainer import TrainResult, lr_lambda, optimizer_step, to_device
 
 log = logging.getLogger(__name__)
 
@@ -79,58 +63,37 @@ Batch = Mapping[str, Any]
 
 
 @dataclasses.dataclass
-class DiffusionPolicyTrainConfig:
-    """A Diffusion Policy training run.
+class DiffusionPolicyTrainConfig(OptimRecipe):
+    """A Diffusion Policy training run (the optimisation fields: :class:`OptimRecipe`, with DP's
+    AdamW values; ``seed`` also draws the camera pairs, the shuffling, the crops and the noise).
 
     Attributes:
         model: the network (``model:`` section of the YAML).
         init_image_encoder: local weights file initialising the image encoder (its own keys or
             torchvision ResNet keys; see :mod:`geo4d_policy.models.diffusion_policy`). Never
             downloaded. Used on fresh starts only.
-        max_steps: optimizer steps (may be raised when resuming).
         batch_size: samples per step and process.
         num_workers: data-loader worker processes.
-        lr, warmup_steps, lr_schedule: peak learning rate, linear warm-up, then constant or
-            cosine decay to 10% at ``max_steps``.
-        betas, eps, weight_decay: AdamW (DP's values).
-        grad_clip: max global gradient norm (0 = off).
-        ema_decay: EMA of the weights; checkpoints hold the EMA weights.
-        mixed_precision: ``auto`` = bf16 on CUDA, fp32 on the CPU.
-        seed: model initialisation, camera-pair draws, shuffling, crops and noise.
-        ckpt_every, log_every: checkpoint and metrics periods, in steps.
-        keep_last: step directories kept (older ones are deleted).
         probe_size: fixed training samples whose sampled actions are scored at each checkpoint.
         max_time_s: stop (with a checkpoint) at the first log step after this many seconds of
             this session; None runs to ``max_steps``.
         progress: show a progress bar.
     """
 
+    max_steps: int = 30000
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     model: DiffusionPolicyConfig = dataclasses.field(default_factory=DiffusionPolicyConfig)
     init_image_encoder: str | None = None
-    max_steps: int = 30000
     batch_size: int = 64
     num_workers: int = 4
-    lr: float = 1e-4
-    warmup_steps: int = 500
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    betas: tuple[float, float] = (0.95, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 1e-6
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    seed: int = 0
-    ckpt_every: int = 1000
-    log_every: int = 50
-    keep_last: int = 3
     probe_size: int = 16
     max_time_s: float | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if min(self.max_steps, self.ckpt_every, self.log_every, self.keep_last, self.batch_size) < 1:
-            raise ConfigError("DiffusionPolicyTrainConfig: max_steps, batch_size, ckpt_every, log_every and "
-                              "keep_last must be >= 1")
+        super().__post_init__()
+        if self.batch_size < 1:
+            raise ConfigError("DiffusionPolicyTrainConfig.batch_size must be >= 1")
         if self.num_workers < 0 or self.probe_size < 0:
             raise ConfigError("DiffusionPolicyTrainConfig: num_workers and probe_size must be >= 0")
 
@@ -314,12 +277,6 @@ def probe_errors(model: DiffusionPolicyModel, batch: Batch, *, seed: int = 0) ->
 # --------------------------------------------------------------------------------------------
 
 
-def _config_diff(a: Any, b: Any, where: str = "model") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _config_diff(a.get(k), b.get(k), f"{where}.{k}")]
-    return [] if a == b else [f"{where}: {b!r} (run) vs {a!r} (now)"]
-
-
 def train_diffusion_policy(
     config: DiffusionPolicyTrainConfig,
     *,
@@ -348,9 +305,7 @@ def train_diffusion_policy(
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    if (out / LAST_POINTER).exists() and not resume:
-        raise FileExistsError(f"{out} already holds a training run: pass resume=True (--resume) "
-                              "or use another directory")
+    resuming = check_run_dir(out, resume=resume)
     mp = config.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
@@ -368,32 +323,23 @@ def train_diffusion_policy(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
 
-    step, epoch, in_epoch = 0, 0, 0
-    resuming = resume and (out / LAST_POINTER).exists()
-    if resuming:
-        sd = out / (out / LAST_POINTER).read_text().strip() / STATE_DIR
-        meta = json.loads((sd / "state.json").read_text())
-        diff = _config_diff(to_dict(model.config), meta["model"])
-        if diff:
-            raise CheckpointError(f"{out} was trained with another model config:\n  " + "\n  ".join(diff))
-        if meta["tasks"] != list(data.tasks) or meta["normalization"] != model.normalization:
-            raise CheckpointError(f"{out} was trained on other data (tasks {meta['tasks']}, or other episodes: "
-                                  f"the normalisation statistics differ); resume with the same datasets")
-        model.load_state_dict(load_file(str(sd / "raw.safetensors")))
-        optimizer.load_state_dict(torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(sd / "scheduler.pt", weights_only=True))
-        set_rng_state(torch.load(sd / f"rng_{rank}.pt", weights_only=False), gen)
-        step, epoch, in_epoch = meta["step"], meta["epoch"], meta["next_batch_in_epoch"]
-        if main:
-            truncate_metrics(out / "metrics.jsonl", step)
-        log.info("resumed %s at step %d (epoch %d, batch %d)", out, step, epoch, in_epoch)
-    elif config.init_image_encoder is not None:
+    if config.init_image_encoder is not None and not resuming:
         report = model.encoder.load_pretrained(config.init_image_encoder)
         log.info("image encoder: %d tensors from %s", len(report["loaded"]), config.init_image_encoder)
     model.to(accelerator.device)
     ema = EMA(model, decay=config.ema_decay)
+    data_label = ("on other data (other tasks, or other episodes: the normalisation statistics differ); "
+                  "resume with the same datasets")
+    state = TrainingState(kind="diffusion_policy", trainable=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
+                          generator=gen, rank=rank,
+                          identity={"model": model.config, "tasks": list(data.tasks),
+                                    "normalization": model.normalization},
+                          labels={"model": "with another model config", "tasks": data_label,
+                                  "normalization": data_label})
+    step, epoch, in_epoch = 0, 0, 0
     if resuming:
-        ema.load_state_dict(load_file(str(sd / "ema.safetensors")))
+        counters, _ = state.restore(out, main=main)
+        step, epoch, in_epoch = counters.step, counters.epoch, counters.next_batch_in_epoch
     probe = _probe_batch(data.dataset, config.probe_size) if main else None
     # The LR schedule stays outside prepare() (a function of the step, whatever the GPU count).
     module, optimizer = accelerator.prepare(model, optimizer)
@@ -404,40 +350,23 @@ def train_diffusion_policy(
 
     def save_checkpoint() -> Path:
         path = out / f"step_{step}"
-        accelerator.wait_for_everyone()
         raw = accelerator.unwrap_model(module)
-        if main:
-            raw_state = state_dict_for_saving(raw)
-            state = {"step": step, "epoch": epoch, "next_batch_in_epoch": in_epoch, "model": to_dict(raw.config),
-                     "tasks": list(data.tasks), "normalization": raw.normalization}
 
-            def write_state(tmp: Path) -> None:
-                d = tmp / STATE_DIR
-                d.mkdir()
-                save_file(raw_state, str(d / "raw.safetensors"))
-                save_file(ema.state_dict(), str(d / "ema.safetensors"))
-                torch.save(optimizer.state_dict(), d / "optimizer.pt")
-                torch.save(scheduler.state_dict(), d / "scheduler.pt")
-                (d / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-
+        def write(state_writer: Callable[[Path], None]) -> None:
             extra = {"training": {"step": step, "parameters": n_params, "train_config": to_dict(config),
                                   "data": [str(d) for d in data_dirs]}}
             with ema.swapped():
                 probe_metrics = probe_errors(raw, probe, seed=config.seed) if probe is not None else {}
                 extra["training"]["probe"] = probe_metrics
-                raw.save_pretrained(path, extra=extra, extra_writer=write_state)
+                raw.save_pretrained(path, extra=extra, extra_writer=state_writer)
             if probe_metrics:
                 with (out / "metrics.jsonl").open("a") as fh:
                     fh.write(json.dumps({"step": step, **probe_metrics}) + "\n")
-        accelerator.wait_for_everyone()
-        torch.save(rng_state(gen), path / STATE_DIR / f"rng_{rank}.pt")
-        accelerator.wait_for_everyone()
-        if main:
-            write_last(out, path.name)
-            prune(out, config.keep_last, path)
-        return path
 
-    last_ckpt = out / (out / LAST_POINTER).read_text().strip() if (out / LAST_POINTER).exists() else None
+        return state.save(path, Counters(step, epoch, in_epoch), write_checkpoint=write, keep_last=config.keep_last,
+                          main=main, barrier=accelerator.wait_for_everyone)
+
+    last_ckpt = last_checkpoint(out)
     acc: dict[str, float] = {}
     n_acc = 0
     last_metrics: dict[str, float] = {}
@@ -493,10 +422,7 @@ def train_diffusion_policy(
 def export_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
                       dtype: torch.dtype = torch.float16) -> Path:
     """Copy a run's (or step's) EMA weights to ``dst`` in ``dtype`` without training state (to ship)."""
-    model = DiffusionPolicyModel.from_pretrained(src)
-    info = read_config_json(src)
-    keep = {k: v for k, v in info.items() if k not in model.checkpoint_config()}
-    return model.save_pretrained(dst, extra=keep, dtype=dtype)
+    return DiffusionPolicyModel.export_pretrained(src, dst, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,22 +31,20 @@ import json
 import logging
 import math
 import os
-import random
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from geo4d_policy.config import save_config, to_dict
 from geo4d_policy.data.geometry import PointmapNormalization
-from geo4d_policy.models.checkpoint import LAST_POINTER, CheckpointError, read_config_json
+from geo4d_policy.models.checkpoint import CheckpointError, read_config_json
 from geo4d_policy.models.config import (
+    DATA_DERIVED_KEYS,
     GeneratorConfig,
     config_differences,
     load_model_config,
@@ -57,10 +55,10 @@ from geo4d_policy.models.pipeline import GENERATOR_FORMAT, Generator4D, canonica
 from geo4d_policy.models.vae import VAE
 from geo4d_policy.train.config import TrainConfig
 from geo4d_policy.train.ema import EMA
+from geo4d_policy.train.state import Counters, TrainingState, check_run_dir, last_checkpoint
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "training_state"
 Batch = Mapping[str, Any]
 
 
@@ -272,27 +270,6 @@ def to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
     }
 
 
-def rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {
-        "train_generator": gen.get_state(),
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
-    gen.set_state(state["train_generator"])
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def optimizer_step(accelerator: Any, loss: torch.Tensor, metrics: dict[str, Any], *, params: Any,
                    optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any, step: int,
                    grad_clip: float, check_finite: bool = True) -> dict[str, Any]:
@@ -320,30 +297,6 @@ def optimizer_step(accelerator: Any, loss: torch.Tensor, metrics: dict[str, Any]
     optimizer.zero_grad(set_to_none=True)
     ema.update(step)
     return {**metrics, "grad_norm": grad_norm}
-
-
-def prune(out_dir: Path, keep: int, protect: Path) -> None:
-    steps = sorted(
-        (p for p in out_dir.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
-        key=lambda p: int(p.name[5:]),
-    )
-    for p in steps[:-keep]:
-        if p.resolve() != protect.resolve():
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def write_last(out_dir: Path, name: str) -> None:
-    tmp = out_dir / f".{LAST_POINTER}.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, out_dir / LAST_POINTER)
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
 
 
 def _batches(
@@ -395,10 +348,7 @@ def train(
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    if (out / LAST_POINTER).exists() and not resume:
-        raise FileExistsError(
-            f"{out} already holds a training run: pass resume=True or use another directory"
-        )
+    resuming = check_run_dir(out, resume=resume)
     model_cfg = resolve_model_config(config.model)
     unknown = [t for t in config.tasks if canonical_task(t) not in model_cfg.tasks]
     if unknown:
@@ -428,26 +378,14 @@ def train(
     # make the host wait for the GPU.
     gen = torch.Generator(device=accelerator.device).manual_seed(config.seed * 1000 + rank)
 
+    state = TrainingState(kind=config.kind, trainable=recipe.trainable, ema=ema, optimizer=optimizer,
+                          scheduler=scheduler, generator=gen, rank=rank, identity={"model": model_cfg},
+                          labels={"model": "with another model config"},
+                          ignore=frozenset(f"model.{k}" for k in DATA_DERIVED_KEYS))
     step, epoch, in_epoch = 0, 0, 0
-    if resume and (out / LAST_POINTER).exists():
-        ckpt = out / (out / LAST_POINTER).read_text().strip()
-        sd = ckpt / STATE_DIR
-        meta = json.loads((sd / "state.json").read_text())
-        if meta["kind"] != config.kind:
-            raise CheckpointError(f"{out} is a {meta['kind']} run, not {config.kind}")
-        stored = model_config_from_dict(meta["model"])
-        diff = config_differences(model_cfg, stored)
-        if diff:
-            raise CheckpointError(f"{out} was trained with another model config:\n  " + "\n  ".join(diff))
-        recipe.trainable.load_state_dict(load_file(str(sd / "raw.safetensors")))
-        ema.load_state_dict(load_file(str(sd / "ema.safetensors")))
-        optimizer.load_state_dict(torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(sd / "scheduler.pt", weights_only=True))
-        set_rng_state(torch.load(sd / f"rng_{rank}.pt", weights_only=False), gen)
-        step, epoch, in_epoch = meta["step"], meta["epoch"], meta["next_batch_in_epoch"]
-        if accelerator.is_main_process:
-            truncate_metrics(out / "metrics.jsonl", step)
-        log.info("resumed %s at step %d (epoch %d, batch %d)", out, step, epoch, in_epoch)
+    if resuming:
+        counters, _ = state.restore(out, main=accelerator.is_main_process)
+        step, epoch, in_epoch = counters.step, counters.epoch, counters.next_batch_in_epoch
     # The LR scheduler stays outside prepare(): accelerate would step it once per process,
     # making the schedule depend on the number of GPUs; ours is a function of the step.
     module, optimizer = accelerator.prepare(module, optimizer)
@@ -457,46 +395,20 @@ def train(
 
     def save_checkpoint() -> Path:
         path = out / f"step_{step}"
-        accelerator.wait_for_everyone()
-        raw = accelerator.unwrap_model(module)
-        if accelerator.is_main_process:
-            # The full model config sits at the top of config.json; keep only its name here.
-            model_ref = model_cfg.name if isinstance(config.model, GeneratorConfig) else config.model
-            named = dataclasses.replace(config, model=model_ref)
-            extra = {
-                "step": step,
-                "kind": config.kind,
-                "tasks": list(recipe.tasks),
-                "train_config": to_dict(named),
-            }
-            recipe.save(path, module=raw, ema=ema, extra=extra)
-            sd = path / STATE_DIR
-            sd.mkdir(exist_ok=True)
-            trainable = recipe.trainable
-            save_file(
-                {k: v.detach().cpu().contiguous().clone() for k, v in trainable.state_dict().items()},
-                str(sd / "raw.safetensors"),
-            )
-            save_file(ema.state_dict(), str(sd / "ema.safetensors"))
-            torch.save(optimizer.state_dict(), sd / "optimizer.pt")
-            torch.save(scheduler.state_dict(), sd / "scheduler.pt")
-            meta = {
-                "kind": config.kind,
-                "step": step,
-                "epoch": epoch,
-                "next_batch_in_epoch": in_epoch,
-                "model": to_dict(model_cfg),
-            }
-            (sd / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
-        accelerator.wait_for_everyone()
-        torch.save(rng_state(gen), path / STATE_DIR / f"rng_{rank}.pt")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            write_last(out, path.name)
-            prune(out, config.keep_last, path)
-        return path
+        # The full model config sits at the top of config.json; keep only its name here.
+        model_ref = model_cfg.name if isinstance(config.model, GeneratorConfig) else config.model
+        named = dataclasses.replace(config, model=model_ref)
+        extra = {"step": step, "kind": config.kind, "tasks": list(recipe.tasks), "train_config": to_dict(named)}
 
-    last_ckpt = out / (out / LAST_POINTER).read_text().strip() if (out / LAST_POINTER).exists() else None
+        def write(state_writer: Callable[[Path], None]) -> None:
+            recipe.save(path, module=accelerator.unwrap_model(module), ema=ema, extra=extra)
+            state_writer(path)
+
+        return state.save(path, Counters(step, epoch, in_epoch), write_checkpoint=write,
+                          keep_last=config.keep_last, main=accelerator.is_main_process,
+                          barrier=accelerator.wait_for_everyone)
+
+    last_ckpt = last_checkpoint(out)
     metrics_path = out / "metrics.jsonl"
     acc: dict[str, Any] = {}
     n_acc = 0

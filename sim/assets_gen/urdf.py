@@ -67,7 +67,3 @@ def cylinder_inertia(mass: float, radius: float, length: float) -> np.ndarray:
     """About the centre, axis along z."""
     ixx = mass * (3 * radius**2 + length**2) / 12.0
     return np.diag([ixx, ixx, 0.5 * mass * radius**2])
-
-
-def sphere_inertia(mass: float, radius: float) -> np.ndarray:
-    return np.eye(3) * 0.4 * mass * radius**2

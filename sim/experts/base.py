@@ -128,7 +128,3 @@ class ScriptedExpert:
                 X, w = self._cmd[arm]
                 X_TG[arm], width[arm] = np.repeat(X[None], n, axis=0), np.full(n, w)
         return ActionChunk(X_TG, width)
-
-    def commanded(self, arm: str) -> tuple[np.ndarray, float]:
-        """The last pose/width this expert commanded for ``arm``."""
-        return self._cmd[arm]

@@ -1,7 +1,8 @@
 """Optional adapters, tested against small FAKES of FoundationPose's and SAM2's documented APIs.
 
 The fakes only record their arguments and return canned results: they check our plumbing
-(argument names, frames, shapes), never the real models' behaviour.
+(argument names, frames, shapes), never the real models' behaviour. The SAM2 adapter is also
+run against the real ``sam2`` package (``test_sam2_real.py``, when the extra is installed).
 """
 
 import sys
@@ -117,6 +118,24 @@ def test_foundationpose_plumbing_in_view_m(model, fake_foundationpose):
         tracker.register(np.zeros((10, 3)))
 
 
+def test_foundationpose_check_command_on_a_dataset(fake_foundationpose, tmp_path, capsys):
+    from geo4d_policy.data import synthetic
+    from geo4d_policy.perception.foundationpose import main
+
+    root = tmp_path / "apple"
+    synthetic.make_dataset(root, seeds=[0], n_frames=4, resolution=(32, 40))
+    assert main(["--dir", str(fake_foundationpose), "--data", str(root), "--frames", "2"]) == 0
+    est = FakeFoundationPoseEstimator.instances[-1]
+    assert [name for name, _ in est.calls] == ["register", "track_one", "track_one"]
+    assert est.calls[0][1]["rgb"].shape == (32, 40, 3) and est.calls[0][1]["ob_mask"].any()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("episode seed 0") and len(lines) == 4 and all(" mm " in ln for ln in lines[1:])
+    with pytest.raises(SystemExit):
+        main(["--dir", str(fake_foundationpose), "--data", str(root), "--arm", "middle", "--frames", "2"])
+    with pytest.raises(SystemExit):  # clips longer than the episodes
+        main(["--dir", str(fake_foundationpose), "--data", str(root), "--frames", "9"])
+
+
 def test_foundationpose_absent_or_without_weights(monkeypatch, tmp_path, fake_foundationpose):
     from geo4d_policy.perception.foundationpose import FoundationPoseTracker, FoundationPoseUnavailable
 
@@ -135,8 +154,8 @@ def test_foundationpose_absent_or_without_weights(monkeypatch, tmp_path, fake_fo
 class FakeSAM2Predictor:
     """FAKE of sam2's video predictor: checks the frame directory, echoes box prompts as masks."""
 
-    def __init__(self, config, ckpt_path, device):
-        self.config, self.ckpt_path, self.device = config, ckpt_path, device
+    def __init__(self, config, ckpt_path, device, overrides):
+        self.config, self.ckpt_path, self.device, self.overrides = config, ckpt_path, device, overrides
         self.prompts = {}
 
     def init_state(self, video_path):
@@ -165,8 +184,9 @@ def fake_sam2(monkeypatch):
     build = types.ModuleType("sam2.build_sam")
     made = []
 
-    def build_sam2_video_predictor(config, ckpt_path=None, device="cuda"):
-        made.append(FakeSAM2Predictor(config, ckpt_path, device))
+    def build_sam2_video_predictor(config, ckpt_path=None, device="cuda", mode="eval", hydra_overrides_extra=(),
+                                   apply_postprocessing=True, **kwargs):
+        made.append(FakeSAM2Predictor(config, ckpt_path, device, list(hydra_overrides_extra)))
         return made[-1]
 
     build.build_sam2_video_predictor = build_sam2_video_predictor
@@ -181,9 +201,11 @@ def test_sam2_plumbing(fake_sam2, tmp_path):
 
     ckpt = tmp_path / "sam2.pt"
     ckpt.write_bytes(b"fake")
-    seg = SAM2Segmenter(config="configs/sam2.1/sam2.1_hiera_s.yaml", checkpoint=ckpt, device="cpu")
+    seg = SAM2Segmenter(config="configs/sam2.1/sam2.1_hiera_s.yaml", checkpoint=ckpt, device="cpu",
+                        hydra_overrides=["++model.image_size=512"])
     pred = fake_sam2[-1]
     assert pred.ckpt_path == str(ckpt) and pred.device == "cpu" and pred.config.endswith("hiera_s.yaml")
+    assert pred.overrides == ["++model.image_size=512"]
     first = np.zeros((H, W), bool)
     first[10:20, 30:40] = True
     prompt = prompt_from_mask(first)
