@@ -6,7 +6,9 @@
 For each dataset, ``N`` clips are drawn from the held-out cameras (two distinct held-out views
 per clip, view n first); the generator predicts 10 frames from the conditioning frame and is
 scored against the ground truth (``geo4d_policy.eval.video_metrics``). Writes
-``OUT/metrics.json`` (per task, per clip and the mean, plus the resolved options) and prints a table.
+``OUT/metrics.json`` (per task, per clip and the mean, plus the resolved options) and
+``OUT/provenance.json`` (code version, checkpoint and dataset hashes, seed, device, packages) and
+prints a table.
 """
 
 from __future__ import annotations
@@ -88,11 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from geo4d_policy import provenance
     from geo4d_policy.config import atomic_write_text
     from geo4d_policy.data.format import DatasetError
     from geo4d_policy.models.checkpoint import CheckpointError
 
     try:
+        record = provenance.new_provenance(
+            command="geo4d-eval-video", device=args.device,
+            config={"checkpoint": provenance.path_digest(args.checkpoint), "data": provenance.data_identity(args.data),
+                    "clips": args.clips, "steps": args.steps},
+            seeds={"seed": args.seed, "seed_stream": "data (held-out cameras)"},
+            session_info={"checkpoint_path": args.checkpoint, "data_dirs": list(args.data)})
         results = evaluate(args.checkpoint, args.data, clips=args.clips, steps=args.steps, device=args.device,
                            seed=args.seed)
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
@@ -100,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(results, indent=1) + "\n")
+    provenance.write_provenance(args.out, record)
     table = Table(title=f"geo4d-eval-video ({args.steps} steps, held-out views)")
     table.add_column("metric")
     for task in results["tasks"]:
