@@ -90,3 +90,39 @@ def validate_lbm_results(data: Mapping[str, Any]) -> list[str]:
                 "num_success": successes, "success_rate": successes / len(evaluated) if evaluated else 0.0}
     problems += [f"{k} is {data[k]!r}, the evaluations give {v!r}" for k, v in expected.items() if data[k] != v]
     return problems
+
+
+def write_run_results(run_dir: str | os.PathLike[str]) -> Path:
+    """(Re)write ``results.json`` of a finished or interrupted rollout run from its records,
+    ``summary.json`` (task, episodes, wall time) and ``config.yaml`` (workers); e.g. for runs
+    recorded before the runner wrote it."""
+    import yaml
+
+    from geo4d_policy.eval.records import read_records, read_summary
+
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir / "summary.json") or {}
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    records = read_records(run_dir / "episodes.jsonl")
+    task = summary.get("task") or (records[0]["task"] if records else config.get("task"))
+    write_lbm_results(run_dir / RESULTS_FILE, records, task=task,
+                      episodes=int(summary.get("episodes") or config.get("episodes") or len(records)),
+                      num_processes=int(config.get("workers") or 1), elapsed_time=float(summary.get("wall_s") or 0.0))
+    return run_dir / RESULTS_FILE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m geo4d_policy.eval.lbm_results RUN_DIR ...``: write each run's ``results.json``."""
+    import sys
+
+    dirs = list(sys.argv[1:] if argv is None else argv)
+    if not dirs:
+        print("usage: python -m geo4d_policy.eval.lbm_results RUN_DIR [RUN_DIR ...]", file=sys.stderr)
+        return 2
+    for d in dirs:
+        print(write_run_results(d))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
