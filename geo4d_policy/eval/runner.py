@@ -36,6 +36,7 @@ import dataclasses
 import importlib
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import wait
@@ -267,8 +268,6 @@ def _run_provenance(config: RolloutConfig, resolved: ResolvedPolicyConfig, modul
         raise RolloutConfigError(str(e)) from e
     accepted = merged["sessions"][-1]["resumed_anyway"]
     if accepted:
-        import sys
-
         print(f"geo4d-rollout: warning: resuming {out} anyway although it differs in: {'; '.join(accepted)}",
               file=sys.stderr)
     return merged

@@ -10,9 +10,14 @@ A policy module declares its inference settings with module attributes:
 * ``OPTION_ALIASES`` (optional): short option names kept for the command line -> dotted paths;
 * ``for_task(config, *, task) -> config`` (optional): fills in what depends on the task
   (``configs/tasks.yaml``); idempotent, so the configuration recorded is the one used;
+* ``preflight(*, task, config, runtime)`` (optional): refuses, before any episode, settings that
+  cannot run (a missing checkpoint); ``runtime`` holds the session's runtime options;
+* ``checkpoints(config, *, task) -> {setting: path}`` (optional): the checkpoints the settings
+  load, hashed into every run's provenance;
 
 and its factory takes ``config=`` (an instance) plus runtime keyword arguments that are not part
-of a run's identity (``device``, ``server``, ``record_predictions``, ...).
+of a run's identity (``device``, ``server``, ``record_predictions``, ...); keyword overrides given
+to the factory directly are applied like ``--policy-option`` (:func:`configure`).
 
 An option key is a dotted path (``video.tracker.iterations``), an alias (``execute_frames``) or
 the name of a single leaf (``release_backdate_frames``, when no other leaf has that name).
@@ -35,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from geo4d_policy.config import CONFIG_DIR, from_dict, to_dict
+from geo4d_policy.config import CONFIG_DIR, from_dict, load_config, to_dict
 
 POLICY_CONFIG_DIR = CONFIG_DIR / "policy"
 NOT_OPTIONS = frozenset({"task", "config"})
@@ -176,16 +181,11 @@ def load_config_file(cls: type, path: str | Path, *, policy: str = "") -> Any:
     Raises:
         PolicyOptionError: the file is missing, or has an unknown key or a value of the wrong type.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PolicyOptionError(f"policy config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise PolicyOptionError(f"{path}: top level must be a mapping of {policy or cls.__name__} settings")
     try:
-        return from_dict(cls, data, where=str(path))
-    except ValueError as e:
-        raise PolicyOptionError(f"{e}; {_valid_keys_text(cls, {})}") from None
+        return load_config(cls, path)
+    except ValueError as e:  # ConfigError, or a dataclass's own range check
+        raise PolicyOptionError(f"{policy + ' policy config: ' if policy else ''}{e}; "
+                                f"{_valid_keys_text(cls, {})}") from None
 
 
 def default_config_file(policy: str) -> Path:
