@@ -121,6 +121,8 @@ def to_dict(obj: Any) -> Any:
         return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, Path):
         return str(obj)
+    if type(obj).__module__ == "numpy" and hasattr(obj, "item"):  # a numpy scalar default
+        return obj.item()
     return obj
 
 

@@ -3,14 +3,17 @@
 
     python scripts/table2.py --out runs/table2 [--episodes 30] [--policies expert oracle geo4d ...]
                              [--tasks ...] [--workers 8] [--policy-workers oracle=4] [--device cuda]
-                             [--policy-option geo4d.num_steps=10]
-                             [--parallel] [--max-seconds S]
+                             [--policy-option geo4d.num_steps=10] [--policy-config geo4d=FILE]
+                             [--parallel] [--max-seconds S] [--resume-anyway]
 
 Each (task, policy) cell is one ``geo4d-rollout`` run in ``OUT/<task>/<policy>/`` on the
 evaluation seeds (novel views: the held-out cameras 12/13 of each episode), resumed if it
-exists, so the script can be interrupted and re-run. It ends by writing ``OUT/table2.md`` (one
-markdown table: success rate, 95% Wilson interval, episodes, the paper's figure where it
-reports one) and ``OUT/table2.json``; the table is rewritten after every finished cell.
+exists, so the script can be interrupted and re-run (a cell made with other code or settings is
+refused unless ``--resume-anyway``; see ``geo4d-rollout``). It ends by writing ``OUT/table2.md``
+(one markdown table, a row per policy: successes / finished episodes and the 95% Wilson
+interval, each cell linking to its records; the paper's figures) and ``OUT/table2.json``; the
+table is rewritten after every finished cell. Policy options (``POLICY.KEY=VALUE``, KEY as
+``geo4d-rollout --policy-option`` takes it) are checked for every cell before any starts.
 Policies that cannot be loaded (e.g. no checkpoint) are listed with the reason, not fatal.
 
 ``--parallel`` runs every cell at once, each as its own ``geo4d-rollout`` process with
@@ -36,9 +39,10 @@ from geo4d_policy.cli import interruptible
 from geo4d_policy.cli.rollout import parse_policy_options
 from geo4d_policy.config import atomic_write_text
 from geo4d_policy.eval.records import read_summary
-from geo4d_policy.eval.runner import RolloutConfig, run_rollouts, shared_policy_resources
+from geo4d_policy.eval.runner import RolloutConfig, RolloutConfigError, run_rollouts, shared_policy_resources
 from geo4d_policy.interface import TASK_NAMES
-from geo4d_policy.policies import PolicyUnavailableError
+from geo4d_policy.policies import PolicyUnavailableError, resolve_policy_target
+from geo4d_policy.policies.policy_config import PolicyOptionError, resolve_policy_config
 
 POLICIES = ("expert", "oracle", "geo4d", "dreamitate", "diffusion_policy")
 
@@ -46,10 +50,16 @@ GRACE_S = 60.0
 """After ``--max-seconds``, how long the interrupted cells get to save and exit before they are killed."""
 
 PAPER_TABLE2 = {
-    # Success rates the paper reports (Table 2); None where it gives none for that row.
+    # Success rates the paper reports (Table 2: geo4d, Dreamitate, Diffusion Policy).
     ("StoreCerealBoxUnderShelf", "geo4d"): 0.73,
     ("PutSpatulaOnTable", "geo4d"): 0.67,
     ("PlaceAppleFromBowlIntoBin", "geo4d"): 0.53,
+    ("StoreCerealBoxUnderShelf", "dreamitate"): 0.00,
+    ("PutSpatulaOnTable", "dreamitate"): 0.17,
+    ("PlaceAppleFromBowlIntoBin", "dreamitate"): 0.10,
+    ("StoreCerealBoxUnderShelf", "diffusion_policy"): 0.00,
+    ("PutSpatulaOnTable", "diffusion_policy"): 0.27,
+    ("PlaceAppleFromBowlIntoBin", "diffusion_policy"): 0.10,
 }
 
 
@@ -68,23 +78,32 @@ def _cell(result: dict) -> str:
     if "error" in result:
         return f"n/a ({result['error']})"
     lo, hi = result["ci95"]
-    return f"{result['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] ({result['successes']}/{result['finished']})"
+    return f"{result['successes']}/{result['finished']} [{lo:.2f}, {hi:.2f}]"
 
 
 def write_table(out: Path, results: dict[tuple[str, str], dict], tasks: list[str], policies: list[str],
                 episodes: int) -> str:
-    """Write ``table2.md`` and ``table2.json``; return the markdown."""
+    """Write ``table2.md`` and ``table2.json``; return the markdown.
+
+    A row per policy, a column per task: successes / finished episodes [95% Wilson interval],
+    each cell linking to its run directory (``<task>/<policy>/``, relative to ``out``).
+    """
     lines = [
-        f"# Success rates (up to {episodes} episodes per cell, novel views, 95% Wilson interval; "
-        "cells show successes/finished episodes)",
+        f"# Success rates (successes / finished episodes of up to {episodes}, novel views, 95% Wilson interval)",
         "",
-        "| task | " + " | ".join(policies) + " | paper (geo4d) |",
-        "|---|" + "---|" * (len(policies) + 1),
+        "| policy | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
     ]
-    for task in tasks:
-        cells = [_cell(results[(task, p)]) if (task, p) in results else "-" for p in policies]
-        paper = PAPER_TABLE2.get((task, "geo4d"))
-        lines.append(f"| {task} | " + " | ".join(cells) + f" | {'-' if paper is None else f'{paper:.2f}'} |")
+    for policy in policies:
+        cells = []
+        for task in tasks:
+            r = results.get((task, policy))
+            cells.append("-" if r is None else _cell(r) if "error" in r else f"[{_cell(r)}]({task}/{policy}/)")
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    for policy in policies:
+        paper = [PAPER_TABLE2.get((task, policy)) for task in tasks]
+        if any(v is not None for v in paper):
+            lines.append(f"| paper: {policy} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in paper) + " |")
     md = "\n".join(lines) + "\n"
     atomic_write_text(out / "table2.md", md)
     atomic_write_text(out / "table2.json", json.dumps(
@@ -95,6 +114,29 @@ def write_table(out: Path, results: dict[tuple[str, str], dict], tasks: list[str
 def _result(summary: dict) -> dict:
     keys = ("success_rate", "ci95", "successes", "finished", "mean_duration_s", "wall_s", "failure_reasons")
     return {k: summary.get(k) for k in keys}
+
+
+def check_options(args: argparse.Namespace, options: dict[str, dict]) -> dict[str, dict]:
+    """Every cell's settings resolved before any cell starts; per policy, the first task's as one
+    flat mapping (what a policy's shared resources read: ``checkpoint``, ``compile_unet`` ...).
+
+    Raises:
+        SystemExit: an unknown option or a value of the wrong type (exit 2, the valid keys named).
+    """
+    flat = {}
+    for policy in args.policies:
+        for task in args.tasks:
+            try:
+                resolved = resolve_policy_config(policy, resolve_policy_target(policy), task=task,
+                                                 config_file=args.policy_config.get(policy),
+                                                 options=options.get(policy, {}))
+            except PolicyOptionError as e:
+                print(f"table2: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+            except PolicyUnavailableError:  # the cells report it themselves
+                break
+            flat.setdefault(policy, resolved.as_dict())
+    return flat
 
 
 def run_parallel(args: argparse.Namespace, out: Path, raw_options: dict[str, list[str]],
@@ -134,6 +176,17 @@ def _policy_workers(items: list[str]) -> dict[str, int]:
     return out
 
 
+def _policy_configs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        policy, sep, path = item.partition("=")
+        if not sep or policy not in POLICIES or not path:
+            raise SystemExit(f"table2: --policy-config must look like POLICY=FILE (POLICY one of "
+                             f"{', '.join(POLICIES)}), got {item!r}")
+        out[policy] = path
+    return out
+
+
 def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[str]],
                runtime_options: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
     procs: dict[tuple[str, str], subprocess.Popen] = {}
@@ -144,7 +197,9 @@ def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[
                    "--episodes", str(args.episodes), "--workers", str(_workers(args, policy)), "--seed", str(args.seed),
                    "--out", str(run_dir), "--device", args.device]
             if run_dir.exists():
-                cmd.append("--resume")
+                cmd += ["--resume", "--resume-anyway"] if args.resume_anyway else ["--resume"]
+            if policy in args.policy_config:
+                cmd += ["--policy-config", args.policy_config[policy]]
             if args.episode_timeout:
                 cmd += ["--episode-timeout", str(args.episode_timeout)]
             for item in raw_options.get(policy, []):
@@ -205,14 +260,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episode-timeout", type=float, default=None)
     p.add_argument("--policy-option", action="append", default=[], metavar="POLICY.KEY=VALUE")
+    p.add_argument("--policy-config", action="append", default=[], metavar="POLICY=FILE",
+                   help="a policy's settings file (default configs/policy/<policy>.yaml)")
+    p.add_argument("--resume-anyway", action="store_true",
+                   help="resume cells made with other code or settings (recorded in their provenance)")
     p.add_argument("--parallel", action="store_true", help="run all cells at once (each with --workers)")
     p.add_argument("--max-seconds", type=float, default=None, help="with --parallel: interrupt cells after this")
     p.add_argument("--report", action="store_true",
                    help="run nothing: rewrite table2.md/json from the cells already under --out")
     args = p.parse_args(argv)
     args.policy_workers = _policy_workers(args.policy_workers)
+    args.policy_config = _policy_configs(args.policy_config)
     raw = _split_options(args.policy_option)
-    # Parsed as geo4d-rollout parses them (also checks them before any cell starts).
+    # Parsed as geo4d-rollout parses them.
     options = {policy: parse_policy_options(items) for policy, items in raw.items()}
     out = Path(args.out)
     if args.report:
@@ -221,9 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         print(write_table(out, collect_results(out, args.tasks, args.policies), args.tasks, args.policies,
                           args.episodes))
         return 0
+    resolved = check_options(args, options)
     out.mkdir(parents=True, exist_ok=True)
     if args.parallel:
-        results = run_parallel(args, out, raw, options)
+        results = run_parallel(args, out, raw, resolved)
         for (task, policy), r in results.items():
             print(f"{task} {policy}: {_cell(r)}")
         print(write_table(out, results, args.tasks, args.policies, args.episodes))
@@ -235,11 +296,15 @@ def main(argv: list[str] | None = None) -> int:
             config = RolloutConfig(task=task, policy=policy, episodes=args.episodes, seed=args.seed,
                                    workers=_workers(args, policy), out_dir=str(run_dir), resume=run_dir.exists(),
                                    device=args.device, policy_options=options.get(policy, {}),
+                                   policy_config=args.policy_config.get(policy),
+                                   resume_anyway=args.resume_anyway and run_dir.exists(),
                                    episode_timeout_s=args.episode_timeout)
             try:
                 s = run_rollouts(config, show=sys.stderr.isatty())
             except PolicyUnavailableError as e:
                 results[(task, policy)] = {"error": str(e).split(";")[0]}
+            except RolloutConfigError as e:  # e.g. an existing cell made with other code or settings
+                results[(task, policy)] = {"error": str(e)}
             else:
                 results[(task, policy)] = _result(s.to_dict())
             print(f"{task} {policy}: {_cell(results[(task, policy)])}", flush=True)

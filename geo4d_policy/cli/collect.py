@@ -2,6 +2,10 @@
 
     geo4d-collect --task T --episodes N --out DIR [--workers W] [--resolution HxW] [--seed S] [--resume]
 
+``DIR/provenance.json`` records the code version, the task, resolution and data seeds, the device
+and package versions (``geo4d_policy.provenance``); ``--resume`` refuses a dataset collected with
+other code or settings unless ``--resume-anyway``.
+
 Exit status 0 when the dataset holds N episodes, 1 when attempts ran out first, 2 on bad input.
 """
 
@@ -39,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base of the data-seed stream (disjoint from eval seeds)")
     p.add_argument("--max-attempts", type=int, default=None, help="give up after this many attempts (default 2N+10)")
     p.add_argument("--resume", action="store_true", help="add to an existing dataset of the same task")
+    p.add_argument("--resume-anyway", action="store_true",
+                   help="with --resume: add to a dataset collected with other code (recorded in its provenance)")
     return p
 
 
@@ -48,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from pathlib import Path
+
+    from geo4d_policy import provenance
     from geo4d_policy.data.collect import CollectConfig, collect
     from geo4d_policy.data.format import DatasetError
     from geo4d_policy.interface import UnknownNameError, canonical_task_name
@@ -57,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = CollectConfig(task=task, episodes=args.episodes, out_dir=args.out, seed=args.seed,
                                workers=args.workers, resolution=args.resolution, max_attempts=args.max_attempts,
                                resume=args.resume)
+        # What the episodes are (how many and how fast they are collected is this session's business).
+        provenance.start_provenance(
+            args.out, command="geo4d-collect", config={"task": task, "resolution": list(args.resolution)},
+            seeds={"base_seed": args.seed, "seed_stream": "data"}, has_run=(Path(args.out) / "meta.json").exists(),
+            resume=args.resume, anyway=args.resume_anyway, what="dataset",
+            session_info={"episodes": args.episodes, "workers": args.workers, "max_attempts": args.max_attempts})
         summary = collect(config)
     except (UnknownNameError, ValueError, DatasetError, FileExistsError) as e:
         print(f"geo4d-collect: {e}", file=sys.stderr)

@@ -10,7 +10,9 @@ cameras, the two views are fused and compared with the robot's measured gripper 
 masks on the first frame, then unsegmented frames) by default; with ``--segmenter`` also
 ``segmenter`` (its labels on the first frame) and ``segmenter_all`` (on every frame);
 ``--labels`` picks any of them (``masks_all``: recorded masks on every frame). Writes
-``OUT/metrics.json`` and ``OUT/config.yaml`` and prints a table.
+``OUT/metrics.json``, ``OUT/config.yaml`` (every setting, the tracker's included) and
+``OUT/provenance.json`` (code version, settings, segmenter and dataset hashes, seed, device,
+packages) and prints a table.
 
 Exit status 0 on success, 2 on bad input (missing directory, a dataset without two held-out
 cameras, an unknown degradation, an unreadable segmenter checkpoint).
@@ -105,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from geo4d_policy import provenance
     from geo4d_policy.config import atomic_write_text, save_config, to_dict
     from geo4d_policy.data.format import DatasetError
     from geo4d_policy.eval.tracking_eval import TrackingEvalConfig, check_dataset, evaluate_tracking
@@ -119,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             use_hint=not args.no_hint, seed=args.seed)
         for d in args.data:
             check_dataset(d)
+        record = provenance.new_provenance(
+            command="geo4d-eval-tracking", device="cpu",
+            config={**to_dict(config), "segmenter": provenance.path_digest(args.segmenter) if args.segmenter else None,
+                    "data": provenance.data_identity(args.data)},
+            seeds={"seed": args.seed, "seed_stream": "data (held-out cameras)"},
+            session_info={"segmenter_path": args.segmenter, "data_dirs": list(args.data)})
         if config.needs_segmenter:
             # Fail before the long run, not after the first clip.
             from geo4d_policy.perception.segmenter import GripperSegmenter
@@ -142,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(results, indent=1) + "\n")
     save_config(config, os.path.join(args.out, "config.yaml"))
+    provenance.write_provenance(args.out, record)
     # Not a terminal (a log file): do not squeeze the table into 80 columns.
     Console(width=None if sys.stdout.isatty() else 150).print(_table(results, config))
     print(f"geo4d-eval-tracking: wrote {os.path.join(args.out, 'metrics.json')}")

@@ -14,13 +14,15 @@ against the logged robot pose, open/close). See :mod:`geo4d_policy.eval.generato
 Writes ``OUT/metrics.json`` (``rows.<row>`` with ``gripper_track_mm_median``,
 ``gripper_track_mm_p90``, ``gripper_track_deg_median``, ``open_close_acc``, ``abs_rel``,
 ``delta1``, ``gripper_px_mm_median``, ``psnr``: means over tasks and views of the executed
-frames 1-5, plus per-task, per-view and per-frame tables), ``OUT/error_by_frame.png``, and
+frames 1-5, plus per-task, per-view and per-frame tables), ``OUT/error_by_frame.png``, ``OUT/provenance.json`` (code version, checkpoint and dataset
+hashes, the resolved options, device, packages), and
 prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -51,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from geo4d_policy import provenance
     from geo4d_policy.config import atomic_write_text
     from geo4d_policy.data.format import DatasetError
     from geo4d_policy.eval.generator_eval import (
@@ -66,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = GeneratorEvalConfig(clips=args.clips, steps=args.steps, seed=args.seed, segmenter=args.segmenter,
                                      workers=args.workers, rows=tuple(args.rows or ROWS),
                                      min_motion_m=args.min_motion, min_part_pixels=args.min_part_pixels)
+        record = provenance.new_provenance(
+            command="geo4d-eval-video", device=args.device,
+            config={"checkpoint": provenance.path_digest(args.checkpoint), "data": provenance.data_identity(args.data),
+                    "eval": dataclasses.asdict(config)},
+            seeds={"seed": args.seed, "seed_stream": "data (validation episodes)"},
+            session_info={"checkpoint_path": args.checkpoint, "data_dirs": list(args.data)})
         t0 = time.perf_counter()
         results = evaluate_generator(args.checkpoint, args.data, config, device=args.device,
                                      progress=lambda s: print(f"geo4d-eval-video: {s}", file=sys.stderr))
@@ -75,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(results, indent=1) + "\n")
+    provenance.write_provenance(args.out, record)
     plot_error_by_frame(results, os.path.join(args.out, "error_by_frame.png"))
     lo, hi = config.summary_frames
     table = Table(title=f"geo4d-eval-video: frames {lo}-{hi}, {args.steps} steps, policy cameras, validation episodes")

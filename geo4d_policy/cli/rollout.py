@@ -4,9 +4,15 @@ Example::
 
     geo4d-rollout --task PlaceAppleFromBowlIntoBin --episodes 30 --policy expert --workers 2
 
+Policy settings: ``configs/policy/<policy>.yaml`` (or ``--policy-config FILE``) holds every one;
+``--policy-option KEY=VALUE`` overrides one by dotted path (``video.tracker.iterations=20``) or
+short name (``checkpoint=``, ``num_steps=``, ``execute_frames=``); ``--show-policy-config``
+prints the resolved settings and exits.
+
 Exit codes: 0 when the run finished (whatever the success rate), 2 for invalid input (unknown
-task or policy, a policy not implemented yet, bad numbers, a clash with an existing run
-directory), 130 when interrupted (finished episodes are kept; continue with ``--resume``).
+task or policy, a policy not implemented yet, an unknown policy option or one of the wrong type,
+bad numbers, a clash with an existing run directory, a resume with other code or settings),
+130 when interrupted (finished episodes are kept; continue with ``--resume``).
 """
 
 from __future__ import annotations
@@ -100,12 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, help="episodes run in parallel (default: 1)")
     p.add_argument("--out", default=None, help="run directory (default: runs/rollout/<task>/<policy>/seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, running unfinished episodes")
+    p.add_argument("--resume-anyway", action="store_true",
+                   help="with --resume: continue even if the run was made with other code or settings "
+                        "(recorded in its provenance.json)")
     p.add_argument("--video", type=_non_negative_int, default=0, metavar="K",
                    help="record mp4 videos of the first K episodes (default: 0)")
     p.add_argument("--meshcat", action="store_true", help="save a Meshcat HTML replay per episode (needs --workers 1)")
     p.add_argument("--device", type=_device, default="cpu", help="torch device of learned policies: cpu|cuda")
+    p.add_argument("--policy-config", default=None, metavar="FILE",
+                   help="YAML of the policy's settings (default: configs/policy/<policy>.yaml)")
     p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="option for the policy factory (repeatable); values are parsed as YAML scalars")
+                   help="a policy setting by dotted path or short name (repeatable); values are parsed as YAML")
+    p.add_argument("--show-policy-config", action="store_true",
+                   help="print the policy's resolved settings for --task and exit")
     p.add_argument("--runtime-option", action="append", default=[], metavar="KEY=VALUE",
                    help="policy option for this session only, not part of the run's identity (not saved, "
                         "not compared on --resume), e.g. server=ADDRESS of a shared generator server")
@@ -124,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _error(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
+
+
+def _show_policy_config(task: str, policy: str, config_file: str | None, options: dict[str, Any]) -> int:
+    import yaml
+
+    from geo4d_policy.policies.policy_config import PolicyOptionError, resolve_policy_config
+    from geo4d_policy.policies.registry import resolve_policy_target
+
+    try:
+        resolved = resolve_policy_config(policy, resolve_policy_target(policy), task=task, config_file=config_file,
+                                         options=options)
+    except PolicyOptionError as e:
+        return _error(str(e))
+    print(f"# {policy} on {task}" + (f", from {resolved.source}" if resolved.source else ""))
+    print(yaml.safe_dump(resolved.as_dict(), sort_keys=False), end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(e))
     if args.meshcat and args.workers != 1:
         return _error(f"--meshcat needs --workers 1 (got --workers {args.workers})")
+    if args.resume_anyway and not args.resume:
+        return _error("--resume-anyway needs --resume")
+    if args.show_policy_config:
+        return _show_policy_config(task, args.policy, args.policy_config, options)
 
     config = RolloutConfig(
         task=task,
@@ -163,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         video=args.video,
         meshcat=args.meshcat,
         policy_options=options,
+        policy_config=args.policy_config,
         runtime_options=runtime,
+        resume_anyway=args.resume_anyway,
         device=args.device,
         episode_timeout_s=args.episode_timeout,
         ray_address=args.ray,

@@ -16,6 +16,11 @@ One generator may be trained on several tasks at once (``--task all`` with one d
 task): it is conditioned on the task, which keeps the shipped checkpoints within the
 repository's size budget. Checkpoints: ``RUN/step_<N>/`` (config.json + model.safetensors of
 the EMA weights + training state) with a ``RUN/last`` pointer; ``--resume`` continues exactly.
+``RUN/provenance.json`` records the code version, the resolved recipe, the datasets (hash of
+their index), seeds and device (``geo4d_policy.provenance``); ``--resume`` refuses a run made
+with other code or another recipe unless ``--resume-anyway`` (how long and where it trains,
+e.g. ``--steps``, ``--workers``, ``--device``, may change). ``--evaluate`` puts the provenance
+into its JSON.
 Multi-GPU: launch with ``accelerate launch -m geo4d_policy.cli.train ...``.
 """
 
@@ -29,6 +34,15 @@ from collections.abc import Sequence
 from geo4d_policy.cli import interruptible
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU timings swing 20x without it (notes/mlstack.md)
+
+RECIPE_OVERRIDES = {"steps": "max_steps", "batch_size": "batch_size", "lr": "lr", "threads": "num_threads",
+                    "seed": "seed", "device": "device", "workers": "num_workers", "max_time": "max_time_s",
+                    "ckpt_every": "ckpt_every", "init_image_encoder": "init_image_encoder"}
+"""Command-line options that override a segmenter / Diffusion Policy recipe field (option -> field)."""
+
+SESSION_FIELDS = frozenset({"max_steps", "max_time_s", "progress", "num_workers", "num_threads", "device",
+                            "ckpt_every", "log_every", "keep_last"})
+"""Recipe fields that say how long or where a run trains, not what it trains: a resume may change them."""
 
 
 class _TaskTagged:
@@ -172,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--ckpt-every", type=int, default=None)
         s.add_argument("--resume", action="store_true")
+        s.add_argument("--resume-anyway", action="store_true", help="resume even with other code or recipe")
         s.add_argument("--init", default=None, help="start from these weights (see --help of the kind)")
         s.add_argument("--max-time", type=float, default=None,
                        help="stop with a checkpoint after this many seconds of training (continue with --resume)")
@@ -209,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop cleanly (checkpoint + final evaluation) after this many seconds of training")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--resume", action="store_true")
+    s.add_argument("--resume-anyway", action="store_true", help="resume even with other code or recipe")
     s.add_argument("--export", default=None, help="also write the last checkpoint here in fp16 (to ship)")
     s.add_argument("--evaluate", default=None, metavar="CKPT",
                    help="do not train: evaluate CKPT on the held-out cameras, clean and degraded (blur "
@@ -223,8 +239,49 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument(flag, type=kind, default=None, help="(default: the recipe's)")
     d.add_argument("--init-image-encoder", default=None, help="local image-encoder weights (ResNet keys ok)")
     d.add_argument("--resume", action="store_true")
+    d.add_argument("--resume-anyway", action="store_true", help="resume even with other code or recipe")
     d.add_argument("--export", default=None, help="also write the last checkpoint here in fp16 (to ship)")
     return p
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """Recipe overrides given on the command line (see :data:`RECIPE_OVERRIDES`)."""
+    return {field: getattr(args, opt) for opt, field in RECIPE_OVERRIDES.items()
+            if getattr(args, opt, None) is not None}
+
+
+def _identity(config: dict, **more) -> dict:
+    """A recipe's plain form without its :data:`SESSION_FIELDS`, plus ``more``."""
+    return {**{k: v for k, v in config.items() if k not in SESSION_FIELDS}, **more}
+
+
+def _weights_digest(path: str | None) -> str | None:
+    """Hash of the weights a run starts from (a run directory's ``last`` step), None for none."""
+    if path is None:
+        return None
+    from geo4d_policy.models.checkpoint import CheckpointError, resolve_checkpoint_dir
+    from geo4d_policy.provenance import path_digest
+
+    try:
+        return path_digest(resolve_checkpoint_dir(path))
+    except (CheckpointError, OSError, ValueError):
+        return path_digest(path)
+
+
+def _record_provenance(args: argparse.Namespace, recipe: object, **more) -> dict | None:
+    """Write ``RUN/provenance.json`` (checking the run's on ``--resume``); see the module docstring."""
+    from pathlib import Path
+
+    from geo4d_policy import provenance
+    from geo4d_policy.config import to_dict
+
+    out = Path(args.out)
+    config = _identity(to_dict(recipe), command=args.what, data=provenance.data_identity(args.data), **more)
+    return provenance.start_provenance(
+        out, command=f"geo4d-train {args.what}", config=config,
+        seeds={"seed": config.get("seed"), "seed_stream": "data"}, device=getattr(args, "device", None),
+        has_run=(out / "last").exists(), resume=args.resume, anyway=args.resume_anyway,
+        session_info={"data_dirs": [str(d) for d in args.data], "recipe": str(args.config)}, what="training run")
 
 
 def _train_segmenter(args: argparse.Namespace) -> int:
@@ -237,8 +294,16 @@ def _train_segmenter(args: argparse.Namespace) -> int:
 
         from geo4d_policy.train.segmenter import evaluate_checkpoint
 
+        from geo4d_policy import provenance
+
         ev = evaluate_checkpoint(args.evaluate, args.data, max_frames=args.frames, seed=args.seed or 0,
                                  num_threads=args.threads or 0, device=args.device or "cpu")
+        ev["provenance"] = provenance.new_provenance(
+            command="geo4d-train segmenter --evaluate", device=args.device or "cpu",
+            config={"checkpoint": provenance.path_digest(args.evaluate), "data": provenance.data_identity(args.data),
+                    "frames": args.frames},
+            seeds={"seed": args.seed or 0, "seed_stream": "data"},
+            session_info={"checkpoint_path": str(args.evaluate), "data_dirs": [str(d) for d in args.data]})
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(ev, indent=1) + "\n")
         for tag, e in (("clean", ev), ("degraded", ev["degraded"])):
@@ -246,12 +311,9 @@ def _train_segmenter(args: argparse.Namespace) -> int:
                   + ", ".join(f"{a} {v:.3f}" for a, v in e["arm_iou"].items() if v is not None)
                   + f" ({e['n_frames']} frames)")
         return 0
-    overrides = {k: v for k, v in (("max_steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("num_threads", args.threads), ("seed", args.seed),
-                                   ("device", args.device), ("num_workers", args.workers),
-                                   ("max_time_s", args.max_time)) if v is not None}
-    config = load_segmenter_train_config(args.config, overrides=overrides)
+    config = load_segmenter_train_config(args.config, overrides=_overrides(args))
     config.progress = config.progress and (sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS")))
+    _record_provenance(args, config)
     result = train_segmenter(config, data_dirs=args.data, out_dir=args.out, resume=args.resume)
     if args.export:
         export_segmenter(args.out, args.export)
@@ -265,8 +327,9 @@ def _train_segmenter(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     interruptible()
     args = build_parser().parse_args(argv)
-    from geo4d_policy.config import ConfigError
+    from geo4d_policy.config import ConfigError, to_dict
     from geo4d_policy.data.format import DatasetError, load_meta
+    from geo4d_policy.models.config import load_model_config
     from geo4d_policy.interface import UnknownNameError, canonical_task_name
     from geo4d_policy.train.config import TrainConfig
     from geo4d_policy.train.trainer import train
@@ -275,8 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.what == "segmenter":
             return _train_segmenter(args)
         if args.what == "diffusion_policy":
-            from geo4d_policy.train.diffusion_policy import run_cli
+            from geo4d_policy.train.diffusion_policy import load_dp_train_config, run_cli
 
+            _record_provenance(args, load_dp_train_config(args.config, overrides=_overrides(args)))
             return run_cli(args)
         tasks = tuple(load_meta(d).task for d in args.data)
         if args.what == "generator" and args.task != "all":
@@ -300,6 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size, vae_max_images=max(args.batch_size, 32) if args.gpu_data else 32,
             **overrides,
         )
+        model = config.model if not isinstance(config.model, str) else load_model_config(config.model)
+        _record_provenance(args, config, model=to_dict(model), batch_size=args.batch_size,
+                           **{k: _weights_digest(getattr(config, k)) for k in ("image_vae", "pointmap_vae", "init_from",
+                                                                                "init_svd_unet")})
         if args.gpu_data:
             factory = gpu_data_iter_factory(config, args.data, batch_size=args.batch_size, seed=args.seed,
                                             max_episodes=args.max_episodes, workers=args.workers,

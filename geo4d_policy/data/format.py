@@ -51,7 +51,6 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -60,7 +59,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from geo4d_policy.config import REPO_ROOT, atomic_write_text
+from geo4d_policy.config import atomic_write_text
 from geo4d_policy.data.geometry import decode_depth_mm, encode_depth_mm
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import (
@@ -72,6 +71,7 @@ from geo4d_policy.interface import (
     CameraSpec,
     canonical_task_name,
 )
+from geo4d_policy.provenance import PROVENANCE_FILE, code_version
 
 FORMAT_VERSION = 1
 """Version of the on-disk layout; bump on any incompatible change."""
@@ -741,17 +741,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
 def load_meta(root: str | os.PathLike[str]) -> DatasetMeta:
     """Read and validate ``root/meta.json``.
 
@@ -838,11 +827,11 @@ def create_dataset(
         robot_hz=float(robot_hz),
         video_hz=float(video_hz),
         provenance={"command": command if command is not None else " ".join(sys.argv),
-                    "git_commit": _git_commit(), "created": _now()},
+                    "git_commit": code_version()["commit"], "created": _now()},
     )
     if not (root / META_FILE).exists() and root.exists():
         # Only what an interrupted create_dataset leaves behind may already be there.
-        allowed = (EPISODES_DIR, ".meta.lock")
+        allowed = (EPISODES_DIR, ".meta.lock", PROVENANCE_FILE)  # geo4d-collect writes its provenance first
         leftovers = [p.name for p in root.iterdir()
                      if p.name not in allowed and not p.name.startswith(f".{META_FILE}.")] \
             if root.is_dir() else [root.name]

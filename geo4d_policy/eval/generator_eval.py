@@ -267,10 +267,11 @@ def _track_job(job: dict[str, Any]) -> dict[str, Any]:
     from geo4d_policy.data.geometry import relative_camera_transform
     from geo4d_policy.eval.tracking_eval import decision_width
     from geo4d_policy.perception.gripper_model import GripperModel
-    from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH, GripperStateEstimator
+    from geo4d_policy.perception.gripper_state import GripperStateEstimator
     from geo4d_policy.perception.metrics import pose_errors
     from geo4d_policy.perception.tracker import part_label_image
     from geo4d_policy.perception.video_tracking import CurrentView, PredictedVideo, track_video
+    from geo4d_policy.task_settings import task_settings
 
     if _MODEL is None:
         _MODEL = GripperModel.load()
@@ -283,7 +284,7 @@ def _track_job(job: dict[str, Any]) -> dict[str, Any]:
     arms = job["arms"]
     current = CurrentView(clip.points[0, 0], clip.valid[0, 0],
                           {a: part_label_image(clip.masks[0, 0], a) for a in arms})
-    held = HELD_OBJECT_WIDTH.get(clip.task)
+    held = task_settings(clip.task).held_object_width
     X_CnCm = relative_camera_transform(clip.X_TC[0], clip.X_TC[1])
     tracks = track_video(video, current, X_TCn=clip.X_TC[0], X_TG_now={a: clip.X_TG[a][0] for a in arms},
                          width_now={a: float(clip.width[a][0]) for a in arms}, model=model,

@@ -9,17 +9,24 @@ other running episodes and the exit code.
 
 Run directory layout (``RolloutConfig.out_dir``)::
 
-    config.yaml        the resolved RolloutConfig
+    config.yaml        the RolloutConfig asked for (the run's identity: task, policy, seeds)
+    policy_config.yaml every setting of the policy as resolved for the task (--policy-config
+                       takes it back: the run can be reproduced from its record)
+    provenance.json    code version, resolved configuration, seeds, device and packages of every
+                       session (geo4d_policy.provenance); each record names its session
     episodes.jsonl     one record per finished episode (see geo4d_policy.eval.records)
     summary.json       success rate, Wilson 95% CI, failure reasons, timings
+    results.json       the same results in lbm_eval's format (geo4d_policy.eval.lbm_results)
     errors/<seed>.txt  traceback of each episode that raised
     videos/episode_<idx>_seed_<seed>.mp4    the first ``video`` episodes
     meshcat/episode_<idx>.html              with ``meshcat`` (single worker)
 
-``episodes.jsonl`` and ``summary.json`` are rewritten atomically after every finished episode,
-so a run killed at any moment resumes (``resume=True``) with exactly the unfinished episodes.
-Episode ``i`` always has seed ``interface.eval_seed(seed, i)``: results are reproducible and
-independent of the number of workers and of interruptions.
+``episodes.jsonl``, ``summary.json`` and ``results.json`` are rewritten atomically after every
+finished episode, so a run killed at any moment resumes (``resume=True``) with exactly the
+unfinished episodes. Episode ``i`` always has seed ``interface.eval_seed(seed, i)``: results are
+reproducible and independent of the number of workers and of interruptions. A resume is refused
+when the code version or the resolved configuration differs from the run's (the message names
+what differs) unless ``resume_anyway``, which the new session's provenance then records.
 """
 
 from __future__ import annotations
@@ -29,13 +36,15 @@ import dataclasses
 import importlib
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from geo4d_policy.config import ConfigError, load_config, save_config, to_dict
+from geo4d_policy import provenance as prov
+from geo4d_policy.config import ConfigError, load_config, save_config
 from geo4d_policy.eval.records import (
     CONFIG_FILE,
     EPISODES_FILE,
@@ -48,13 +57,25 @@ from geo4d_policy.eval.records import (
     write_records,
     write_summary,
 )
+from geo4d_policy.eval.lbm_results import RESULTS_FILE, write_lbm_results
 from geo4d_policy.eval.worker import EpisodeSpec, episode_process_main
 from geo4d_policy.interface import canonical_task_name, eval_seed
+from geo4d_policy.policies.policy_config import (
+    PolicyOptionError,
+    ResolvedPolicyConfig,
+    check_runtime_options,
+    resolve_policy_config,
+)
 from geo4d_policy.policies.registry import check_policy_available, resolve_policy_target
 
 DEFAULT_ENV_FACTORY = "sim.env:make_env"
 MAX_EPISODES = 100_000
 """``eval_seed`` gives each base seed 100 000 indices; more would overlap the next base seed."""
+SEED_STREAMS = ("eval",)
+"""Seed streams a rollout may draw its episodes from (``RolloutConfig.seed_stream``)."""
+POLICY_CONFIG_FILE = "policy_config.yaml"
+IDENTITY_KEYS = ("task", "policy", "seed", "seed_stream")
+"""What makes two runs the same run: records of another identity never mix, even with resume_anyway."""
 
 
 class RolloutConfigError(ValueError):
@@ -75,10 +96,16 @@ class RolloutConfig:
         resume: continue the run in ``out_dir``, running only unfinished episodes.
         video: record an mp4 of the first ``video`` episode indices.
         meshcat: Meshcat replay (HTML) of every episode; needs ``workers == 1``.
-        policy_options: keyword options for the policy factory.
-        runtime_options: more factory options for this session only, not part of the run's
-            identity (not saved, not compared on resume): e.g. ``server=ADDRESS`` of a generator
-            server that several runs share, whose address changes every session.
+        policy_options: settings of the policy, ``key -> value`` with dotted keys (see
+            :mod:`geo4d_policy.policies.policy_config`), applied on top of ``policy_config``.
+        policy_config: YAML of the policy's settings (default ``configs/policy/<policy>.yaml``).
+        runtime_options: factory keyword arguments for this session only, not settings and not
+            part of the run's identity (not saved, not compared on resume): e.g.
+            ``server=ADDRESS`` of a generator server that several runs share, whose address
+            changes every session.
+        seed_stream: the seed stream of the episodes (``eval``); part of the run's identity.
+        resume_anyway: with ``resume``, continue a run whose code version or resolved
+            configuration differs from this session's (recorded in its provenance).
         device: torch device of learned policies (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         episode_timeout_s: wall-clock limit of one episode (its process is killed and the
             episode failed); ``None`` for no limit.
@@ -99,7 +126,10 @@ class RolloutConfig:
     video: int = 0
     meshcat: bool = False
     policy_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    policy_config: str | None = None
     runtime_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seed_stream: str = "eval"
+    resume_anyway: bool = False
     device: str = "cpu"
     episode_timeout_s: float | None = None
     ray_address: str | None = None
@@ -125,6 +155,10 @@ def resolve_config(config: RolloutConfig) -> RolloutConfig:
         problems.append(f"episodes must be in 1..{MAX_EPISODES}, got {config.episodes}")
     if config.seed < 0:
         problems.append(f"seed must be non-negative, got {config.seed}")
+    if config.seed_stream not in SEED_STREAMS:
+        problems.append(f"unknown seed stream {config.seed_stream!r}; valid: {', '.join(SEED_STREAMS)}")
+    if config.resume_anyway and not config.resume:
+        problems.append("resume_anyway needs resume")
     if config.workers <= 0:
         problems.append(f"workers must be positive, got {config.workers}")
     if config.video < 0:
@@ -146,18 +180,14 @@ def resolve_config(config: RolloutConfig) -> RolloutConfig:
                                runtime_options=dict(config.runtime_options))
 
 
-def _factory_options(config: RolloutConfig) -> dict[str, Any]:
-    """The policy factory's keyword options: the run's own, overridden by this session's."""
-    return {**config.policy_options, **config.runtime_options}
-
-
 def _comparable(config: RolloutConfig, key: str) -> Any:
     value = getattr(config, key)
-    return canonical_task_name(value) if key == "task" else to_dict(value)
+    return canonical_task_name(value) if key == "task" else value
 
 
 def _load_previous(config: RolloutConfig, out: Path) -> dict[int, dict[str, Any]]:
-    """Finished records of the run in ``out``, after checking that ``config`` may continue it."""
+    """Finished records of the run in ``out``, after checking that ``config`` is the same run
+    (task, policy, seeds; code and settings are checked by :func:`_run_provenance`)."""
     has_run = (out / CONFIG_FILE).exists() or (out / EPISODES_FILE).exists()
     if not config.resume:
         if has_run:
@@ -175,13 +205,13 @@ def _load_previous(config: RolloutConfig, out: Path) -> dict[int, dict[str, Any]
             raise RolloutConfigError(f"cannot resume: {out / CONFIG_FILE} is unreadable ({e})") from None
         clashes = [
             f"{key}: saved {getattr(saved, key)!r}, requested {getattr(config, key)!r}"
-            for key in ("task", "policy", "seed", "policy_options")
+            for key in IDENTITY_KEYS
             if _comparable(saved, key) != _comparable(config, key)
         ]
         if clashes:
             raise RolloutConfigError(
                 f"cannot resume the run in {out}: it was started with a different configuration "
-                f"({'; '.join(clashes)}); resume with the same task, policy, seed and policy options, "
+                f"({'; '.join(clashes)}); resume with the same task, policy, seed and seed stream, "
                 "or choose another --out directory"
             )
     try:
@@ -201,6 +231,46 @@ def _load_previous(config: RolloutConfig, out: Path) -> dict[int, dict[str, Any]
             f"{beyond[-1]}; ask for at least {beyond[-1] + 1} episodes"
         )
     return done
+
+
+def _checkpoint_digests(module: Any, resolved: ResolvedPolicyConfig, task: str) -> dict[str, Path]:
+    """The checkpoints a policy's settings name (its module's ``checkpoints`` hook), by setting."""
+    hook = getattr(module, "checkpoints", None)
+    if hook is None or not resolved.typed:
+        return {}
+    return {k: Path(v) for k, v in hook(resolved.config, task=task).items() if v is not None}
+
+
+def _run_provenance(config: RolloutConfig, resolved: ResolvedPolicyConfig, module: Any, env_factory: str,
+                    out: Path) -> dict[str, Any]:
+    """This session's provenance (the run's, with this session appended, when resuming).
+
+    Raises:
+        RolloutConfigError: resuming a run whose code or resolved configuration differs (the
+            message names what differs), unless ``resume_anyway``.
+    """
+    checkpoints = _checkpoint_digests(module, resolved, config.task)
+    identity = {
+        "task": config.task, "policy": config.policy, "env_factory": env_factory,
+        "policy_config": resolved.as_dict(),
+        "checkpoints": {k: prov.path_digest(p) for k, p in checkpoints.items()},
+    }
+    current = prov.new_provenance(
+        command="geo4d-rollout", config=identity, device=config.device,
+        seeds={"base_seed": config.seed, "seed_stream": config.seed_stream},
+        session_info={"policy_config_file": resolved.source, "policy_options": dict(config.policy_options),
+                      "checkpoint_paths": {k: str(p) for k, p in checkpoints.items()}})
+    if not (config.resume and ((out / CONFIG_FILE).exists() or (out / EPISODES_FILE).exists())):
+        return current
+    try:
+        merged = prov.check_resume(out, current, anyway=config.resume_anyway, what="rollout run")
+    except (prov.ProvenanceMismatch, ValueError) as e:
+        raise RolloutConfigError(str(e)) from e
+    accepted = merged["sessions"][-1]["resumed_anyway"]
+    if accepted:
+        print(f"geo4d-rollout: warning: resuming {out} anyway although it differs in: {'; '.join(accepted)}",
+              file=sys.stderr)
+    return merged
 
 
 @dataclasses.dataclass
@@ -265,21 +335,33 @@ def run_rollouts(
     config = resolve_config(config)
     check_policy_available(config.policy)
     policy_target = resolve_policy_target(config.policy)
-    # A policy module may check its options (e.g. that a checkpoint exists) before any episode runs.
-    preflight = getattr(importlib.import_module(policy_target.partition(":")[0]), "preflight", None)
-    if preflight is not None:
+    try:
+        resolved = resolve_policy_config(config.policy, policy_target, task=config.task,
+                                         config_file=config.policy_config, options=config.policy_options)
+        check_runtime_options(config.policy, policy_target, config.runtime_options)
+    except PolicyOptionError as e:
+        raise RolloutConfigError(str(e)) from e
+    module = importlib.import_module(policy_target.partition(":")[0])
+    # A policy module may check its settings (e.g. that a checkpoint exists) before any episode runs.
+    preflight = getattr(module, "preflight", None)
+    if preflight is not None and resolved.typed:
         try:
-            preflight(task=config.task, options=_factory_options(config))
-        except ValueError as e:  # a malformed option value: the run's configuration is wrong
+            preflight(task=config.task, config=resolved.config, runtime=dict(config.runtime_options))
+        except ValueError as e:  # a malformed setting: the run's configuration is wrong
             raise RolloutConfigError(f"{config.policy}: {e}") from e
     out = Path(config.out_dir)
     done = _load_previous(config, out)
+    provenance = _run_provenance(config, resolved, module, env_factory, out)
+    reference = prov.record_reference(provenance)
     previous_wall = 0.0
     if config.resume:
         prev = read_summary(out / SUMMARY_FILE)
         previous_wall = float(prev.get("wall_s") or 0.0) if prev else 0.0
     out.mkdir(parents=True, exist_ok=True)
-    save_config(dataclasses.replace(config, runtime_options={}), out / CONFIG_FILE)
+    prov.write_provenance(out, provenance)
+    save_config(dataclasses.replace(config, out_dir=None, resume=False, resume_anyway=False, runtime_options={}),
+                out / CONFIG_FILE)
+    save_config(resolved.as_dict(), out / POLICY_CONFIG_FILE)
 
     t0 = time.perf_counter()
 
@@ -292,6 +374,8 @@ def run_rollouts(
         write_records(out / EPISODES_FILE, done.values())
         summary = current_summary()
         write_summary(out / SUMMARY_FILE, summary)
+        write_lbm_results(out / RESULTS_FILE, list(done.values()), task=config.task, episodes=config.episodes,
+                          num_processes=config.workers, elapsed_time=summary.wall_s)
         return summary
 
     save()
@@ -312,7 +396,7 @@ def run_rollouts(
     def make_spec(index: int, episode_threads: int | None) -> EpisodeSpec:
         return EpisodeSpec(
             task=config.task, policy=config.policy, policy_target=policy_target,
-            policy_options={**_factory_options(config), **shared},
+            policy_options={**resolved.factory_options(), **config.runtime_options, **shared},
             seed=eval_seed(config.seed, index),
             episode_index=index, env_factory=env_factory, out_dir=str(out), record_video=index < config.video,
             meshcat=config.meshcat, device=config.device, threads=episode_threads,
@@ -333,6 +417,7 @@ def run_rollouts(
         record_done(job.index, record)
 
     def record_done(index: int, record: dict[str, Any]) -> None:
+        record.setdefault("provenance", reference)
         done[index] = record
         save()
         bar.update(1)
@@ -377,8 +462,9 @@ def run_rollouts(
     # Resources the policy's episodes share (e.g. one generator server on the GPU), set up once.
     resources = contextlib.ExitStack()
     try:
-        shared = resources.enter_context(_policy_shared_resources(config, policy_target, min(config.workers,
-                                                                                          len(pending))))
+        shared = resources.enter_context(shared_policy_resources(
+            policy_target, options={**resolved.as_dict(), **config.runtime_options}, device=config.device,
+            workers=min(config.workers, len(pending))))
         while pending or running:
             while pending and len(running) < config.workers:
                 start(pending.pop(0))
@@ -439,13 +525,6 @@ def _run_rollouts_on_ray(config: RolloutConfig, pending: list[int], make_spec: C
                on_record=lambda spec, record: record_done(spec.episode_index, record), crash_record=crash)
 
 
-def _policy_shared_resources(config: RolloutConfig, policy_target: str, parallel: int):
-    """The policy module's ``shared_resources`` hook (a context manager yielding extra policy
-    options), used only for parallel episodes on a GPU; otherwise nothing is shared."""
-    return shared_policy_resources(policy_target, options=_factory_options(config), device=config.device,
-                                   workers=parallel)
-
-
 def shared_policy_resources(policy: str, *, options: Mapping[str, Any], device: str, workers: int):
     """What ``workers`` parallel episodes of ``policy`` on ``device`` share (e.g. one generator
     server): the policy module's ``shared_resources`` hook, a context manager yielding extra
@@ -453,7 +532,8 @@ def shared_policy_resources(policy: str, *, options: Mapping[str, Any], device: 
 
     Args:
         policy: a registered policy name or a ``"module:factory"`` target.
-        options: the policy options of the run.
+        options: the run's resolved settings (top level: ``checkpoint``, ``compile_unet``, ...)
+            and runtime options, as one flat mapping.
         device: torch device of the run.
         workers: episodes that will run at once (across runs sharing the resources).
     """

@@ -71,10 +71,12 @@ from geo4d_policy.data.geometry import (
 )
 from geo4d_policy.perception.fusion import fuse_views
 from geo4d_policy.perception.gripper_model import GripperModel
-from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH, GripperStateEstimator
+from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.metrics import pose_errors
+from geo4d_policy.task_settings import held_object_widths
 from geo4d_policy.perception.tracker import (
     ICPGripperTracker,
+    ICPTrackerConfig,
     TrackingFrame,
     part_label_image,
     track_gripper_sequence,
@@ -106,12 +108,14 @@ class TrackingEvalConfig:
         min_part_pixels: an arm is evaluated on a clip when at least this many of its valid
             gripper pixels are in the recorded masks of frame t in one of the two views.
         object_width: task -> width (m) of the object the hand closes on; the task's estimator
-            uses :meth:`GripperStateEstimator.for_object_width` (tasks not listed: defaults).
+            uses :meth:`GripperStateEstimator.for_object_width` (tasks not listed: defaults;
+            default: the tasks' ``held_object_width`` in ``configs/tasks.yaml``).
         free_space: where the fingers were not seen well, choose between this width and the
             stroke by the views' free space around the fingers
             (:func:`~geo4d_policy.perception.video_tracking.free_space_opening`); tasks without
             an object width never do.
         seed: clip, camera-pair and degradation draws.
+        tracker: options of the ICP trackers (both views).
     """
 
     clips: int = 10
@@ -125,9 +129,10 @@ class TrackingEvalConfig:
     segmenter: str | None = None
     use_hint: bool = True
     min_part_pixels: int = 20
-    object_width: dict[str, float] = dataclasses.field(default_factory=lambda: dict(HELD_OBJECT_WIDTH))
+    object_width: dict[str, float] = dataclasses.field(default_factory=held_object_widths)
     free_space: bool = True
     seed: int = 0
+    tracker: ICPTrackerConfig = dataclasses.field(default_factory=ICPTrackerConfig)
 
     def __post_init__(self) -> None:
         self.degradations = tuple(self.degradations)
@@ -335,6 +340,7 @@ def track_arm_clip(
     estimator: GripperStateEstimator,
     use_hint: bool,
     candidate_widths: Sequence[float] | None = None,
+    tracker_config: ICPTrackerConfig | None = None,
 ) -> ArmClipResult:
     """Track ``arm`` through both views of a clip, fuse, and score the future frames.
 
@@ -350,6 +356,7 @@ def track_arm_clip(
         candidate_widths: openings for the free-space choice of frames whose fingers were not
             seen well (see :func:`~geo4d_policy.perception.video_tracking.fused_finger_distance`);
             None leaves it out.
+        tracker_config: options of the ICP trackers (default: their defaults).
     """
     X_TCn = data.X_TC[0]
     T = pointmaps.shape[1]
@@ -359,7 +366,7 @@ def track_arm_clip(
     for v in range(2):
         results.append(track_gripper_sequence(
             pointmaps[v], valid[v], part_labels=list(labels[v]),
-            first_pose_hint=X_CnG0 if use_hint else None, tracker=ICPGripperTracker(model)))
+            first_pose_hint=X_CnG0 if use_hint else None, tracker=ICPGripperTracker(model, config=tracker_config)))
     fused = fuse_views(results[0], results[1], X_TCn=X_TCn)
     seconds = time.perf_counter() - t0
     est = np.stack([f.X_TG for f in fused[1:]])
@@ -517,7 +524,7 @@ def evaluate_tracking(
                         continue
                     r = track_arm_clip(arm, data, pm, valid, label_sets[source][arm], model=model,
                                        estimator=estimator, use_hint=config.use_hint,
-                                       candidate_widths=candidates)
+                                       candidate_widths=candidates, tracker_config=config.tracker)
                     parts.setdefault((clip.task, source, degradation, arm), []).append(r)
                     record["results"][f"{source}/{degradation}/{arm}"] = {
                         "trans_mm_median": float(np.median(r.trans_mm)), "lost": int(r.lost.sum()),

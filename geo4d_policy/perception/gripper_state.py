@@ -52,25 +52,6 @@ class FingerMeasurement:
     method: str
 
 
-HELD_OBJECT_WIDTH: dict[str, float] = {
-    # Width (m) of the hand closed on each task's object, measured in collected expert episodes
-    # (robot width while holding). Thresholds between this and "open" tell a hand holding an
-    # object from an open one; a fixed fraction of the stroke cannot (the apple is 63 mm wide).
-    "PlaceAppleFromBowlIntoBin": 0.063,
-    "PutSpatulaOnTable": 0.019,
-    "StoreCerealBoxUnderShelf": 0.049,
-}
-
-CLOSED_COMMAND_WIDTH: dict[str, float] = {
-    # Width (m) a policy commands to close the hand on each task's object. The cereal box has
-    # flat parallel faces 50.5 mm apart: commanding 30 mm less squeezes with ~30 N per finger
-    # without saturating the finger position loops, which keeps the box centred between the
-    # fingers (saturated fingers let it drift along the closing axis). The apple is round and
-    # grasped where it is 40-55 mm wide, the spatula handle is thin: both get a full close (0).
-    "StoreCerealBoxUnderShelf": 0.0205,
-}
-
-
 def _kmeans2(points: np.ndarray, *, iterations: int = 20) -> np.ndarray:
     """Deterministic 2-means: boolean assignment to the second cluster."""
     c = points.mean(axis=0)

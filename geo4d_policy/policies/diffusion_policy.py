@@ -25,6 +25,7 @@ per-task ``assets/checkpoints/diffusion_policy_small/<TaskName>/``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping
@@ -46,13 +47,34 @@ from geo4d_policy.interface import (
     canonical_task_name,
 )
 from geo4d_policy.models.checkpoint import CheckpointError, read_config_json, resolve_checkpoint_dir
-from geo4d_policy.models.diffusion_policy import DP_FORMAT, DiffusionPolicyModel
+from geo4d_policy.models.diffusion_policy import DP_FORMAT, DiffusionPolicyModel, InferenceScheduler
 from geo4d_policy.policies.registry import PolicyUnavailableError
 
 DEFAULT_CHECKPOINT_DIR = REPO_ROOT / "assets" / "checkpoints" / "diffusion_policy_small"
 """The shipped checkpoint: one model for all tasks (or one sub-directory per task)."""
 
 _TIME_TOLERANCE_S = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionPolicyInferenceConfig:
+    """Every inference setting of the Diffusion Policy baseline (``configs/policy/diffusion_policy.yaml``;
+    the model sizes and training recipes are ``configs/policy/diffusion_policy_<size>.yaml``).
+
+    Attributes:
+        checkpoint: checkpoint or run directory (None: the shipped one, see :func:`find_checkpoint`).
+        num_inference_steps: sampler steps (None: the checkpoint config's, 10 for ``small``).
+        n_action_steps: actions executed per inference (None: the checkpoint config's, 8).
+        scheduler: sampler (None: the checkpoint config's, ``ddim``).
+    """
+
+    checkpoint: str | None = None
+    num_inference_steps: int | None = None
+    n_action_steps: int | None = None
+    scheduler: InferenceScheduler | None = None
+
+
+CONFIG = DiffusionPolicyInferenceConfig
 
 
 def train_command(task: str, *, out: str | os.PathLike[str] | None = None) -> str:
@@ -226,27 +248,44 @@ class DiffusionPolicy:
         }
 
 
-def make_policy(*, task: str, checkpoint: str | None = None, device: str = "cpu",
-                num_inference_steps: int | None = None, **options: Any) -> DiffusionPolicy:
+def preflight(*, task: str, config: DiffusionPolicyInferenceConfig, runtime: dict[str, Any] | None = None) -> None:
+    """Rollout-runner hook: refuse a missing checkpoint, or one of other tasks, before any episode.
+
+    Raises:
+        PolicyUnavailableError: the message names the expected path and how to make one.
+    """
+    try:
+        find_checkpoint(canonical_task_name(task), config.checkpoint)
+    except FileNotFoundError as e:
+        raise PolicyUnavailableError(str(e)) from e
+
+
+def checkpoints(config: DiffusionPolicyInferenceConfig, *, task: str) -> dict[str, Path | None]:
+    """Provenance hook: the checkpoint ``config`` loads (digested into every run's record)."""
+    return {"checkpoint": find_checkpoint(canonical_task_name(task), config.checkpoint)}
+
+
+def make_policy(*, task: str, config: DiffusionPolicyInferenceConfig | None = None, device: str = "cpu",
+                **options: Any) -> DiffusionPolicy:
     """Build the ``diffusion_policy`` policy for ``task`` (the registry's factory).
 
     Args:
         task: canonical task name.
-        checkpoint: checkpoint or run directory (default: the shipped one, see :func:`find_checkpoint`).
+        config: every setting (default: :data:`CONFIG`'s defaults).
         device: torch device of the model.
-        num_inference_steps: sampler steps (default: the checkpoint config's, 10 for ``small``).
-        **options: ``n_action_steps`` (int) and ``scheduler`` (``ddim``/``ddpm``/``dpmsolver++``).
+        **options: settings overriding ``config`` (``checkpoint=``, ``num_inference_steps=``,
+            ``n_action_steps=``, ``scheduler=``), as ``--policy-option`` takes them.
 
     Raises:
-        FileNotFoundError: ``checkpoint`` does not exist.
+        FileNotFoundError: the checkpoint does not exist.
         PolicyUnavailableError: no checkpoint for ``task`` (the message says how to make one).
-        TypeError: an unknown option.
+        PolicyOptionError: an unknown option or a value of the wrong type.
     """
-    unknown = sorted(set(options) - {"n_action_steps", "scheduler"})
-    if unknown:
-        raise TypeError(f"unknown diffusion_policy option(s) {unknown}; valid: checkpoint, device, "
-                        "num_inference_steps, n_action_steps, scheduler")
-    path = find_checkpoint(task, checkpoint)
+    from geo4d_policy.policies.policy_config import configure
+
+    task = canonical_task_name(task)
+    config = configure(__name__, config, options, task=task)
+    path = find_checkpoint(task, config.checkpoint)
     model = DiffusionPolicyModel.from_pretrained(path, device=device, task=task)
-    return DiffusionPolicy(model, task=task, checkpoint=path, num_inference_steps=num_inference_steps,
-                           n_action_steps=options.get("n_action_steps"), scheduler=options.get("scheduler"))
+    return DiffusionPolicy(model, task=task, checkpoint=path, num_inference_steps=config.num_inference_steps,
+                           n_action_steps=config.n_action_steps, scheduler=config.scheduler)

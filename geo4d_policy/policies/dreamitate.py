@@ -21,6 +21,7 @@ same data and views as ``geo4d``:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,18 @@ import numpy as np
 from geo4d_policy.data.geometry import invert_transform
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import Observation, canonical_task_name
+from geo4d_policy.perception.rgb_pose import RGBPoseConfig
 from geo4d_policy.perception.tracker import TrackingFrame, part_label_image
 from geo4d_policy.perception.video_tracking import ArmTrack, PredictedVideo
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.devices import resolve_device
 from geo4d_policy.policies.geo4d import REPO_ROOT, check_generator_checkpoint, local_predictor
+from geo4d_policy.policies.video_policy import OPTION_ALIASES, for_task  # noqa: F401 - policy-config hooks
 from geo4d_policy.policies.video_policy import (
+    GeneratorPolicyConfig,
     VideoPolicy,
     VideoPolicyConfig,
     check_segmenter_option,
-    video_policy_config,
 )
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "dreamitate_small"
@@ -48,15 +51,33 @@ TRAIN_HINT = ("train one with `geo4d-train generator --config small_rgb --task a
               "(README: 'Training') and pass --policy-option checkpoint=DIR")
 
 
+@dataclasses.dataclass(frozen=True)
+class DreamitatePolicyConfig(GeneratorPolicyConfig):
+    """Every inference setting of the Dreamitate baseline (``configs/policy/dreamitate.yaml``):
+    those of :class:`GeneratorPolicyConfig` (``checkpoint`` None: the shipped
+    ``dreamitate_small``; ``segmenter`` is required, ``none`` is refused) and ``rgb_pose``, the
+    RGB-only pose estimator's. Its registration starts from the robot's measured pose seen
+    through a calibrated camera, so by default it adds no tilted starts when registering
+    (``widen_register``): they only pay for a doubtful prior, and the estimator still adds them
+    when the prior's fit looks wrong."""
+
+    rgb_pose: RGBPoseConfig = dataclasses.field(default_factory=lambda: RGBPoseConfig(widen_register=False))
+
+
+CONFIG = DreamitatePolicyConfig
+
+
 class DreamitatePolicy(VideoPolicy):
     """RGB-only generation, segmentation and render-and-compare poses (see the module docstring)."""
 
     name = "dreamitate"
 
     def __init__(self, *, task: str, predictor: Any, segmenter: Any, num_steps: int | None = None,
-                 config: VideoPolicyConfig | None = None, record_predictions: bool = False) -> None:
+                 config: VideoPolicyConfig | None = None, rgb_pose: RGBPoseConfig | None = None,
+                 record_predictions: bool = False) -> None:
         self.predictor = predictor
         self.num_steps = num_steps
+        self.rgb_pose = rgb_pose or DreamitatePolicyConfig().rgb_pose
         super().__init__(task=task, config=config, segmenter=segmenter, record_predictions=record_predictions)
 
     def predict_video(self, obs: Observation) -> PredictedVideo:
@@ -83,10 +104,7 @@ class DreamitatePolicy(VideoPolicy):
             per_view, regs = [], []
             for v, spec in enumerate(specs):
                 K = spec.intrinsics.K
-                # The prior is the robot's measured pose seen through a calibrated camera: extra
-                # tilted starts only pay for a doubtful prior, and the estimator still adds them
-                # when the prior's fit looks wrong.
-                est = RGBPoseEstimator(self.model, K=K, widen_register=False)
+                est = RGBPoseEstimator(self.model, K=K, config=self.rgb_pose)
                 labels_now = part_label_image(packed_now[v], arm)
                 reg = est.register(labels_now, init_pose=invert_transform(spec.X_TC) @ X_TG,
                                    init_width=obs.arms[arm].width)
@@ -102,50 +120,52 @@ class DreamitatePolicy(VideoPolicy):
         return out
 
 
-def preflight(*, task: str, options: dict[str, Any]) -> None:
+def preflight(*, task: str, config: DreamitatePolicyConfig, runtime: dict[str, Any] | None = None) -> None:
     """Rollout-runner hook: refuse missing or mismatched checkpoints before any episode starts."""
-    check_segmenter_option(options.get("segmenter"), required=True)
-    if not options.get("server"):
-        check_generator_checkpoint(Path(options.get("checkpoint") or DEFAULT_CHECKPOINT), task=task,
+    check_segmenter_option(config.segmenter, required=True)
+    if not (runtime or {}).get("server"):
+        check_generator_checkpoint(Path(config.checkpoint or DEFAULT_CHECKPOINT), task=task,
                                    pointmaps=False, hint=TRAIN_HINT)
 
 
-def make_policy(*, task: str, checkpoint: str | None = None, segmenter: str | None = None,
-                device: str | None = "auto", num_steps: int | None = None, execute_frames: int | None = None,
-                server: str | None = None, compile_unet: bool = False,
-                record_predictions: bool = False) -> DreamitatePolicy:
+def checkpoints(config: DreamitatePolicyConfig, *, task: str) -> dict[str, Path | None]:
+    """Provenance hook: the checkpoints ``config`` loads, by setting (digested into every run's record)."""
+    return {"checkpoint": Path(config.checkpoint or DEFAULT_CHECKPOINT),
+            "segmenter": check_segmenter_option(config.segmenter, required=True)}
+
+
+def make_policy(*, task: str, config: DreamitatePolicyConfig | None = None, device: str | None = "auto",
+                server: str | None = None, record_predictions: bool = False, **options: Any) -> DreamitatePolicy:
     """The ``dreamitate`` policy for ``task``.
 
     Args:
         task: task name (CamelCase or snake_case).
-        checkpoint: RGB-only generator (default ``assets/checkpoints/dreamitate_small``).
-        segmenter: gripper part segmenter: a checkpoint, or ``auto``/None for the shipped
-            ``assets/checkpoints/segmenter_medium`` (required: RGB-only frames carry no labels).
+        config: every setting (default: :data:`CONFIG`'s defaults); see :class:`DreamitatePolicyConfig`.
         device: ``auto``, ``cpu``, ``cuda`` ...
-        num_steps: sampler steps per prediction (default 25).
-        execute_frames: predicted frames executed before replanning (default 4).
         server: address of a generator server (parallel GPU workers share one model).
-        compile_unet: ``torch.compile`` the U-Net (CUDA only).
         record_predictions: keep each replan's predicted frames for ``--video``.
+        **options: settings overriding ``config``, as ``--policy-option`` takes them.
 
     Raises:
         PolicyUnavailableError: a checkpoint is missing or does not fit (message names the fix).
+        PolicyOptionError: an unknown option or a value of the wrong type.
     """
     from geo4d_policy.perception.segmenter import GripperSegmenter
     from geo4d_policy.policies.geo4d import load_generator
+    from geo4d_policy.policies.policy_config import configure
 
     task = canonical_task_name(task)
-    options = {"checkpoint": checkpoint, "segmenter": segmenter, "server": server}
-    preflight(task=task, options=options)
+    config = configure(__name__, config, options, task=task)
+    preflight(task=task, config=config, runtime={"server": server})
     device = resolve_device(device)
     if server is not None:
         from geo4d_policy.policies.generator_server import GeneratorClient
 
         predictor = GeneratorClient(server)
     else:
-        model = load_generator(checkpoint or DEFAULT_CHECKPOINT, task=task, device=device, compile_unet=compile_unet)
+        model = load_generator(config.checkpoint or DEFAULT_CHECKPOINT, task=task, device=device,
+                               compile_unet=config.compile_unet)
         predictor = local_predictor(model)
-    seg = GripperSegmenter.from_pretrained(check_segmenter_option(segmenter, required=True), device=device)
-    config = video_policy_config(execute_frames=execute_frames)
-    return DreamitatePolicy(task=task, predictor=predictor, segmenter=seg, num_steps=num_steps, config=config,
-                            record_predictions=record_predictions)
+    seg = GripperSegmenter.from_pretrained(check_segmenter_option(config.segmenter, required=True), device=device)
+    return DreamitatePolicy(task=task, predictor=predictor, segmenter=seg, num_steps=config.num_steps,
+                            config=config.video, rgb_pose=config.rgb_pose, record_predictions=record_predictions)

@@ -25,13 +25,18 @@ from geo4d_policy.interface import Observation, canonical_task_name
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.perception.video_tracking import PredictedVideo
 from geo4d_policy.policies.registry import PolicyUnavailableError
+from geo4d_policy.policies.video_policy import OPTION_ALIASES, for_task  # noqa: F401 - policy-config hooks
 from geo4d_policy.policies.video_policy import (
+    GeneratorPolicyConfig,
     VideoPolicy,
     VideoPolicyConfig,
     check_segmenter_option,
     load_segmenter,
-    video_policy_config,
 )
+
+CONFIG = GeneratorPolicyConfig
+"""Every inference setting of geo4d (``configs/policy/geo4d.yaml``; see
+:mod:`geo4d_policy.policies.policy_config`)."""
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "checkpoints" / "geo4d_small"
@@ -104,16 +109,23 @@ def check_generator_checkpoint(path: Path, *, task: str, pointmaps: bool, hint: 
                                      f"{canonical_task_name(task)!r}; {hint}")
 
 
-def preflight(*, task: str, options: dict[str, Any]) -> None:
-    """Rollout-runner hook: refuse a missing or mismatched checkpoint before any episode starts.
+def preflight(*, task: str, config: GeneratorPolicyConfig, runtime: dict[str, Any] | None = None) -> None:
+    """Rollout-runner hook: refuse a missing or mismatched checkpoint before any episode starts
+    (``runtime["server"]``: the generator runs in a server, nothing is loaded here).
 
     Raises:
         PolicyUnavailableError: the message names the path and how to train or select one.
     """
-    check_segmenter_option(options.get("segmenter"))
-    if not options.get("server"):
-        check_generator_checkpoint(Path(options.get("checkpoint") or DEFAULT_CHECKPOINT), task=task,
+    check_segmenter_option(config.segmenter)
+    if not (runtime or {}).get("server"):
+        check_generator_checkpoint(Path(config.checkpoint or DEFAULT_CHECKPOINT), task=task,
                                    pointmaps=True, hint=TRAIN_HINT)
+
+
+def checkpoints(config: GeneratorPolicyConfig, *, task: str) -> dict[str, Path | None]:
+    """Provenance hook: the checkpoints ``config`` loads, by setting (digested into every run's record)."""
+    return {"checkpoint": Path(config.checkpoint or DEFAULT_CHECKPOINT),
+            "segmenter": check_segmenter_option(config.segmenter)}
 
 
 def generator_inputs(obs: Observation) -> dict[str, np.ndarray]:
@@ -177,41 +189,37 @@ def local_predictor(model: Any):
     return predict
 
 
-def make_policy(*, task: str, checkpoint: str | None = None, device: str | None = "auto",
-                num_steps: int | None = None, execute_frames: int | None = None, server: str | None = None,
-                segmenter: str | None = "auto", compile_unet: bool = False,
-                record_predictions: bool = False, free_space: bool = True) -> Geo4DPolicy:
+def make_policy(*, task: str, config: GeneratorPolicyConfig | None = None, device: str | None = "auto",
+                server: str | None = None, record_predictions: bool = False, **options: Any) -> Geo4DPolicy:
     """The ``geo4d`` policy for ``task``.
 
     Args:
         task: task name (CamelCase or snake_case).
-        checkpoint: generator checkpoint or run directory (default: the shipped ``geo4d_small``).
+        config: every setting (default: :data:`CONFIG`'s defaults); see :class:`GeneratorPolicyConfig`.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
-        num_steps: sampler steps per prediction (default 25; fewer is faster and coarser).
-        execute_frames: predicted frames executed before replanning (default 4 = 2 s).
         server: address of a running generator server (``unix:PATH#KEY``, started by the
             rollout runner for parallel GPU workers); then no model is loaded in this process.
-        segmenter: gripper segmenter for the predicted RGB frames (``auto``: the shipped one;
-            ``none``: track in unsegmented pointmaps; or a path).
-        compile_unet: ``torch.compile`` the U-Net (CUDA only; first prediction compiles).
         record_predictions: keep each replan's predicted frames for ``--video``.
-        free_space: read unseen fingers' opening from the free space around them
-            (``VideoPolicyConfig.free_space``; false for the ablation).
+        **options: settings overriding ``config``, as ``--policy-option`` takes them
+            (``checkpoint=``, ``num_steps=``, ``execute_frames=``, ``video.tracker.iterations=`` ...).
 
     Raises:
         PolicyUnavailableError: missing checkpoint, or one not trained on ``task``; the
             message names the path and how to train or select one.
+        PolicyOptionError: an unknown option or a value of the wrong type.
     """
+    from geo4d_policy.policies.policy_config import configure
+
     task = canonical_task_name(task)
-    preflight(task=task, options={"checkpoint": checkpoint, "server": server})
+    config = configure(__name__, config, options, task=task)
+    preflight(task=task, config=config, runtime={"server": server})
     if server is not None:
         from geo4d_policy.policies.generator_server import GeneratorClient
 
         predictor = GeneratorClient(server)
     else:
-        predictor = local_predictor(load_generator(checkpoint, task=task, device=resolve_device(device),
-                                                   compile_unet=compile_unet))
-    config = video_policy_config(execute_frames=execute_frames, free_space=free_space)
-    return Geo4DPolicy(task=task, predictor=predictor, num_steps=num_steps, config=config,
-                       segmenter=load_segmenter(segmenter, device=resolve_device(device)),
+        predictor = local_predictor(load_generator(config.checkpoint, task=task, device=resolve_device(device),
+                                                   compile_unet=config.compile_unet))
+    return Geo4DPolicy(task=task, predictor=predictor, num_steps=config.num_steps, config=config.video,
+                       segmenter=load_segmenter(config.segmenter, device=resolve_device(device)),
                        record_predictions=record_predictions)

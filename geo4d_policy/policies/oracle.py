@@ -22,7 +22,8 @@ Only the oracle and the expert may read ``Observation.privileged``.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,12 +32,12 @@ from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, Action, CameraFrame, Observation, canonical_task_name
 from geo4d_policy.perception.tracker import part_label_image
 from geo4d_policy.perception.video_tracking import PredictedVideo
+from geo4d_policy.policies.video_policy import OPTION_ALIASES, for_task  # noqa: F401 - policy-config hooks
 from geo4d_policy.policies.video_policy import (
     VideoPolicy,
     VideoPolicyConfig,
     check_segmenter_option,
     load_segmenter,
-    video_policy_config,
 )
 
 
@@ -176,45 +177,71 @@ class OraclePolicy(VideoPolicy):
 
 
 LABELS = ("segmenter", "ground_truth", "none")
-"""How the look-ahead frames are segmented (see :func:`make_policy`)."""
+"""How the look-ahead frames are segmented (see :class:`OraclePolicyConfig`)."""
 
 
-def preflight(*, task: str, options: dict[str, Any]) -> None:
-    """Rollout-runner hook: refuse bad options before any episode starts.
+@dataclasses.dataclass(frozen=True)
+class OraclePolicyConfig:
+    """Every inference setting of the oracle (``configs/policy/oracle.yaml``).
+
+    Attributes:
+        num_frames: look-ahead frames per replan (the pipeline executes the first 4; the
+            generator predicts 10, but frames past the tracked ones change nothing).
+        labels: segmentation of the look-ahead frames: ``segmenter`` (the segmenter geo4d runs
+            on its predicted frames, so only generation differs), ``ground_truth`` (the
+            simulator's label images: the pipeline with perfect segmentation) or ``none``
+            (unsegmented pointmaps).
+        segmenter: the segmenter for ``labels=segmenter``: ``auto`` (the shipped one), ``none``
+            or a checkpoint path.
+        video: the shared receding-horizon pipeline (tracking, gripper state, control).
+    """
+
+    num_frames: int = 6
+    labels: Literal["segmenter", "ground_truth", "none"] = "segmenter"
+    segmenter: str = "auto"
+    video: VideoPolicyConfig = dataclasses.field(default_factory=VideoPolicyConfig)
+
+
+CONFIG = OraclePolicyConfig
+
+
+def preflight(*, task: str, config: OraclePolicyConfig, runtime: dict[str, Any] | None = None) -> None:
+    """Rollout-runner hook: refuse an explicit segmenter path that does not exist before any episode.
 
     Raises:
-        ValueError: an unknown ``labels``.
-        PolicyUnavailableError: an explicit segmenter path that does not exist.
+        PolicyUnavailableError: the message names the path and the choices.
     """
-    labels = options.get("labels", "segmenter")
-    if labels not in LABELS:
-        raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
-    if labels == "segmenter":
-        check_segmenter_option(options.get("segmenter"))
+    if config.labels == "segmenter":
+        check_segmenter_option(config.segmenter)
 
 
-def make_policy(*, task: str, num_frames: int = 6, labels: str = "segmenter", execute_frames: int | None = None,
-                segmenter: str | None = "auto", record_predictions: bool = False,
-                device: str | None = None, free_space: bool = True) -> OraclePolicy:
+def checkpoints(config: OraclePolicyConfig, *, task: str) -> dict[str, Any]:
+    """Provenance hook: the checkpoints ``config`` loads, by setting (digested into every run's record)."""
+    return {"segmenter": check_segmenter_option(config.segmenter) if config.labels == "segmenter" else None}
+
+
+def make_policy(*, task: str, config: OraclePolicyConfig | None = None, record_predictions: bool = False,
+                device: str | None = None, **options: Any) -> OraclePolicy:
     """The ``oracle`` policy for ``task``.
 
     Args:
         task: task name (CamelCase or snake_case).
-        num_frames: look-ahead frames per replan (the pipeline executes the first 4; the
-            generator predicts 10, but frames past the executed ones change nothing).
-        labels: segmentation of the look-ahead frames: ``segmenter`` (default: the same
-            segmenter geo4d runs on its predicted frames, so only generation differs),
-            ``ground_truth`` (the simulator's label images: the pipeline with perfect
-            segmentation) or ``none`` (unsegmented pointmaps).
-        segmenter: the segmenter for ``labels=segmenter`` (``auto``: the shipped one, or a path).
-        execute_frames: predicted frames executed per replan (default: the pipeline's).
+        config: every setting (default: :data:`CONFIG`'s defaults); see :class:`OraclePolicyConfig`.
         record_predictions: keep each replan's frames for :meth:`save_predictions`.
         device: torch device of the segmenter.
-        free_space: read unseen fingers' opening from the free space around them
-            (``VideoPolicyConfig.free_space``; false for the ablation).
+        **options: settings overriding ``config``, as ``--policy-option`` takes them
+            (``labels=``, ``num_frames=``, ``execute_frames=``, ``video.release_backdate_frames=`` ...).
+
+    Raises:
+        PolicyOptionError: an unknown option or a value of the wrong type.
+        PolicyUnavailableError: an explicit segmenter path that does not exist.
     """
-    config = video_policy_config(execute_frames=execute_frames, free_space=free_space)
-    preflight(task=task, options={"labels": labels, "segmenter": segmenter})
-    seg = load_segmenter(segmenter if labels == "segmenter" else "none", device=device or "cpu")
-    return OraclePolicy(task=canonical_task_name(task), config=config, num_frames=num_frames,
-                        future_labels=labels == "ground_truth", segmenter=seg, record_predictions=record_predictions)
+    from geo4d_policy.policies.policy_config import configure
+
+    task = canonical_task_name(task)
+    config = configure(__name__, config, options, task=task)
+    preflight(task=task, config=config)
+    seg = load_segmenter(config.segmenter if config.labels == "segmenter" else "none", device=device or "cpu")
+    return OraclePolicy(task=task, config=config.video, num_frames=config.num_frames,
+                        future_labels=config.labels == "ground_truth", segmenter=seg,
+                        record_predictions=record_predictions)

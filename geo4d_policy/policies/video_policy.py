@@ -46,11 +46,7 @@ from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
 from geo4d_policy.perception.fusion import estimate_relative_pose
 from geo4d_policy.perception.gripper_model import GripperModel
-from geo4d_policy.perception.gripper_state import (
-    CLOSED_COMMAND_WIDTH,
-    HELD_OBJECT_WIDTH,
-    GripperStateEstimator,
-)
+from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.tracker import ICPTrackerConfig, part_label_image
 from geo4d_policy.perception.video_tracking import (
     ArmTrack,
@@ -59,6 +55,7 @@ from geo4d_policy.perception.video_tracking import (
     fingers_seen,
     track_video,
 )
+from geo4d_policy.task_settings import task_settings
 
 
 DEFAULT_SEGMENTER = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "segmenter_medium"
@@ -262,9 +259,9 @@ class VideoPolicyConfig:
         open_fraction: ... and open again above this fraction (hysteresis).
         measure_confidence: tracked frames below this confidence give no finger measurement.
         object_width: width (m) of the hand closed on the task's object; thresholds sit between
-            it and "open" (default: the task's entry of ``HELD_OBJECT_WIDTH``).
-        task_closed_width: command the task's entry of ``CLOSED_COMMAND_WIDTH`` (if any) to close
-            the hand instead of ``control.closed_width`` (a squeeze that keeps a box centred).
+            it and "open" (default: the task's ``held_object_width``, ``configs/tasks.yaml``).
+        task_closed_width: command the task's ``closed_command_width`` (if any) to close the hand
+            instead of ``control.closed_width`` (a squeeze that keeps a box centred).
         max_lost_replans: consecutive replans without any trackable arm before the episode
             fails with "tracking lost".
         single_view: track only in view n (ablation of the two-view fusion).
@@ -314,13 +311,50 @@ class VideoPolicyConfig:
     free_space: bool = True
 
 
-def video_policy_config(*, execute_frames: int | None = None, free_space: bool = True) -> VideoPolicyConfig:
-    """The default options, with the policy factories' ``execute_frames``/``free_space`` applied."""
-    config = VideoPolicyConfig(free_space=bool(free_space))
-    if execute_frames is not None:
-        config = dataclasses.replace(config, control=dataclasses.replace(config.control,
-                                                                         execute_frames=int(execute_frames)))
-    return config
+def resolve_video_config(config: VideoPolicyConfig, *, task: str) -> VideoPolicyConfig:
+    """``config`` with what depends on the task filled in (``configs/tasks.yaml``): the held
+    object's width, the closing command and the width a release ramps open from. Idempotent:
+    the configuration a run records is the one its policy uses."""
+    settings = task_settings(task)
+    held = config.object_width if config.object_width is not None else settings.held_object_width
+    control = config.control
+    if config.task_closed_width and settings.closed_command_width is not None:
+        control = dataclasses.replace(control, closed_width=settings.closed_command_width)
+    if control.held_width is None and held is not None:
+        # A release ramps open from where the fingers stand on the object, not from the
+        # closing command (which may be a squeeze below the object's width).
+        control = dataclasses.replace(control, held_width=min(held, control.open_width))
+    return dataclasses.replace(config, object_width=held, control=control)
+
+
+OPTION_ALIASES = {"execute_frames": "video.control.execute_frames", "free_space": "video.free_space"}
+"""Short policy options of the video policies (kept from before their settings were data)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorPolicyConfig:
+    """Settings of a policy that generates its video (geo4d, dreamitate).
+
+    Attributes:
+        checkpoint: generator checkpoint or run directory (None: the policy's shipped one).
+        num_steps: sampler steps per prediction (None: the checkpoint's, 25).
+        segmenter: gripper segmenter for the predicted RGB frames: ``auto`` (the shipped one),
+            ``none`` (track unsegmented pointmaps; not for dreamitate) or a checkpoint path.
+        compile_unet: ``torch.compile`` the U-Net (CUDA only; the first prediction compiles).
+        video: the shared receding-horizon pipeline (tracking, gripper state, control).
+    """
+
+    checkpoint: str | None = None
+    num_steps: int | None = None
+    segmenter: str = "auto"
+    compile_unet: bool = False
+    video: VideoPolicyConfig = dataclasses.field(default_factory=VideoPolicyConfig)
+
+
+def for_task(config: Any, *, task: str) -> Any:
+    """Policy-module hook (see :mod:`geo4d_policy.policies.policy_config`): a config with a
+    ``video`` field gets its task-dependent values."""
+    return dataclasses.replace(config, video=resolve_video_config(config.video, task=task))
 
 
 VIEW_M_MAX_RESIDUAL = 0.02
@@ -369,16 +403,8 @@ class VideoPolicy:
         self.segmenter = segmenter
         self.record_predictions = record_predictions
         self.model = GripperModel.load()
-        held = self.config.object_width if self.config.object_width is not None else HELD_OBJECT_WIDTH.get(task)
-        self._held_width = held
-        control = self.config.control
-        if self.config.task_closed_width and task in CLOSED_COMMAND_WIDTH:
-            control = dataclasses.replace(control, closed_width=CLOSED_COMMAND_WIDTH[task])
-        if control.held_width is None and held is not None:
-            # A release ramps open from where the fingers stand on the object, not from the
-            # closing command (which may be a squeeze below the object's width).
-            control = dataclasses.replace(control, held_width=min(held, control.open_width))
-        self.config = dataclasses.replace(self.config, control=control)
+        self.config = resolve_video_config(self.config, task=task)
+        held = self._held_width = self.config.object_width
         if held is not None:
             self._estimator_template = GripperStateEstimator.for_object_width(held, model=self.model)
         else:

@@ -19,9 +19,7 @@ _SCRIPTS = {
 }
 
 
-def make_expert_policy(*, task: str, **options) -> ScriptedExpert:
-    """The scripted expert of ``task`` (CamelCase or snake_case name)."""
-    if options:
-        raise TypeError(f"the expert policy takes no options, got {sorted(options)}")
+def make_expert_policy(*, task: str) -> ScriptedExpert:
+    """The scripted expert of ``task`` (CamelCase or snake_case name); it takes no options."""
     module = importlib.import_module(_SCRIPTS[canonical_task_name(task)])
     return ScriptedExpert(module.script, name="expert")

@@ -8,13 +8,16 @@ import sys
 
 import pytest
 
+# "ready" is printed inside the try: a signal sent as soon as the parent reads it must land where
+# the child handles it (printed before the try, a signal arriving in between escaped as an
+# uncaught KeyboardInterrupt, exit -2; seen on a loaded 2-core machine).
 CHILD = """
 import sys, time
 from geo4d_policy.cli import interruptible
 if sys.argv[1] == "1":
     interruptible()
-print("ready", flush=True)
 try:
+    print("ready", flush=True)
     time.sleep(60)
 except KeyboardInterrupt:
     print("interrupted", flush=True)

@@ -28,7 +28,7 @@ def _train(setup, *args):
     return train_main([*args, *common])
 
 
-def test_train_resume_and_evaluate(setup):
+def test_train_resume_and_evaluate(setup, capsys):
     runs = setup / "runs"
     assert _train(setup, "vae", "--modality", "rgb", "--out", str(runs / "ivae"), "--steps", "2") == 0
     assert _train(setup, "vae", "--modality", "pointmap", "--out", str(runs / "pvae"), "--steps", "2",
@@ -40,6 +40,14 @@ def test_train_resume_and_evaluate(setup):
     # Without --resume an existing run is refused; with it training continues from step 2.
     assert _train(setup, *gen, "--steps", "3") == 2
     assert _train(setup, *gen, "--steps", "3", "--resume") == 0
+    assert (runs / "gen" / "last").read_text().strip() == "step_3"
+    # Provenance: the resumed session is recorded; a resume with another recipe is refused.
+    record = json.loads((runs / "gen" / "provenance.json").read_text())
+    assert record["command"] == "geo4d-train generator" and len(record["sessions"]) == 2
+    assert record["config"]["model"]["height"] == 32 and "max_steps" not in record["config"]
+    assert record["config"]["image_vae"] and record["seeds"] == {"seed": 0, "seed_stream": "data"}
+    assert _train(setup, *gen, "--steps", "4", "--resume", "--lr", "0.5") == 2
+    assert "config.lr: 0.0001 -> 0.5" in capsys.readouterr().err
     assert (runs / "gen" / "last").read_text().strip() == "step_3"
     out = setup / "eval"
     # Validation episodes (seed 500, not trained on); the synthetic grippers are a few pixels at 32x40.
@@ -57,6 +65,9 @@ def test_train_resume_and_evaluate(setup):
         assert [f["frame"] for f in per_frame] == [1, 2]
     # The floor repeats the true current frame: its view-n depth at frame 1 is close to exact.
     assert metrics["rows"]["repeat_current"]["abs_rel"] < metrics["rows"]["generator"]["abs_rel"]
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["command"] == "geo4d-eval-video" and record["config"]["eval"]["steps"] == 2
+    assert len(record["config"]["checkpoint"]) == 64 and record["code"]["tree_sha256"]
 
 
 def test_train_refuses_task_mismatch(setup, capsys):

@@ -1,5 +1,7 @@
 """geo4d-collect end to end on the real simulator (tiny images): collect -> verify -> load."""
 
+import json
+
 import pytest
 
 from geo4d_policy.cli.collect import main as collect_main
@@ -49,6 +51,15 @@ def test_collect_resume_runs_nothing_when_complete(collected):
     rc = collect_main(["--task", "PlaceAppleFromBowlIntoBin", "--episodes", "1", "--out", str(collected),
                        "--resolution", "32x40", "--resume"])
     assert rc == 0 and (collected / "collect_log.jsonl").read_text() == before
+    record = json.loads((collected / "provenance.json").read_text())
+    assert record["config"] == {"task": "PlaceAppleFromBowlIntoBin", "resolution": [32, 40]}
+    assert record["seeds"] == {"base_seed": 0, "seed_stream": "data"} and len(record["sessions"]) == 2
+
+
+def test_collect_resume_with_other_settings_is_refused(collected, capsys):
+    rc = collect_main(["--task", "PlaceAppleFromBowlIntoBin", "--episodes", "2", "--out", str(collected),
+                       "--resolution", "32x40", "--seed", "5", "--resume"])
+    assert rc == 2 and "seeds.base_seed: 0 -> 5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", [["--episodes", "0"], ["--episodes", "-2"], ["--resolution", "30x40"]])

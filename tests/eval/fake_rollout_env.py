@@ -8,10 +8,13 @@ which seeds it ran. The real environment and experts are tested in ``tests/sim``
   step; success when within 1 cm of a seed-dependent target. Seeds with ``seed % 3 == 2`` put
   the target outside the workspace, so those episodes fail at ``t_max``.
 * :class:`FakeReachPolicy` (registered by the tests as ``"fake_reach"``): commands the target.
+  Its settings are data as a real policy's are (:data:`CONFIG`, a nested dataclass reached by
+  dotted ``--policy-option`` keys); ``counter_file`` is a runtime option (not a setting).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -117,17 +120,39 @@ def make_env_raising_on_second_episode(task: str, *, record_video: bool = False,
     return FakeReachEnv(task, record_video=record_video, meshcat=meshcat, raise_on_seed=eval_seed(0, 1))
 
 
+@dataclasses.dataclass(frozen=True)
+class FakeMotion:
+    """How the double moves: ``steps_per_chunk`` actions per chunk, each commanding ``approach``
+    of the way from the gripper to the target (1: the target itself)."""
+
+    steps_per_chunk: int = 3
+    approach: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeReachConfig:
+    """Settings of the policy double (switches to fail on chosen seeds, and its motion)."""
+
+    motion: FakeMotion = dataclasses.field(default_factory=FakeMotion)
+    raise_on_seeds: tuple[int, ...] = ()
+    crash_on_seeds: tuple[int, ...] = ()
+    sleep_on_seeds: tuple[int, ...] = ()
+
+
+CONFIG = FakeReachConfig
+
+
 class FakeReachPolicy:
-    """Policy double: drives the left gripper to the (privileged) target, 3 steps per chunk."""
+    """Policy double: drives the left gripper to the (privileged) target."""
 
     uses_cameras = False
 
-    def __init__(self, *, raise_on_seeds=(), crash_on_seeds=(), sleep_on_seeds=(),
-                 counter_file: str | None = None) -> None:
+    def __init__(self, config: FakeReachConfig, *, counter_file: str | None = None) -> None:
         self.name = "fake_reach"
-        self.raise_on_seeds = set(raise_on_seeds)
-        self.crash_on_seeds = set(crash_on_seeds)
-        self.sleep_on_seeds = set(sleep_on_seeds)
+        self.config = config
+        self.raise_on_seeds = set(config.raise_on_seeds)
+        self.crash_on_seeds = set(config.crash_on_seeds)
+        self.sleep_on_seeds = set(config.sleep_on_seeds)
         self.counter_file = counter_file
         self.seed = None
         self.calls = 0
@@ -146,12 +171,17 @@ class FakeReachPolicy:
             os._exit(3)  # simulates a segfault: no exception, no cleanup
         if self.seed in self.sleep_on_seeds:
             time.sleep(60)  # a hung policy, for the runner's episode timeout
-        target = obs.privileged.layout["target"]
-        return ActionChunk({"left": np.stack([_pose(target)] * 3)}, {"left": np.full(3, 0.08)})
+        x = float(obs.arms["left"].X_TG[0, 3])
+        goal = x + self.config.motion.approach * (obs.privileged.layout["target"] - x)
+        n = self.config.motion.steps_per_chunk
+        return ActionChunk({"left": np.stack([_pose(goal)] * n)}, {"left": np.full(n, 0.08)})
 
     def diagnostics(self) -> dict:
         return {"replans": self.calls}
 
 
-def make_fake_reach_policy(*, task: str, **options) -> FakeReachPolicy:
-    return FakeReachPolicy(**options)
+def make_fake_reach_policy(*, task: str, config: FakeReachConfig | None = None, counter_file: str | None = None,
+                           **options) -> FakeReachPolicy:
+    from geo4d_policy.policies.policy_config import configure
+
+    return FakeReachPolicy(configure(__name__, config, options, task=task), counter_file=counter_file)

@@ -6,15 +6,10 @@ Every episode is a spawned process (~0.3-1 s each here), so the runs are kept to
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # spawned workers inherit sys.path: they must find the doubles too
-    sys.path.insert(0, str(HERE))
 
 import fake_rollout_env as fake
 
@@ -32,11 +27,7 @@ from geo4d_policy.policies.registry import (
 TASK = "PutSpatulaOnTable"
 
 
-@pytest.fixture(autouse=True)
-def fake_policy():
-    register_policy("fake_reach", fake.POLICY_TARGET, replace=True)
-    yield "fake_reach"
-    unregister_policy("fake_reach")
+pytestmark = pytest.mark.usefixtures("fake_reach_policy")
 
 
 def _config(tmp_path, **kw) -> RolloutConfig:
@@ -81,7 +72,7 @@ def test_records_summary_video_with_parallel_workers(tmp_path):
 
 def test_resume_after_interruption_runs_only_missing_episodes(tmp_path):
     counter = tmp_path / "seeds_run.txt"
-    cfg = _config(tmp_path, episodes=5, meshcat=True, policy_options={"counter_file": str(counter)})
+    cfg = _config(tmp_path, episodes=5, meshcat=True, runtime_options={"counter_file": str(counter)})
     finished = []
 
     def interrupt_after_three(record):
@@ -169,12 +160,17 @@ def test_episode_timeout(tmp_path):
 
 def test_runtime_options_reach_the_policy_but_not_the_run_identity(tmp_path):
     """A shared server's address changes every session: a run must resume under a new one."""
-    first = _config(tmp_path, episodes=1, runtime_options={"raise_on_seeds": [eval_seed(0, 0)]})
+    first = _config(tmp_path, episodes=1, runtime_options={"counter_file": str(tmp_path / "a.txt")})
     run_rollouts(first, env_factory=fake.ENV_FACTORY, show=False)
-    rec = _records(first.out_dir)[0]
-    assert rec["failure_reason"].startswith("error: ValueError: policy double asked to fail")  # it got there
+    assert (tmp_path / "a.txt").read_text().split() == [str(eval_seed(0, 0))]  # it got there
     saved = yaml.safe_load((Path(first.out_dir) / "config.yaml").read_text())
     assert saved["runtime_options"] == {} and saved["policy_options"] == {}
-    again = _config(tmp_path, episodes=2, resume=True, runtime_options={"sleep_on_seeds": []})
+    assert "counter_file" not in json.dumps(_records(first.out_dir)[0]["provenance"])
+    again = _config(tmp_path, episodes=2, resume=True, runtime_options={"counter_file": str(tmp_path / "b.txt")})
     summary = run_rollouts(again, env_factory=fake.ENV_FACTORY, show=False)
-    assert summary.finished == 2
+    assert summary.finished == 2 and (tmp_path / "b.txt").read_text().split() == [str(eval_seed(0, 1))]
+    # A runtime option the factory does not take (or a setting given as one) is refused up front.
+    for bad in ({"nope": 1}, {"raise_on_seeds": [1]}):
+        with pytest.raises(RolloutConfigError, match="runtime option"):
+            run_rollouts(_config(tmp_path, episodes=1, out_dir=str(tmp_path / "r2"), runtime_options=bad),
+                         env_factory=fake.ENV_FACTORY, show=False)

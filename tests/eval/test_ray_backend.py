@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
 
 import fake_rollout_env as fake
 
 from geo4d_policy.eval.runner import RolloutConfig, RolloutConfigError, resolve_config, run_rollouts
 from geo4d_policy.interface import eval_seed
-from geo4d_policy.policies.registry import register_policy, unregister_policy
 
 TASK = "PutSpatulaOnTable"
+HERE = Path(fake.__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +36,7 @@ def ray_cluster():
         os.environ["PYTHONPATH"] = old
 
 
-@pytest.fixture(autouse=True)
-def fake_policy():
-    register_policy("fake_reach", fake.POLICY_TARGET, replace=True)
-    yield
-    unregister_policy("fake_reach")
+pytestmark = pytest.mark.usefixtures("fake_reach_policy")
 
 
 def _records(out) -> list[dict]:

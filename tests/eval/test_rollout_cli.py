@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # spawned workers inherit sys.path: they must find the doubles too
-    sys.path.insert(0, str(HERE))
 
 import fake_rollout_env as fake
 
@@ -62,7 +57,7 @@ def test_geo4d_with_a_missing_checkpoint_exits_2_naming_path_and_fix(capsys, tmp
 
 @pytest.mark.parametrize(("option", "needles"), [
     ("segmenter={missing}", ["no gripper segmenter at {missing}", "geo4d-train segmenter", "segmenter=auto|none"]),
-    ("labels=groundtruth", ["labels must be one of segmenter, ground_truth, none", "'groundtruth'"]),
+    ("labels=groundtruth", ["oracle.labels: 'groundtruth' is not one of ('segmenter', 'ground_truth', 'none')"]),
 ])
 def test_oracle_with_bad_options_exits_2_before_any_episode(capsys, tmp_path, option, needles):
     missing = tmp_path / "missing"
@@ -99,7 +94,7 @@ def test_cli_end_to_end_refuse_resume_and_mismatch(capsys, tmp_path):
     try:
         out = str(tmp_path / "run")
         base = ["--task", "put_spatula_on_table", "--policy", "fake_reach", "--env-factory", fake.ENV_FACTORY,
-                "--out", out, "--policy-option", f"counter_file={tmp_path / 'seeds.txt'}"]
+                "--out", out, "--runtime-option", f"counter_file={tmp_path / 'seeds.txt'}"]
         code, text = _run(capsys, *base, "--episodes", "2")
         assert code == 0, text
         assert "Rollout results" in text and "PutSpatulaOnTable" in text and "fake_reach" in text

@@ -153,6 +153,9 @@ def test_cli_writes_metrics_and_config(dataset, tmp_path, capsys):
     assert set(metrics["tasks"]["PlaceAppleFromBowlIntoBin"]["masks_all"]) == {"none", "misreg"}
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["clips"] == 1 and cfg["n_future"] == 2
+    assert cfg["tracker"]["iterations"] == 30 and cfg["object_width"]["PlaceAppleFromBowlIntoBin"] == 0.063
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["config"]["tracker"] == cfg["tracker"] and len(record["config"]["data"][0]) == 64
     assert "geo4d-eval-tracking" in capsys.readouterr().out
 
 

@@ -19,6 +19,7 @@ from geo4d_policy.interface import ARM_NAMES, ActionChunk, ArmState, CameraFrame
 from geo4d_policy.models.diffusion_policy import DiffusionPolicyModel
 from geo4d_policy.policies import Policy, PolicyUnavailableError, make_policy, policy_diagnostics
 from geo4d_policy.policies import diffusion_policy as dp_policy
+from geo4d_policy.policies.policy_config import PolicyOptionError
 from geo4d_policy.train.diffusion_policy import load_dp_train_config, train_diffusion_policy
 
 APPLE, SPATULA, CEREAL = "PlaceAppleFromBowlIntoBin", "PutSpatulaOnTable", "StoreCerealBoxUnderShelf"
@@ -138,7 +139,7 @@ def test_act_returns_a_valid_seeded_chunk(setup):
                         n_action_steps=4, scheduler="ddpm")
     other.reset(seed=0)
     assert len(other.act(_observation(0.0, size=(48, 60)))) == 4
-    with pytest.raises(TypeError, match="unknown diffusion_policy option"):
+    with pytest.raises(PolicyOptionError, match="unknown diffusion_policy policy option 'guidance'.*scheduler"):
         make_policy("diffusion_policy", task=APPLE, checkpoint=str(root / "run"), guidance=2.0)
 
 

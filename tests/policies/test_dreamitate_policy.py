@@ -64,14 +64,15 @@ def test_short_horizon_rollout_with_tiny_models(checkpoints):
 def test_segmenter_option_auto_is_the_shipped_one_and_none_is_refused(tmp_path):
     # Dreamitate cannot run without a segmenter: "auto" names the shipped one (it used to be
     # refused as "no gripper segmenter at auto"), "none" and a missing path stop the run early.
-    from geo4d_policy.policies.dreamitate import preflight
+    from geo4d_policy.policies.dreamitate import DreamitatePolicyConfig, preflight
     from geo4d_policy.policies.video_policy import DEFAULT_SEGMENTER, check_segmenter_option
 
     assert check_segmenter_option("auto", required=True) == DEFAULT_SEGMENTER
-    preflight(task=TASK, options={"segmenter": "auto", "server": "unix:/x#00"})
+    server = {"server": "unix:/x#00"}
+    preflight(task=TASK, config=DreamitatePolicyConfig(segmenter="auto"), runtime=server)
     with pytest.raises(PolicyUnavailableError, match="needs a gripper segmenter.*segmenter=auto\\|DIR$"):
-        preflight(task=TASK, options={"segmenter": "none", "server": "unix:/x#00"})
+        preflight(task=TASK, config=DreamitatePolicyConfig(segmenter="none"), runtime=server)
     with pytest.raises(PolicyUnavailableError, match="no gripper segmenter at .*missing"):
-        preflight(task=TASK, options={"segmenter": str(tmp_path / "missing"), "server": "unix:/x#00"})
+        preflight(task=TASK, config=DreamitatePolicyConfig(segmenter=str(tmp_path / "missing")), runtime=server)
     # Policies that can run without one keep "none" and an absent shipped checkpoint as "no segmenter".
     assert check_segmenter_option("none") is None

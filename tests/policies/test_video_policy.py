@@ -16,17 +16,19 @@ def test_gripper_state_debounce():
 
 
 def test_closing_command_squeezes_the_box_and_fully_closes_on_the_apple():
-    from geo4d_policy.perception.gripper_state import CLOSED_COMMAND_WIDTH
-    from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig
+    from geo4d_policy.policies.video_policy import VideoPolicy, VideoPolicyConfig, resolve_video_config
+    from geo4d_policy.task_settings import task_settings
 
+    cereal = task_settings("StoreCerealBoxUnderShelf")
     box = VideoPolicy(task="StoreCerealBoxUnderShelf")
-    assert box.config.control.closed_width == CLOSED_COMMAND_WIDTH["StoreCerealBoxUnderShelf"] > 0
+    assert box.config.control.closed_width == cereal.closed_command_width > 0
     assert VideoPolicy(task="PlaceAppleFromBowlIntoBin").config.control.closed_width == 0.0
     plain = VideoPolicy(task="StoreCerealBoxUnderShelf", config=VideoPolicyConfig(task_closed_width=False))
     assert plain.config.control.closed_width == 0.0
     # A release ramps open from the fingers' width on the object, not from the squeeze command.
-    from geo4d_policy.perception.gripper_state import HELD_OBJECT_WIDTH
-    assert box.config.control.held_width == HELD_OBJECT_WIDTH["StoreCerealBoxUnderShelf"]
+    assert box.config.control.held_width == box.config.object_width == cereal.held_object_width
+    # The policy uses exactly the configuration a run records: resolving again changes nothing.
+    assert resolve_video_config(box.config, task="StoreCerealBoxUnderShelf") == box.config
 
 
 def test_one_frame_beyond_the_executed_ones_is_tracked_to_confirm_a_change_there():
