@@ -6,12 +6,17 @@
 #     collect [TRAIN_EPS] [VAL_EPS]   expert demonstrations of the three tasks: training data from
 #                                     the data stream's base 0, validation data from base 7
 #                                     (seeds 700000+i, never trained on); defaults 24 / 6 per task
+#     ae SECONDS                      continue the committed autoencoders (assets/checkpoints/
+#                                     autoencoders_small/{image,pointmap}) in parallel, measure both
+#                                     round trips on the validation data, keep the better pair for
+#                                     `gen` ($GEO4D_WORK/ae.env; export them to $OUT when better)
 #     ae-sweep SECONDS                train the autoencoder candidates of $AE_CANDIDATES in parallel
 #     ae-select SECONDS               measure every candidate's round trip on the validation data,
 #                                     pick the best image and pointmap autoencoders, train those on
 #                                     for SECONDS; writes $GEO4D_WORK/chosen.env
-#     gen SECONDS                     train the generator on a latent cache (new one from the chosen
-#                                     autoencoders, or continuing GEN_INIT = a generator checkpoint)
+#     gen SECONDS                     train the generator on a latent cache: continuing GEN_INIT (a
+#                                     generator checkpoint, its own autoencoders), else a new U-Net on
+#                                     the autoencoders `ae` kept (or the committed ones)
 #     export NAME                     bf16/int8 checkpoint of the last generator -> $OUT (shards)
 # Environment: GEO4D_MODEL (default small), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64).
 set -uo pipefail
@@ -54,8 +59,45 @@ ae_train() {  # name modality seconds overrides...
   echo "ae $name: $(tail -n 1 "$runs/ae_$name/metrics.jsonl")"
 }
 
+committed=assets/checkpoints/autoencoders_small
+
 case $stage in
   collect) collect "$@" ;;
+  ae)
+    [ -d "$root/data/${tasks[0]}" ] || collect
+    for kind in image pointmap; do
+      mod=$([ $kind = image ] && echo rgb || echo pointmap)
+      python -m geo4d_policy.cli.train vae --modality $mod --data $(train_dirs) --out "$runs/ae_$kind" --config "$cfg" \
+        --init "$committed/$kind" --steps 1000000 --batch-size "${AE_BATCH:-64}" --lr "${AE_LR:-4e-4}" --ckpt-every 2000 \
+        --gpu-data --workers 4 --warmup-steps 200 --ema-decay 0.995 --max-time "$1" --resume > "$root/ae_$kind.log" 2>&1 &
+    done
+    wait
+    python scripts/eval_autoencoders.py --data $(val_dirs) --out "$root/ae_eval.json" --frames-per-episode 40 \
+      --candidate committed "$committed/image" "$committed/pointmap" --candidate trained "$runs/ae_image" "$runs/ae_pointmap"
+    python - "$root/ae_eval.json" "$root/ae.env" "$committed" "$runs" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+def pooled(name, key):
+    return sum(t["candidates"][name]["mean"][key] for t in r["tasks"].values()) / len(r["tasks"])
+# Each autoencoder separately: the image one by PSNR, the pointmap one by gripper-pixel error.
+img = "trained" if pooled("trained", "psnr") > pooled("committed", "psnr") else "committed"
+pm = "trained" if pooled("trained", "gripper_px_mm_median") < pooled("committed", "gripper_px_mm_median") else "committed"
+path = {"committed": sys.argv[3] + "/{}", "trained": sys.argv[4] + "/ae_{}"}
+open(sys.argv[2], "w").write(f"IMG_AE={path[img].format('image')}\nPM_AE={path[pm].format('pointmap')}\n")
+print("kept: image", img, "pointmap", pm)
+PY
+    if [ -n "${OUT:-}" ]; then
+      # shellcheck disable=SC1091
+      source "$root/ae.env"
+      for kind in image pointmap; do
+        src=$([ $kind = image ] && echo "$IMG_AE" || echo "$PM_AE")
+        [ "$src" = "$committed/$kind" ] || python -c "import sys, torch; from geo4d_policy.models.vae import VAE
+v = VAE.from_pretrained(sys.argv[1]); v.save_pretrained(sys.argv[2], dtype=torch.float16)" "$src" "$root/ship_ae/$kind"
+      done
+      [ -d "$root/ship_ae" ] && tar cf "$OUT/autoencoders_small.tar" -C "$root/ship_ae" .
+      cp "$root/ae_eval.json" "$OUT/"
+    fi
+    ;;
   ae-sweep)
     [ -d "$root/data/${tasks[0]}" ] || collect
     while IFS='|' read -r name mod ov; do
@@ -102,13 +144,19 @@ PY
     secs=$1
     [ -d "$root/data/${tasks[0]}" ] || collect
     ov=(); for o in ${GEN_OVERRIDES:-}; do ov+=(--override "$o"); done
-    if [ -n "${GEN_INIT:-}" ]; then src=(--init "$GEN_INIT"); else
+    if [ -n "${GEN_INIT:-}" ]; then src=(--init "$GEN_INIT")
+    elif [ -f "$root/chosen.env" ]; then
       # shellcheck disable=SC1091
       source "$root/chosen.env"; src=(--image-vae "$runs/ae_$IMG" --pointmap-vae "$runs/ae_$PM")
-      # The generator's autoencoder fields are the chosen candidates'.
+      # The generator's autoencoder fields are the chosen sweep candidates'.
       while IFS='|' read -r name mod o2; do
         { [ "$name" = "$IMG" ] || [ "$name" = "$PM" ]; } && for o in $o2; do ov+=(--override "$o"); done
       done <<< "$AE_CANDIDATES"
+    else
+      IMG_AE=$committed/image PM_AE=$committed/pointmap
+      # shellcheck disable=SC1091
+      [ -f "$root/ae.env" ] && source "$root/ae.env"
+      src=(--image-vae "$IMG_AE" --pointmap-vae "$PM_AE")
     fi
     python -m geo4d_policy.cli.train generator --task all --data $(train_dirs) --out "$runs/${GEN_RUN:-generator}" \
       --config "$cfg" "${ov[@]}" "${src[@]}" --steps 1000000 --batch-size "${GEN_BATCH:-64}" --lr "${GEN_LR:-2e-4}" \

@@ -131,6 +131,9 @@ class LatentCache:
             autocast: encode under bf16 autocast (default: on CUDA, as training and inference do).
         """
         cfg = model.config
+        if store.resolution != (cfg.height, cfg.width):
+            raise ValueError(f"the frames are {store.resolution[0]}x{store.resolution[1]}, the model's resolution "
+                             f"is {cfg.height}x{cfg.width}")
         dev = store.device
         amp = dev.type == "cuda" if autocast is None else autocast
         f = model.image_vae.downsample_factor
