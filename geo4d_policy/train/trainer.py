@@ -26,6 +26,7 @@ loader's shuffling with it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -264,6 +265,17 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+def attention_backends(device: torch.device):
+    """Scaled-dot-product attention kernels for training: flash and memory-efficient (math as the
+    fallback) on CUDA, leaving out cuDNN attention, which failed at batch 256 on the H100
+    (``mha_graph.execute`` assertion; ../shared/notes/mlstack.md); a no-op elsewhere."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
     return {
         k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
@@ -430,7 +442,7 @@ def train(
         epoch, idx, batch = next(data)
         in_epoch = idx + 1
         batch = to_device(batch, accelerator.device)
-        with accelerator.autocast():
+        with accelerator.autocast(), attention_backends(accelerator.device):
             loss, metrics = recipe.loss(module, batch, gen)
         metrics = optimizer_step(accelerator, loss, metrics, params=params, optimizer=optimizer,
                                  scheduler=scheduler, ema=ema, step=step, grad_clip=config.grad_clip,
