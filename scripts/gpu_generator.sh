@@ -18,7 +18,10 @@
 #                                     generator checkpoint, its own autoencoders), else a new U-Net on
 #                                     the autoencoders `ae` kept (or the committed ones)
 #     export NAME                     bf16/int8 checkpoint of the last generator -> $OUT (shards)
-# Environment: GEO4D_MODEL (default small), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64).
+# Environment: GEO4D_MODEL (default small), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64), GEN_RUN (run
+# directory name, default generator). The Dreamitate baseline's RGB-only generator continues the same way:
+#   GEO4D_MODEL=small_rgb GEN_RUN=dreamitate GEN_INIT=assets/checkpoints/dreamitate_small \
+#     bash scripts/gpu_generator.sh gen 300 && GEN_RUN=dreamitate bash scripts/gpu_generator.sh export dreamitate_small
 set -uo pipefail
 stage=$1; shift
 root=${GEO4D_WORK:-/tmp/geo4d}; runs=$root/runs; mkdir -p "$runs" "$root/data" "$root/val"
