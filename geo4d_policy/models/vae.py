@@ -178,16 +178,8 @@ class VAE(PretrainedModel):
         return loss, {"loss": loss.detach(), "l1": l1_plain.detach(), "l1_weighted": l1.detach(),
                       "kl": kl.detach()}
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        *,
-        valid: torch.Tensor | None = None,
-        gripper: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The training loss (so that DDP wrappers see a forward call)."""
-        return self.loss(x, valid=valid, gripper=gripper, generator=generator)
+    # The training loss is the module's forward, so that DDP wrappers see a forward call.
+    forward = loss
 
     @torch.no_grad()
     def calibrate(
