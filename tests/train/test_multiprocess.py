@@ -7,12 +7,14 @@ on device frame batches and the Diffusion Policy, 3 steps each at batch 2 per pr
 process at batch 4 (in this test's process) must log the same loss curves, and resume the
 two-process generator run where it stopped.
 
-Tolerance: rtol 1e-4 (atol 1e-7) on every logged number; what separates the runs is only the
-order of floating-point sums (convolutions over 2 rows instead of 4, DDP's gradient average).
-Every process computes on one thread: sums split over 2 threads instead of 1 move the
-autoencoder's step-3 gradient norm by 1e-3 relative (Adam's first steps magnify rounding in
-near-zero gradients), more than the process count does. Measured on the 2-core CPU machine:
-at most 4e-7 relative on the losses.
+Tolerance: rtol 1e-4 (atol 1e-7) on every logged number, 1e-3 on the norm of the resumed
+weights' difference; what separates the runs is only the order of floating-point sums
+(convolutions over 2 rows instead of 4, DDP's gradient average). Every process computes on one
+thread: sums split over 2 threads instead of 1 move the autoencoder's step-3 gradient norm by
+1e-3 relative (Adam's first steps magnify rounding in near-zero gradients), more than the
+process count does. Measured on the 2-core CPU machine: losses within 1.4e-6 relative, every
+logged number within 2e-6, resumed EMA weights within 2.9e-5 (norm of the difference over the
+norm).
 """
 
 from __future__ import annotations
@@ -208,10 +210,10 @@ def test_a_two_process_run_resumes_on_one_process(one_process):
     assert [r["step"] for r in metrics(resumed)] == [1, 2, 3, 4, 5]
     a, b = (load_file(str(r / "step_5" / "model.safetensors")) for r in (resumed, straight))
     assert a.keys() == b.keys()
-    # Over all weights (single elements whose gradient is near zero may take Adam steps of
-    # different signs after rounding: ~1e-5 absolute on 5 of 4096 in one tensor here).
+    # Over all weights: elements whose gradient is near zero may take Adam steps of different
+    # signs after rounding (up to 5e-4 = lr / 2 on single elements here).
     diff = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
-    assert diff <= RTOL * torch.cat([b[k].flatten() for k in b]).norm()
+    assert diff <= 1e-3 * torch.cat([b[k].flatten() for k in b]).norm()
     prov = json.loads((resumed / "provenance.json").read_text())
     assert [s["num_processes"] for s in prov["sessions"]] == [2, 1]
 
