@@ -184,9 +184,8 @@ class VAE(PretrainedModel):
         return loss, {"loss": loss.detach(), "l1": l1_plain.detach(), "l1_weighted": l1.detach(),
                       "kl": kl.detach()}
 
-    def forward(self, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The training loss, :meth:`loss` (so that DDP wrappers see a forward call)."""
-        return self.loss(x, **kwargs)
+    # The training loss is the module's forward, so that DDP wrappers see a forward call.
+    forward = loss
 
     @torch.no_grad()
     def calibrate(
