@@ -314,7 +314,7 @@ def data_identity(data_dirs: Iterable[str | os.PathLike[str]]) -> list[str | Non
 def start_provenance(out_dir: str | os.PathLike[str], *, command: str, config: Any, seeds: Mapping[str, Any],
                      device: str | None = None, has_run: bool = False, resume: bool = False,
                      anyway: bool = False, session_info: Mapping[str, Any] | None = None,
-                     what: str = "run") -> dict[str, Any] | None:
+                     what: str = "run", write: bool = True) -> dict[str, Any] | None:
     """Record a command's provenance in ``out_dir`` as it starts (see :func:`new_provenance`).
 
     Args:
@@ -322,6 +322,7 @@ def start_provenance(out_dir: str | os.PathLike[str], *, command: str, config: A
         resume: the command continues it; the run's provenance is checked first
             (:func:`check_resume`) and this session appended.
         anyway: continue even if code or configuration differ (recorded).
+        write: write the record; False only checks it (the other processes of a multi-process run).
 
     Returns:
         What was written, or None when ``has_run`` and not ``resume`` (the command refuses to
@@ -334,6 +335,7 @@ def start_provenance(out_dir: str | os.PathLike[str], *, command: str, config: A
     if has_run and not resume:
         return None
     record = check_resume(out_dir, current, anyway=anyway, what=what) if has_run else current
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_provenance(out_dir, record)
+    if write:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_provenance(out_dir, record)
     return record

@@ -23,6 +23,10 @@
 #   GEO4D_MODEL=small_rgb GEN_RUN=dreamitate GEN_INIT=assets/checkpoints/dreamitate_small \
 #     bash scripts/gpu_generator.sh gen 300 && GEN_RUN=dreamitate bash scripts/gpu_generator.sh export dreamitate_small
 set -uo pipefail
+# GEO4D_GPUS=N (default 1): the `ae` and `gen` stages train on N GPUs (DDP, scripts/gpu_launch.sh;
+# batch sizes are per GPU); `ae` gives each of the two autoencoders half of them.
+source "$(dirname "$0")/gpu_launch.sh"
+gpus=${GEO4D_GPUS:-1}
 stage=$1; shift
 root=${GEO4D_WORK:-/tmp/geo4d}; runs=$root/runs; mkdir -p "$runs" "$root/data" "$root/val"
 cfg=${GEO4D_MODEL:-small}
@@ -68,9 +72,13 @@ case $stage in
   collect) collect "$@" ;;
   ae)
     [ -d "$root/data/${tasks[0]}" ] || collect
+    half=$(( gpus > 1 ? gpus / 2 : 1 )); i=0
     for kind in image pointmap; do
       mod=$([ $kind = image ] && echo rgb || echo pointmap)
-      python -m geo4d_policy.cli.train vae --modality $mod --data $(train_dirs) --out "$runs/ae_$kind" --config "$cfg" \
+      devs=""; [ "$gpus" -gt 1 ] && devs=$(seq -s, $((i * half)) $((i * half + half - 1)))
+      i=$((i + 1))
+      env ${devs:+CUDA_VISIBLE_DEVICES=$devs} $(train_cmd "$half" $((29500 + i))) vae --modality $mod \
+        --data $(train_dirs) --out "$runs/ae_$kind" --config "$cfg" \
         --init "$committed/$kind" --steps 1000000 --batch-size "${AE_BATCH:-64}" --lr "${AE_LR:-4e-4}" --ckpt-every 2000 \
         --gpu-data --workers 4 --warmup-steps 200 --ema-decay 0.995 --max-time "$1" --resume > "$root/ae_$kind.log" 2>&1 &
     done
@@ -161,7 +169,7 @@ PY
       [ -f "$root/ae.env" ] && source "$root/ae.env"
       src=(--image-vae "$IMG_AE" --pointmap-vae "$PM_AE")
     fi
-    python -m geo4d_policy.cli.train generator --task all --data $(train_dirs) --out "$runs/${GEN_RUN:-generator}" \
+    $(train_cmd "$gpus" 29510) generator --task all --data $(train_dirs) --out "$runs/${GEN_RUN:-generator}" \
       --config "$cfg" "${ov[@]}" "${src[@]}" --steps 1000000 --batch-size "${GEN_BATCH:-64}" --lr "${GEN_LR:-2e-4}" \
       --ckpt-every 500 --warmup-steps "${GEN_WARMUP:-200}" --ema-decay "${GEN_EMA:-0.995}" --gpu-data --workers 8 \
       --max-time "$secs" --resume > "$root/gen.log" 2>&1

@@ -6,6 +6,7 @@
 #     DP_MODE        multi (default): one task-conditioned model -> ship/diffusion_policy_small/
 #                    per_task: one model per task, SECONDS shared -> ship/diffusion_policy_small/<Task>/
 #     DP_CONFIG (small)  DP_STEPS (the recipe's)  DP_BATCH (64)  DP_WORKERS (12)  DP_CKPT_EVERY (500)
+#     GEO4D_GPUS (1)     GPUs of one DDP run (scripts/gpu_launch.sh); DP_BATCH and DP_WORKERS are per GPU
 # Resumable: each run directory keeps step_<N>/ checkpoints and a `last` pointer, so calling the
 # script again in a later command of the same lease continues the same runs (one command may run
 # 10 minutes: keep SECONDS <= ~500). The cosine LR schedule spans DP_STEPS: keep it fixed across
@@ -23,10 +24,11 @@ if [ ${#tasks[@]} -eq 0 ]; then
 fi
 [ ${#tasks[@]} -eq 0 ] && { echo "no datasets under $root/data (run scripts/gpu_collect.sh first)" >&2; exit 2; }
 export OMP_WAIT_POLICY=PASSIVE
+source "$(dirname "$0")/gpu_launch.sh"
 train() {  # train OUT SECONDS EXPORT_DIR DATASET...
   local out=$1 secs=$2 export_dir=$3; shift 3
   # timeout is only a backstop: --max-time stops the run cleanly with a checkpoint.
-  timeout --signal=INT $((secs + 600)) python -m geo4d_policy.cli.train diffusion_policy --config "$cfg" \
+  timeout --signal=INT $((secs + 600)) $(train_cmd "${GEO4D_GPUS:-1}" 29520) diffusion_policy --config "$cfg" \
     --data "$@" --out "$out" --resume --max-time "$secs" ${DP_STEPS:+--steps "$DP_STEPS"} \
     --batch-size "${DP_BATCH:-64}" --workers "${DP_WORKERS:-12}" --ckpt-every "${DP_CKPT_EVERY:-500}" \
     --export "$export_dir"

@@ -21,7 +21,14 @@ their index), seeds and device (``geo4d_policy.provenance``); ``--resume`` refus
 with other code or another recipe unless ``--resume-anyway`` (how long and where it trains,
 e.g. ``--steps``, ``--workers``, ``--device``, may change). ``--evaluate`` puts the provenance
 into its JSON.
-Multi-GPU: launch with ``accelerate launch -m geo4d_policy.cli.train ...``.
+
+Several GPUs (vae, generator, diffusion_policy): the same command under
+``accelerate launch --multi_gpu --num_processes N -m geo4d_policy.cli.train ...`` (one process per
+GPU; more processes than GPUs are refused before anything loads). ``--batch-size`` is per
+process: each step trains on ``N x batch-size`` samples, the same samples and noise one process
+with that batch would train on (:mod:`geo4d_policy.train.distributed`), at the recipe's learning
+rate. A run resumes on any number of GPUs that keeps its global batch (``provenance.json``
+compares the global batch and records each session's number of processes).
 """
 
 from __future__ import annotations
@@ -65,12 +72,14 @@ class _TaskTagged:
 
 def make_data_iter_factory(data_dirs: Sequence[str], *, batch_size: int, num_workers: int, seed: int,
                            split: str = "train"):
-    """``factory(epoch=, rank=, world_size=)`` over the clip datasets of ``data_dirs``."""
+    """``factory(epoch=, rank=, world_size=)`` over the clip datasets of ``data_dirs`` (``batch_size``
+    per process: each process's rows of the epoch's global batches)."""
     import torch
     from torch.utils.data import ConcatDataset, DataLoader
 
     from geo4d_policy.data.datasets import GeneratorClipDataset
     from geo4d_policy.data.format import load_meta
+    from geo4d_policy.train.distributed import global_batch_rows
 
     parts = []
     for d in data_dirs:
@@ -82,7 +91,7 @@ def make_data_iter_factory(data_dirs: Sequence[str], *, batch_size: int, num_wor
         for part in parts:
             part.set_epoch(epoch)
         g = torch.Generator().manual_seed(seed * 7919 + epoch)
-        order = torch.randperm(len(dataset), generator=g)[rank::world_size].tolist()
+        order = global_batch_rows(torch.randperm(len(dataset), generator=g), batch_size, rank, world_size).tolist()
         return DataLoader(torch.utils.data.Subset(dataset, order), batch_size=batch_size, shuffle=False,
                           num_workers=num_workers, drop_last=True, persistent_workers=False,
                           pin_memory=torch.cuda.is_available())
@@ -139,7 +148,10 @@ def training_seeds(data_dirs: Sequence[str], *, init: str | None, max_episodes: 
 
 def gpu_data_iter_factory(config, data_dirs: Sequence[str], *, batch_size: int, seed: int,
                           max_episodes: int | None, workers: int, cache_pairs: int):
-    """The device-resident data path: a FrameStore, and for the generator a latent cache."""
+    """The device-resident data path: a FrameStore, and for the generator a latent cache.
+
+    Several processes: each holds the frames on its own GPU and encodes its share of the
+    latent cache (:meth:`~geo4d_policy.train.gpu_data.LatentCache.build`)."""
     import time
 
     import torch
@@ -147,13 +159,20 @@ def gpu_data_iter_factory(config, data_dirs: Sequence[str], *, batch_size: int, 
     from geo4d_policy.data.frame_store import FrameStore
     from geo4d_policy.data.geometry import PointmapNormalization
     from geo4d_policy.train import gpu_data
+    from geo4d_policy.train.distributed import launch_state
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    state = launch_state()
+    device = state.device
+
+    def say(msg: str) -> None:
+        if state.is_main_process:
+            print(f"geo4d-train: {msg}", file=sys.stderr)
+
     t0 = time.perf_counter()
     store = FrameStore.load(data_dirs, device=device, cameras="train", max_episodes=max_episodes,
                             workers=max(workers, 1))
-    print(f"geo4d-train: {store.num_episodes} episodes on {device} ({store.nbytes() / 1e9:.2f} GB) "
-          f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    say(f"{store.num_episodes} episodes on {device} ({store.nbytes() / 1e9:.2f} GB) in "
+        f"{time.perf_counter() - t0:.1f} s")
     mc = config.model
     if config.kind != "generator":
         return gpu_data.frame_batch_factory(store, kind=config.kind, batch_size=batch_size, seed=seed,
@@ -162,11 +181,12 @@ def gpu_data_iter_factory(config, data_dirs: Sequence[str], *, batch_size: int, 
 
     t0 = time.perf_counter()
     model = build_generator_for_cache(config).to(device)
-    cache = gpu_data.LatentCache.build(model, store, pairs_per_episode=cache_pairs, seed=seed)
+    cache = gpu_data.LatentCache.build(model, store, pairs_per_episode=cache_pairs, seed=seed,
+                                       rank=state.process_index, world_size=state.num_processes)
     del model, store
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    print(f"geo4d-train: latent cache {cache.nbytes() / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s",
-          file=sys.stderr)
+    say(f"latent cache {cache.nbytes() / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s "
+        f"({state.num_processes} process{'es' if state.num_processes > 1 else ''} encoding)")
     return cache.batch_factory(batch_size=batch_size, num_frames=mc.num_frames, seed=seed)
 
 
@@ -180,11 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True, help="run directory")
         s.add_argument("--config", default="small", help="model config: tiny|small|paper or a YAML path")
         s.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
-        s.add_argument("--batch-size", type=int, default=4)
+        s.add_argument("--batch-size", type=int, default=4, help="samples per step and process")
         s.add_argument("--lr", type=float, default=None)
         s.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--ckpt-every", type=int, default=None)
+        s.add_argument("--log-every", type=int, default=None, help="metrics period in steps (default 50)")
         s.add_argument("--resume", action="store_true")
         s.add_argument("--resume-anyway", action="store_true", help="resume even with other code or recipe")
         s.add_argument("--init", default=None, help="start from these weights (see --help of the kind)")
@@ -268,20 +289,30 @@ def _weights_digest(path: str | None) -> str | None:
         return path_digest(path)
 
 
-def _record_provenance(args: argparse.Namespace, recipe: object, **more) -> dict | None:
-    """Write ``RUN/provenance.json`` (checking the run's on ``--resume``); see the module docstring."""
+def _record_provenance(args: argparse.Namespace, recipe: object, *, launch=None, **more) -> dict | None:
+    """Write ``RUN/provenance.json`` (checking the run's on ``--resume``); see the module docstring.
+
+    ``launch`` (:func:`~geo4d_policy.train.distributed.launch_state`; None: one process): every
+    process checks, the main one writes; the recipe's per-process ``batch_size`` is compared as
+    the global batch, and the number of processes is recorded, not compared.
+    """
     from pathlib import Path
 
     from geo4d_policy import provenance
     from geo4d_policy.config import to_dict
 
     out = Path(args.out)
+    processes = 1 if launch is None else launch.num_processes
     config = _identity(to_dict(recipe), command=args.what, data=provenance.data_identity(args.data), **more)
+    if config.get("batch_size") is not None:
+        config["batch_size"] = config["batch_size"] * processes
     return provenance.start_provenance(
         out, command=f"geo4d-train {args.what}", config=config,
         seeds={"seed": config.get("seed"), "seed_stream": "data"}, device=getattr(args, "device", None),
         has_run=(out / "last").exists(), resume=args.resume, anyway=args.resume_anyway,
-        session_info={"data_dirs": [str(d) for d in args.data], "recipe": str(args.config)}, what="training run")
+        session_info={"data_dirs": [str(d) for d in args.data], "recipe": str(args.config),
+                      "num_processes": processes},
+        what="training run", write=launch is None or launch.is_main_process)
 
 
 def _train_segmenter(args: argparse.Namespace) -> int:
@@ -337,10 +368,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.what == "segmenter":
             return _train_segmenter(args)
+        from geo4d_policy.train.distributed import launch_state
+
+        launch = launch_state()  # refuses more processes than GPUs before anything loads
         if args.what == "diffusion_policy":
             from geo4d_policy.train.diffusion_policy import load_dp_train_config, run_cli
 
-            _record_provenance(args, load_dp_train_config(args.config, overrides=_overrides(args)))
+            _record_provenance(args, load_dp_train_config(args.config, overrides=_overrides(args)), launch=launch)
             return run_cli(args)
         tasks = tuple(load_meta(d).task for d in args.data)
         if args.what == "generator" and args.task != "all":
@@ -353,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "whose autoencoders it keeps")
         overrides = {k: v for k, v in (("max_steps", args.steps), ("lr", args.lr), ("ckpt_every", args.ckpt_every),
                                        ("max_time_s", args.max_time), ("warmup_steps", args.warmup_steps),
-                                       ("ema_decay", args.ema_decay)) if v is not None}
+                                       ("ema_decay", args.ema_decay), ("log_every", args.log_every)) if v is not None}
         model_cfg = _model_config(args.config, args.override)
         config = TrainConfig(
             kind=kind, model=model_cfg, tasks=tuple(dict.fromkeys(tasks)), seed=args.seed,
@@ -361,11 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             init_from=args.init, init_svd_unet=getattr(args, "init_svd_unet", None),
             progress=sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS")),
             data_seeds=training_seeds(args.data, init=args.init, max_episodes=args.max_episodes),
-            batch_size=args.batch_size, vae_max_images=max(args.batch_size, 32) if args.gpu_data else 32,
-            **overrides,
+            batch_size=args.batch_size, **overrides,
         )
         model = config.model if not isinstance(config.model, str) else load_model_config(config.model)
-        _record_provenance(args, config, model=to_dict(model), batch_size=args.batch_size,
+        _record_provenance(args, config, launch=launch, model=to_dict(model),
                            **{k: _weights_digest(getattr(config, k)) for k in ("image_vae", "pointmap_vae", "init_from",
                                                                                 "init_svd_unet")})
         if args.gpu_data:
@@ -382,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ngeo4d-train: interrupted; continue with --resume", file=sys.stderr)
         return 130
-    print(f"geo4d-train: done; last checkpoint {result.checkpoint} (step {result.step})")
+    if launch.is_main_process:
+        print(f"geo4d-train: done; last checkpoint {result.checkpoint} (step {result.step})")
     return 0
 
 

@@ -37,6 +37,7 @@ DP paper made when it swapped the norms of an ImageNet ResNet.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -53,6 +54,7 @@ from geo4d_policy.data.actions import ACTION_DIM, denormalize_minmax, normalize_
 from geo4d_policy.interface import TASK_NAMES, canonical_task_name
 from geo4d_policy.models.checkpoint import CheckpointError
 from geo4d_policy.models.pretrained import PretrainedModel, checked_trained_tasks
+from geo4d_policy.models.shard import Randomness, draw
 
 DP_FORMAT = "geo4d-diffusion-policy"
 DP_FORMAT_VERSION = 1
@@ -498,8 +500,9 @@ def make_scheduler(config: NoiseSchedulerConfig, *, kind: Literal["ddpm", "ddim"
 # --------------------------------------------------------------------------------------------
 
 
-def _crop(x: torch.Tensor, size: tuple[int, int], *, generator: torch.Generator | None) -> torch.Tensor:
-    """Crop (N, C, H, W) to ``size``: random per image with a generator, else centred."""
+def _crop(x: torch.Tensor, size: tuple[int, int], *, generator: Randomness) -> torch.Tensor:
+    """Crop (N, C, H, W) to ``size``: random per image with a generator (images as rows of the
+    batch, see :mod:`geo4d_policy.models.shard`), else centred."""
     n, _, h, w = x.shape
     ch, cw = size
     if (ch, cw) == (h, w):
@@ -507,8 +510,8 @@ def _crop(x: torch.Tensor, size: tuple[int, int], *, generator: torch.Generator 
     if generator is None:
         top, left = (h - ch) // 2, (w - cw) // 2
         return x[:, :, top:top + ch, left:left + cw]
-    top = torch.randint(0, h - ch + 1, (n,), generator=generator).to(x.device)
-    left = torch.randint(0, w - cw + 1, (n,), generator=generator).to(x.device)
+    top = draw(functools.partial(torch.randint, 0, h - ch + 1), (n,), generator, device="cpu").to(x.device)
+    left = draw(functools.partial(torch.randint, 0, w - cw + 1), (n,), generator, device="cpu").to(x.device)
     rows = (top[:, None] + torch.arange(ch, device=x.device))[:, :, None]  # (N, ch, 1)
     cols = (left[:, None] + torch.arange(cw, device=x.device))[:, None, :]  # (N, 1, cw)
     idx = torch.arange(n, device=x.device)[:, None, None]
@@ -574,7 +577,7 @@ class DiffusionPolicyModel(PretrainedModel):
     # ---------------------------------------------------------------------------------------
 
     def encode_observations(self, rgb: torch.Tensor, state: torch.Tensor, task_ids: torch.Tensor, *,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
+                            generator: Randomness = None) -> torch.Tensor:
         """The U-Net's condition (B, obs_feature_dim + task_embed_dim).
 
         Args:
@@ -603,7 +606,7 @@ class DiffusionPolicyModel(PretrainedModel):
             return self.task_ids(list(batch["task"]))
         return self.task_ids([self.resolve_task(None)] * b)
 
-    def training_loss(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None
+    def training_loss(self, batch: Mapping[str, Any], *, generator: Randomness = None
                       ) -> tuple[torch.Tensor, dict[str, float]]:
         """DDPM loss of a :class:`~geo4d_policy.data.datasets.PolicyDataset` batch (normalised).
 
@@ -613,14 +616,16 @@ class DiffusionPolicyModel(PretrainedModel):
         the end is the demonstrated behaviour.
 
         Args:
-            generator: CPU RNG for crops, timesteps and noise.
+            generator: CPU RNG for crops, timesteps and noise, or a
+                :class:`~geo4d_policy.models.shard.BatchShard` of one (several processes).
         """
         action = batch["action"]
         b = action.shape[0]
         cond = self.encode_observations(batch["rgb"], batch["state"], self.batch_task_ids(batch), generator=generator)
         sched = self.train_scheduler
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(action.device)
-        noise = torch.randn(action.shape, generator=generator).to(action.device, action.dtype)
+        t = draw(functools.partial(torch.randint, 0, sched.config.num_train_timesteps), (b,), generator,
+                 device="cpu").to(action.device)
+        noise = draw(torch.randn, action.shape, generator, device="cpu").to(action.device, action.dtype)
         noisy = sched.add_noise(action, noise, t)
         pred = self.unet(noisy, t, cond).float()
         kind = self.config.noise.prediction_type
@@ -628,7 +633,7 @@ class DiffusionPolicyModel(PretrainedModel):
         loss = F.mse_loss(pred, target.float())
         return loss, {"loss": float(loss.detach())}
 
-    def forward(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None
+    def forward(self, batch: Mapping[str, Any], *, generator: Randomness = None
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         """Same as :meth:`training_loss` (the interface the training loop calls)."""
         return self.training_loss(batch, generator=generator)

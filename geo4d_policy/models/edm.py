@@ -31,6 +31,7 @@ import torch
 
 from geo4d_policy.models.config import EDMConfig, GeneratorConfig
 from geo4d_policy.models.generator import Geo4DUNet
+from geo4d_policy.models.shard import Randomness, draw
 
 
 def precondition(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
@@ -161,7 +162,7 @@ def edm_loss(
     *,
     task_ids: torch.Tensor,
     config: GeneratorConfig,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     gripper_weight: torch.Tensor | None = None,
     pointmap_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -175,7 +176,8 @@ def edm_loss(
         config: generator config.
         generator: RNG for sigma, noise, conditioning dropout and augmentation, on any device
             (the trainer's lives on the training device; training state saves it, so resumed
-            runs draw the same numbers).
+            runs draw the same numbers), or a :class:`~geo4d_policy.models.shard.BatchShard`
+            (several processes: each clip's draws are those of its row in the global batch).
         gripper_weight: (B, 2, F, h, w) gripper cell weights (see :func:`latent_weights`).
         pointmap_weight: (B, 2, F, h, w) validity weights of the pointmap cells.
 
@@ -186,18 +188,17 @@ def edm_loss(
     edm = config.edm
     b = x0.shape[0]
     dev = x0.device
-    gdev = generator.device if generator is not None else dev
 
-    def draw(fn, shape: tuple[int, ...]) -> torch.Tensor:
+    def rows(fn, shape: tuple[int, ...]) -> torch.Tensor:
         # Drawn where the generator lives (the training device in the trainer: no host copy).
-        return fn(shape, generator=generator, device=gdev).to(dev)
+        return draw(fn, shape, generator, device=dev).to(dev)
 
-    sigma = (draw(torch.randn, (b,)) * edm.p_std + edm.p_mean).exp()
-    noise = draw(torch.randn, tuple(x0.shape)).to(x0.dtype)
+    sigma = (rows(torch.randn, (b,)) * edm.p_std + edm.p_mean).exp()
+    noise = rows(torch.randn, tuple(x0.shape)).to(x0.dtype)
     if edm.cond_noise_aug > 0:
-        cond = cond + edm.cond_noise_aug * draw(torch.randn, tuple(cond.shape)).to(cond.dtype)
+        cond = cond + edm.cond_noise_aug * rows(torch.randn, tuple(cond.shape)).to(cond.dtype)
     if edm.cond_drop_prob > 0:
-        drop = draw(torch.rand, (b,)) < edm.cond_drop_prob
+        drop = rows(torch.rand, (b,)) < edm.cond_drop_prob
         cond, task_ids = drop_conditioning(unet, cond, task_ids, drop)
     x = x0 + sigma.reshape(-1, 1, 1, 1, 1, 1) * noise
     d = denoise(unet, x, sigma, cond, task_ids=task_ids, config=config)

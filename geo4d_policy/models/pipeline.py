@@ -37,6 +37,7 @@ from geo4d_policy.models.edm import cell_weights, edm_loss, latent_weights, samp
 from geo4d_policy.models.generator import Geo4DUNet
 from geo4d_policy.models.inputs import fill_invalid_points, resize_images, resize_nearest
 from geo4d_policy.models.pretrained import PretrainedModel, canonical_task
+from geo4d_policy.models.shard import Randomness
 from geo4d_policy.models.vae import VAE
 
 GENERATOR_FORMAT = "geo4d-generator"
@@ -157,7 +158,7 @@ class Generator4D(PretrainedModel):
     # ---------------------------------------------------------------------------------------
 
     def training_loss(
-        self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None
+        self, batch: Mapping[str, Any], *, generator: Randomness = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """EDM loss of a dataset batch (see the module docstring for the keys).
 
@@ -215,7 +216,7 @@ class Generator4D(PretrainedModel):
         x0 = self.encode_frames(rgb, batch.get("pm") if use_pm else None, batch.get("valid") if use_pm else None)
         return cond, x0
 
-    def forward(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None):
+    def forward(self, batch: Mapping[str, Any], *, generator: Randomness = None):
         """The training loss (so that DDP wrappers see a forward call)."""
         return self.training_loss(batch, generator=generator)
 

@@ -19,6 +19,7 @@ divergence averaged per latent element.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from geo4d_policy.config import to_dict
 from geo4d_policy.models.config import VAEConfig
 from geo4d_policy.models.inputs import fill_invalid_points
 from geo4d_policy.models.pretrained import PretrainedModel
+from geo4d_policy.models.shard import Randomness, draw, global_ratio
 
 VAE_FORMAT = "geo4d-vae"
 VAEKind = Literal["image", "pointmap"]
@@ -146,7 +148,7 @@ class VAE(PretrainedModel):
         *,
         valid: torch.Tensor | None = None,
         gripper: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Randomness = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted L1 reconstruction (masked by ``valid``) + ``kl_weight`` * mean KL of frames.
 
@@ -154,7 +156,10 @@ class VAE(PretrainedModel):
             x: (..., C, H, W) frames (RGB in [-1, 1] or normalised pointmaps).
             valid: (..., H, W) pixel validity; the reconstruction loss ignores invalid pixels.
             gripper: (..., H, W) gripper pixels, weighted by :meth:`pixel_weights`.
-            generator: RNG of the posterior sample (on ``x``'s device).
+            generator: RNG of the posterior sample (on ``x``'s device), or a
+                :class:`~geo4d_policy.models.shard.BatchShard` when ``x`` is this process's rows
+                of a global batch (frames as rows): the sample noise is then the global batch's,
+                and the weighted means are over the global batch's pixels.
 
         Returns:
             ``(loss, metrics)`` with the scalar loss and detached scalar tensors (``l1``, ``kl``;
@@ -164,17 +169,18 @@ class VAE(PretrainedModel):
             x, valid = fill_invalid_points(x, valid)
         flat, _ = _flatten_frames(x)
         post = self._posterior(flat)
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator, device=post.mean.device,
-                                               dtype=post.mean.dtype)
+        eps = draw(functools.partial(torch.randn, dtype=post.mean.dtype), post.mean.shape, generator,
+                   device=post.mean.device)
+        z = post.mean + post.std * eps.to(post.mean.device)
         rec = self.model.decode(z).sample
         err = (rec.float() - flat.float()).abs().mean(dim=1)  # (N, H, W)
         w = self.pixel_weights(flat, None if gripper is None else gripper.reshape(-1, *gripper.shape[-2:]))
         m = torch.ones_like(err) if valid is None else valid.reshape(-1, *valid.shape[-2:]).to(err.dtype)
         wm = m if w is None else m * w
-        l1 = (err * wm).sum() / wm.sum().clamp_min(1.0)
+        l1 = global_ratio((err * wm).sum(), wm.sum(), generator)
         kl = 0.5 * (post.mean.float() ** 2 + post.var.float() - 1.0 - post.logvar.float()).mean()
         loss = l1 + self.config.kl_weight * kl
-        l1_plain = (err * m).sum() / m.sum().clamp_min(1.0)
+        l1_plain = global_ratio((err * m).sum(), m.sum(), generator)
         return loss, {"loss": loss.detach(), "l1": l1_plain.detach(), "l1_weighted": l1.detach(),
                       "kl": kl.detach()}
 

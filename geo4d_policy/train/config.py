@@ -72,15 +72,18 @@ class TrainConfig(OptimRecipe):
             paper initialises the pointmap VAE from the image VAE); for ``generator`` a
             generator checkpoint of the same config (fine-tuning).
         init_svd_unet: for ``generator``, a local SVD U-Net safetensors file (paper size).
-        vae_max_images: frames per VAE step, drawn from each dataset batch.
+        vae_max_images: frames per VAE step and process, drawn from each clip batch (the
+            device path's frame batches are used whole).
         progress: show a progress bar.
         max_time_s: stop (with a checkpoint) after this many seconds of training in this
-            process; a resumed run continues towards ``max_steps`` (time-boxed device calls).
+            session (several processes: at the first log step after it, all together); a
+            resumed run continues towards ``max_steps`` (time-boxed device calls).
         data_seeds: task -> data-stream seeds of every episode the weights have seen (this run's
             datasets plus those recorded by ``init_from``); evaluations refuse validation
             episodes among them.
-        batch_size: clips (generator) or frames (VAEs) per step, as recorded (the data factory
-            makes the batches).
+        batch_size: clips (generator) or frames (VAEs) per step and process, as recorded (the
+            data factory makes the batches; the global batch is this times the processes,
+            stated in each checkpoint's ``training.launch``).
     """
 
     kind: TrainKind = "generator"

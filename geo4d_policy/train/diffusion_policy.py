@@ -51,7 +51,9 @@ from geo4d_policy.data.datasets import PolicyDataset, compute_normalization
 from geo4d_policy.data.format import load_meta
 from geo4d_policy.interface import canonical_task_name
 from geo4d_policy.models.diffusion_policy import DiffusionPolicyConfig, DiffusionPolicyModel, parameter_counts
+from geo4d_policy.models.shard import BatchShard
 from geo4d_policy.train.config import OptimRecipe
+from geo4d_policy.train.distributed import global_batch_rows, launch_record, make_accelerator
 from geo4d_policy.train.ema import EMA
 from geo4d_policy.train.state import Counters, TrainingState, check_run_dir, last_checkpoint
 from geo4d_policy.train.trainer import TrainResult, lr_lambda, optimizer_step, to_device
@@ -204,9 +206,9 @@ def make_policy_data(data_dirs: Sequence[str | os.PathLike[str]], *, model: Diff
         for part in parts:
             part.set_epoch(epoch)
         g = torch.Generator().manual_seed(seed * 7919 + epoch)
-        order = torch.randperm(len(dataset), generator=g)[rank::world_size]
-        # Whole batches only (drop_last); resuming starts the loader at batch ``start``.
-        order = order[: len(order) // batch_size * batch_size][start * batch_size:].tolist()
+        # This process's rows of whole global batches; resuming starts the loader at batch ``start``.
+        order = global_batch_rows(torch.randperm(len(dataset), generator=g), batch_size, rank, world_size)
+        order = order[start * batch_size:].tolist()
         return DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                           drop_last=True, pin_memory=torch.cuda.is_available())
 
@@ -301,15 +303,11 @@ def train_diffusion_policy(
         FileExistsError: ``out_dir`` holds a run and ``resume`` is False.
         CheckpointError: resuming a run of another model config, other tasks or other data.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
     resuming = check_run_dir(out, resume=resume)
-    mp = config.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(config.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
 
@@ -321,7 +319,7 @@ def train_diffusion_policy(
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    gen = torch.Generator().manual_seed(config.seed * 1000)  # the same on every process (BatchShard)
 
     if config.init_image_encoder is not None and not resuming:
         report = model.encoder.load_pretrained(config.init_image_encoder)
@@ -331,7 +329,7 @@ def train_diffusion_policy(
     data_label = ("on other data (other tasks, or other episodes: the normalisation statistics differ); "
                   "resume with the same datasets")
     state = TrainingState(kind="diffusion_policy", trainable=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
-                          generator=gen, rank=rank,
+                          generator=gen,
                           identity={"model": model.config, "tasks": list(data.tasks),
                                     "normalization": model.normalization},
                           labels={"model": "with another model config", "tasks": data_label,
@@ -354,7 +352,9 @@ def train_diffusion_policy(
 
         def write(state_writer: Callable[[Path], None]) -> None:
             extra = {"training": {"step": step, "parameters": n_params, "train_config": to_dict(config),
-                                  "data": [str(d) for d in data_dirs]}}
+                                  "data": [str(d) for d in data_dirs],
+                                  "launch": launch_record(num_processes=world, batch_size=config.batch_size,
+                                                          lr=config.lr)}}
             with ema.swapped():
                 probe_metrics = probe_errors(raw, probe, seed=config.seed) if probe is not None else {}
                 extra["training"]["probe"] = probe_metrics
@@ -381,7 +381,7 @@ def train_diffusion_policy(
         in_epoch = idx + 1
         batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
-            loss, metrics = module(batch, generator=gen)
+            loss, metrics = module(batch, generator=BatchShard(gen, rank, world))
         metrics = optimizer_step(accelerator, loss, metrics, params=params, optimizer=optimizer,
                                  scheduler=scheduler, ema=ema, step=step, grad_clip=config.grad_clip)
         step += 1

@@ -2,8 +2,10 @@
 
 Both sources read a :class:`~geo4d_policy.data.frame_store.FrameStore` (whole datasets on the
 GPU) and hand :func:`geo4d_policy.train.trainer.train` a ``data_iter_factory``: an "epoch" is
-``batches_per_epoch`` batches whose draws come from a device RNG seeded by (seed, epoch, rank),
-so a resumed run that skips the batches already consumed sees the same batches.
+``batches_per_epoch`` batches whose draws come from a device RNG seeded by (seed, epoch), so a
+resumed run that skips the batches already consumed sees the same batches. With several
+processes every one draws the whole global batch (``batch_size`` x processes) and keeps its rows
+(:mod:`geo4d_policy.train.distributed`): the batches do not depend on the number of processes.
 
 * :func:`frame_batch_factory`: single frames for an autoencoder (``images``, ``valid``,
   ``gripper``). Pointmap frames are expressed in their own camera's frame or, with probability
@@ -17,7 +19,9 @@ so a resumed run that skips the batches already consumed sees the same batches.
   one, two distinct training cameras (n, m), view m's targets in n's frame. Targets
   ``X^{m->n}`` depend on the camera pair, so they are cached for ``pairs_per_episode`` random
   ordered pairs per episode (cameras are sampled anew for every episode, so the set of
-  viewpoints stays large); everything else is cached per camera.
+  viewpoints stays large); everything else is cached per camera. With several processes each
+  encodes a contiguous share of the episodes and the shares are gathered, so every process
+  holds the whole cache (any clip may fall to any process's rows).
 """
 
 from __future__ import annotations
@@ -31,10 +35,16 @@ import torch
 from geo4d_policy.data.frame_store import FrameStore
 from geo4d_policy.data.geometry import PointmapNormalization
 from geo4d_policy.models.inputs import mask_any_on_latent_grid, mask_fraction_on_latent_grid
+from geo4d_policy.train.distributed import gather_rows, split_range
 
 
 def _device_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def _epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Generator:
+    """The draws of an epoch's global batches: the same on every process."""
+    return _device_generator(device, seed * 1_000_003 + epoch * 1009)
 
 
 def frame_batch_factory(
@@ -52,11 +62,11 @@ def frame_batch_factory(
     Args:
         store: the frames (training cameras are used).
         kind: ``"image_vae"`` or ``"pointmap_vae"``.
-        batch_size: frames per batch.
+        batch_size: frames per batch and process.
         batches_per_epoch: batches per "epoch" (the resume granularity).
         normalization: pointmap normalisation (pointmap VAE).
         cross_view_prob: share of pointmap frames expressed in another camera's frame.
-        seed: seeds the draws (with epoch and rank).
+        seed: seeds the draws (with the epoch).
     """
     if kind not in ("image_vae", "pointmap_vae"):
         raise ValueError(f"kind must be image_vae or pointmap_vae, got {kind!r}")
@@ -65,17 +75,18 @@ def frame_batch_factory(
     cams = store.train_cameras
 
     def factory(*, epoch: int, rank: int, world_size: int) -> Iterator[dict[str, Any]]:
-        gen = _device_generator(store.device, seed * 1_000_003 + epoch * 1009 + rank)
+        gen = _epoch_generator(store.device, seed, epoch)
         dev = store.device
         cam_t = torch.as_tensor(cams, device=dev)
+        n, rows = batch_size * world_size, slice(rank * batch_size, (rank + 1) * batch_size)
         for _ in range(batches_per_epoch):
-            e, c, t = store.sample_frames(batch_size, cameras=cams, generator=gen)
+            e, c, t = (x[rows] for x in store.sample_frames(n, cameras=cams, generator=gen))
             grip = store.gripper(e, c, t)
             if kind == "image_vae":
                 yield {"images": store.rgb_float(e, c, t), "gripper": grip}
                 continue
-            other = cam_t[torch.randint(0, len(cams), (batch_size,), generator=gen, device=dev)]
-            cross = torch.rand(batch_size, generator=gen, device=dev) < cross_view_prob
+            other = cam_t[torch.randint(0, len(cams), (n,), generator=gen, device=dev)][rows]
+            cross = torch.rand(n, generator=gen, device=dev)[rows] < cross_view_prob
             dst = torch.where(cross, other, c)
             pts, valid = store.pointmaps(e, c, t, dst, normalization=normalization)
             yield {"images": pts, "valid": valid, "gripper": grip}
@@ -119,8 +130,13 @@ class LatentCache:
         batch_size: int = 512,
         seed: int = 0,
         autocast: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> LatentCache:
         """Encode ``store``'s training cameras with ``model``'s (frozen) autoencoders.
+
+        With ``world_size`` > 1 (every process calls it: a collective) this process encodes its
+        contiguous share of the episodes and every process returns the whole cache.
 
         Args:
             model: a :class:`~geo4d_policy.models.pipeline.Generator4D` on the store's device.
@@ -129,6 +145,11 @@ class LatentCache:
             batch_size: frames per encoder call.
             seed: seeds the pair choice.
             autocast: encode under bf16 autocast (default: on CUDA, as training and inference do).
+            rank, world_size: this process and the number of processes.
+
+        Raises:
+            ValueError: other resolution than the model's, fewer than two training cameras, or
+                fewer episodes than processes.
         """
         cfg = model.config
         if store.resolution != (cfg.height, cfg.width):
@@ -141,6 +162,10 @@ class LatentCache:
         if len(cams) < 2:
             raise ValueError("the latent cache needs at least two training cameras")
         n_e, t_max = store.num_episodes, store.rgb.shape[2]
+        if n_e < world_size:
+            raise ValueError(f"{n_e} episodes cannot be shared by {world_size} processes: use more episodes "
+                             "or fewer processes")
+        mine = split_range(n_e, rank, world_size)
         norm = model.normalization
         task_rows = model.unet.task_ids([store.tasks[int(i)] for i in store.task_ids.tolist()], device=dev)
 
@@ -167,28 +192,30 @@ class LatentCache:
         def fraction(e, c, t):
             return mask_fraction_on_latent_grid(store.depth_mm[e, c, t] > 0, f).to(torch.float16)
 
-        # Every (episode, view, frame) of the training cameras.
+        # Every (episode, view, frame) of the training cameras, of this process's episodes.
         cam_t = torch.as_tensor(cams, device=dev)
-        ee, vv, tt = torch.meshgrid(torch.arange(n_e, device=dev), torch.arange(len(cams), device=dev),
+        episodes = torch.arange(mine.start, mine.stop, device=dev)
+        ee, vv, tt = torch.meshgrid(episodes, torch.arange(len(cams), device=dev),
                                     torch.arange(t_max, device=dev), indexing="ij")
         e, t = ee.reshape(-1), tt.reshape(-1)
         c = cam_t[vv.reshape(-1)]
         h, w = cfg.height // f, cfg.width // f
-        per_view = (n_e, len(cams), t_max)
-        rgb = batched(enc_rgb, e, c, t).reshape(*per_view, -1, h, w)
-        grip = batched(cells, e, c, t).reshape(*per_view, h, w)
-        frac = batched(fraction, e, c, t).reshape(*per_view, h, w)
+        per_view = (len(mine), len(cams), t_max)
+        rgb = gather_rows(batched(enc_rgb, e, c, t).reshape(*per_view, -1, h, w))
+        grip = gather_rows(batched(cells, e, c, t).reshape(*per_view, h, w))
+        frac = gather_rows(batched(fraction, e, c, t).reshape(*per_view, h, w))
+        # Pairs of every episode are drawn by every process (the same draws as one process).
         gen = torch.Generator().manual_seed(int(seed))
         n_pairs = min(pairs_per_episode, len(cams) * (len(cams) - 1))
         pairs = torch.stack([_draw_pairs(len(cams), n_pairs, gen) for _ in range(n_e)]).to(dev)  # (E, P, 2)
         pm_own = pm_pair = None
         if cfg.use_pointmaps:
-            pm_own = batched(enc_own, e, c, t).reshape(*per_view, -1, h, w)
-            pe, pp, pt = torch.meshgrid(torch.arange(n_e, device=dev), torch.arange(n_pairs, device=dev),
+            pm_own = gather_rows(batched(enc_own, e, c, t).reshape(*per_view, -1, h, w))
+            pe, pp, pt = torch.meshgrid(episodes, torch.arange(n_pairs, device=dev),
                                         torch.arange(t_max, device=dev), indexing="ij")
             pe, pp, pt = pe.reshape(-1), pp.reshape(-1), pt.reshape(-1)
             src, dst = cam_t[pairs[pe, pp, 1]], cam_t[pairs[pe, pp, 0]]
-            pm_pair = batched(enc_pm, pe, src, pt, dst).reshape(n_e, n_pairs, t_max, -1, h, w)
+            pm_pair = gather_rows(batched(enc_pm, pe, src, pt, dst).reshape(len(mine), n_pairs, t_max, -1, h, w))
         return cls(rgb=rgb, pm_own=pm_own, pm_pair=pm_pair, pairs=pairs, gripper_cells=grip, valid_fraction=frac,
                    n_frames=store.n_frames.clone(), task_ids=task_rows, cameras=cams)
 
@@ -226,12 +253,15 @@ class LatentCache:
         return e, t, p
 
     def batch_factory(self, *, batch_size: int, num_frames: int, batches_per_epoch: int = 1000, seed: int = 0):
-        """``factory(epoch=, rank=, world_size=)`` of cached clip batches (see :func:`frame_batch_factory`)."""
+        """``factory(epoch=, rank=, world_size=)`` of cached clip batches of ``batch_size`` clips
+        per process (see :func:`frame_batch_factory`)."""
 
         def factory(*, epoch: int, rank: int, world_size: int) -> Iterator[dict[str, torch.Tensor]]:
-            gen = _device_generator(self.device, seed * 1_000_003 + epoch * 1009 + rank)
+            gen = _epoch_generator(self.device, seed, epoch)
+            rows = slice(rank * batch_size, (rank + 1) * batch_size)
             for _ in range(batches_per_epoch):
-                yield self.clips(*self.sample(batch_size, gen), num_frames)
+                e, t, p = (x[rows] for x in self.sample(batch_size * world_size, gen))
+                yield self.clips(e, t, p, num_frames)
 
         return factory
 

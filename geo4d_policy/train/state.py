@@ -11,7 +11,7 @@ Owns the run-directory conventions shared by the generator/VAE trainer
           raw.safetensors      the raw (non-EMA) trainable weights
           ema.safetensors      the EMA shadow weights
           optimizer.pt, scheduler.pt
-          rng_<rank>.pt        every process's RNG states (training generator, torch, numpy, python, CUDA)
+          rng_0.pt             the RNG states (training generator, torch, numpy, python, CUDA)
           state.json           kind, step, epoch, next_batch_in_epoch, and the run's identity
 
 The identity (model config, tasks, normalisation, class weights...) is what a resumed run must
@@ -19,6 +19,11 @@ share with the stored one: :meth:`TrainingState.restore` refuses a run of anothe
 a differing identity entry, naming every differing key. ``last`` is written only after every
 file of a step exists, so an interrupted save never becomes the resume point; older step
 directories beyond ``keep_last`` are pruned after it.
+
+Several processes (:mod:`geo4d_policy.train.distributed`): the main process writes everything.
+Every process draws the same training numbers from the same generator (each keeps its rows of
+the global batch), so the main process's RNG file restores every process of a resumed run,
+whatever their number.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = "training_state"
 STATE_JSON = "state.json"
+RNG_FILE = "rng_0.pt"
+"""The RNG states (the name rank 0's file had when every process wrote its own: read the same way)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,11 +153,10 @@ class TrainingState:
         trainable: the module whose raw weights are saved (the optimizer's parameters).
         ema: the EMA of ``trainable``.
         optimizer, scheduler: the optimizer and its LR schedule.
-        generator: this process's training RNG.
+        generator: the training RNG (the same on every process).
         identity: what a resumed run must share with the stored one (plain JSON values).
         labels: how a refusal phrases a differing identity entry (default ``with another KEY``).
         ignore: dotted identity keys left out of the comparison.
-        rank: this process's index (its own RNG file).
     """
 
     kind: str
@@ -162,17 +168,17 @@ class TrainingState:
     identity: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     ignore: frozenset[str] = frozenset()
-    rank: int = 0
 
     def writer(self, counters: Counters, *, extra: Mapping[str, Any] | None = None) -> Callable[[Path], None]:
-        """``f(step_dir)`` writing ``training_state/`` but the RNG files (for ``extra_writer``).
+        """``f(step_dir)`` writing ``training_state/`` (for ``extra_writer``).
 
-        The tensors are copied now, so the writer may run after the weights move on (e.g. with
-        the EMA weights swapped in); ``identity`` (plain values or config dataclasses) is read
-        when it writes.
+        The tensors and RNG states are copied now, so the writer may run after the weights move
+        on (e.g. with the EMA weights swapped in); ``identity`` (plain values or config
+        dataclasses) is read when it writes.
         """
         raw = state_dict_for_saving(self.trainable)
         ema = self.ema.state_dict()
+        rng = rng_state(self.generator)
 
         def write(step_dir: Path) -> None:
             # The identity as it is when written (a VAE run measures its latent scales on saving).
@@ -184,6 +190,7 @@ class TrainingState:
             save_file(ema, str(d / "ema.safetensors"))
             torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), d / "scheduler.pt")
+            torch.save(rng, d / RNG_FILE)
             (d / STATE_JSON).write_text(json.dumps(meta, indent=1) + "\n")
 
         return write
@@ -200,19 +207,16 @@ class TrainingState:
                 and calling ``state_writer(dir)`` on it (as ``save_pretrained``'s
                 ``extra_writer``, or on ``path`` afterwards); called on the main process only.
             keep_last: step directories kept.
-            main: whether this is the main process (the only one writing shared files).
+            main: whether this is the main process (the only one writing).
             barrier: waits for every process (``accelerator.wait_for_everyone``).
             extra: more ``state.json`` entries.
         """
         barrier()
         if main:
             write_checkpoint(self.writer(counters, extra=extra))
-        barrier()
-        torch.save(rng_state(self.generator), path / STATE_DIR / f"rng_{self.rank}.pt")
-        barrier()
-        if main:
             write_last(path.parent, path.name)
             prune(path.parent, keep_last, path)
+        barrier()
         return path
 
     def restore(self, out_dir: Path, *, main: bool = True) -> tuple[Counters, dict[str, Any]]:
@@ -242,7 +246,7 @@ class TrainingState:
         self.ema.load_state_dict(load_file(str(d / "ema.safetensors")))
         self.optimizer.load_state_dict(torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True))
         self.scheduler.load_state_dict(torch.load(d / "scheduler.pt", weights_only=True))
-        set_rng_state(torch.load(d / f"rng_{self.rank}.pt", weights_only=False), self.generator)
+        set_rng_state(torch.load(d / RNG_FILE, weights_only=False), self.generator)
         counters = Counters(meta["step"], meta["epoch"], meta["next_batch_in_epoch"])
         if main:
             truncate_metrics(out_dir / "metrics.jsonl", counters.step)

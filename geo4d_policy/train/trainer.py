@@ -2,8 +2,10 @@
 
 ``train(config, data_iter_factory=..., out_dir=..., resume=...)`` runs AdamW with warm-up,
 gradient clipping and an EMA of the weights under ``accelerate`` (bf16 autocast on CUDA, fp32
-on the CPU; launch with ``accelerate launch`` for several GPUs: each process trains on the
-batches its factory call returns for its rank, gradients are all-reduced).
+on the CPU). Several GPUs: ``accelerate launch --multi_gpu --num_processes N`` (DDP); each
+process trains on its rows of the global batch its factory call returns for its rank, draws
+the training noise of those rows from the generator every process shares, and only the main
+process writes; the run does not depend on N (:mod:`geo4d_policy.train.distributed`).
 
 Output directory layout::
 
@@ -17,8 +19,9 @@ Output directory layout::
         training_state/        raw weights, EMA, optimizer, LR schedule, RNG states, counters
 
 Data: ``data_iter_factory(epoch=e, rank=r, world_size=w)`` returns an iterable of batch dicts
-(any iterable: a DataLoader, a generator of synthetic tensors). When it is exhausted the
-next epoch is requested. ``resume=True`` restores everything in ``training_state`` and re-enters
+(any iterable: a DataLoader, a generator of synthetic tensors); with several processes, batch
+``i`` of process ``r`` holds rows ``[r b, (r + 1) b)`` of the epoch's global batch ``i``. When it
+is exhausted the next epoch is requested. ``resume=True`` restores everything in ``training_state`` and re-enters
 the interrupted epoch by skipping the batches already consumed, so a resumed run reproduces
 an uninterrupted one exactly when the factory is deterministic given ``epoch`` (seed the
 loader's shuffling with it).
@@ -53,8 +56,10 @@ from geo4d_policy.models.config import (
 )
 from geo4d_policy.models.generator import load_svd_unet_weights
 from geo4d_policy.models.pipeline import GENERATOR_FORMAT, Generator4D, canonical_task
+from geo4d_policy.models.shard import BatchShard, Randomness, base_generator
 from geo4d_policy.models.vae import VAE
 from geo4d_policy.train.config import TrainConfig
+from geo4d_policy.train.distributed import gather_rows, launch_record, make_accelerator
 from geo4d_policy.train.ema import EMA
 from geo4d_policy.train.state import Counters, TrainingState, check_run_dir, last_checkpoint
 
@@ -96,7 +101,7 @@ def vae_frames(
     *,
     kind: str,
     max_images: int,
-    generator: torch.Generator,
+    generator: Randomness,
     pointmap_range: tuple[float, float],
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Frames (N, 3, H, W), validity (N, H, W) and gripper pixels (N, H, W) for a VAE step.
@@ -104,9 +109,10 @@ def vae_frames(
     Uses the conditioning and target frames of both views (``rgb_cond``/``rgb`` or
     ``pm_cond``/``pm`` with ``valid_cond``/``valid``; without ``valid_cond``, conditioning
     points count as valid when finite with metric z > 0; gripper masks from
-    ``gripper_cond``/``gripper`` when present), or ``images`` (+ ``valid``, ``gripper``) when the
-    batch holds plain frames (the GPU frame sampler's batches); then draws at most
-    ``max_images`` of them. Validity and gripper masks are None when the batch has none.
+    ``gripper_cond``/``gripper`` when present), then draws at most ``max_images`` of them (the
+    same positions on every process); or ``images`` (+ ``valid``, ``gripper``) when the batch
+    holds plain frames (the GPU frame sampler's batches), all of them, as rows of the batch.
+    Validity and gripper masks are None when the batch has none.
     """
     grip = None
     if "images" in batch:
@@ -114,24 +120,25 @@ def vae_frames(
         x = x.reshape(-1, *x.shape[-3:])
         valid = None if valid is None else valid.reshape(-1, *valid.shape[-2:])
         grip = None if grip is None else grip.reshape(-1, *grip.shape[-2:])
-    else:
-        key = "rgb" if kind == "image_vae" else "pm"
-        cond, seq = batch[f"{key}_cond"], batch[key]
-        x = torch.cat([cond.reshape(-1, *cond.shape[-3:]), seq.reshape(-1, *seq.shape[-3:])])
-        valid = None
-        if kind == "pointmap_vae":
-            v_seq = batch["valid"].reshape(-1, *seq.shape[-2:]).bool()
-            v_cond = batch.get("valid_cond")
-            if v_cond is None:
-                z = PointmapNormalization(*pointmap_range).denormalize(cond[..., 2, :, :])
-                v_cond = torch.isfinite(cond).all(-3) & (torch.nan_to_num(z, nan=0.0) > 0)
-            v_cond = v_cond.reshape(-1, *seq.shape[-2:]).bool()
-            valid = torch.cat([v_cond, v_seq])
-        if "gripper" in batch and "gripper_cond" in batch:
-            g_seq, g_cond = batch["gripper"], batch["gripper_cond"]
-            grip = torch.cat([g_cond.reshape(-1, *seq.shape[-2:]), g_seq.reshape(-1, *seq.shape[-2:])]).bool()
+        return x, valid, grip
+    key = "rgb" if kind == "image_vae" else "pm"
+    cond, seq = batch[f"{key}_cond"], batch[key]
+    x = torch.cat([cond.reshape(-1, *cond.shape[-3:]), seq.reshape(-1, *seq.shape[-3:])])
+    valid = None
+    if kind == "pointmap_vae":
+        v_seq = batch["valid"].reshape(-1, *seq.shape[-2:]).bool()
+        v_cond = batch.get("valid_cond")
+        if v_cond is None:
+            z = PointmapNormalization(*pointmap_range).denormalize(cond[..., 2, :, :])
+            v_cond = torch.isfinite(cond).all(-3) & (torch.nan_to_num(z, nan=0.0) > 0)
+        v_cond = v_cond.reshape(-1, *seq.shape[-2:]).bool()
+        valid = torch.cat([v_cond, v_seq])
+    if "gripper" in batch and "gripper_cond" in batch:
+        g_seq, g_cond = batch["gripper"], batch["gripper_cond"]
+        grip = torch.cat([g_cond.reshape(-1, *seq.shape[-2:]), g_seq.reshape(-1, *seq.shape[-2:])]).bool()
     if x.shape[0] > max_images:
-        idx = torch.randperm(x.shape[0], generator=generator, device=generator.device)[:max_images].to(x.device)
+        g = base_generator(generator)
+        idx = torch.randperm(x.shape[0], generator=g, device=g.device)[:max_images].to(x.device)
         x = x[idx]
         valid = None if valid is None else valid[idx]
         grip = None if grip is None else grip[idx]
@@ -149,7 +156,7 @@ class _VAEModule(nn.Module):
         self.pointmap_range = pointmap_range
         self.recent: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
-    def forward(self, batch: Batch, *, generator: torch.Generator):
+    def forward(self, batch: Batch, *, generator: Randomness):
         x, valid, grip = vae_frames(
             batch,
             kind=self.kind,
@@ -234,18 +241,26 @@ class _Recipe:
             vae.init_from(VAE.from_pretrained(cfg.init_from))
         return _VAEModule(vae, cfg.kind, cfg.vae_max_images, tuple(mc.pointmap_range))
 
-    def loss(self, module: nn.Module, batch: Batch, generator: torch.Generator):
+    def loss(self, module: nn.Module, batch: Batch, generator: Randomness):
         return module(batch, generator=generator)
 
-    def save(self, path: Path, *, module: nn.Module, ema: EMA, extra: dict[str, Any]) -> None:
-        """Write a loadable checkpoint directory holding the EMA weights."""
+    def calibration_frames(self, module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """A VAE run's recent frames of every process (a collective: every process calls it)."""
+        if self.cfg.kind == "generator":
+            return []
+        return [(gather_rows(x), None if v is None else gather_rows(v)) for x, v in module.recent]
+
+    def save(self, path: Path, *, module: nn.Module, ema: EMA, extra: dict[str, Any],
+             frames: list[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        """Write a loadable checkpoint directory holding the EMA weights (a VAE's latent scales
+        measured on ``frames``, :meth:`calibration_frames`)."""
         with ema.swapped():
             if self.cfg.kind == "generator":
                 module.save_pretrained(path, extra={"training": extra})
             else:
                 vae = module.vae
-                if module.recent:
-                    vae.calibrate(module.recent, target_std=self.model_cfg.edm.sigma_data)
+                if frames:
+                    vae.calibrate(frames, target_std=self.model_cfg.edm.sigma_data)
                 vae.save_pretrained(path, extra={"training": extra, "tasks": list(self.tasks)})
 
 
@@ -356,7 +371,6 @@ def train(
     Raises:
         FileExistsError: ``out_dir`` holds a run and ``resume`` is False.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -366,11 +380,7 @@ def train(
     if unknown:
         raise ValueError(f"tasks {unknown} are not in the model's task table {list(model_cfg.tasks)}")
 
-    mp = config.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() else "no"
-    # cpu=True on CPU-only hosts lets torchrun/accelerate start multi-process (gloo) runs there.
-    accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(config.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
 
     torch.manual_seed(config.seed)
@@ -387,11 +397,13 @@ def train(
     module.to(accelerator.device)
     ema = EMA(recipe.trainable, decay=config.ema_decay)
     # Training noise is drawn on the training device: CPU draws copied over every step would
-    # make the host wait for the GPU.
-    gen = torch.Generator(device=accelerator.device).manual_seed(config.seed * 1000 + rank)
+    # make the host wait for the GPU. The same seed on every process: each draws the global
+    # batch's noise and keeps its rows.
+    gen = torch.Generator(device=accelerator.device).manual_seed(config.seed * 1000)
+    shard = BatchShard(gen, rank, world)
 
     state = TrainingState(kind=config.kind, trainable=recipe.trainable, ema=ema, optimizer=optimizer,
-                          scheduler=scheduler, generator=gen, rank=rank, identity={"model": model_cfg},
+                          scheduler=scheduler, generator=gen, identity={"model": model_cfg},
                           labels={"model": "with another model config"},
                           ignore=frozenset(f"model.{k}" for k in DATA_DERIVED_KEYS))
     step, epoch, in_epoch = 0, 0, 0
@@ -410,10 +422,12 @@ def train(
         # The full model config sits at the top of config.json; keep only its name here.
         model_ref = model_cfg.name if isinstance(config.model, GeneratorConfig) else config.model
         named = dataclasses.replace(config, model=model_ref)
-        extra = {"step": step, "kind": config.kind, "tasks": list(recipe.tasks), "train_config": to_dict(named)}
+        extra = {"step": step, "kind": config.kind, "tasks": list(recipe.tasks), "train_config": to_dict(named),
+                 "launch": launch_record(num_processes=world, batch_size=config.batch_size, lr=config.lr)}
+        frames = recipe.calibration_frames(accelerator.unwrap_model(module))
 
         def write(state_writer: Callable[[Path], None]) -> None:
-            recipe.save(path, module=accelerator.unwrap_model(module), ema=ema, extra=extra)
+            recipe.save(path, module=accelerator.unwrap_model(module), ema=ema, extra=extra, frames=frames)
             state_writer(path)
 
         return state.save(path, Counters(step, epoch, in_epoch), write_checkpoint=write,
@@ -443,7 +457,7 @@ def train(
         in_epoch = idx + 1
         batch = to_device(batch, accelerator.device)
         with accelerator.autocast(), attention_backends(accelerator.device):
-            loss, metrics = recipe.loss(module, batch, gen)
+            loss, metrics = recipe.loss(module, batch, shard)
         metrics = optimizer_step(accelerator, loss, metrics, params=params, optimizer=optimizer,
                                  scheduler=scheduler, ema=ema, step=step, grad_clip=config.grad_clip,
                                  check_finite=False)
@@ -453,15 +467,19 @@ def train(
             acc[k] = acc[k] + v if k in acc else v
         n_acc += 1
         bar.update(1)
-        out_of_time = config.max_time_s is not None and time.perf_counter() - t_start >= config.max_time_s
-        if step % config.log_every == 0 or step == config.max_steps or out_of_time:
+        over = config.max_time_s is not None and time.perf_counter() - t_start >= config.max_time_s
+        # One process stops as soon as its time is up; several agree at a log step (below).
+        if step % config.log_every == 0 or step == config.max_steps or (over and world == 1):
             now = time.perf_counter()
             keys = sorted(acc)
             vals = torch.stack([torch.as_tensor(acc[k], dtype=torch.float64, device=accelerator.device).reshape(())
-                                for k in keys]) / n_acc
-            # Average over processes too (every rank logs at the same steps).
-            vals = accelerator.reduce(vals, "mean")
-            last_metrics = dict(zip(keys, vals.tolist()))
+                                for k in keys] + [torch.tensor(float(over), dtype=torch.float64,
+                                                               device=accelerator.device)])
+            # Average over processes too (every rank logs at the same steps); the last entry is
+            # positive when any process is out of time, and then they all stop at this step.
+            vals = accelerator.reduce(vals, "mean").tolist()
+            out_of_time = vals[-1] > 0
+            last_metrics = dict(zip(keys, (v / n_acc for v in vals[:-1])))
             if not math.isfinite(last_metrics.get("loss", 0.0)):
                 raise FloatingPointError(
                     f"non-finite loss in steps {step - n_acc + 1}..{step}: {last_metrics}; the last "
