@@ -34,7 +34,9 @@ from geo4d_policy.eval.tracking_eval import load_clip, random_rigid_error, sampl
 from geo4d_policy.interface import CameraIntrinsics  # noqa: E402
 from geo4d_policy.perception.gripper_model import GripperModel  # noqa: E402
 from geo4d_policy.perception.metrics import pose_errors  # noqa: E402
-from geo4d_policy.perception.rgb_pose import RGBPoseEstimator, SilhouetteRenderer, _Objective  # noqa: E402
+from geo4d_policy.perception.rgb_objective import Objective  # noqa: E402
+from geo4d_policy.perception.rgb_pose import RGBPoseEstimator  # noqa: E402
+from geo4d_policy.perception.silhouette import SilhouetteRenderer  # noqa: E402
 from geo4d_policy.perception.synthetic import smooth_trajectory  # noqa: E402
 from geo4d_policy.perception.tracker import part_label_image  # noqa: E402
 
@@ -97,14 +99,14 @@ def main() -> None:
             overrides[key] = float(value) if "." in value else int(value)
     model = GripperModel.load()
     evals = {"n": 0, "calls": 0}
-    scores = _Objective.scores
+    scores = Objective.scores
 
     def counting_scores(self, P, *a, **k):
         evals["n"] += len(P)
         evals["calls"] += 1
         return scores(self, P, *a, **k)
 
-    _Objective.scores = counting_scores  # count rendered poses and batches, estimator untouched
+    Objective.scores = counting_scores  # count rendered poses and batches, estimator untouched
     cases = (dataset_cases(args.data, args.clips, args.frames) if args.data
              else synthetic_cases(args.cases, args.frames))
     rng = np.random.default_rng(0)

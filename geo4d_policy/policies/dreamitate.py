@@ -12,7 +12,7 @@ same data and views as ``geo4d``:
 * pose per view: :class:`~geo4d_policy.perception.rgb_pose.RGBPoseEstimator` (render-and-compare
   of the gripper model against the segmentation; the model's known size fixes the depth);
 * fusion: ray-midpoint of the two per-view estimates and the mean rotation
-  (:func:`~geo4d_policy.perception.rgb_pose.fuse_rgb_views`). Dreamitate assumes a calibrated
+  (:func:`~geo4d_policy.perception.fusion.fuse_rgb_views`). Dreamitate assumes a calibrated
   stereo rig, so for fairness this baseline is given ``X_TC`` of both views (geo4d gets only
   view n's);
 * everything after that (gripper state, waypoints, open-loop execution, replanning) is the
@@ -93,7 +93,8 @@ class DreamitatePolicy(VideoPolicy):
                               part_labels={arm: part_labels_for_arm(classes, arm) for arm in obs.arms})
 
     def track(self, obs: Observation, video: PredictedVideo) -> dict[str, ArmTrack]:
-        from geo4d_policy.perception.rgb_pose import RGBPoseEstimator, fuse_rgb_views
+        from geo4d_policy.perception.fusion import fuse_rgb_views
+        from geo4d_policy.perception.rgb_pose import RGBPoseEstimator
 
         names = obs.eval_cameras[:2]
         specs = [obs.camera_specs[n] for n in names]
