@@ -13,13 +13,13 @@ that a pose costs bit for bit the same in any batch; the torch backend agrees to
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 
 from geo4d_policy.perception.gripper_model import PARTS
-from geo4d_policy.perception.silhouette import SilhouetteRenderer
+from geo4d_policy.perception.silhouette import SilhouetteRenderer, TorchSilhouetteRenderer
 
 if TYPE_CHECKING:
     from geo4d_policy.perception.rgb_pose import RGBPoseConfig
@@ -120,6 +120,13 @@ class Objective:
         self.part_present = np.array([bool(np.any(observed == k)) for k in range(len(PARTS))])
         if has_parts:
             self.part_dt = np.stack([self._edge_distance(observed == k) for k in range(len(PARTS))])
+        self._torch = renderer if isinstance(renderer, TorchSilhouetteRenderer) else None
+        if self._torch is not None:
+            torch, dev = self._torch.torch, self._torch.device
+            self._t_observed = torch.as_tensor(observed, device=dev)
+            self._t_edge_dt = torch.as_tensor(self.edge_dt, dtype=torch.float64, device=dev)
+            self._t_part_dt = (torch.as_tensor(self.part_dt, dtype=torch.float64, device=dev) if has_parts
+                               else None)
 
     def _edge_distance(self, mask: np.ndarray) -> np.ndarray:
         fine = np.repeat(np.repeat(mask, self.sub, axis=0), self.sub, axis=1)
@@ -202,6 +209,8 @@ class Objective:
 
     def _scores(self, P: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`scores` of a batch, rendered."""
+        if self._torch is not None:
+            return self._scores_torch(P, R_ref)
         c, s = self.config, self.sub
         B = len(P)
         self.evaluations += B
@@ -273,6 +282,87 @@ class Objective:
         bi, ri, ci = np.nonzero(fg & _outline(L))
         d_part = self.part_dt[L[bi, ri, ci], ri + offset[0], ci + offset[1]]
         return 0.5 * (edge + self._per_pose_mean(bi, d_part, B, cap))
+
+    def _scores_torch(self, P: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_scores` with the torch renderer: the same terms, computed on its device."""
+        torch = self._torch.torch
+        c, s = self.config, self.sub
+        B = len(P)
+        self.evaluations += B
+        H, W = self.shape
+        Hs, Ws = H * s, W * s
+        R, t, widths = self.poses_from_params(P, R_ref)
+        pix, lab = self._torch.rasterize_torch(R, t, widths, self.K_sub, Hs, Ws)
+        cost = np.full(B, np.inf)
+        overlap = np.full(B, np.inf)
+        edge_px = np.full(B, float(c.max_edge_px))
+        if pix.numel() == 0:
+            return cost, overlap, edge_px
+        b, rem = pix // (Hs * Ws), pix % (Hs * Ws)
+        rr, cc = rem // Ws, rem % Ws
+        lab = lab.long()
+        rmin, rmax, cmin, cmax = torch.stack([rr.min(), rr.max(), cc.min(), cc.max()]).tolist()
+        r0 = max(min(rmin // s, self.obs_box[0]) - 1, 0)
+        r1 = min(max(rmax // s, self.obs_box[1]) + 2, H)
+        c0 = max(min(cmin // s, self.obs_box[2]) - 1, 0)
+        c1 = min(max(cmax // s, self.obs_box[3]) + 2, W)
+        h, w = r1 - r0, c1 - c0
+        obs = self._t_observed[r0:r1, c0:c1].long()
+        fg_obs = obs >= 0
+        n_part = len(PARTS)
+        block = (b * h + (rr // s - r0)) * w + (cc // s - c0)
+        counts = torch.bincount(block * n_part + lab, minlength=B * h * w * n_part).reshape(B, h, w, n_part)
+        counts = counts.double() / (s * s)
+        cover_fg = counts.sum(dim=3)
+        if c.overlap == "likelihood":
+            if self.has_parts:
+                cover_obs = counts.gather(3, obs.clamp(min=0)[None, :, :, None].expand(B, h, w, 1))[..., 0]
+            else:
+                cover_obs = cover_fg
+            cover_obs = torch.where(fg_obs, cover_obs, 1.0 - cover_fg)
+            nll = -torch.log((cover_obs + c.eps) / (1.0 + c.eps))
+            ov = nll.sum(dim=(1, 2)) / self.n_obs
+        else:
+            def soft_iou(cov: Any, m: Any) -> Any:
+                union = m.sum() + (cov * ~m).sum(dim=(-2, -1))
+                return torch.where(union > 0, (cov * m).sum(dim=(-2, -1)) / union.clamp(min=1e-12),
+                                   torch.zeros_like(union))
+
+            ov = 1.0 - soft_iou(cover_fg, fg_obs)
+            if self.has_parts:
+                part_iou = torch.stack([soft_iou(counts[..., k], obs == k) for k in range(n_part)], dim=1)
+                present = torch.as_tensor(self.part_present, device=counts.device)[None] | (counts > 0).any(dim=(1, 2))
+                ov = ov + c.part_weight * (1.0 - (part_iou * present).sum(dim=1) / present.sum(dim=1).clamp(min=1))
+        # Edge terms on the window's sub-pixel grid (the rendered labels, per pose).
+        L = torch.full((B, h * s, w * s), -1, dtype=torch.long, device=counts.device)
+        L[b, rr - s * r0, cc - s * c0] = lab
+        fg = L >= 0
+        cap = float(c.max_edge_px)
+
+        def outline(img: Any) -> Any:
+            mid = img[:, 1:-1, 1:-1]
+            same = torch.zeros(img.shape, dtype=torch.bool, device=img.device)
+            same[:, 1:-1, 1:-1] = (mid == img[:, :-2, 1:-1]) & (mid == img[:, 2:, 1:-1]) \
+                & (mid == img[:, 1:-1, :-2]) & (mid == img[:, 1:-1, 2:])
+            return ~same
+
+        def mean_over(mask: Any, values: Any) -> Any:
+            n = mask.sum(dim=(1, 2))
+            total = (values * mask).sum(dim=(1, 2))
+            return torch.where(n > 0, total / n.clamp(min=1), torch.full_like(total, cap))
+
+        win = (slice(s * r0, s * r0 + h * s), slice(s * c0, s * c0 + w * s))
+        edge = mean_over(fg & outline(fg), self._t_edge_dt[win][None])
+        if self.has_parts:
+            part_dt = self._t_part_dt[:, win[0], win[1]]  # (parts, h s, w s)
+            d_part = part_dt[L.clamp(min=0), torch.arange(h * s, device=L.device)[None, :, None],
+                             torch.arange(w * s, device=L.device)[None, None, :]]
+            edge = 0.5 * (edge + mean_over(fg & outline(L), d_part))
+        drawn = torch.bincount(b, minlength=B) > 0
+        out = torch.stack([torch.where(drawn, ov + c.edge_weight * edge, torch.full_like(ov, np.inf)),
+                           torch.where(drawn, ov, torch.full_like(ov, np.inf)),
+                           torch.where(drawn, edge, torch.full_like(edge, cap))]).cpu().numpy()
+        return out[0], out[1], out[2]
 
     # Per-pose reductions add a pose's nonzero values one by one in row-major order: the same
     # additions in the same order whatever the window and the other poses of the batch, so a

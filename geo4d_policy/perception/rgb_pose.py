@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -66,7 +66,7 @@ from scipy.spatial.transform import Rotation
 from geo4d_policy.data.geometry import checked_transform, invert_transform
 from geo4d_policy.perception.gripper_model import PARTS, GripperModel
 from geo4d_policy.perception.rgb_objective import Objective
-from geo4d_policy.perception.silhouette import SilhouetteRenderer, check_intrinsics
+from geo4d_policy.perception.silhouette import SilhouetteRenderer, TorchSilhouetteRenderer, check_intrinsics
 from geo4d_policy.perception.tracker import Observation, TrackingFrame, TrackResult
 
 
@@ -147,14 +147,19 @@ class RGBPoseConfig:
 
 
 POLL_BATCH = 2
-"""Coordinates polled per speculative batch of :func:`_pattern_search` (two trials each):
-measured fastest of 1, 2 and 7 on the policy's 128x160 frames (``scripts/bench_rgb_pose.py``),
-as a render's per-call overhead is about the cost of one pose's pixel work."""
+"""Coordinates polled per speculative batch of :func:`_pattern_search` (two trials each) with the
+numpy renderer: measured fastest of 1, 2 and 7 on the policy's 128x160 frames
+(``scripts/bench_rgb_pose.py``), as a render's per-call overhead is about the cost of one pose's
+pixel work."""
+
+TORCH_POLL_BATCH = 7
+"""The same with the torch renderer: every coordinate at once (a GPU renders a batch of 15
+hypotheses in about the time of one; the search visits the same points either way)."""
 
 
 def _pattern_search(costs: Callable[[np.ndarray], np.ndarray], p0: np.ndarray, steps: np.ndarray, *,
                     min_scale: float, max_evaluations: int, scale: float = 1.0,
-                    f0: float | None = None) -> tuple[np.ndarray, float, float]:
+                    f0: float | None = None, poll_batch: int = POLL_BATCH) -> tuple[np.ndarray, float, float]:
     """Hooke-Jeeves pattern search: coordinate polls, pattern moves, halving steps.
 
     Gradient-free because a rendered silhouette, hence the cost, is piecewise constant in the
@@ -162,7 +167,7 @@ def _pattern_search(costs: Callable[[np.ndarray], np.ndarray], p0: np.ndarray, s
 
     ``costs`` maps (B, n) points to (B,) costs. The coordinate polls of an exploration are
     sequential (each starts from the best point so far), but until one succeeds they all start
-    from the same point: the next :data:`POLL_BATCH` coordinates' polls are evaluated
+    from the same point: the next ``poll_batch`` coordinates' polls are evaluated
     speculatively as one batch and the sequential rule is replayed over it; after a success
     the following polls are batched from the new point. The search visits exactly the points,
     takes exactly the moves and counts exactly the evaluations of the one-at-a-time search
@@ -180,7 +185,7 @@ def _pattern_search(costs: Callable[[np.ndarray], np.ndarray], p0: np.ndarray, s
         x, fx = base.copy(), fb
         k = 0  # next coordinate (index into ``active``) to poll
         while k < len(active) or fx is None:
-            idx = active[k:k + POLL_BATCH]
+            idx = active[k:k + poll_batch]
             trials = np.repeat(x[None], 2 * len(idx), axis=0)
             rows = np.arange(len(idx))
             trials[2 * rows, idx] += scale * steps[idx]
@@ -240,6 +245,12 @@ class RGBPoseEstimator:
         model: the gripper model (default: :meth:`GripperModel.load`).
         K: intrinsics used for frames that carry none (``TrackingFrame.K`` wins when set).
         config: options; keyword ``overrides`` replace single fields of it.
+        device: None (default) renders and scores hypotheses with numpy; a torch device
+            (``"cuda"``) does it there with :class:`~geo4d_policy.perception.silhouette.TorchSilhouetteRenderer`
+            and polls every coordinate per batch (:data:`TORCH_POLL_BATCH`). The estimates agree
+            with numpy's to float rounding of the costs.
+        renderer: a renderer to use (and share between estimators of one thread), instead of
+            a new one for ``device``.
 
     Example:
         >>> est = RGBPoseEstimator(K=K)
@@ -248,11 +259,16 @@ class RGBPoseEstimator:
     """
 
     def __init__(self, model: GripperModel | None = None, *, K: np.ndarray | None = None,
-                 config: RGBPoseConfig | None = None, **overrides) -> None:
+                 config: RGBPoseConfig | None = None, device: Any = None,
+                 renderer: SilhouetteRenderer | None = None, **overrides) -> None:
         self.model = model or GripperModel.load()
         self.config = dataclasses.replace(config or RGBPoseConfig(), **overrides)
         self.K = None if K is None else check_intrinsics(K)
-        self.renderer = SilhouetteRenderer(self.model)
+        if renderer is None:
+            renderer = SilhouetteRenderer(self.model) if device is None else \
+                TorchSilhouetteRenderer(self.model, device=device)
+        self.renderer = renderer
+        self._poll_batch = TORCH_POLL_BATCH if isinstance(renderer, TorchSilhouetteRenderer) else POLL_BATCH
         self.reset()
 
     # ---------------------------------------------------------------------------------------
@@ -386,7 +402,7 @@ class RGBPoseEstimator:
         c = self.config
         p, f, scale = _pattern_search(lambda Q: objective.costs(Q, cand.R_ref), cand.p, self._steps(objective),
                                       min_scale=min_scale, max_evaluations=c.max_evaluations,
-                                      scale=cand.scale, f0=cand.cost)
+                                      scale=cand.scale, f0=cand.cost, poll_batch=self._poll_batch)
         return _Candidate(p, cand.R_ref, f, scale)
 
     def _start(self, objective: Objective, X_CG: np.ndarray, width: float) -> _Candidate:

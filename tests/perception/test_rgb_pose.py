@@ -430,3 +430,33 @@ def test_end_to_end_two_views_of_rendered_silhouettes(model, renderer):
     assert fused.status == "ok" and fused.source == "n"
     trans_mm, rot_deg = pose_errors(fused.X_TG, X_TG)
     assert trans_mm[0] < 15.0 and rot_deg[0] < 5.0, (trans_mm, rot_deg)
+
+
+def test_torch_renderer_and_costs_match_numpy_on_cpu(model, renderer):
+    # The GPU path's renderer and objective, run on the CPU: identical label images (no pixel
+    # differs) and costs equal to 1e-9 (float rounding of differently ordered sums).
+    from geo4d_policy.perception.silhouette import TorchSilhouetteRenderer
+
+    torch_renderer = TorchSilhouetteRenderer(model, device="cpu")
+    traj = smooth_trajectory(4, seed=3, depth=0.8, travel=0.08, rotation=np.deg2rad(40.0))
+    widths = np.linspace(0.0, 0.08, 4)
+    for s in (1, 3):
+        K = K_128.copy()
+        K[:2] *= s
+        K[:2, 2] += 0.5 * (s - 1)
+        shape = (128 * s, 160 * s)
+        assert np.array_equal(torch_renderer.render_many(traj, K=K, shape=shape, widths=widths),
+                              renderer.render_many(traj, K=K, shape=shape, widths=widths))
+    labels = renderer.render(traj[0], K=K_128, shape=(128, 160), width=0.05)
+    rng = np.random.default_rng(0)
+    for overlap in ("likelihood", "iou"):
+        for observed, parts in ((labels, True), (np.where(labels >= 0, 0, -1).astype(np.int8), False)):
+            config = rgb_pose.RGBPoseConfig(overlap=overlap)
+            a = rgb_objective.Objective(renderer, observed, parts, K_128, config)
+            b = rgb_objective.Objective(torch_renderer, observed, parts, K_128, config)
+            p0, R = a.params_from_pose(traj[1], 0.04)
+            P = p0[None] + rng.normal(size=(6, 7)) * np.array([0.01, 0.01, 0.05, 0.1, 0.1, 0.1, 0.01])
+            for x, y in zip(a._scores(P, R), b._scores(P, R)):
+                np.testing.assert_allclose(x, y, rtol=0, atol=1e-9)
+    est = RGBPoseEstimator(model, K=K_128, device="cpu")
+    assert isinstance(est.renderer, TorchSilhouetteRenderer) and est._poll_batch == rgb_pose.TORCH_POLL_BATCH
