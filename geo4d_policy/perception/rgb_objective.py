@@ -209,27 +209,25 @@ class Objective:
 
     def _scores(self, P: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`scores` of a batch, rendered."""
-        if self._torch is not None:
-            return self._scores_torch(P, R_ref)
         c, s = self.config, self.sub
         B = len(P)
         self.evaluations += B
         H, W = self.shape
         Hs, Ws = H * s, W * s
         R, t, widths = self.poses_from_params(P, R_ref)
-        pix, lab = self.renderer._rasterize(R, t, widths, self.K_sub, Hs, Ws)
         cost = np.full(B, np.inf)
         overlap = np.full(B, np.inf)
         edge_px = np.full(B, float(c.max_edge_px))
+        if self._torch is not None:
+            pix, lab = self._torch.rasterize_torch(R, t, widths, self.K_sub, Hs, Ws)
+            return (cost, overlap, edge_px) if pix.numel() == 0 else self._scores_torch(B, pix, lab)
+        pix, lab = self.renderer._rasterize(R, t, widths, self.K_sub, Hs, Ws)
         if pix.size == 0:
             return cost, overlap, edge_px
         b, rem = np.divmod(pix, Hs * Ws)
         rr, cc = np.divmod(rem, Ws)
         drawn = np.bincount(b, minlength=B) > 0
-        r0 = max(min(int(rr.min()) // s, self.obs_box[0]) - 1, 0)
-        r1 = min(max(int(rr.max()) // s, self.obs_box[1]) + 2, H)
-        c0 = max(min(int(cc.min()) // s, self.obs_box[2]) - 1, 0)
-        c1 = min(max(int(cc.max()) // s, self.obs_box[3]) + 2, W)
+        r0, r1, c0, c1 = self._window(int(rr.min()), int(rr.max()), int(cc.min()), int(cc.max()))
         h, w = r1 - r0, c1 - c0
         obs = self.observed[r0:r1, c0:c1]
         fg_obs = obs >= 0
@@ -283,29 +281,23 @@ class Objective:
         d_part = self.part_dt[L[bi, ri, ci], ri + offset[0], ci + offset[1]]
         return 0.5 * (edge + self._per_pose_mean(bi, d_part, B, cap))
 
-    def _scores_torch(self, P: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`_scores` with the torch renderer: the same terms, computed on its device."""
+    def _window(self, rmin: int, rmax: int, cmin: int, cmax: int) -> tuple[int, int, int, int]:
+        """Image rows/columns ``r0:r1, c0:c1`` holding the observation's box and the rendered
+        sub-pixels' extent (``rmin..rmax``, ``cmin..cmax``), plus one pixel."""
+        s, (H, W) = self.sub, self.shape
+        return (max(min(rmin // s, self.obs_box[0]) - 1, 0), min(max(rmax // s, self.obs_box[1]) + 2, H),
+                max(min(cmin // s, self.obs_box[2]) - 1, 0), min(max(cmax // s, self.obs_box[3]) + 2, W))
+
+    def _scores_torch(self, B: int, pix: Any, lab: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_scores` of B rasterised poses (torch renderer's output): the same terms,
+        computed on its device."""
         torch = self._torch.torch
         c, s = self.config, self.sub
-        B = len(P)
-        self.evaluations += B
-        H, W = self.shape
-        Hs, Ws = H * s, W * s
-        R, t, widths = self.poses_from_params(P, R_ref)
-        pix, lab = self._torch.rasterize_torch(R, t, widths, self.K_sub, Hs, Ws)
-        cost = np.full(B, np.inf)
-        overlap = np.full(B, np.inf)
-        edge_px = np.full(B, float(c.max_edge_px))
-        if pix.numel() == 0:
-            return cost, overlap, edge_px
+        Hs, Ws = self.shape[0] * s, self.shape[1] * s
         b, rem = pix // (Hs * Ws), pix % (Hs * Ws)
         rr, cc = rem // Ws, rem % Ws
         lab = lab.long()
-        rmin, rmax, cmin, cmax = torch.stack([rr.min(), rr.max(), cc.min(), cc.max()]).tolist()
-        r0 = max(min(rmin // s, self.obs_box[0]) - 1, 0)
-        r1 = min(max(rmax // s, self.obs_box[1]) + 2, H)
-        c0 = max(min(cmin // s, self.obs_box[2]) - 1, 0)
-        c1 = min(max(cmax // s, self.obs_box[3]) + 2, W)
+        r0, r1, c0, c1 = self._window(*torch.stack([rr.min(), rr.max(), cc.min(), cc.max()]).tolist())
         h, w = r1 - r0, c1 - c0
         obs = self._t_observed[r0:r1, c0:c1].long()
         fg_obs = obs >= 0
