@@ -628,7 +628,9 @@ def run_cli(args: Any) -> int:
     overrides["progress"] = sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS"))
     config = load_dp_train_config(args.config, overrides=overrides)
     result = train_diffusion_policy(config, data_dirs=args.data, out_dir=args.out, resume=args.resume)
-    if args.export:
+    from geo4d_policy.train.distributed import launch_state
+
+    if args.export and launch_state().is_main_process:  # one writer under several processes
         kind = getattr(args, "export_dtype", None) or "fp16"
         export_checkpoint(result.checkpoint, args.export, dtype=EXPORT_DTYPES[kind])
         print(f"geo4d-train: exported {kind} weights to {args.export}")
