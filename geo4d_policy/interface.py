@@ -292,3 +292,31 @@ class StepInfo:
     done: bool
     failure_reason: str | None = None
     extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+EVAL_VIEWS: tuple[str, ...] = ("heldout", "train", "fixed-train")
+"""Which cameras a rollout shows the policy as its two evaluation views (``Observation.eval_cameras``):
+
+* ``heldout``: the episode's first two held-out cameras, novel views (the reported figures);
+* ``train``: the episode's first two training cameras (on data seeds, exactly the views of a
+  demonstration);
+* ``fixed-train``: the same pair in every episode, the first two training cameras sampled for
+  data seed :data:`FIXED_VIEWS_DATA_SEED` (a pair the demonstrations contain).
+
+The last two are sanity controls: they separate a policy's failure on novel views from a
+failure of its implementation."""
+
+FIXED_VIEWS_DATA_SEED = 0
+"""The data seed whose sampled cameras ``fixed-train`` uses in every episode (the first
+demonstration's)."""
+
+
+def check_eval_views(name: str) -> str:
+    """Return ``name`` if it is one of :data:`EVAL_VIEWS`.
+
+    Raises:
+        UnknownNameError: another name; the message lists the valid ones.
+    """
+    if name not in EVAL_VIEWS:
+        raise UnknownNameError(f"unknown evaluation views {name!r}; valid: {', '.join(EVAL_VIEWS)}")
+    return name

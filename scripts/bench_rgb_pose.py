@@ -16,7 +16,8 @@ track the following frames. Two sources of frames:
 
 Prints milliseconds per frame (registration and tracking apart), poses rendered per frame (and in how many batches),
 and the errors of the tracked frames (translation median / p90 in mm, rotation median / p90 in
-deg, finger opening median in mm). Single-threaded numpy; run it on an otherwise idle core.
+deg, finger opening median in mm). Single-threaded numpy (or ``--device cuda``: torch on the GPU);
+run it on an otherwise idle core.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from geo4d_policy.eval.tracking_eval import load_clip, random_rigid_error, sampl
 from geo4d_policy.interface import CameraIntrinsics  # noqa: E402
 from geo4d_policy.perception.gripper_model import GripperModel  # noqa: E402
 from geo4d_policy.perception.metrics import pose_errors  # noqa: E402
-from geo4d_policy.perception.rgb_pose import RGBPoseEstimator, SilhouetteRenderer, _Objective  # noqa: E402
+from geo4d_policy.perception.rgb_objective import Objective  # noqa: E402
+from geo4d_policy.perception.rgb_pose import RGBPoseEstimator  # noqa: E402
+from geo4d_policy.perception.silhouette import SilhouetteRenderer  # noqa: E402
 from geo4d_policy.perception.synthetic import smooth_trajectory  # noqa: E402
 from geo4d_policy.perception.tracker import part_label_image  # noqa: E402
 
@@ -86,6 +89,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=6, help="frames per case incl. the registered one (default 6)")
     ap.add_argument("--hint-error", type=float, nargs=2, default=(0.0, 0.0), metavar=("M", "DEG"),
                     help="perturb the registration prior by M metres and DEG degrees (default exact)")
+    ap.add_argument("--device", default=None,
+                    help="render and score hypotheses with torch on this device (cuda, cpu); default numpy")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="RGBPoseConfig override, e.g. widen_register=false (repeatable)")
     args = ap.parse_args()
@@ -97,21 +102,21 @@ def main() -> None:
             overrides[key] = float(value) if "." in value else int(value)
     model = GripperModel.load()
     evals = {"n": 0, "calls": 0}
-    scores = _Objective.scores
+    scores = Objective.scores
 
     def counting_scores(self, P, *a, **k):
         evals["n"] += len(P)
         evals["calls"] += 1
         return scores(self, P, *a, **k)
 
-    _Objective.scores = counting_scores  # count rendered poses and batches, estimator untouched
+    Objective.scores = counting_scores  # count rendered poses and batches, estimator untouched
     cases = (dataset_cases(args.data, args.clips, args.frames) if args.data
              else synthetic_cases(args.cases, args.frames))
     rng = np.random.default_rng(0)
     t_reg, t_track, n_reg, n_track, e_reg, e_track, c_reg, c_track = 0.0, 0.0, 0, 0, 0, 0, 0, 0
     trans, rot, dwidth, lost = [], [], [], 0
     for name, labels, K, X_CG, widths in cases:
-        est = RGBPoseEstimator(model, K=K, **overrides)
+        est = RGBPoseEstimator(model, K=K, device=args.device, **overrides)
         results = []
         for t in range(len(labels)):
             e0, c0, t0 = evals["n"], evals["calls"], time.perf_counter()

@@ -13,7 +13,8 @@
 #     gen SECONDS           the generator on all GPUs (gpu_generator.sh gen; --resume continues it)
 #     eval NAME [CKPT]      geo4d-eval-video of CKPT (default: the gen run) on the validation data
 #                           -> $OUT/eval_NAME.json (run `eval before assets/checkpoints/geo4d_small` too)
-#     dp SECONDS            the Diffusion Policy on all GPUs (gpu_train_dp.sh)
+#     dp [CALL_SECONDS]     the Diffusion Policy on all GPUs (gpu_dp.sh train: collects its DP_EPISODES
+#                           per task, trains DP_CONFIG, exports int8 and probes it; resumes)
 #     export NAME           the generator's bf16/int8 checkpoint -> $OUT (gpu_generator.sh export)
 # Environment: GEO4D_GPUS (all visible), GEO4D_MODEL (small), GEN_BATCH (64 per GPU), GEN_LR (2e-4),
 # IMG_AE / PM_AE (the committed autoencoders), SCALE_STEPS (60), SCALE_EPISODES (8 per task),
@@ -94,6 +95,6 @@ PY
     tail -n 12 "$root/eval_$name.log"
     if [ -n "${OUT:-}" ]; then cp "$root/eval_$name/metrics.json" "$OUT/eval_$name.json"; fi
     ;;
-  dp) have_data; bash "$here/gpu_train_dp.sh" "$@" ;;
+  dp) bash "$here/gpu_dp.sh" train "$@" ;;
   *) echo "unknown stage $stage (scale|ae|gen|eval|dp|export)" >&2; exit 2 ;;
 esac

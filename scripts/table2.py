@@ -45,6 +45,8 @@ from geo4d_policy.policies import PolicyUnavailableError, resolve_policy_target
 from geo4d_policy.policies.policy_config import PolicyOptionError, resolve_policy_config
 
 POLICIES = ("expert", "oracle", "geo4d", "dreamitate", "diffusion_policy")
+CONTROLS = ("rgb_oracle",)
+"""Controls a table may also show (not run by default): Dreamitate's perception on true RGB."""
 
 GRACE_S = 60.0
 """After ``--max-seconds``, how long the interrupted cells get to save and exit before they are killed."""
@@ -169,9 +171,9 @@ def _policy_workers(items: list[str]) -> dict[str, int]:
     out = {}
     for item in items:
         policy, sep, n = item.partition("=")
-        if not sep or policy not in POLICIES or not n.isdigit() or int(n) < 1:
+        if not sep or policy not in POLICIES + CONTROLS or not n.isdigit() or int(n) < 1:
             raise SystemExit(f"table2: --policy-workers must look like POLICY=N (N >= 1, POLICY one of "
-                             f"{', '.join(POLICIES)}), got {item!r}")
+                             f"{', '.join(POLICIES + CONTROLS)}), got {item!r}")
         out[policy] = int(n)
     return out
 
@@ -180,9 +182,9 @@ def _policy_configs(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         policy, sep, path = item.partition("=")
-        if not sep or policy not in POLICIES or not path:
+        if not sep or policy not in POLICIES + CONTROLS or not path:
             raise SystemExit(f"table2: --policy-config must look like POLICY=FILE (POLICY one of "
-                             f"{', '.join(POLICIES)}), got {item!r}")
+                             f"{', '.join(POLICIES + CONTROLS)}), got {item!r}")
         out[policy] = path
     return out
 
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/table2")
     p.add_argument("--episodes", type=int, default=30)
     p.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
-    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES + CONTROLS)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--policy-workers", action="append", default=[], metavar="POLICY=N",
                    help="parallel episodes for one policy's cells (default --workers)")

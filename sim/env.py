@@ -2,6 +2,8 @@
 
 One episode = one station built from the task's layout for that seed, with 16 cameras sampled
 from the same seed (a separate random stream, so layouts and views vary independently). The
+policy's two evaluation views are two held-out cameras, unless ``views`` picks a sanity control
+(:data:`~geo4d_policy.interface.EVAL_VIEWS`). The
 policy acts at 10 Hz; each ``step`` holds the commanded gripper poses/widths for 0.1 s of
 simulation. Camera images in observations are rendered lazily (see :class:`LazyCameras`).
 The episode succeeds the first step all task predicates hold and fails at ``t_max``.
@@ -20,6 +22,7 @@ from geo4d_policy.config import CONFIG_DIR, load_config
 from geo4d_policy.interface import (
     ARM_NAMES,
     CONTROL_HZ,
+    FIXED_VIEWS_DATA_SEED,
     Action,
     CameraFrame,
     CameraSpec,
@@ -27,6 +30,8 @@ from geo4d_policy.interface import (
     PrivilegedState,
     StepInfo,
     canonical_task_name,
+    check_eval_views,
+    data_seed,
 )
 from sim.cameras import CameraConfig, sample_cameras, split_names
 from sim.station import Station, StationConfig, StationSnapshot, build_station
@@ -90,7 +95,7 @@ class Env:
     """A task in the station. See the module docstring."""
 
     def __init__(self, task: str, *, config: EnvConfig | None = None, record_video: bool = False,
-                 meshcat: bool = False) -> None:
+                 meshcat: bool = False, views: str = "heldout") -> None:
         self.task = make_task(canonical_task_name(task))
         self.config = config or load_env_config()
         self.record_video = record_video
@@ -103,6 +108,9 @@ class Env:
         self.layout: Layout | None = None
         self.cameras: dict[str, CameraSpec] = {}
         self.train_cameras, self.heldout_cameras, self.eval_cameras = split_names(self.config.cameras)
+        self.views = check_eval_views(views)
+        if views != "heldout":
+            self.eval_cameras = self.train_cameras[:len(self.eval_cameras)]
         self._stamp = 0
         self._t0 = 0.0
         self._commands: dict[str, tuple[np.ndarray, float]] = {}
@@ -125,7 +133,8 @@ class Env:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.seed = seed
         self.layout = self.task.layout_for_seed(seed)
-        specs = sample_cameras(np.random.default_rng([seed, CAMERA_STREAM]), self.config.cameras)
+        camera_seed = data_seed(FIXED_VIEWS_DATA_SEED, 0) if self.views == "fixed-train" else seed
+        specs = sample_cameras(np.random.default_rng([camera_seed, CAMERA_STREAM]), self.config.cameras)
         self.cameras = {s.name: s for s in specs}
         if self._meshcat is not None:
             self._meshcat.Delete()
@@ -261,6 +270,6 @@ class Env:
 
 
 def make_env(task: str, *, record_video: bool = False, meshcat: bool = False,
-             config: EnvConfig | None = None) -> Env:
+             config: EnvConfig | None = None, views: str = "heldout") -> Env:
     """Factory used by the rollout runner (one env per worker process)."""
-    return Env(task, config=config, record_video=record_video, meshcat=meshcat)
+    return Env(task, config=config, record_video=record_video, meshcat=meshcat, views=views)

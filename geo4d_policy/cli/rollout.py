@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "dreamitate, diffusion_policy")
     p.add_argument("--seed", type=_non_negative_int, default=0,
                    help="base seed; episode i uses the evaluation seed stream of (seed, i) (default: 0)")
+    p.add_argument("--data-seeds", action="store_true",
+                   help="sanity control: run on the data-collection seeds data_seed(seed, i), the layouts and "
+                        "cameras of the demonstrations, instead of the evaluation seeds (never a reported figure)")
+    p.add_argument("--views", default="heldout", metavar="{heldout,train,fixed-train}",
+                   help="the policy's two evaluation cameras: heldout (novel views, default), train (the "
+                        "episode's first two training cameras) or fixed-train (the training pair of data seed 0 "
+                        "in every episode); the last two are sanity controls")
     p.add_argument("--workers", type=_positive_int, default=1, help="episodes run in parallel (default: 1)")
     p.add_argument("--out", default=None, help="run directory (default: runs/rollout/<task>/<policy>/seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, running unfinished episodes")
@@ -203,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         episode_timeout_s=args.episode_timeout,
         ray_address=args.ray,
         ray_gpus_per_episode=args.ray_gpus_per_episode,
+        views=args.views,
+        seed_stream="data" if args.data_seeds else "eval",
     )
     from geo4d_policy.eval.ray_backend import RayUnavailableError
 

@@ -10,7 +10,8 @@
     geo4d-train segmenter --data DIR [DIR ...] --out FILE.json --evaluate CKPT [--frames N]
                     (held-out IoU of a checkpoint on clean and degraded frames; no training)
     geo4d-train diffusion_policy --data DIR [DIR ...] --out RUN [--config small|tiny|YAML] [--steps N]
-                    [--batch-size B] [--max-time S] [--init-image-encoder FILE] [--resume] [--export DIR]
+                    [--batch-size B] [--max-time S] [--init-image-encoder FILE | --init CKPT] [--resume]
+                    [--export DIR [--export-dtype fp16|int8]]
 
 One generator may be trained on several tasks at once (``--task all`` with one dataset per
 task): it is conditioned on the task, which keeps the shipped checkpoints within the
@@ -259,9 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--seed", int), ("--ckpt-every", int), ("--max-time", float)):
         d.add_argument(flag, type=kind, default=None, help="(default: the recipe's)")
     d.add_argument("--init-image-encoder", default=None, help="local image-encoder weights (ResNet keys ok)")
+    d.add_argument("--init", default=None, metavar="CKPT",
+                   help="start a fresh run from this Diffusion Policy checkpoint's weights and normalisation "
+                        "(e.g. the shipped one; training accumulates across machines)")
     d.add_argument("--resume", action="store_true")
     d.add_argument("--resume-anyway", action="store_true", help="resume even with other code or recipe")
-    d.add_argument("--export", default=None, help="also write the last checkpoint here in fp16 (to ship)")
+    d.add_argument("--export", default=None, help="also write the last checkpoint here (to ship)")
+    d.add_argument("--export-dtype", choices=("fp16", "bf16", "int8", "fp32"), default="fp16",
+                   help="storage of --export (int8: per-row quantised matrices, half of fp16)")
     return p
 
 
@@ -374,7 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.what == "diffusion_policy":
             from geo4d_policy.train.diffusion_policy import load_dp_train_config, run_cli
 
-            _record_provenance(args, load_dp_train_config(args.config, overrides=_overrides(args)), launch=launch)
+            init = {"init_from": args.init} if args.init is not None else {}
+            _record_provenance(args, load_dp_train_config(args.config, overrides={**_overrides(args), **init}),
+                               launch=launch, init_from=_weights_digest(args.init))
             return run_cli(args)
         tasks = tuple(load_meta(d).task for d in args.data)
         if args.what == "generator" and args.task != "all":

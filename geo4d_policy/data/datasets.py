@@ -3,8 +3,9 @@
 * :class:`GeneratorClipDataset`: two views (n, m) of one episode, the conditioning frame t and
   ``n_future`` future 2 Hz frames, RGB and pointmaps (``X^n``, ``X^m`` for conditioning,
   ``X^n``, ``X^{m->n}`` as targets), normalised with :class:`PointmapNormalization`.
-* :class:`PolicyDataset`: two training views at the most recent ``n_obs_steps`` 10 Hz steps and
-  the next ``horizon`` actions as 20-dim vectors (:mod:`geo4d_policy.data.actions`).
+* :class:`PolicyDataset`: two training views and the measured state at ``n_obs_steps``
+  observation steps whose frames were taken at those steps' own times, and the next
+  ``horizon`` actions as 20-dim vectors (:mod:`geo4d_policy.data.actions`).
 * :func:`compute_normalization`: min/max action and state statistics, cached in
   ``root/normalization.json``.
 
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from geo4d_policy.config import atomic_write_text
-from geo4d_policy.data.actions import action_layout, normalize_minmax, poses_to_vectors
+from geo4d_policy.data.actions import action_layout, held_dims, normalize_minmax, poses_to_vectors
 from geo4d_policy.data.format import (
     NORMALIZATION_FILE,
     CorruptEpisodeError,
@@ -335,14 +336,23 @@ class GeneratorClipDataset(_BaseDataset):
         }
 
 
-def video_frame_for_steps(video_time: np.ndarray, step_time: np.ndarray) -> np.ndarray:
-    """Index of the latest video frame at or before each robot step time (0 before the first).
+FRAME_TIME_TOLERANCE_S = 1e-3
+"""A robot step and a video frame whose times differ by at most this are simultaneous (the
+recorder stamps both with the same observation time; this absorbs float round-off)."""
 
-    A 10 Hz policy step sees the most recent 2 Hz image, as a camera-rate-limited robot would;
-    never a future frame. A 1 ms tolerance absorbs float round-off between the two clocks.
+
+def frame_of_step(video_time: np.ndarray, step_time: np.ndarray) -> np.ndarray:
+    """Index of the video frame recorded at each robot step's time, or -1 where none was.
+
+    The recorder renders the cameras at 2 Hz from the same observations it logs the 10 Hz robot
+    state from, so every fifth step has a frame taken at exactly its time.
     """
-    idx = np.searchsorted(np.asarray(video_time), np.asarray(step_time) + 1e-3, side="right") - 1
-    return np.clip(idx, 0, len(video_time) - 1)
+    vt, st = np.asarray(video_time, dtype=np.float64), np.asarray(step_time, dtype=np.float64)
+    idx = np.clip(np.searchsorted(vt, st), 0, max(len(vt) - 1, 0))
+    if len(vt) == 0:
+        return np.full(len(st), -1, dtype=np.int64)
+    best = np.where((idx > 0) & (np.abs(vt[idx - 1] - st) < np.abs(vt[idx] - st)), idx - 1, idx)
+    return np.where(np.abs(vt[best] - st) <= FRAME_TIME_TOLERANCE_S, best, -1).astype(np.int64)
 
 
 def _episode_vectors(r: EpisodeReader) -> tuple[np.ndarray, np.ndarray]:
@@ -367,7 +377,9 @@ def compute_normalization(root: str | os.PathLike[str], *, recompute: bool = Fal
 
     Returns:
         ``{"action": {"min", "max"}, "state": {"min", "max"}, "layout": [names], "n_episodes",
-        "fingerprint"}`` (lists of floats).
+        "fingerprint", "held": {"action": [names], "state": [names]}}`` (lists of floats;
+        ``held`` names the dimensions below the normalisation floor, which
+        :func:`~geo4d_policy.data.actions.normalize_minmax` holds at their constant).
     """
     root = Path(root)
     meta = load_meta(root)
@@ -377,7 +389,7 @@ def compute_normalization(root: str | os.PathLike[str], *, recompute: bool = Fal
         try:
             stats = json.loads(path.read_text())
             if stats.get("fingerprint") == fp:
-                return stats
+                return _with_held(stats)
         except (OSError, ValueError):
             pass  # unreadable cache: recompute below
     acts, states = [], []
@@ -401,19 +413,52 @@ def compute_normalization(root: str | os.PathLike[str], *, recompute: bool = Fal
         "fingerprint": fp,
     }
     atomic_write_text(path, json.dumps(stats, indent=1) + "\n")
+    return _with_held(stats)
+
+
+def _with_held(stats: dict[str, Any]) -> dict[str, Any]:
+    layout = action_layout(ARM_NAMES)
+    stats["held"] = {kind: [layout[i] for i in np.flatnonzero(held_dims(stats[kind]))] for kind in ("action", "state")}
     return stats
+
+
+def policy_sample_steps(step: Any, n_steps: Any, *, horizon: int, n_obs_steps: int, obs_stride: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The robot steps one Diffusion Policy sample reads (vectorised over samples).
+
+    Args:
+        step: the current step ``s`` of each sample, (B,) or a scalar.
+        n_steps: the length of each sample's episode, broadcastable to ``step``.
+
+    Returns:
+        ``obs_steps`` (..., n_obs_steps): ``s - (n_obs_steps - 1) * obs_stride, ..., s``, oldest
+        first, clipped to step 0 (steps before the start repeat it); ``act_steps`` (..., horizon):
+        ``s .. s + horizon - 1`` clipped to the last step; ``pad`` (..., horizon): which action
+        steps lie past the episode's end (they repeat its last command).
+    """
+    s = np.asarray(step, dtype=np.int64)[..., None]
+    n = np.asarray(n_steps, dtype=np.int64)[..., None]
+    obs = np.maximum(s - obs_stride * np.arange(n_obs_steps - 1, -1, -1), 0)
+    act = s + np.arange(horizon)
+    return obs, np.minimum(act, n - 1), act >= n
 
 
 class PolicyDataset(_BaseDataset):
     """Observation/action-chunk samples for Diffusion Policy (Chi et al. 2023) at 10 Hz.
 
-    Sample ``i`` is a robot step ``s`` of one episode (every step) and a pair of distinct
-    training views (n first; random per sample, or fixed with ``views``). Observations are the
-    images at steps ``s - (n_obs_steps - 1) * obs_stride, ..., s - obs_stride, s``, each the latest
-    2 Hz frame at or before that step (:func:`video_frame_for_steps`); steps before the episode
-    start repeat step 0. Actions are the commands of steps ``s .. s + horizon - 1``
+    Sample ``i`` is a robot step ``s`` of one episode and a pair of distinct views of the split
+    (n first; random per sample, or fixed with ``views``). Observations are the images and the
+    measured gripper state at steps ``s - (n_obs_steps - 1) * obs_stride, ..., s`` (steps before
+    the episode start repeat step 0); actions are the commands of steps ``s .. s + horizon - 1``
     (``action[0]`` is the command issued at the current step); steps past the end repeat the
     last command and are flagged in ``action_pad``.
+
+    Images and state are simultaneous: ``s`` ranges over the steps at which every observation
+    step has a frame recorded at its own time (:func:`frame_of_step`; the recorder renders at
+    2 Hz, so ``obs_stride`` must be a multiple of the 5 steps between frames). The rollout
+    policy renders fresh images at its observation steps, so its images and state are
+    simultaneous too. (Pairing each step with the latest 2 Hz frame instead showed the network
+    images up to 0.4 s older than the state, a lag it never meets at rollout time.)
 
     Returned dict:
         rgb (2, n_obs, 3, H, W) float32 in [-1, 1]; state (n_obs, 20) measured gripper poses and
@@ -425,13 +470,18 @@ class PolicyDataset(_BaseDataset):
         root: dataset directory.
         horizon: actions per sample (16).
         n_obs_steps: observation steps (2).
-        obs_stride: 10 Hz steps between consecutive observation steps (1). A policy that sees
-            observations only when it replans (every ``n_action_steps``) is trained with that
-            spacing, so its observation history means the same at training and rollout time.
-        views: fixed pair of camera names (n, m); None draws a random training pair per sample.
+        obs_stride: 10 Hz steps between consecutive observation steps (a multiple of the
+            frame spacing, 5).
+        views: fixed pair of camera names (n, m) of the split; None draws a random pair per sample.
+        split: ``"train"`` (the training views) or ``"heldout"`` (novel views, for probes).
+        seeds: only the episodes of these seeds (a train/validation split); None: all.
         resolution: (H, W) to resample RGB to; None keeps the stored resolution.
         normalize: scale action/state with the dataset's min/max statistics.
         on_error, seed, max_open_files: as :class:`GeneratorClipDataset`.
+
+    Raises:
+        ValueError: bad sizes, an ``obs_stride`` that is not a multiple of the frame spacing,
+            views outside the split, or seeds the dataset does not hold.
     """
 
     def __init__(
@@ -440,8 +490,10 @@ class PolicyDataset(_BaseDataset):
         *,
         horizon: int = 16,
         n_obs_steps: int = 2,
-        obs_stride: int = 1,
+        obs_stride: int = 5,
         views: Sequence[str] | None = None,
+        split: Split = "train",
+        seeds: Sequence[int] | None = None,
         resolution: tuple[int, int] | None = None,
         normalize: bool = True,
         on_error: OnError = "skip",
@@ -453,49 +505,77 @@ class PolicyDataset(_BaseDataset):
                              f"{n_obs_steps}, {obs_stride}")
         super().__init__(root, on_error=on_error, seed=seed, resolution=resolution,
                          max_open_files=max_open_files)
+        self.frame_steps = max(1, int(round(self.meta.robot_hz / self.meta.video_hz)))
+        if n_obs_steps > 1 and obs_stride % self.frame_steps:
+            raise ValueError(f"obs_stride must be a multiple of {self.frame_steps} (the robot steps between the "
+                             f"dataset's {self.meta.video_hz:g} Hz frames), so that every observation step has "
+                             f"a frame taken at its own time; got {obs_stride}")
         self.horizon = int(horizon)
         self.n_obs_steps = int(n_obs_steps)
         self.obs_stride = int(obs_stride)
-        self.cams = _split_cameras(self.meta, "train")
+        self.split = split
+        self.cams = _split_cameras(self.meta, split)
         if views is not None:
             views = tuple(views)
-            train = self.meta.train_cameras
-            if len(views) != 2 or views[0] == views[1] or not set(views) <= set(train):
-                raise ValueError(f"views must be two distinct training cameras of {list(train)}, "
-                                 f"got {list(views)}")
+            names = [self.meta.camera_names[c] for c in self.cams]
+            if len(views) != 2 or views[0] == views[1] or not set(views) <= set(names):
+                raise ValueError(f"views must be two distinct {'training' if split == 'train' else 'held-out'} "
+                                 f"cameras of {names}, got {list(views)}")
             self.views: tuple[int, int] | None = (self.meta.camera_names.index(views[0]),
                                                   self.meta.camera_names.index(views[1]))
         else:
             self.views = None
         self.stats: dict[str, Any] | None = compute_normalization(self.root) if normalize else None
-        for k, e in enumerate(self._episodes.entries):
-            self._index += [(k, s) for s in range(e.n_steps)]
+        if seeds is not None:
+            wanted = {int(x) for x in seeds}
+            missing = sorted(wanted - {e.seed for e in self.meta.episodes})
+            if missing:
+                raise ValueError(f"{self.root} holds no episode of seed(s) {missing}")
         self._vectors: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for k, e in enumerate(self._episodes.entries):
+            if seeds is not None and e.seed not in wanted:
+                continue
+            _, _, frames = self.episode_arrays(k)
+            obs, _, _ = policy_sample_steps(np.arange(e.n_steps), e.n_steps, horizon=1,
+                                            n_obs_steps=self.n_obs_steps, obs_stride=self.obs_stride)
+            ok = (frames[obs] >= 0).all(axis=1)
+            self._index += [(k, int(s)) for s in np.flatnonzero(ok)]
 
-    def _episode_arrays(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @property
+    def episode_entries(self) -> list[EpisodeEntry]:
+        """The readable episodes (index ``k`` of :meth:`episode_arrays` and :attr:`samples`)."""
+        return self._episodes.entries
+
+    @property
+    def samples(self) -> list[tuple[int, int]]:
+        """(episode index, step) of every sample, in sample order."""
+        return list(self._index)
+
+    def episode_arrays(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Episode ``k``'s actions (N, 20), measured states (N, 20) and frame of each step (N,)
+        (-1 where none was recorded at that step's time); cached."""
         if k not in self._vectors:
             r = self._episodes.reader(k)
             actions, state = _episode_vectors(r)
-            frame_of_step = video_frame_for_steps(r.video_time, r.robot().time)
-            self._vectors[k] = (actions, state, frame_of_step)
+            self._vectors[k] = (actions, state, frame_of_step(r.video_time, r.robot().time))
         return self._vectors[k]
+
+    def rgb_frames(self, k: int, camera: int, frames: Any) -> np.ndarray:
+        """(F, H, W, 3) uint8 stored frames ``frames`` of episode ``k``'s camera index ``camera``."""
+        return self._episodes.reader(k).rgb(self.meta.camera_names[camera], frames)
 
     def _load(self, i: int, k: int, s: int) -> dict[str, torch.Tensor]:
         entry = self._episodes.entries[k]
-        actions, state, frame_of_step = self._episode_arrays(k)
-        n = len(actions)
-        obs_steps = np.clip(s - self.obs_stride * np.arange(self.n_obs_steps - 1, -1, -1), 0, n - 1)
-        act_steps = np.arange(s, s + self.horizon)
-        pad = act_steps >= n
-        act_steps = np.minimum(act_steps, n - 1)
+        actions, state, frames_of = self.episode_arrays(k)
+        obs_steps, act_steps, pad = policy_sample_steps(s, len(actions), horizon=self.horizon,
+                                                        n_obs_steps=self.n_obs_steps, obs_stride=self.obs_stride)
         if self.views is not None:
             cams = self.views
         else:
             c = self._rng(i).choice(self.cams, size=2, replace=False)
             cams = (int(c[0]), int(c[1]))
-        r = self._episodes.reader(k)
-        frames = frame_of_step[obs_steps]
-        rgb = np.stack([r.rgb(self.meta.camera_names[c], frames) for c in cams])
+        frames = frames_of[obs_steps]
+        rgb = np.stack([self.rgb_frames(k, c, frames) for c in cams])
         a, st = actions[act_steps], state[obs_steps]
         if self.stats is not None:
             a = normalize_minmax(a, self.stats["action"])
@@ -504,7 +584,7 @@ class PolicyDataset(_BaseDataset):
             "rgb": rgb_to_tensor(rgb, self.resolution),
             "state": torch.from_numpy(np.ascontiguousarray(st, dtype=np.float32)),
             "action": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)),
-            "action_pad": torch.from_numpy(pad),
+            "action_pad": torch.from_numpy(np.ascontiguousarray(pad)),
             "cams": torch.tensor(cams, dtype=torch.int64),
             "seed": torch.tensor(entry.seed, dtype=torch.int64),
             "step": torch.tensor(s, dtype=torch.int64),

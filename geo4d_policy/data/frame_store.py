@@ -20,6 +20,11 @@ Everything derived (float RGB, pointmaps in any camera's frame, gripper masks) i
 the device in batches: :meth:`rgb_float`, :meth:`pointmaps`, :meth:`gripper`. A pointmap of
 camera ``src`` expressed in camera ``dst``'s frame (``X^{m->n}`` with src = m, dst = n) uses the
 recorded calibration, as the dataset loader does.
+
+An RGB-only store (``rgb_only=True``: ``depth_mm`` and ``masks`` are None, e.g. the Diffusion
+Policy's training frames, :mod:`geo4d_policy.train.dp_frames`) may hold its frames resampled to
+a model's resolution: resized in the readers exactly as the dataset loader resizes them
+(:func:`~geo4d_policy.data.datasets.rgb_to_tensor`), then rounded back to uint8.
 """
 
 from __future__ import annotations
@@ -41,19 +46,34 @@ from geo4d_policy.data.masks import ALL_PARTS_MASK
 INT16_MAX = 32767
 
 
-def _read_episode(path: str, cameras: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _resized_rgb(rgb: np.ndarray, resolution: tuple[int, int] | None) -> np.ndarray:
+    """(..., H, W, 3) uint8 resampled as the dataset loader does, back in uint8."""
+    if resolution is None or tuple(rgb.shape[-3:-1]) == tuple(resolution):
+        return rgb
+    from geo4d_policy.data.datasets import rgb_to_tensor
+
+    x = rgb_to_tensor(rgb, tuple(resolution))  # (..., 3, H', W') in [-1, 1]
+    x = ((x + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(np.moveaxis(x.numpy(), -3, -1))
+
+
+def _read_episode(path: str, cameras: tuple[str, ...], rgb_only: bool = False,
+                  resolution: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """One episode's frames of ``cameras`` and its robot state at the frame times (worker)."""
     with EpisodeReader(path) as r:
         every = slice(None)
-        depth = np.stack([r.depth_mm(c, every) for c in cameras]).astype(np.int32)
-        depth[depth > INT16_MAX] = 0
+        out: dict[str, np.ndarray] = {}
+        if not rgb_only:
+            depth = np.stack([r.depth_mm(c, every) for c in cameras]).astype(np.int32)
+            depth[depth > INT16_MAX] = 0
+            out["depth_mm"] = depth.astype(np.int16)
+            out["masks"] = np.stack([r.masks(c, every) for c in cameras])
         robot = r.robot()
         t_video = r.video_time
         steps = np.clip(np.searchsorted(robot.time, t_video - 1e-3), 0, len(robot.time) - 1)
         return {
-            "rgb": np.stack([r.rgb(c, every) for c in cameras]),
-            "depth_mm": depth.astype(np.int16),
-            "masks": np.stack([r.masks(c, every) for c in cameras]),
+            **out,
+            "rgb": np.stack([_resized_rgb(r.rgb(c, every), resolution) for c in cameras]),
             "K": np.stack([r.K(c) for c in cameras]).astype(np.float32),
             "X_TC": np.stack([r.X_TC(c) for c in cameras]).astype(np.float32),
             "X_TG": np.stack([robot.X_TG[a][steps] for a in r.arms]).astype(np.float32),
@@ -76,8 +96,8 @@ class FrameStore:
     """Frames of whole datasets on one device (see the module docstring for the fields)."""
 
     rgb: torch.Tensor
-    depth_mm: torch.Tensor
-    masks: torch.Tensor
+    depth_mm: torch.Tensor | None
+    masks: torch.Tensor | None
     K: torch.Tensor
     X_TC: torch.Tensor
     X_TG: torch.Tensor
@@ -103,6 +123,9 @@ class FrameStore:
         max_episodes: int | None = None,
         workers: int | None = None,
         tasks: Sequence[str] | None = None,
+        seeds: Sequence[Sequence[int] | None] | None = None,
+        rgb_only: bool = False,
+        resolution: tuple[int, int] | None = None,
     ) -> FrameStore:
         """Read every listed episode of ``data_dirs`` onto ``device``.
 
@@ -114,10 +137,21 @@ class FrameStore:
             max_episodes: keep at most this many episodes per dataset (the lowest seeds).
             workers: reader processes (default: the CPUs available, at most 16).
             tasks: the task vocabulary for ``task_ids`` (default: the datasets' tasks in order).
+            seeds: per dataset (aligned with ``data_dirs``), the seeds of the episodes to keep
+                (None: all); applied before ``max_episodes``.
+            rgb_only: keep RGB only (``depth_mm`` and ``masks`` None).
+            resolution: (H, W) to resample RGB to (RGB-only stores; default: as stored).
 
         Raises:
-            DatasetError: no episodes, or datasets that disagree on resolution or cameras.
+            DatasetError: no episodes, datasets that disagree on resolution or cameras, or seeds
+                a dataset does not hold.
+            ValueError: a bad ``cameras`` choice, ``seeds`` not aligned with ``data_dirs``, or a
+                ``resolution`` without ``rgb_only`` (depth and masks keep the stored resolution).
         """
+        if resolution is not None and not rgb_only:
+            raise ValueError("FrameStore.load: resolution= resamples RGB only; pass rgb_only=True")
+        if seeds is not None and len(seeds) != len(data_dirs):
+            raise ValueError(f"FrameStore.load: {len(seeds)} seed lists for {len(data_dirs)} datasets")
         metas = [load_meta(d) for d in data_dirs]
         if not metas:
             raise DatasetError("FrameStore.load: no dataset given")
@@ -136,20 +170,29 @@ class FrameStore:
         names = tuple(first.camera_names[i] for i in keep)
         vocab = tuple(tasks) if tasks is not None else tuple(dict.fromkeys(m.task for m in metas))
         jobs: list[tuple[str, int]] = []
-        for d, m in zip(data_dirs, metas):
+        for i, (d, m) in enumerate(zip(data_dirs, metas)):
             if m.task not in vocab:
                 raise DatasetError(f"{d}: task {m.task} is not in the task list {list(vocab)}")
-            eps = sorted(m.episodes, key=lambda e: e.seed)[: max_episodes or None]
+            eps = sorted(m.episodes, key=lambda e: e.seed)
+            if seeds is not None and seeds[i] is not None:
+                wanted = {int(x) for x in seeds[i]}
+                missing = sorted(wanted - {e.seed for e in eps})
+                if missing:
+                    raise DatasetError(f"{d} holds no episode of seed(s) {missing}")
+                eps = [e for e in eps if e.seed in wanted]
+            eps = eps[: max_episodes or None]
             jobs += [(str(Path(d) / e.file), vocab.index(m.task)) for e in eps]
         if not jobs:
             raise DatasetError(f"no episodes in {[str(d) for d in data_dirs]}")
         n_workers = workers or min(16, len(os.sched_getaffinity(0)))
+        size = tuple(resolution) if resolution is not None else None
         if n_workers > 1 and len(jobs) > 1:
             ctx = mp.get_context("spawn")
             with cf.ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=ctx) as pool:
-                parts = list(pool.map(_read_episode, [p for p, _ in jobs], [names] * len(jobs)))
+                parts = list(pool.map(_read_episode, [p for p, _ in jobs], [names] * len(jobs),
+                                      [rgb_only] * len(jobs), [size] * len(jobs)))
         else:
-            parts = [_read_episode(p, names) for p, _ in jobs]
+            parts = [_read_episode(p, names, rgb_only, size) for p, _ in jobs]
         t_max = max(p["rgb"].shape[1] for p in parts)
         n_frames = [p["rgb"].shape[1] for p in parts]
         dev = torch.device(device)
@@ -163,8 +206,8 @@ class FrameStore:
 
         return cls(
             rgb=stack("rgb", 1),
-            depth_mm=stack("depth_mm", 1),
-            masks=stack("masks", 1),
+            depth_mm=None if rgb_only else stack("depth_mm", 1),
+            masks=None if rgb_only else stack("masks", 1),
             K=stack("K", None),
             X_TC=stack("X_TC", None),
             X_TG=stack("X_TG", 1),
@@ -194,7 +237,7 @@ class FrameStore:
         return int(self.rgb.shape[3]), int(self.rgb.shape[4])
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.rgb, self.depth_mm, self.masks))
+        return sum(t.numel() * t.element_size() for t in (self.rgb, self.depth_mm, self.masks) if t is not None)
 
     # ---------------------------------------------------------------------------------------
     def rgb_float(self, e: torch.Tensor, cam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -196,6 +196,28 @@ def project_points(
 # --------------------------------------------------------------------------------------------
 
 
+def nearest_rotation(M: np.ndarray) -> np.ndarray:
+    """The rotation closest to ``M`` (3x3) in Frobenius norm (SVD projection onto SO(3))."""
+    U, _, Vt = np.linalg.svd(M)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt)) or 1.0])
+    return U @ D @ Vt
+
+
+def checked_transform(X: np.ndarray, name: str) -> np.ndarray:
+    """``X`` as a float64 rigid transform: its rotation block projected onto SO(3).
+
+    Raises:
+        ValueError: ``X`` is not a finite 4x4 (the message names it ``name``).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.shape != (4, 4) or not np.isfinite(X).all():
+        raise ValueError(f"{name} must be a finite 4x4 transform, got shape {X.shape}")
+    out = np.eye(4)
+    out[:3, :3] = nearest_rotation(X[:3, :3])
+    out[:3, 3] = X[:3, 3]
+    return out
+
+
 def rotation_to_6d(R: np.ndarray) -> np.ndarray:
     """(..., 3, 3) rotations -> (..., 6): the first two columns, ``[R[:, 0], R[:, 1]]``."""
     R = np.asarray(R)

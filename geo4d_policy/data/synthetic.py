@@ -120,8 +120,13 @@ def make_episode(
     resolution: tuple[int, int] = (32, 40),
     n_cameras: int = 16,
     success: bool | None = None,
+    idle_arms: tuple[str, ...] = (),
 ) -> EpisodeData:
-    """A synthetic episode of ``n_frames`` 2 Hz frames (``5 * (n_frames - 1) + 1`` robot steps)."""
+    """A synthetic episode of ``n_frames`` 2 Hz frames (``5 * (n_frames - 1) + 1`` robot steps).
+
+    Arms in ``idle_arms`` stay at one fixed pose and width in every episode (the idle arm of
+    the spatula and cereal tasks), so their action and state dimensions have zero range.
+    """
     rng = np.random.default_rng([seed, 7])
     specs = sample_cameras(rng, n=n_cameras, resolution=resolution)
     n_steps = 5 * (n_frames - 1) + 1
@@ -139,8 +144,11 @@ def make_episode(
         X = np.tile(np.eye(4), (n_steps, 1, 1))
         X[:, :3, :3] = X_down
         X[:, :3, 3] = p
-        X_TG[arm] = X
         width[arm] = 0.05 + 0.03 * np.sin(1.3 * time + phase[a])
+        if arm in idle_arms:
+            X[:, :3, 3] = [-0.15, sign * 0.25, 0.2]
+            width[arm] = np.full(n_steps, 0.08)
+        X_TG[arm] = X
         q[arm] = 0.3 * np.sin(time[:, None] * (0.2 + 0.1 * np.arange(7)) + phase[a])
     # Commands lead the measured state by one step (the last command repeats).
     nxt = np.minimum(np.arange(n_steps) + 1, n_steps - 1)
@@ -183,13 +191,15 @@ def make_dataset(
     task: str = "PlaceAppleFromBowlIntoBin",
     n_frames: int = 6,
     resolution: tuple[int, int] = (32, 40),
+    idle_arms: tuple[str, ...] = (),
 ) -> DatasetMeta:
-    """Create (or extend) a synthetic dataset at ``root`` with one episode per seed."""
+    """Create (or extend) a synthetic dataset at ``root`` with one episode per seed (``idle_arms``:
+    see :func:`make_episode`)."""
     root = Path(root)
     meta = create_dataset(root, task=task, resolution=resolution, n_train=DEFAULT_N_TRAIN,
                           command=f"geo4d_policy.data.synthetic.make_dataset(seeds={list(seeds)})")
     for seed in seeds:
-        ep = make_episode(seed=seed, task=task, n_frames=n_frames, resolution=resolution)
+        ep = make_episode(seed=seed, task=task, n_frames=n_frames, resolution=resolution, idle_arms=tuple(idle_arms))
         write_episode(root / episode_filename(seed), ep)
         meta = append_episode(root, seed)
     return meta

@@ -27,6 +27,12 @@ unfinished episodes. Episode ``i`` always has seed ``interface.eval_seed(seed, i
 reproducible and independent of the number of workers and of interruptions. A resume is refused
 when the code version or the resolved configuration differs from the run's (the message names
 what differs) unless ``resume_anyway``, which the new session's provenance then records.
+
+Sanity controls (never reported as Table-2 cells): ``seed_stream="data"`` runs the episodes on
+the data-collection seeds ``interface.data_seed(seed, i)`` (the layouts and cameras of the
+demonstrations; ``--data-seeds``), and ``views`` shows the policy training-distribution cameras
+instead of novel ones (:data:`~geo4d_policy.interface.EVAL_VIEWS`). Both are part of the run's
+identity (saved, compared on resume, in its provenance, and named in the default run directory).
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ from geo4d_policy.eval.records import (
 )
 from geo4d_policy.eval.lbm_results import RESULTS_FILE, write_lbm_results
 from geo4d_policy.eval.worker import EpisodeSpec, episode_process_main
-from geo4d_policy.interface import canonical_task_name, eval_seed
+from geo4d_policy.interface import EVAL_VIEWS, UnknownNameError, canonical_task_name, data_seed, eval_seed
 from geo4d_policy.policies.policy_config import (
     PolicyOptionError,
     ResolvedPolicyConfig,
@@ -71,10 +77,11 @@ from geo4d_policy.policies.registry import check_policy_available, resolve_polic
 DEFAULT_ENV_FACTORY = "sim.env:make_env"
 MAX_EPISODES = 100_000
 """``eval_seed`` gives each base seed 100 000 indices; more would overlap the next base seed."""
-SEED_STREAMS = ("eval",)
-"""Seed streams a rollout may draw its episodes from (``RolloutConfig.seed_stream``)."""
+SEED_STREAMS = ("eval", "data")
+"""Seed streams a rollout may draw its episodes from (``RolloutConfig.seed_stream``): ``eval``
+(reported figures) and ``data`` (a sanity control on the demonstrations' own seeds)."""
 POLICY_CONFIG_FILE = "policy_config.yaml"
-IDENTITY_KEYS = ("task", "policy", "seed", "seed_stream")
+IDENTITY_KEYS = ("task", "policy", "seed", "seed_stream", "views")
 """What makes two runs the same run: records of another identity never mix, even with resume_anyway."""
 
 
@@ -90,7 +97,8 @@ class RolloutConfig:
         task: task name (CamelCase or snake_case; stored CamelCase once resolved).
         policy: registered policy name.
         episodes: number of episodes (indices ``0..episodes-1``).
-        seed: base seed; episode ``i`` uses ``interface.eval_seed(seed, i)``.
+        seed: base seed; episode ``i`` uses ``interface.eval_seed(seed, i)`` (``data_seed`` on
+            the ``data`` stream).
         workers: episodes run in parallel (each in its own process).
         out_dir: run directory; ``None`` means ``runs/rollout/<task>/<policy>/seed<seed>``.
         resume: continue the run in ``out_dir``, running only unfinished episodes.
@@ -103,7 +111,9 @@ class RolloutConfig:
             part of the run's identity (not saved, not compared on resume): e.g.
             ``server=ADDRESS`` of a generator server that several runs share, whose address
             changes every session.
-        seed_stream: the seed stream of the episodes (``eval``); part of the run's identity.
+        seed_stream: the seed stream of the episodes (:data:`SEED_STREAMS`: ``eval``, or
+            ``data``, a control on the demonstrations' own layouts and cameras); part of the
+            run's identity.
         resume_anyway: with ``resume``, continue a run whose code version or resolved
             configuration differs from this session's (recorded in its provenance).
         device: torch device of learned policies (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
@@ -114,6 +124,9 @@ class RolloutConfig:
             local processes; ``workers`` then caps the episodes in flight cluster-wide (see
             :mod:`geo4d_policy.eval.ray_backend`). ``None``: local processes.
         ray_gpus_per_episode: GPU share each Ray episode reserves when ``device`` is CUDA.
+        views: the policy's evaluation views, one of :data:`~geo4d_policy.interface.EVAL_VIEWS`
+            (``heldout``: novel views, the reported setting; ``train``/``fixed-train``: controls);
+            part of the run's identity.
     """
 
     task: str
@@ -134,11 +147,20 @@ class RolloutConfig:
     episode_timeout_s: float | None = None
     ray_address: str | None = None
     ray_gpus_per_episode: float = 0.25
+    views: str = "heldout"
 
 
-def default_out_dir(task: str, policy: str, seed: int) -> Path:
-    """``runs/rollout/<task>/<policy>/seed<seed>`` (relative to the working directory)."""
-    return Path("runs") / "rollout" / task / policy / f"seed{seed}"
+def default_out_dir(task: str, policy: str, seed: int, *, views: str = "heldout", seed_stream: str = "eval") -> Path:
+    """``runs/rollout/<task>/<policy>/seed<seed>`` (relative to the working directory); the
+    controls append ``_data-seeds`` (the ``data`` stream) and ``_views-<views>``."""
+    stream = "" if seed_stream == "eval" else "_data-seeds" if seed_stream == "data" else f"_{seed_stream}-seeds"
+    name = f"seed{seed}" + stream + ("" if views == "heldout" else f"_views-{views}")
+    return Path("runs") / "rollout" / task / policy / name
+
+
+def episode_seed(config: RolloutConfig, index: int) -> int:
+    """The seed of episode ``index`` in the run's seed stream (evaluation, or data)."""
+    return data_seed(config.seed, index) if config.seed_stream == "data" else eval_seed(config.seed, index)
 
 
 def resolve_config(config: RolloutConfig) -> RolloutConfig:
@@ -150,6 +172,8 @@ def resolve_config(config: RolloutConfig) -> RolloutConfig:
     """
     task = canonical_task_name(config.task)
     resolve_policy_target(config.policy)
+    if config.views not in EVAL_VIEWS:
+        raise UnknownNameError(f"unknown evaluation views {config.views!r}; valid: {', '.join(EVAL_VIEWS)}")
     problems = []
     if not 0 < config.episodes <= MAX_EPISODES:
         problems.append(f"episodes must be in 1..{MAX_EPISODES}, got {config.episodes}")
@@ -175,7 +199,8 @@ def resolve_config(config: RolloutConfig) -> RolloutConfig:
         problems.append(f"ray_gpus_per_episode must be in (0, 1], got {config.ray_gpus_per_episode}")
     if problems:
         raise RolloutConfigError("; ".join(problems))
-    out_dir = config.out_dir or str(default_out_dir(task, config.policy, config.seed))
+    out_dir = config.out_dir or str(default_out_dir(task, config.policy, config.seed, views=config.views,
+                                                    seed_stream=config.seed_stream))
     return dataclasses.replace(config, task=task, out_dir=str(out_dir), policy_options=dict(config.policy_options),
                                runtime_options=dict(config.runtime_options))
 
@@ -211,7 +236,7 @@ def _load_previous(config: RolloutConfig, out: Path) -> dict[int, dict[str, Any]
         if clashes:
             raise RolloutConfigError(
                 f"cannot resume the run in {out}: it was started with a different configuration "
-                f"({'; '.join(clashes)}); resume with the same task, policy, seed and seed stream, "
+                f"({'; '.join(clashes)}); resume with the same task, policy, seed, seed stream and views, "
                 "or choose another --out directory"
             )
     try:
@@ -221,7 +246,7 @@ def _load_previous(config: RolloutConfig, out: Path) -> dict[int, dict[str, Any]
     done: dict[int, dict[str, Any]] = {}
     for rec in records:
         idx = rec["episode_index"]
-        if rec["seed"] != eval_seed(config.seed, idx) or rec["task"] != config.task or rec["policy"] != config.policy:
+        if rec["seed"] != episode_seed(config, idx) or rec["task"] != config.task or rec["policy"] != config.policy:
             raise RolloutConfigError(f"cannot resume: record {idx} in {out / EPISODES_FILE} belongs to another run")
         done[idx] = rec
     beyond = sorted(i for i in done if i >= config.episodes)
@@ -254,6 +279,8 @@ def _run_provenance(config: RolloutConfig, resolved: ResolvedPolicyConfig, modul
         "task": config.task, "policy": config.policy, "env_factory": env_factory,
         "policy_config": resolved.as_dict(),
         "checkpoints": {k: prov.path_digest(p) for k, p in checkpoints.items()},
+        # A sanity-control view setting (absent for the novel views, as in runs made before it existed).
+        **({} if config.views == "heldout" else {"views": config.views}),
     }
     current = prov.new_provenance(
         command="geo4d-rollout", config=identity, device=config.device,
@@ -397,9 +424,9 @@ def run_rollouts(
         return EpisodeSpec(
             task=config.task, policy=config.policy, policy_target=policy_target,
             policy_options={**resolved.factory_options(), **config.runtime_options, **shared},
-            seed=eval_seed(config.seed, index),
+            seed=episode_seed(config, index),
             episode_index=index, env_factory=env_factory, out_dir=str(out), record_video=index < config.video,
-            meshcat=config.meshcat, device=config.device, threads=episode_threads,
+            meshcat=config.meshcat, device=config.device, threads=episode_threads, views=config.views,
         )
 
     def start(index: int) -> None:

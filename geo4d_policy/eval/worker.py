@@ -44,6 +44,8 @@ class EpisodeSpec:
         device: torch device for learned policies; passed as ``device=`` to factories that
             declare a ``device`` parameter (the expert does not).
         threads: CPU threads per worker (``OMP_NUM_THREADS`` etc. unless already set).
+        views: the policy's evaluation views (:data:`~geo4d_policy.interface.EVAL_VIEWS`);
+            passed to the env factory as ``views=`` unless ``heldout`` (its default).
     """
 
     task: str
@@ -58,6 +60,7 @@ class EpisodeSpec:
     meshcat: bool = False
     device: str = "cpu"
     threads: int | None = None
+    views: str = "heldout"
 
 
 def load_target(target: str) -> Callable[..., Any]:
@@ -139,6 +142,7 @@ def run_episode(spec: EpisodeSpec) -> dict[str, Any]:
         "task": spec.task,
         "policy": spec.policy,
         "seed": spec.seed,
+        **({} if spec.views == "heldout" else {"views": spec.views}),
         "episode_index": spec.episode_index,
         "success": False,
         "duration_s": None,
@@ -151,7 +155,8 @@ def run_episode(spec: EpisodeSpec) -> dict[str, Any]:
     extras: dict[str, Any] = {}
     try:
         make_env = load_target(spec.env_factory)
-        env = make_env(spec.task, record_video=spec.record_video, meshcat=spec.meshcat)
+        env = make_env(spec.task, record_video=spec.record_video, meshcat=spec.meshcat,
+                       **({} if spec.views == "heldout" else {"views": spec.views}))
         policy = make_policy_from_target(spec.policy_target, name=spec.policy, task=spec.task,
                                          **_policy_options(spec))
         record["setup_s"] = time.perf_counter() - t_setup

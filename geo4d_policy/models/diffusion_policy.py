@@ -21,7 +21,8 @@ rollouts:
 
 Action and state vectors follow :mod:`geo4d_policy.data.actions` (per arm: position, 6D rotation,
 width; left then right), min/max-scaled to [-1, 1] per task, which is also the range the
-schedulers clip predicted samples to.
+schedulers clip predicted samples to; dimensions with (almost) no range are held at their
+constant (:data:`~geo4d_policy.data.actions.MIN_RANGE`, :data:`DP_FORMAT_VERSION`).
 
 Pretrained image encoders: nothing is ever downloaded. The encoder's module names mirror
 torchvision's ResNet (``conv1``, ``layer1.0.conv1``, ``layer2.0.downsample.0`` ...), with
@@ -41,23 +42,37 @@ import functools
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from geo4d_policy.config import ConfigError, from_dict, to_dict
-from geo4d_policy.data.actions import ACTION_DIM, denormalize_minmax, normalize_minmax
-from geo4d_policy.interface import TASK_NAMES, canonical_task_name
+from geo4d_policy.data.actions import (
+    ACTION_DIM,
+    MIN_RANGE,
+    action_layout,
+    denormalize_minmax,
+    held_dims,
+    normalize_minmax,
+)
+from geo4d_policy.interface import ARM_NAMES, TASK_NAMES, canonical_task_name
 from geo4d_policy.models.checkpoint import CheckpointError
-from geo4d_policy.models.pretrained import PretrainedModel, checked_trained_tasks
+from geo4d_policy.models.pretrained import LegacyRule, PretrainedModel, checked_trained_tasks
 from geo4d_policy.models.shard import Randomness, draw
 
 DP_FORMAT = "geo4d-diffusion-policy"
-DP_FORMAT_VERSION = 1
+DP_FORMAT_VERSION = 2
+"""2: normalisation holds dimensions whose range is below
+:data:`~geo4d_policy.data.actions.MIN_RANGE` at their constant (``config.json`` records the floor
+as ``normalization_min_range``). Version-1 checkpoints scaled a 1e-6..1e-3 range by ``2 / range``
+and a smaller one by 1; loading one repairs it to the version-2 rule with a
+:class:`NormalizationRepairWarning` naming the dimensions (or refuses it: ``legacy="refuse"``)."""
 
 InferenceScheduler = Literal["ddim", "ddpm", "dpmsolver++"]
 
@@ -141,6 +156,10 @@ class DiffusionPolicyConfig:
         resolution: (H, W) the RGB observations are resized to before cropping.
         crop_ratio: random crops of this fraction of H and W in training, the centre crop at
             inference (DP's main image augmentation); 1.0 disables cropping.
+        color_jitter: training-time colour jitter of each view (the same for all its observation
+            steps): ``(brightness, contrast, saturation, hue)``; factors are drawn uniformly from
+            ``[1 - x, 1 + x]`` and the hue shift from ``[-x, x]`` turns (fractions of a full
+            turn, as torchvision). All zeros (the default) disables it.
         horizon: predicted actions (16).
         n_obs_steps: observation steps the policy conditions on (2).
         n_action_steps: actions executed before replanning (8).
@@ -164,6 +183,7 @@ class DiffusionPolicyConfig:
     tasks: tuple[str, ...] = TASK_NAMES
     resolution: tuple[int, int] = (96, 120)
     crop_ratio: float = 0.9
+    color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     horizon: int = 16
     n_obs_steps: int = 2
     n_action_steps: int = 8
@@ -193,6 +213,10 @@ class DiffusionPolicyConfig:
             raise ConfigError("DiffusionPolicyConfig: n_obs_steps, obs_stride and num_views must be >= 1")
         if not 0.0 < self.crop_ratio <= 1.0:
             raise ConfigError(f"DiffusionPolicyConfig.crop_ratio must be in (0, 1], got {self.crop_ratio}")
+        jitter = tuple(self.color_jitter)
+        if len(jitter) != 4 or min(jitter) < 0 or max(jitter[:3]) > 1 or jitter[3] > 0.5:
+            raise ConfigError("DiffusionPolicyConfig.color_jitter must be (brightness, contrast, saturation, hue) "
+                              f"with the first three in [0, 1] and hue in [0, 0.5], got {self.color_jitter}")
         bad = [c for c in self.down_dims if c % self.norm_groups]
         if bad:
             raise ConfigError(f"DiffusionPolicyConfig: down_dims {bad} are not divisible by "
@@ -519,6 +543,56 @@ def _crop(x: torch.Tensor, size: tuple[int, int], *, generator: Randomness) -> t
     return x.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)
 
 
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def color_jitter(x: torch.Tensor, strength: Sequence[float], *, generator: Randomness, group: int = 1
+                 ) -> torch.Tensor:
+    """Random brightness, contrast, saturation and hue of RGB images (N, 3, H, W) in [-1, 1].
+
+    Args:
+        strength: ``(brightness, contrast, saturation, hue)`` as
+            :attr:`DiffusionPolicyConfig.color_jitter`.
+        generator: CPU RNG of the factors, or a :class:`~geo4d_policy.models.shard.BatchShard`
+            of one (groups as rows of the global batch: the same factors whatever the number of
+            processes).
+        group: consecutive images sharing one draw (a view's observation steps).
+    """
+    n = x.shape[0]
+    if n % group:
+        raise ValueError(f"{n} images do not split into groups of {group}")
+
+    def factor(mag: float) -> torch.Tensor:
+        u = draw(torch.rand, (n // group,), generator, device="cpu").to(x.device, torch.float32) * 2.0 - 1.0
+        return (u * mag).repeat_interleave(group).reshape(n, 1, 1, 1)
+
+    bright, contrast, sat, hue = (float(v) for v in strength)
+    img = (x.float() + 1.0) * 0.5
+    luma = img.new_tensor(_LUMA).reshape(1, 3, 1, 1)
+    if bright > 0:
+        img = (img * (1.0 + factor(bright))).clamp(0.0, 1.0)
+    if contrast > 0:
+        mean = (img * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        img = ((img - mean) * (1.0 + factor(contrast)) + mean).clamp(0.0, 1.0)
+    if sat > 0:
+        gray = (img * luma).sum(1, keepdim=True)
+        img = ((img - gray) * (1.0 + factor(sat)) + gray).clamp(0.0, 1.0)
+    if hue > 0:
+        # A rotation of the chroma plane of YIQ by the hue shift (in turns).
+        to_yiq = img.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+        yiq = torch.einsum("ij,njhw->nihw", to_yiq, img)
+        angle = factor(hue)[:, 0, 0, 0] * 2.0 * math.pi
+        cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+        i, q = yiq[:, 1], yiq[:, 2]
+        yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
+        img = torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq).clamp(0.0, 1.0)
+    return (img * 2.0 - 1.0).to(x.dtype)
+
+
+class NormalizationRepairWarning(UserWarning):
+    """A checkpoint's normalisation had dimensions below the floor that it did not hold."""
+
+
 class DiffusionPolicyModel(PretrainedModel):
     """Image encoder + conditional U-Net + per-task normalisation statistics.
 
@@ -527,6 +601,11 @@ class DiffusionPolicyModel(PretrainedModel):
         trained_tasks: tasks this model is trained on (default: all of ``config.tasks``).
         normalization: task -> ``{"action": {"min", "max"}, "state": {"min", "max"}}`` (lists
             of ``action_dim`` / ``state_dim`` floats); identity scaling for tasks without it.
+            Dimensions whose range is below :data:`~geo4d_policy.data.actions.MIN_RANGE` are
+            held: they normalise to 0 and denormalise to their constant whatever the network
+            outputs (an idle arm stays exactly where the demonstrations kept it). The network
+            is still trained to predict their noise (a target of 0), so that at sampling time
+            those input channels evolve as in training and do not disturb the others.
     """
 
     def __init__(self, config: DiffusionPolicyConfig, *, trained_tasks: Sequence[str] | None = None,
@@ -562,6 +641,14 @@ class DiffusionPolicyModel(PretrainedModel):
         return torch.tensor([self.config.tasks.index(canonical_task_name(t)) for t in tasks], dtype=torch.long,
                             device=device if device is not None else self.device)
 
+    def held_dims(self, kind: Literal["action", "state"], *, task: str) -> list[str]:
+        """Names of ``task``'s ``kind`` dimensions held at their constant (see the class docstring)."""
+        stats = self.normalization.get(canonical_task_name(task))
+        if stats is None:
+            return []
+        layout = action_layout(ARM_NAMES)
+        return [layout[i] for i in np.flatnonzero(held_dims(stats[kind]))]
+
     def normalize(self, kind: Literal["action", "state"], x: Any, *, task: str) -> Any:
         """Scale ``x`` to [-1, 1] with ``task``'s ``kind`` statistics (identity without them)."""
         stats = self.normalization.get(canonical_task_name(task))
@@ -585,7 +672,8 @@ class DiffusionPolicyModel(PretrainedModel):
                 observation steps (oldest first).
             state: (B, T, state_dim) normalised.
             task_ids: (B,) task-table indices.
-            generator: random crops when given (training); otherwise the centre crop.
+            generator: random crops and colour jitter when given (training); otherwise the centre
+                crop, unjittered.
         """
         cfg = self.config
         b, v, t = rgb.shape[:3]
@@ -593,6 +681,8 @@ class DiffusionPolicyModel(PretrainedModel):
             raise ValueError(f"expected rgb (B, {cfg.num_views}, {cfg.n_obs_steps}, 3, H, W) and state "
                              f"(B, {cfg.n_obs_steps}, {cfg.state_dim}), got {tuple(rgb.shape)}, {tuple(state.shape)}")
         images = _crop(rgb.reshape(b * v * t, *rgb.shape[3:]), cfg.crop_size, generator=generator)
+        if generator is not None and any(cfg.color_jitter):
+            images = color_jitter(images, cfg.color_jitter, generator=generator, group=t)
         feats = self.encoder(images).reshape(b, v, t, -1).permute(0, 2, 1, 3).reshape(b, t, -1)  # (B, T, V*F)
         obs = torch.cat([feats, state.to(feats.dtype)], dim=-1).reshape(b, -1)
         return torch.cat([obs, self.task_embed(task_ids).to(obs.dtype)], dim=-1)
@@ -668,16 +758,53 @@ class DiffusionPolicyModel(PretrainedModel):
 
     checkpoint_format = DP_FORMAT
     format_version = DP_FORMAT_VERSION
+    legacy_versions = (1,)
     family = "Diffusion Policy"
     config_type = DiffusionPolicyConfig
     task_conditioned = True
 
     def checkpoint_fields(self) -> dict[str, Any]:
-        return {"normalization": self.normalization}
+        return {"normalization": self.normalization, "normalization_min_range": MIN_RANGE}
 
     @classmethod
     def init_kwargs(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         return {**super().init_kwargs(data), "normalization": data.get("normalization")}
+
+    @classmethod
+    def check_checkpoint_config(cls, data: dict[str, Any], *, where: Path, legacy: LegacyRule) -> dict[str, Any]:
+        """Version 2 must record this code's floor; a version-1 checkpoint whose normalisation has
+        dimensions below the floor (zero-range ones included) is repaired to the held rule with a
+        :class:`NormalizationRepairWarning` naming its task, kind and dimensions, or refused
+        (``legacy="refuse"``). A version-1 checkpoint without such dimensions loads unchanged."""
+        if data.get("version") == DP_FORMAT_VERSION:
+            if data.get("normalization_min_range") != MIN_RANGE:
+                raise CheckpointError(f"{where}: normalisation floor {data.get('normalization_min_range')}, this "
+                                      f"code holds dimensions below {MIN_RANGE}; retrain or convert the checkpoint")
+            return data
+        below = _below_floor(data.get("normalization") or {})
+        if below:
+            what = "; ".join(f"{t} {kind}: {', '.join(names)}" for (t, kind), names in below.items())
+            if legacy == "refuse":
+                raise CheckpointError(f"{where}: a version-1 checkpoint whose normalisation scales dimensions "
+                                      f"with a range below {MIN_RANGE} (float noise or zero): {what}")
+            warnings.warn(f"{where}: version-1 normalisation repaired: these dimensions had a range below "
+                          f"{MIN_RANGE} and are now held at their constant (the network's outputs for them "
+                          f"are ignored, their state inputs are 0): {what}", NormalizationRepairWarning,
+                          stacklevel=4)
+        return {**data, "version": DP_FORMAT_VERSION, "normalization_min_range": MIN_RANGE}
+
+
+def _below_floor(normalization: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    """(task, kind) -> names of the dimensions whose range is below the floor."""
+    layout = action_layout(ARM_NAMES)
+    out = {}
+    for task, stats in normalization.items():
+        for kind in ("action", "state"):
+            if kind in stats:
+                held = np.flatnonzero(held_dims(stats[kind]))
+                if len(held):
+                    out[(task, kind)] = [layout[i] if i < len(layout) else str(i) for i in held]
+    return out
 
 
 def parameter_counts(model: DiffusionPolicyModel) -> dict[str, int]:

@@ -16,7 +16,9 @@ Owns what a checkpoint directory (:mod:`geo4d_policy.models.checkpoint`: ``confi
   still tells which episodes it was trained on.
 * :meth:`~PretrainedModel.from_pretrained`: a checkpoint or run directory (its ``last`` step) ->
   the model in eval mode, refusing with :class:`CheckpointError` and a message naming what is
-  wrong: another format, another format version, a task it was not trained on, a config that
+  wrong: another format, another format version (an older one the family still reads, listed in
+  ``legacy_versions``, goes through :meth:`~PretrainedModel.check_checkpoint_config`, which
+  repairs it with a warning or, with ``legacy="refuse"``, refuses it), a task it was not trained on, a config that
   differs from the one expected (every differing key), a ``config.json`` field that differs
   from the one required (e.g. a VAE's ``kind``), weights that do not match the stored config
   (missing, unexpected or mis-shaped tensors).
@@ -30,9 +32,10 @@ task-conditioned, ``trained_tasks=``) and declares its class attributes; familie
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -51,6 +54,10 @@ from geo4d_policy.models.checkpoint import (
 from geo4d_policy.models.config import config_differences
 
 M = TypeVar("M", bound="PretrainedModel")
+
+LegacyRule = Literal["repair", "refuse"]
+"""What loading does with a checkpoint of a ``legacy_versions`` format: repair it (with a warning
+naming what was repaired, where there is something to repair) or refuse it."""
 
 
 def canonical_task(name: str) -> str:
@@ -86,6 +93,7 @@ class PretrainedModel(nn.Module):
     Class attributes a family sets:
         checkpoint_format: the ``format`` name in ``config.json``.
         format_version: the version this code writes and reads.
+        legacy_versions: older versions it still reads, through :meth:`check_checkpoint_config`.
         family: how messages name the model (``"generator"``, ``"Diffusion Policy"``...).
         config_type, config_field: the config dataclass and its ``config.json`` key.
         task_conditioned: the model has trained tasks (``trained_tasks=`` of ``__init__``).
@@ -104,6 +112,7 @@ class PretrainedModel(nn.Module):
 
     checkpoint_format: ClassVar[str]
     format_version: ClassVar[int] = 1
+    legacy_versions: ClassVar[tuple[int, ...]] = ()
     family: ClassVar[str] = "model"
     config_type: ClassVar[type]
     config_field: ClassVar[str] = "model"
@@ -134,6 +143,17 @@ class PretrainedModel(nn.Module):
         """An untrained model built from a ``config.json``'s content (weights come next)."""
         config = from_dict(cls.config_type, data[cls.config_field], where=f"{where}/{CONFIG_NAME}:{cls.config_field}")
         return cls(config, **cls.init_kwargs(data))
+
+    @classmethod
+    def check_checkpoint_config(cls, data: dict[str, Any], *, where: Path, legacy: LegacyRule) -> dict[str, Any]:
+        """A ``config.json`` of this format (the current or a legacy version) -> the content to
+        load, as the current version; refuses (:class:`CheckpointError`) what cannot load.
+
+        The default accepts the current version unchanged. A family with ``legacy_versions``
+        overrides it to repair those (warning about what it changed) or, with ``legacy="refuse"``,
+        to refuse what would need repairing.
+        """
+        return data
 
     def weights_module(self) -> nn.Module:
         """The module whose state dict ``model.safetensors`` holds (default: the whole model)."""
@@ -210,23 +230,30 @@ class PretrainedModel(nn.Module):
     # ---------------------------------------------------------------------------------------
 
     @classmethod
-    def read_checkpoint_config(cls, path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-        """(checkpoint directory, ``config.json``) of ``path``, checked for format and version.
+    def read_checkpoint_config(cls, path: str | os.PathLike[str], *, legacy: LegacyRule = "repair"
+                               ) -> tuple[Path, dict[str, Any]]:
+        """(checkpoint directory, ``config.json``) of ``path``, checked for format and version and
+        passed through :meth:`check_checkpoint_config` (``legacy``: see :data:`LegacyRule`).
 
         Raises:
-            CheckpointError: not a checkpoint, another format, or another format version.
+            CheckpointError: not a checkpoint, another format, a format version this code does
+                not read, or what :meth:`check_checkpoint_config` refuses.
         """
+        if legacy not in ("repair", "refuse"):
+            raise ValueError(f"legacy must be 'repair' or 'refuse', got {legacy!r}")
         data = read_config_json(path, expect_format=cls.checkpoint_format)
         where = resolve_checkpoint_dir(path)
-        if data.get("version") != cls.format_version:
+        readable = (cls.format_version, *cls.legacy_versions)
+        if data.get("version") not in readable:
+            legacy_note = f" (and legacy {', '.join(map(str, cls.legacy_versions))})" if cls.legacy_versions else ""
             raise CheckpointError(f"{where}: {cls.family} checkpoint format version {data.get('version')}, "
-                                  f"this code reads version {cls.format_version}")
-        return where, data
+                                  f"this code reads version {cls.format_version}{legacy_note}")
+        return where, cls.check_checkpoint_config(data, where=where, legacy=legacy)
 
     @classmethod
     def from_pretrained(cls: type[M], path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, task: str | None = None, config: Any = None,
-                        expect: Mapping[str, Any] | None = None) -> M:
+                        expect: Mapping[str, Any] | None = None, legacy: LegacyRule = "repair") -> M:
         """Load a model saved by :meth:`save_pretrained` (a step directory or a run directory).
 
         Args:
@@ -239,13 +266,16 @@ class PretrainedModel(nn.Module):
                 family's ``config_ignore`` keys excepted).
             expect: ``config.json`` fields that must hold these values (besides the family's
                 ``required_fields``).
+            legacy: a checkpoint of one of the family's ``legacy_versions`` is repaired (with a
+                warning naming what changed) or refused (``"refuse"``); see
+                :meth:`check_checkpoint_config`.
 
         Raises:
             CheckpointError: another format or format version, a task it was not trained on, a
-                differing config or required field, or weights that do not match the stored
-                config; the message names what differs.
+                differing config or required field, weights that do not match the stored
+                config, or a legacy checkpoint refused; the message names what differs.
         """
-        where, data = cls.read_checkpoint_config(path)
+        where, data = cls.read_checkpoint_config(path, legacy=legacy)
         for key, value in {**cls.required_fields, **(expect or {})}.items():
             if data.get(key) != value:
                 raise CheckpointError(f"{where} holds a {cls.family} with {key} {data.get(key)!r}, "
@@ -294,7 +324,9 @@ class PretrainedModel(nn.Module):
         The source's own ``config.json`` entries (training metadata) are kept; ``extra`` adds more.
         """
         model = cls.from_pretrained(src)
-        _, info = cls.read_checkpoint_config(src)
+        with warnings.catch_warnings():  # a legacy source's repair was reported by from_pretrained
+            warnings.simplefilter("ignore")
+            _, info = cls.read_checkpoint_config(src)
         own = model.checkpoint_config()
         keep = {k: v for k, v in info.items() if k not in own}
         return model.save_pretrained(dst, extra={**keep, **(extra or {})}, dtype=dtype)

@@ -18,6 +18,9 @@ PlaceAppleFromBowlIntoBin's open/close errors (14 of 20 wrong frames on 10 clips
 ground-truth masks). A view competes for the opening only while its pose agrees with the pose
 view's: one that lost the gripper finds "finger" points around its wrong pose.
 
+For the RGB-only Dreamitate baseline it owns :func:`fuse_rays` and :func:`fuse_rgb_views`:
+ray-midpoint translation and chordal-mean rotation of two calibrated views' per-view estimates.
+
 It also offers :func:`estimate_relative_pose`, the rigid transform between two pixel-aligned
 pointmaps of the same view (e.g. ``X^m`` in m's own frame and ``X^{m->n}``), which is how an
 image-based tracker run in view m's own camera can be brought into camera n's frame without
@@ -32,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 
+from geo4d_policy.data.geometry import checked_transform, invert_transform, nearest_rotation
 from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.perception.tracker import TrackResult
 
@@ -223,3 +227,136 @@ def estimate_relative_pose(
         use = np.zeros(len(src), dtype=bool)
         use[np.argsort(res)[:keep]] = True
     return X
+
+
+# --------------------------------------------------------------------------------------------
+# Two-view ray fusion of RGB-only estimates (Dreamitate's stereo step)
+# --------------------------------------------------------------------------------------------
+
+
+def fuse_rays(
+    X_C1G: np.ndarray,
+    X_C2G: np.ndarray,
+    *,
+    X_TC1: np.ndarray,
+    X_TC2: np.ndarray,
+    confidences: Sequence[float] | None = None,
+    min_ray_angle: float = float(np.deg2rad(2.0)),
+) -> np.ndarray:
+    """Fuse two views' gripper poses into one ``X_TG`` (Dreamitate's stereo step).
+
+    Translation: each view's estimate defines a ray from its camera centre through the
+    estimated gripper origin (the image position is what an RGB-only estimate gets right;
+    its depth is only as good as the model-size argument). The fused origin is the midpoint
+    of the two rays' closest points, weighted by confidence (equal confidences give the plain
+    midpoint). When the rays are within ``min_ray_angle`` of parallel, or the closest points
+    lie behind a camera, triangulation says nothing and the confidence-weighted mean of the
+    two per-view positions is used instead.
+
+    Rotation: the chordal L2 mean, i.e. the rotation nearest (Frobenius) to the
+    confidence-weighted sum of the two rotation matrices.
+
+    Args:
+        X_C1G: 4x4 gripper pose in camera 1.
+        X_C2G: 4x4 gripper pose in camera 2.
+        X_TC1: 4x4 pose of camera 1 in the task frame.
+        X_TC2: 4x4 pose of camera 2 in the task frame.
+        confidences: two non-negative weights (default equal; all zero also means equal).
+        min_ray_angle: rays closer to parallel than this (radians) are not triangulated.
+
+    Returns:
+        4x4 ``X_TG``.
+
+    Raises:
+        ValueError: a pose is not a finite 4x4, or the confidences are not two finite
+            non-negative numbers.
+    """
+    X_TG1 = checked_transform(X_TC1, "X_TC1") @ checked_transform(X_C1G, "X_C1G")
+    X_TG2 = checked_transform(X_TC2, "X_TC2") @ checked_transform(X_C2G, "X_C2G")
+    w = np.ones(2) if confidences is None else np.asarray(confidences, dtype=np.float64).reshape(-1)
+    if w.shape != (2,) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"confidences must be two finite non-negative numbers, got {confidences}")
+    w = np.ones(2) if w.sum() <= 0 else w / w.sum()
+    p1, p2 = X_TG1[:3, 3], X_TG2[:3, 3]
+    o1, o2 = np.asarray(X_TC1, dtype=np.float64)[:3, 3], np.asarray(X_TC2, dtype=np.float64)[:3, 3]
+    X = np.eye(4)
+    X[:3, :3] = nearest_rotation(w[0] * X_TG1[:3, :3] + w[1] * X_TG2[:3, :3])
+    X[:3, 3] = w[0] * p1 + w[1] * p2
+    d1, d2 = p1 - o1, p2 - o2
+    n1, n2 = np.linalg.norm(d1), np.linalg.norm(d2)
+    if n1 < 1e-9 or n2 < 1e-9:
+        return X  # an estimate at a camera centre defines no ray
+    d1, d2 = d1 / n1, d2 / n2
+    # Closest points o1 + s d1 and o2 + t d2 of the two lines (unit directions).
+    b = float(d1 @ d2)
+    sin2 = 1.0 - b * b
+    if sin2 < np.sin(min_ray_angle) ** 2:
+        return X
+    r = o1 - o2
+    s = (b * float(d2 @ r) - float(d1 @ r)) / sin2
+    t = (float(d2 @ r) - b * float(d1 @ r)) / sin2
+    if s <= 0.0 or t <= 0.0:
+        return X  # the rays meet behind a camera: the estimates are inconsistent
+    X[:3, 3] = w[0] * (o1 + s * d1) + w[1] * (o2 + t * d2)
+    return X
+
+
+def fuse_rgb_views(
+    results_1: Sequence[TrackResult],
+    results_2: Sequence[TrackResult],
+    *,
+    X_TC1: np.ndarray,
+    X_TC2: np.ndarray,
+) -> list[FusedPose]:
+    """Per frame, :func:`fuse_rays` of two views' RGB-only results, as :class:`FusedPose`.
+
+    View 1 plays view n (``X_CnG`` is in camera 1, ``source="n"``), view 2 view m. When both
+    views are ok the poses are ray-fused with their confidences as weights (``source="n"``,
+    confidence the mean of the two: ``FusedPose`` has no two-view source); when one view is
+    lost the other view's full pose is used; when both are, the previous fused pose is held
+    (confidence 0, ``source="none"``, status ``"lost"``), or before any good frame view 1's held
+    pose (its hint), else view 2's.
+
+    Args:
+        results_1: per-frame results of the estimator in camera 1 (``X_C1G``).
+        results_2: per-frame results in camera 2 (same length).
+        X_TC1: 4x4 pose of camera 1 in the task frame.
+        X_TC2: 4x4 pose of camera 2 in the task frame.
+
+    Returns:
+        One :class:`FusedPose` per frame.
+
+    Raises:
+        ValueError: the sequences differ in length or a camera pose is not a finite 4x4.
+    """
+    X_TC1 = checked_transform(X_TC1, "X_TC1")
+    X_TC2 = checked_transform(X_TC2, "X_TC2")
+    if len(results_1) != len(results_2):
+        raise ValueError(f"view 1 has {len(results_1)} frames, view 2 {len(results_2)}")
+    X_C1T = invert_transform(X_TC1)
+
+    def usable(r: TrackResult) -> bool:
+        return r.ok and r.confidence > 0 and np.isfinite(r.X_CG).all()
+
+    out: list[FusedPose] = []
+    for r1, r2 in zip(results_1, results_2):
+        ok1, ok2 = usable(r1), usable(r2)
+        if ok1 and ok2:
+            X_TG = fuse_rays(r1.X_CG, r2.X_CG, X_TC1=X_TC1, X_TC2=X_TC2,
+                             confidences=(r1.confidence, r2.confidence))
+            widths = [r.width for r in (r1, r2) if r.width is not None]
+            fused = FusedPose(X_TG, X_C1T @ X_TG, 0.5 * (r1.confidence + r2.confidence), "n", "ok",
+                              float(np.mean(widths)) if widths else None)
+        elif ok1 or ok2:
+            r, X_TC, src = (r1, X_TC1, "n") if ok1 else (r2, X_TC2, "m")
+            X_TG = X_TC @ np.asarray(r.X_CG, dtype=np.float64)
+            fused = FusedPose(X_TG, X_C1T @ X_TG, float(r.confidence), src, "ok", r.width)
+        elif out:
+            prev = out[-1]
+            fused = FusedPose(prev.X_TG.copy(), prev.X_CnG.copy(), 0.0, "none", "lost", prev.width)
+        else:
+            held = [(r, X_TC) for r, X_TC in ((r1, X_TC1), (r2, X_TC2)) if np.isfinite(r.X_CG).all()]
+            X_TG = held[0][1] @ np.asarray(held[0][0].X_CG, dtype=np.float64) if held else np.eye(4)
+            fused = FusedPose(X_TG, X_C1T @ X_TG, 0.0, "none", "lost", held[0][0].width if held else None)
+        out.append(fused)
+    return out

@@ -1,4 +1,4 @@
-"""RGB-only gripper pose estimation and two-view ray fusion: the Dreamitate baseline's perception.
+"""RGB-only gripper pose estimation: the Dreamitate baseline's perception, per view.
 
 Dreamitate generates RGB-only video of two views and recovers the gripper's 6DoF pose in each
 view from the image alone (MegaPose's role: render-and-compare of the known CAD model against
@@ -7,19 +7,14 @@ estimates: the translation is the midpoint of the closest points of the two came
 the per-view gripper origins, the rotation an average. As in our geo4d pipeline, the policy
 knows both views' calibrated ``X_TC`` (for fairness, Dreamitate gets them too).
 
-This module owns:
-  * :class:`SilhouetteRenderer`: a numpy z-buffered triangle rasteriser of the gripper model
-    (:mod:`gripper_model`'s palm and finger meshes at a finger opening, behind the wrist link
-    that hides part of the palm) for a pinhole ``K`` and one or several poses ``X_CG``,
-    producing an (H, W) part-label image (-1 none, 0 palm, 1 left finger, 2 right finger) per
-    pose; a pixel belongs to a triangle when its centre (integer coordinates, the convention
-    of ``project_points`` and of the simulator's label images) lies inside it.
-  * :class:`RGBPoseEstimator`: a :class:`~geo4d_policy.perception.tracker.PoseTracker` that uses
-    only a frame's segmentation (part labels or a gripper mask), the intrinsics and a prior pose;
-    it never reads the pointmap or depth. ``X_CG`` is in the camera that owns the pixels.
-  * :func:`fuse_rays` and :func:`fuse_rgb_views`: ray-midpoint translation and chordal-mean
-    rotation of the two views' estimates, in the task frame, reusing
-    :class:`~geo4d_policy.perception.fusion.FusedPose`.
+This module owns :class:`RGBPoseEstimator`, a :class:`~geo4d_policy.perception.tracker.PoseTracker`
+that uses only a frame's segmentation (part labels or a gripper mask), the intrinsics and a prior
+pose; it never reads the pointmap or depth. ``X_CG`` is in the camera that owns the pixels. Its
+parts live beside it: the renderer (:mod:`geo4d_policy.perception.silhouette`), the cost of a pose
+(:mod:`geo4d_policy.perception.rgb_objective`) and the two-view fusion
+(:func:`~geo4d_policy.perception.fusion.fuse_rays`, :func:`~geo4d_policy.perception.fusion.fuse_rgb_views`).
+On a GPU (``device``) the hypotheses are rendered and scored there with torch, and the pattern
+search polls every coordinate per batch; the numpy path stays the default without one.
 
 The estimator, in brief (the why is in the comments):
   * Pose parameters are the image position of the model's centre (normalised image coordinates),
@@ -63,271 +58,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from geo4d_policy.data.geometry import invert_transform
-from geo4d_policy.perception.fusion import FusedPose
+from geo4d_policy.data.geometry import checked_transform, invert_transform
 from geo4d_policy.perception.gripper_model import PARTS, GripperModel
+from geo4d_policy.perception.rgb_objective import Objective
+from geo4d_policy.perception.silhouette import SilhouetteRenderer, TorchSilhouetteRenderer, check_intrinsics
 from geo4d_policy.perception.tracker import Observation, TrackingFrame, TrackResult
-
-# --------------------------------------------------------------------------------------------
-# Argument checks and small rotation helpers
-# --------------------------------------------------------------------------------------------
-
-
-OCCLUDER = -2
-"""Face label of the occluder while rasterising (never in an image)."""
-
-
-def _check_K(K: np.ndarray) -> np.ndarray:  # noqa: N802 - the standard symbol
-    K = np.asarray(K, dtype=np.float64)
-    if K.shape != (3, 3) or not np.isfinite(K).all():
-        raise ValueError(f"K must be a finite 3x3 intrinsic matrix, got shape {K.shape}")
-    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], (0.0, 0.0, 1.0)):
-        raise ValueError(f"K must have positive focal lengths and last row (0, 0, 1), got {K.tolist()}")
-    return K
-
-
-def _check_pose(X: np.ndarray, name: str) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.shape != (4, 4) or not np.isfinite(X).all():
-        raise ValueError(f"{name} must be a finite 4x4 transform, got shape {X.shape}")
-    out = np.eye(4)
-    out[:3, :3] = _nearest_rotation(X[:3, :3])
-    out[:3, 3] = X[:3, 3]
-    return out
-
-
-def _nearest_rotation(M: np.ndarray) -> np.ndarray:
-    """The rotation closest to ``M`` in Frobenius norm (SVD projection onto SO(3))."""
-    U, _, Vt = np.linalg.svd(M)
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt)) or 1.0])
-    return U @ D @ Vt
-
-
-# --------------------------------------------------------------------------------------------
-# Silhouette renderer
-# --------------------------------------------------------------------------------------------
-
-
-class SilhouetteRenderer:
-    """Z-buffered part-label rendering of the gripper model for a pinhole camera, in numpy.
-
-    All triangles are rasterised at once: every (triangle, pixel of its bounding box) pair is
-    tested with edge functions, depth is interpolated perspective-correctly (``1/z`` is affine
-    in the image), and the nearest surface wins each pixel. Triangles with a vertex closer than
-    ``near`` to the camera plane are skipped (the gripper is never that close to a camera).
-    Several poses can be rasterised in one call (:meth:`render_many`): numpy's per-call
-    overhead, not the pixel work, dominates a render of this small model, so a batch of poses
-    costs little more than one.
-
-    The model's occluder (the arm link rigid in ``G``, :attr:`GripperModel.occluder`) is drawn
-    into the z-buffer but not into the image: gripper pixels behind it are not gripper pixels
-    in a label image either (they belong to the arm there).
-
-    Args:
-        model: the gripper model (default: :meth:`GripperModel.load`).
-        cull_back_faces: skip triangles facing away from the camera. The part meshes are closed
-            unions of outward-wound primitives, so a back face is always hidden behind a front
-            face and culling only halves the work (a test checks the images are identical).
-        near: near-plane distance (m).
-        occlusion: draw the model's occluder (if it has one).
-
-    A renderer keeps a z-buffer between calls: use one per thread.
-
-    Example:
-        >>> labels = SilhouetteRenderer().render(X_CG, K=K, shape=(128, 160), width=0.04)
-    """
-
-    def __init__(self, model: GripperModel | None = None, *, cull_back_faces: bool = True,
-                 near: float = 1e-3, occlusion: bool = True) -> None:
-        self.model = model or GripperModel.load()
-        self.cull_back_faces = bool(cull_back_faces)
-        self.near = float(near)
-        verts, slopes, faces, labels, offset = [], [], [], [], 0
-        parts = [(code, self.model.meshes[part], self.model.X_GB(part, 0.0), self.model.X_GB(part, self.model.stroke))
-                 for code, part in enumerate(PARTS)]
-        if occlusion and self.model.occluder is not None:
-            parts.append((OCCLUDER, self.model.occluder, np.eye(4), np.eye(4)))
-        for code, mesh, X0, X1 in parts:
-            v = np.asarray(mesh.vertices, dtype=np.float64)
-            # Parts are rigid and the fingers slide along the closing axis, so a vertex in G is
-            # affine in the opening: v(w) = v(0) + w * dv.
-            verts.append(v @ X0[:3, :3].T + X0[:3, 3])
-            slopes.append(np.broadcast_to((X1[:3, 3] - X0[:3, 3]) / self.model.stroke, v.shape))
-            faces.append(np.asarray(mesh.faces, dtype=np.int64) + offset)
-            labels.append(np.full(len(mesh.faces), code, dtype=np.int8))
-            offset += len(mesh.vertices)
-        self._V0_G = np.concatenate(verts)
-        self._dV_G = np.concatenate(slopes)
-        self._faces = np.concatenate(faces)
-        self._face_label = np.concatenate(labels)
-        # Back-face test in G: with n the (unnormalised) face normal and p0 a face vertex, the
-        # face points away from the camera when n . p0_C > 0, i.e. n . (p0_G(w) + R^T t) > 0.
-        P = self._V0_G[self._faces]
-        self._n_G = np.cross(P[:, 1] - P[:, 0], P[:, 2] - P[:, 0])
-        self._n_dot_p0 = np.einsum("ij,ij->i", self._n_G, P[:, 0])
-        self._n_dot_dp0 = np.einsum("ij,ij->i", self._n_G, self._dV_G[self._faces[:, 0]])
-        self._zbuffer = (np.zeros(0), np.zeros(0, dtype=np.int64))
-
-    def vertices_in_camera(self, X_CG: np.ndarray, *, width: float) -> np.ndarray:
-        """(V, 3) model vertices in the camera frame at finger opening ``width`` (all parts)."""
-        X = np.asarray(X_CG, dtype=np.float64)
-        w = float(np.clip(width, 0.0, self.model.stroke))
-        return self._vertices(X[None, :3, :3], X[None, :3, 3], np.array([w]))[0]
-
-    def _vertices(self, R: np.ndarray, t: np.ndarray, widths: np.ndarray) -> np.ndarray:
-        """(B, V, 3) vertices for B poses ``(R, t)`` of G in the camera and openings (clipped)."""
-        V_G = self._V0_G[None] + widths[:, None, None] * self._dV_G[None]
-        return np.einsum("bij,bvj->bvi", R, V_G) + t[:, None, :]
-
-    def render(self, X_CG: np.ndarray, *, K: np.ndarray, shape: tuple[int, int], width: float) -> np.ndarray:
-        """The (H, W) int8 part-label image of the gripper at pose ``X_CG``.
-
-        Args:
-            X_CG: 4x4 pose of the gripper frame in the camera frame (+z forward, +x right, +y down).
-            K: 3x3 intrinsics.
-            shape: ``(H, W)`` of the image.
-            width: finger opening (m), clipped to the model's stroke.
-
-        Returns:
-            (H, W) int8: -1 none, 0 palm, 1 left finger, 2 right finger.
-
-        Raises:
-            ValueError: ``K`` is not a valid intrinsic matrix, ``X_CG`` not a finite 4x4, or
-                ``shape`` not two positive integers.
-        """
-        return self.render_many(np.asarray(X_CG)[None], K=K, shape=shape, widths=[width])[0]
-
-    def render_many(self, X_CG: np.ndarray, *, K: np.ndarray, shape: tuple[int, int],
-                    widths: Sequence[float] | np.ndarray) -> np.ndarray:
-        """(B, H, W) part-label images of B poses (see :meth:`render`) in one rasterisation.
-
-        Raises:
-            ValueError: as :meth:`render`, or the number of widths differs from the poses'.
-        """
-        K = _check_K(K)
-        X = np.asarray(X_CG, dtype=np.float64)
-        if X.ndim != 3:
-            raise ValueError(f"X_CG must be (B, 4, 4) poses, got shape {X.shape}")
-        X = np.stack([_check_pose(x, "X_CG") for x in X]) if len(X) else X.reshape(0, 4, 4)
-        H, W = _check_shape(shape)
-        w = np.asarray(widths, dtype=np.float64).reshape(-1)
-        if w.shape != (len(X),) or not np.isfinite(w).all():
-            raise ValueError(f"need one finite width per pose ({len(X)}), got {widths}")
-        return self._render_many(X[:, :3, :3], X[:, :3, 3], np.clip(w, 0.0, self.model.stroke), K, H, W)
-
-    def _render_many(self, R: np.ndarray, t: np.ndarray, widths: np.ndarray, K: np.ndarray, H: int, W: int
-                     ) -> np.ndarray:
-        """:meth:`render_many` without argument checks (widths already clipped)."""
-        image = np.full(len(R) * H * W, -1, dtype=np.int8)
-        pix, lab = self._rasterize(R, t, widths, K, H, W)
-        image[pix] = lab
-        return image.reshape(len(R), H, W)
-
-    def _rasterize(self, R: np.ndarray, t: np.ndarray, widths: np.ndarray, K: np.ndarray, H: int, W: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Visible gripper surface of B poses: flat indices into (B, H, W) (pose-major, so
-        sorted by pose) and part labels, one entry per covered pixel (occluded ones left out)."""
-        B = len(R)
-        V = self._vertices(R, t, widths)  # (B, V, 3)
-        keep = (V[:, :, 2] > self.near)[:, self._faces].all(axis=2)  # (B, F)
-        if self.cull_back_faces:
-            t_G = np.einsum("bji,bj->bi", R, t)  # R^T t: the camera centre's offset, in G
-            facing = self._n_dot_p0[None] + widths[:, None] * self._n_dot_dp0[None] + t_G @ self._n_G.T
-            keep &= facing < 0.0
-        pose, face = np.nonzero(keep)
-        if len(face) == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
-        P = V[pose[:, None], self._faces[face]]  # (M, 3, 3)
-        labels = self._face_label[face]
-        z = P[:, :, 2]
-        u = (K[0, 0] * P[:, :, 0] + K[0, 1] * P[:, :, 1]) / z + K[0, 2]
-        v = K[1, 1] * P[:, :, 1] / z + K[1, 2]
-        u0, u1, u2 = u.T
-        v0, v1, v2 = v.T
-        area = (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)
-        u_lo = np.maximum(np.ceil(u.min(axis=1)), 0).astype(np.int64)
-        u_hi = np.minimum(np.floor(u.max(axis=1)), W - 1).astype(np.int64)
-        v_lo = np.maximum(np.ceil(v.min(axis=1)), 0).astype(np.int64)
-        v_hi = np.minimum(np.floor(v.max(axis=1)), H - 1).astype(np.int64)
-        occ = labels == OCCLUDER
-        if occ.any():
-            # The occluder only matters where it covers the gripper: clip its triangles' boxes to
-            # the box of the pose's gripper triangles (most of the arm link lies outside it).
-            part_pose = pose[~occ]
-            box = np.stack([np.full(B, W), np.full(B, -1), np.full(B, H), np.full(B, -1)])
-            np.minimum.at(box[0], part_pose, u_lo[~occ])
-            np.maximum.at(box[1], part_pose, u_hi[~occ])
-            np.minimum.at(box[2], part_pose, v_lo[~occ])
-            np.maximum.at(box[3], part_pose, v_hi[~occ])
-            op = pose[occ]
-            u_lo[occ] = np.maximum(u_lo[occ], box[0, op])
-            u_hi[occ] = np.minimum(u_hi[occ], box[1, op])
-            v_lo[occ] = np.maximum(v_lo[occ], box[2, op])
-            v_hi[occ] = np.minimum(v_hi[occ], box[3, op])
-        nu = np.maximum(u_hi - u_lo + 1, 0)
-        nv = np.maximum(v_hi - v_lo + 1, 0)
-        # (Nearly) edge-on triangles are skipped: their neighbours cover those pixels.
-        count = np.where(np.abs(area) > 1e-9, nu * nv, 0)
-        total = int(count.sum())
-        if total == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
-        # One row per (triangle, pixel of its bounding box). Per-triangle values are spread
-        # over the rows with np.repeat (rows are grouped by triangle), cheaper than a gather.
-        def spread(a: np.ndarray) -> np.ndarray:
-            return np.repeat(a, count)
-
-        local = np.arange(total) - spread(np.cumsum(count) - count)
-        row, col = np.divmod(local, spread(nu))
-        fu = spread(u_lo.astype(np.float64)) + col
-        fv = spread(v_lo.astype(np.float64)) + row
-        inv_area = np.divide(1.0, area, out=np.zeros_like(area), where=count > 0)
-        # Barycentric coordinates from edge functions; dividing by the signed area makes the
-        # inside test independent of the winding in the image. The first coordinate rejects
-        # about half the rows, so the others are computed on the survivors only.
-        du2, dv2 = spread(u2) - fu, spread(v2) - fv
-        b0 = ((spread(u1) - fu) * dv2 - (spread(v1) - fv) * du2) * spread(inv_area)
-        rows = np.flatnonzero(b0 >= 0.0)
-        tri = np.repeat(np.arange(len(P)), count)[rows]
-        fu, fv, du2, dv2, b0 = fu[rows], fv[rows], du2[rows], dv2[rows], b0[rows]
-        b1 = (du2 * (v0[tri] - fv) - dv2 * (u0[tri] - fu)) * inv_area[tri]
-        b2 = 1.0 - b0 - b1
-        inside = (b1 >= 0.0) & (b2 >= 0.0)
-        tri, b0, b1, b2 = tri[inside], b0[inside], b1[inside], b2[inside]
-        pix = (pose[tri] * H + (v_lo[tri] + row[rows[inside]])) * W + (u_lo[tri] + col[rows[inside]])
-        inv_z = b0 / z[tri, 0] + b1 / z[tri, 1] + b2 / z[tri, 2]
-        # Z-buffer: the largest 1/z (nearest surface) wins each pixel. One buffer, grown when a
-        # call needs more, is kept between calls and only its touched entries are cleared (a
-        # fresh one per call costs more than the rasterisation at supersampled sizes).
-        if len(self._zbuffer[0]) < B * H * W:
-            self._zbuffer = (np.zeros(B * H * W), np.zeros(B * H * W, dtype=np.int64))
-        nearest, claim = self._zbuffer
-        np.maximum.at(nearest, pix, inv_z)
-        win = np.flatnonzero(inv_z >= nearest[pix])
-        nearest[pix] = 0.0
-        # Ties (pixels on an edge shared by two triangles) leave several winners: one of them
-        # claims the pixel, so that each pixel is reported once.
-        claim[pix[win]] = win
-        win = win[claim[pix[win]] == win]
-        lab = labels[tri[win]]
-        part = lab != OCCLUDER
-        return pix[win][part], lab[part]
-
-
-def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
-    if len(shape) != 2 or int(shape[0]) <= 0 or int(shape[1]) <= 0:
-        raise ValueError(f"shape must be (H, W) with positive sizes, got {shape}")
-    return int(shape[0]), int(shape[1])
-
-
-# --------------------------------------------------------------------------------------------
-# Render-and-compare pose estimation
-# --------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,309 +146,20 @@ class RGBPoseConfig:
     seed: int = 0
 
 
-def _outline(image: np.ndarray) -> np.ndarray:
-    """Pixels with a 4-neighbour of another value (the image border counts as another value).
-
-    ``image`` is (H, W) or a stack (..., H, W) of images, each outlined on its own.
-    """
-    mid = image[..., 1:-1, 1:-1]
-    same = np.zeros(image.shape, dtype=bool)
-    same[..., 1:-1, 1:-1] = (mid == image[..., :-2, 1:-1]) & (mid == image[..., 2:, 1:-1]) \
-        & (mid == image[..., 1:-1, :-2]) & (mid == image[..., 1:-1, 2:])
-    return ~same
-
-
-def _boundary(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with a 4-neighbour outside it (the image border counts as outside)."""
-    return mask & _outline(mask)
-
-
-def _soft_iou(coverage: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """IoU of fractional coverage images (..., H, W) with a binary mask (``sum min / sum max``)."""
-    union = np.count_nonzero(observed) + (coverage * ~observed).sum(axis=(-2, -1))
-    inter = (coverage * observed).sum(axis=(-2, -1))
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def _rotvecs_to_matrices(rotvecs: np.ndarray) -> np.ndarray:
-    """(B, 3, 3) rotations of (B, 3) rotation vectors (Rodrigues; series near zero)."""
-    theta = np.linalg.norm(rotvecs, axis=1)
-    small = theta < 1e-4
-    th = np.where(small, 1.0, theta)
-    t2 = theta * theta
-    a = np.where(small, 1.0 - t2 / 6.0, np.sin(th) / th)
-    b = np.where(small, 0.5 - t2 / 24.0, (1.0 - np.cos(th)) / (th * th))
-    x, y, z = rotvecs.T
-    S = np.zeros((len(rotvecs), 3, 3))
-    S[:, 0, 1], S[:, 0, 2], S[:, 1, 2] = -z, y, -x
-    S[:, 1, 0], S[:, 2, 0], S[:, 2, 1] = z, -y, x
-    return np.eye(3)[None] + a[:, None, None] * S + b[:, None, None] * (S @ S)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Score:
-    """A pose's fit to the observed segmentation: ``cost = overlap + edge_weight * edge_px``."""
-
-    cost: float
-    overlap: float
-    edge_px: float
-
-
-class _Objective:
-    """Render-and-compare cost of poses against one frame's observed segmentation.
-
-    Pose parameters ``p = (x, y, log z, rx, ry, rz, w)``: the model centre ``c`` (``center_G``)
-    sits at ``z * (x, y, 1)`` in the camera, the rotation is ``exp([rx, ry, rz]) @ R_ref``
-    (rotation about the camera axes through the centre), ``w`` the finger opening.
-
-    Poses are rendered ``supersample`` times finer and compared as fractional pixel coverage:
-    a binary silhouette only changes when a pixel centre is crossed, so a search on it stalls
-    on plateaus a few degrees from the optimum; coverage moves with every sub-pixel change.
-    Costs are computed for a batch of parameter vectors at once (:meth:`costs`): one
-    rasterisation and one pass of array operations for the whole batch.
-    """
-
-    def __init__(self, renderer: SilhouetteRenderer, observed: np.ndarray, has_parts: bool, K: np.ndarray,
-                 config: RGBPoseConfig) -> None:
-        self.renderer = renderer
-        self.config = config
-        self.K = K
-        self.K_inv = np.linalg.inv(K)
-        self.obs_mask = observed >= 0
-        self.n_obs = int(np.count_nonzero(self.obs_mask))
-        # Pixel quantisation matters less the larger the silhouette: cap the sub-pixel count
-        # (a gripper close to the camera would otherwise cost tens of milliseconds a render).
-        s = max(1, min(int(config.supersample), int(np.sqrt(config.max_subpixels / max(self.n_obs, 1)))))
-        self.sub = s
-        # Sub-pixel U of a pixel u: U = s * u + (s - 1) / 2, so pixel u holds sub-pixels s*u .. s*u + s - 1.
-        self.K_sub = K.copy()
-        self.K_sub[:2] *= s
-        self.K_sub[:2, 2] += 0.5 * (s - 1)
-        self.shape = observed.shape
-        self.center_G = renderer.model.center_G
-        self.stroke = renderer.model.stroke
-        self.observed = observed
-        self.has_parts = has_parts
-        rows = np.flatnonzero(self.obs_mask.any(axis=1))
-        cols = np.flatnonzero(self.obs_mask.any(axis=0))
-        self.obs_box = (rows[0], rows[-1], cols[0], cols[-1]) if self.n_obs else None
-        vv, uu = np.nonzero(self.obs_mask)
-        self.obs_centroid = np.array([uu.mean(), vv.mean()]) if self.n_obs else None
-        # Distance (pixels) to the nearest observed boundary, on the sub-pixel grid, once per frame.
-        self.edge_dt = self._edge_distance(self.obs_mask)
-        self.evaluations = 0  # poses rendered for a cost so far, for diagnostics
-        self._memo: dict[bytes, dict[bytes, tuple[float, float, float]]] = {}  # R_ref -> p -> scores
-        self.part_present = np.array([bool(np.any(observed == k)) for k in range(len(PARTS))])
-        if has_parts:
-            self.part_dt = np.stack([self._edge_distance(observed == k) for k in range(len(PARTS))])
-
-    def _edge_distance(self, mask: np.ndarray) -> np.ndarray:
-        fine = np.repeat(np.repeat(mask, self.sub, axis=0), self.sub, axis=1)
-        edges = _boundary(fine)
-        if not edges.any():
-            return np.full(fine.shape, self.config.max_edge_px)
-        return np.minimum(ndimage.distance_transform_edt(~edges) / self.sub, self.config.max_edge_px)
-
-    # --- parameters <-> poses ------------------------------------------------------------------
-
-    def params_from_pose(self, X_CG: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
-        """``(p, R_ref)`` of a pose: the parameters are relative to ``R_ref = R_CG``."""
-        c = X_CG[:3, :3] @ self.center_G + X_CG[:3, 3]
-        z = max(float(c[2]), 1e-3)
-        p = np.array([c[0] / z, c[1] / z, np.log(z), 0.0, 0.0, 0.0, float(width)])
-        return p, X_CG[:3, :3].copy()
-
-    def poses_from_params(self, P: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(R, t, widths)`` of (B, 7) parameter vectors: (B, 3, 3), (B, 3), (B,) clipped."""
-        z = np.exp(P[:, 2])
-        c = z[:, None] * np.stack([P[:, 0], P[:, 1], np.ones(len(P))], axis=1)
-        R = _rotvecs_to_matrices(P[:, 3:6]) @ R_ref
-        t = c - R @ self.center_G
-        return R, t, np.clip(P[:, 6], 0.0, self.stroke)
-
-    def pose_from_params(self, p: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, float]:
-        R, t, w = self.poses_from_params(np.asarray(p, dtype=np.float64)[None], R_ref)
-        X = np.eye(4)
-        X[:3, :3], X[:3, 3] = R[0], t[0]
-        return X, float(w[0])
-
-    # --- scoring -----------------------------------------------------------------------------
-
-    def render(self, p: np.ndarray, R_ref: np.ndarray) -> np.ndarray:
-        """Part labels of a pose at the image's resolution."""
-        R, t, w = self.poses_from_params(np.asarray(p, dtype=np.float64)[None], R_ref)
-        return self.renderer._render_many(R, t, w, self.K, self.shape[0], self.shape[1])[0]
-
-    def iou(self, p: np.ndarray, R_ref: np.ndarray) -> tuple[float, int]:
-        """Binary whole-silhouette IoU at the image's resolution and the intersection size."""
-        mask = self.render(p, R_ref) >= 0
-        inter = int(np.count_nonzero(mask & self.obs_mask))
-        union = int(np.count_nonzero(mask | self.obs_mask))
-        return (inter / union if union else 0.0), inter
-
-    def score(self, p: np.ndarray, R_ref: np.ndarray) -> _Score:
-        cost, overlap, edge_px = self.scores(np.asarray(p, dtype=np.float64)[None], R_ref)
-        return _Score(float(cost[0]), float(overlap[0]), float(edge_px[0]))
-
-    def cost(self, p: np.ndarray, R_ref: np.ndarray) -> float:
-        return self.score(p, R_ref).cost
-
-    def costs(self, P: np.ndarray, R_ref: np.ndarray) -> np.ndarray:
-        """(B,) costs of (B, 7) parameter vectors."""
-        return self.scores(P, R_ref)[0]
-
-    def scores(self, P: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(cost, overlap, edge_px)``, each (B,), of (B, 7) parameter vectors.
-
-        A pose that puts nothing on screen costs ``inf`` (worse than any pose that shows
-        something). Every pose is compared inside one window, the union of all silhouettes'
-        and the observation's boxes plus one pixel: pixels outside a pose's own such window add
-        nothing to its cost (no coverage, observed background), so the batch changes no cost.
-
-        Scores are remembered per parameter vector: a pattern search comes back to points it
-        has scored (about one evaluation in ten on generated frames), and as a point scores the
-        same in any batch, only the new points are rendered.
-        """
-        P = np.asarray(P, dtype=np.float64)
-        known = self._memo.setdefault(np.asarray(R_ref, dtype=np.float64).tobytes(), {})
-        keys = [p.tobytes() for p in P]
-        new = list(dict.fromkeys(k for k in keys if k not in known))
-        if new:
-            fresh = self._scores(P[[keys.index(k) for k in new]], R_ref)
-            for i, k in enumerate(new):
-                known[k] = (fresh[0][i], fresh[1][i], fresh[2][i])
-        cost, overlap, edge_px = (np.array([known[k][j] for k in keys], dtype=np.float64).reshape(len(P))
-                                  for j in range(3))
-        return cost, overlap, edge_px
-
-    def _scores(self, P: np.ndarray, R_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`scores` of a batch, rendered."""
-        c, s = self.config, self.sub
-        B = len(P)
-        self.evaluations += B
-        H, W = self.shape
-        Hs, Ws = H * s, W * s
-        R, t, widths = self.poses_from_params(P, R_ref)
-        pix, lab = self.renderer._rasterize(R, t, widths, self.K_sub, Hs, Ws)
-        cost = np.full(B, np.inf)
-        overlap = np.full(B, np.inf)
-        edge_px = np.full(B, float(c.max_edge_px))
-        if pix.size == 0:
-            return cost, overlap, edge_px
-        b, rem = np.divmod(pix, Hs * Ws)
-        rr, cc = np.divmod(rem, Ws)
-        drawn = np.bincount(b, minlength=B) > 0
-        r0 = max(min(int(rr.min()) // s, self.obs_box[0]) - 1, 0)
-        r1 = min(max(int(rr.max()) // s, self.obs_box[1]) + 2, H)
-        c0 = max(min(int(cc.min()) // s, self.obs_box[2]) - 1, 0)
-        c1 = min(max(int(cc.max()) // s, self.obs_box[3]) + 2, W)
-        h, w = r1 - r0, c1 - c0
-        obs = self.observed[r0:r1, c0:c1]
-        fg_obs = obs >= 0
-        # Fractional coverage of every pixel by each part (last axis), per pose.
-        n_part = len(PARTS)
-        block = (b * h + (rr // s - r0)) * w + (cc // s - c0)
-        counts = np.bincount(block * n_part + lab, minlength=B * h * w * n_part).reshape(B, h, w, n_part) / (s * s)
-        cover_fg = counts.sum(axis=3)
-        if c.overlap == "likelihood":
-            if self.has_parts:
-                onehot = np.arange(n_part) == np.maximum(obs, 0)[..., None]
-                cover_obs = (counts * onehot).sum(axis=3)
-            else:
-                cover_obs = cover_fg
-            cover_obs = np.where(fg_obs, cover_obs, 1.0 - cover_fg)
-            # Each observed label is a pixel-centre sample of the true image; with the centre
-            # anywhere in the pixel, its probability is the rendered coverage of that label.
-            nll = -np.log((cover_obs + c.eps) / (1.0 + c.eps))
-            ov = self._per_pose_sum(nll) / self.n_obs
-        else:
-            ov = 1.0 - _soft_iou(cover_fg, fg_obs)
-            if self.has_parts:
-                part_iou = np.stack([_soft_iou(counts[..., k], obs == k) for k in range(n_part)], axis=1)
-                present = self.part_present[None] | counts.any(axis=(1, 2))
-                ov = ov + c.part_weight * (1.0 - (part_iou * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1))
-        edge = self._edge_terms(b, rr - s * r0, cc - s * c0, lab, B, (h * s, w * s), (s * r0, s * c0))
-        overlap[drawn] = ov[drawn]
-        edge_px[drawn] = edge[drawn]
-        cost[drawn] = ov[drawn] + c.edge_weight * edge[drawn]
-        return cost, overlap, edge_px
-
-    def _edge_terms(self, b: np.ndarray, rr: np.ndarray, cc: np.ndarray, lab: np.ndarray, B: int,
-                    shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
-        """(B,) mean distances (pixels) from the rendered boundaries to the observed ones.
-
-        The whole silhouette's outline is compared with the observed outline and, with part
-        labels, each part's outline (internal part borders included) with that part's observed
-        outline; a rendered part that the segmentation does not show sits at the cap.
-        """
-        cap = self.config.max_edge_px
-        L = np.full((B, *shape), -1, dtype=np.int8)
-        L[b, rr, cc] = lab
-        fg = L >= 0
-        # Rendered pixels never touch the window's edge (one pixel of margin) except at the
-        # image border, which counts as outside, as in _boundary.
-        bi, ri, ci = np.nonzero(_boundary(fg))
-        edge = self._per_pose_mean(bi, self.edge_dt[ri + offset[0], ci + offset[1]], B, cap)
-        if not self.has_parts:
-            return edge
-        bi, ri, ci = np.nonzero(fg & _outline(L))
-        d_part = self.part_dt[L[bi, ri, ci], ri + offset[0], ci + offset[1]]
-        return 0.5 * (edge + self._per_pose_mean(bi, d_part, B, cap))
-
-    # Per-pose reductions add a pose's nonzero values one by one in row-major order: the same
-    # additions in the same order whatever the window and the other poses of the batch, so a
-    # pose costs bit for bit the same in any batch (a pairwise sum over a window would group the
-    # terms by their position in it, and exact ties between poses with the same render, common
-    # as the cost is piecewise constant, could then break either way).
-
-    @staticmethod
-    def _per_pose_sum(values: np.ndarray) -> np.ndarray:
-        """(B,) sums of (B, ...) values."""
-        pose = np.nonzero(values)[0]
-        return np.bincount(pose, weights=values[values != 0], minlength=len(values))
-
-    @staticmethod
-    def _per_pose_mean(pose: np.ndarray, values: np.ndarray, B: int, empty: float) -> np.ndarray:
-        """(B,) means of ``values`` grouped by ``pose`` (sorted), ``empty`` for a pose without any."""
-        n = np.bincount(pose, minlength=B)
-        total = np.bincount(pose, weights=values, minlength=B)
-        return np.where(n > 0, total / np.maximum(n, 1), empty)
-
-    # --- alignment ---------------------------------------------------------------------------
-
-    def align(self, p: np.ndarray, R_ref: np.ndarray, *, iterations: int) -> np.ndarray:
-        """Move the rendered centroid onto the observed one and fix the depth by the area ratio.
-
-        The depth update is the model-size argument: a silhouette's area scales with ``1/z^2``.
-        Ratios are clamped per pass, because partial occlusion or a wrong orientation also
-        change the area.
-        """
-        p = p.copy()
-        for _ in range(iterations):
-            rendered = self.render(p, R_ref)
-            vv, uu = np.nonzero(rendered >= 0)
-            if len(uu) == 0:
-                break
-            z = np.exp(p[2])
-            # The centre keeps its depth while its image point moves by the centroid offset.
-            shift = self.obs_centroid - np.array([uu.mean(), vv.mean()])
-            c_img = self.K @ np.array([p[0], p[1], 1.0])
-            ray = self.K_inv @ np.array([c_img[0] + shift[0], c_img[1] + shift[1], 1.0])
-            p[0], p[1] = ray[0] / ray[2], ray[1] / ray[2]
-            ratio = np.clip(len(uu) / self.n_obs, 0.5, 2.0)
-            p[2] = np.log(z * np.sqrt(ratio))
-        return p
-
-
 POLL_BATCH = 2
-"""Coordinates polled per speculative batch of :func:`_pattern_search` (two trials each):
-measured fastest of 1, 2 and 7 on the policy's 128x160 frames (``scripts/bench_rgb_pose.py``),
-as a render's per-call overhead is about the cost of one pose's pixel work."""
+"""Coordinates polled per speculative batch of :func:`_pattern_search` (two trials each) with the
+numpy renderer: measured fastest of 1, 2 and 7 on the policy's 128x160 frames
+(``scripts/bench_rgb_pose.py``), as a render's per-call overhead is about the cost of one pose's
+pixel work."""
+
+TORCH_POLL_BATCH = 7
+"""The same with the torch renderer: every coordinate at once (a GPU renders a batch of 15
+hypotheses in about the time of one; the search visits the same points either way)."""
 
 
 def _pattern_search(costs: Callable[[np.ndarray], np.ndarray], p0: np.ndarray, steps: np.ndarray, *,
                     min_scale: float, max_evaluations: int, scale: float = 1.0,
-                    f0: float | None = None) -> tuple[np.ndarray, float, float]:
+                    f0: float | None = None, poll_batch: int = POLL_BATCH) -> tuple[np.ndarray, float, float]:
     """Hooke-Jeeves pattern search: coordinate polls, pattern moves, halving steps.
 
     Gradient-free because a rendered silhouette, hence the cost, is piecewise constant in the
@@ -716,7 +167,7 @@ def _pattern_search(costs: Callable[[np.ndarray], np.ndarray], p0: np.ndarray, s
 
     ``costs`` maps (B, n) points to (B,) costs. The coordinate polls of an exploration are
     sequential (each starts from the best point so far), but until one succeeds they all start
-    from the same point: the next :data:`POLL_BATCH` coordinates' polls are evaluated
+    from the same point: the next ``poll_batch`` coordinates' polls are evaluated
     speculatively as one batch and the sequential rule is replayed over it; after a success
     the following polls are batched from the new point. The search visits exactly the points,
     takes exactly the moves and counts exactly the evaluations of the one-at-a-time search
@@ -734,7 +185,7 @@ def _pattern_search(costs: Callable[[np.ndarray], np.ndarray], p0: np.ndarray, s
         x, fx = base.copy(), fb
         k = 0  # next coordinate (index into ``active``) to poll
         while k < len(active) or fx is None:
-            idx = active[k:k + POLL_BATCH]
+            idx = active[k:k + poll_batch]
             trials = np.repeat(x[None], 2 * len(idx), axis=0)
             rows = np.arange(len(idx))
             trials[2 * rows, idx] += scale * steps[idx]
@@ -794,6 +245,12 @@ class RGBPoseEstimator:
         model: the gripper model (default: :meth:`GripperModel.load`).
         K: intrinsics used for frames that carry none (``TrackingFrame.K`` wins when set).
         config: options; keyword ``overrides`` replace single fields of it.
+        device: None (default) renders and scores hypotheses with numpy; a torch device
+            (``"cuda"``) does it there with :class:`~geo4d_policy.perception.silhouette.TorchSilhouetteRenderer`
+            and polls every coordinate per batch (:data:`TORCH_POLL_BATCH`). The estimates agree
+            with numpy's to float rounding of the costs.
+        renderer: a renderer to use (and share between estimators of one thread), instead of
+            a new one for ``device``.
 
     Example:
         >>> est = RGBPoseEstimator(K=K)
@@ -802,11 +259,16 @@ class RGBPoseEstimator:
     """
 
     def __init__(self, model: GripperModel | None = None, *, K: np.ndarray | None = None,
-                 config: RGBPoseConfig | None = None, **overrides) -> None:
+                 config: RGBPoseConfig | None = None, device: Any = None,
+                 renderer: SilhouetteRenderer | None = None, **overrides) -> None:
         self.model = model or GripperModel.load()
         self.config = dataclasses.replace(config or RGBPoseConfig(), **overrides)
-        self.K = None if K is None else _check_K(K)
-        self.renderer = SilhouetteRenderer(self.model)
+        self.K = None if K is None else check_intrinsics(K)
+        if renderer is None:
+            renderer = SilhouetteRenderer(self.model) if device is None else \
+                TorchSilhouetteRenderer(self.model, device=device)
+        self.renderer = renderer
+        self._poll_batch = TORCH_POLL_BATCH if isinstance(renderer, TorchSilhouetteRenderer) else POLL_BATCH
         self.reset()
 
     # ---------------------------------------------------------------------------------------
@@ -853,7 +315,7 @@ class RGBPoseEstimator:
             ValueError: ``init_pose`` is not a finite 4x4, no valid intrinsics are available, or
                 the observation is a float array (points are not a segmentation).
         """
-        hint = None if init_pose is None else _check_pose(init_pose, "init_pose")
+        hint = None if init_pose is None else checked_transform(init_pose, "init_pose")
         self.reset()
         self._hint = hint
         if init_width is not None and np.isfinite(init_width):
@@ -897,12 +359,12 @@ class RGBPoseEstimator:
     # ---------------------------------------------------------------------------------------
 
     def _objective(self, observation: Observation, part_labels: np.ndarray | None
-                   ) -> tuple[_Objective | None, str]:
+                   ) -> tuple[Objective | None, str]:
         """The frame's objective, or a reason why the frame cannot be used."""
         K = self.K
         if isinstance(observation, TrackingFrame):
             if observation.K is not None:
-                K = _check_K(observation.K)
+                K = check_intrinsics(observation.K)
             if observation.part_labels is not None:
                 seg, has_parts = np.asarray(observation.part_labels), True
             elif observation.mask is not None:
@@ -928,27 +390,27 @@ class RGBPoseEstimator:
             return None, "empty mask"
         if n < self.config.min_pixels:
             return None, f"mask too small ({n} < {self.config.min_pixels} pixels)"
-        return _Objective(self.renderer, observed, has_parts, K, self.config), ""
+        return Objective(self.renderer, observed, has_parts, K, self.config), ""
 
-    def _steps(self, objective: _Objective) -> np.ndarray:
+    def _steps(self, objective: Objective) -> np.ndarray:
         c = self.config
         return np.array([c.step_px / objective.K[0, 0], c.step_px / objective.K[1, 1], c.step_log_depth,
                          c.step_rotation, c.step_rotation, c.step_rotation,
                          c.step_width if c.fit_width else 0.0])
 
-    def _search_from(self, objective: _Objective, cand: _Candidate, *, min_scale: float) -> _Candidate:
+    def _search_from(self, objective: Objective, cand: _Candidate, *, min_scale: float) -> _Candidate:
         c = self.config
         p, f, scale = _pattern_search(lambda Q: objective.costs(Q, cand.R_ref), cand.p, self._steps(objective),
                                       min_scale=min_scale, max_evaluations=c.max_evaluations,
-                                      scale=cand.scale, f0=cand.cost)
+                                      scale=cand.scale, f0=cand.cost, poll_batch=self._poll_batch)
         return _Candidate(p, cand.R_ref, f, scale)
 
-    def _start(self, objective: _Objective, X_CG: np.ndarray, width: float) -> _Candidate:
+    def _start(self, objective: Objective, X_CG: np.ndarray, width: float) -> _Candidate:
         p, R_ref = objective.params_from_pose(X_CG, width)
         p = objective.align(p, R_ref, iterations=self.config.align_iterations)
         return _Candidate(p, R_ref, objective.cost(p, R_ref))
 
-    def _fit(self, objective: _Objective, priors: Sequence[np.ndarray], *, widen: bool) -> _Candidate:
+    def _fit(self, objective: Objective, priors: Sequence[np.ndarray], *, widen: bool) -> _Candidate:
         """Coarse-to-fine search from the priors, in order until one looks right; widened with
         starts tilted around the first prior when ``widen`` or when none does."""
         c = self.config
@@ -976,14 +438,14 @@ class RGBPoseEstimator:
         fine = [self._search_from(objective, k, min_scale=c.min_step_scale) for k in coarse[:n_refine]]
         return min(fine, key=lambda k: k.cost)
 
-    def _looks_right(self, objective: _Objective, cand: _Candidate) -> bool:
+    def _looks_right(self, objective: Objective, cand: _Candidate) -> bool:
         """Whether a coarse fit needs no second opinion: a good IoU, and (when tracking) a cost
         not much above the last accepted frame's (a local minimum fits visibly worse)."""
         if self._iou(objective, cand) < self.config.good_iou:
             return False
         return self._last_cost is None or cand.cost <= self.config.max_cost_ratio * self._last_cost
 
-    def _search(self, objective: _Objective) -> _Candidate | None:
+    def _search(self, objective: Objective) -> _Candidate | None:
         """Prior-free coarse stage: a fixed set of orientations, each placed on the observed
         centroid's ray at the depth its silhouette area implies, the best few refined."""
         c = self.config
@@ -1012,16 +474,16 @@ class RGBPoseEstimator:
         return X
 
     @staticmethod
-    def _iou(objective: _Objective, cand: _Candidate) -> float:
+    def _iou(objective: Objective, cand: _Candidate) -> float:
         return objective.iou(cand.p, cand.R_ref)[0]
 
     def _predict(self) -> np.ndarray:
         if self.config.constant_velocity and self._X_prev is not None and self._n_lost == 0:
             # The last motion, taken in the gripper's own frame, applied once more.
-            return _check_pose(self._X_last @ invert_transform(self._X_prev) @ self._X_last, "X_pred")
+            return checked_transform(self._X_last @ invert_transform(self._X_prev) @ self._X_last, "X_pred")
         return self._X_last.copy()
 
-    def _accept(self, objective: _Objective, cand: _Candidate) -> TrackResult:
+    def _accept(self, objective: Objective, cand: _Candidate) -> TrackResult:
         X, width = objective.pose_from_params(cand.p, cand.R_ref)
         iou, inter = objective.iou(cand.p, cand.R_ref)
         self._X_prev = self._X_last if self._n_lost == 0 else None
@@ -1033,7 +495,7 @@ class RGBPoseEstimator:
         return TrackResult(X, float(np.clip(iou, 0.0, 1.0)), "ok", fitness=iou, coverage=iou,
                            n_points=objective.n_obs, n_inliers=inter, width=self._width)
 
-    def _lost(self, reason: str, *, objective: _Objective | None = None,
+    def _lost(self, reason: str, *, objective: Objective | None = None,
               candidate: _Candidate | None = None) -> TrackResult:
         self._n_lost += 1
         X = self._X_last if self._X_last is not None else self._hint
@@ -1041,136 +503,3 @@ class RGBPoseEstimator:
         return TrackResult(np.eye(4) if X is None else X.copy(), 0.0, "lost", fitness=iou, coverage=iou,
                            n_points=0 if objective is None else objective.n_obs,
                            width=self._width, reason=reason)
-
-
-# --------------------------------------------------------------------------------------------
-# Two-view fusion
-# --------------------------------------------------------------------------------------------
-
-
-def fuse_rays(
-    X_C1G: np.ndarray,
-    X_C2G: np.ndarray,
-    *,
-    X_TC1: np.ndarray,
-    X_TC2: np.ndarray,
-    confidences: Sequence[float] | None = None,
-    min_ray_angle: float = float(np.deg2rad(2.0)),
-) -> np.ndarray:
-    """Fuse two views' gripper poses into one ``X_TG`` (Dreamitate's stereo step).
-
-    Translation: each view's estimate defines a ray from its camera centre through the
-    estimated gripper origin (the image position is what an RGB-only estimate gets right;
-    its depth is only as good as the model-size argument). The fused origin is the midpoint
-    of the two rays' closest points, weighted by confidence (equal confidences give the plain
-    midpoint). When the rays are within ``min_ray_angle`` of parallel, or the closest points
-    lie behind a camera, triangulation says nothing and the confidence-weighted mean of the
-    two per-view positions is used instead.
-
-    Rotation: the chordal L2 mean, i.e. the rotation nearest (Frobenius) to the
-    confidence-weighted sum of the two rotation matrices.
-
-    Args:
-        X_C1G: 4x4 gripper pose in camera 1.
-        X_C2G: 4x4 gripper pose in camera 2.
-        X_TC1: 4x4 pose of camera 1 in the task frame.
-        X_TC2: 4x4 pose of camera 2 in the task frame.
-        confidences: two non-negative weights (default equal; all zero also means equal).
-        min_ray_angle: rays closer to parallel than this (radians) are not triangulated.
-
-    Returns:
-        4x4 ``X_TG``.
-
-    Raises:
-        ValueError: a pose is not a finite 4x4, or the confidences are not two finite
-            non-negative numbers.
-    """
-    X_TG1 = _check_pose(X_TC1, "X_TC1") @ _check_pose(X_C1G, "X_C1G")
-    X_TG2 = _check_pose(X_TC2, "X_TC2") @ _check_pose(X_C2G, "X_C2G")
-    w = np.ones(2) if confidences is None else np.asarray(confidences, dtype=np.float64).reshape(-1)
-    if w.shape != (2,) or not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"confidences must be two finite non-negative numbers, got {confidences}")
-    w = np.ones(2) if w.sum() <= 0 else w / w.sum()
-    p1, p2 = X_TG1[:3, 3], X_TG2[:3, 3]
-    o1, o2 = np.asarray(X_TC1, dtype=np.float64)[:3, 3], np.asarray(X_TC2, dtype=np.float64)[:3, 3]
-    X = np.eye(4)
-    X[:3, :3] = _nearest_rotation(w[0] * X_TG1[:3, :3] + w[1] * X_TG2[:3, :3])
-    X[:3, 3] = w[0] * p1 + w[1] * p2
-    d1, d2 = p1 - o1, p2 - o2
-    n1, n2 = np.linalg.norm(d1), np.linalg.norm(d2)
-    if n1 < 1e-9 or n2 < 1e-9:
-        return X  # an estimate at a camera centre defines no ray
-    d1, d2 = d1 / n1, d2 / n2
-    # Closest points o1 + s d1 and o2 + t d2 of the two lines (unit directions).
-    b = float(d1 @ d2)
-    sin2 = 1.0 - b * b
-    if sin2 < np.sin(min_ray_angle) ** 2:
-        return X
-    r = o1 - o2
-    s = (b * float(d2 @ r) - float(d1 @ r)) / sin2
-    t = (float(d2 @ r) - b * float(d1 @ r)) / sin2
-    if s <= 0.0 or t <= 0.0:
-        return X  # the rays meet behind a camera: the estimates are inconsistent
-    X[:3, 3] = w[0] * (o1 + s * d1) + w[1] * (o2 + t * d2)
-    return X
-
-
-def fuse_rgb_views(
-    results_1: Sequence[TrackResult],
-    results_2: Sequence[TrackResult],
-    *,
-    X_TC1: np.ndarray,
-    X_TC2: np.ndarray,
-) -> list[FusedPose]:
-    """Per frame, :func:`fuse_rays` of two views' RGB-only results, as :class:`FusedPose`.
-
-    View 1 plays view n (``X_CnG`` is in camera 1, ``source="n"``), view 2 view m. When both
-    views are ok the poses are ray-fused with their confidences as weights (``source="n"``,
-    confidence the mean of the two: ``FusedPose`` has no two-view source); when one view is
-    lost the other view's full pose is used; when both are, the previous fused pose is held
-    (confidence 0, ``source="none"``, status ``"lost"``), or before any good frame view 1's held
-    pose (its hint), else view 2's.
-
-    Args:
-        results_1: per-frame results of the estimator in camera 1 (``X_C1G``).
-        results_2: per-frame results in camera 2 (same length).
-        X_TC1: 4x4 pose of camera 1 in the task frame.
-        X_TC2: 4x4 pose of camera 2 in the task frame.
-
-    Returns:
-        One :class:`FusedPose` per frame.
-
-    Raises:
-        ValueError: the sequences differ in length or a camera pose is not a finite 4x4.
-    """
-    X_TC1 = _check_pose(X_TC1, "X_TC1")
-    X_TC2 = _check_pose(X_TC2, "X_TC2")
-    if len(results_1) != len(results_2):
-        raise ValueError(f"view 1 has {len(results_1)} frames, view 2 {len(results_2)}")
-    X_C1T = invert_transform(X_TC1)
-
-    def usable(r: TrackResult) -> bool:
-        return r.ok and r.confidence > 0 and np.isfinite(r.X_CG).all()
-
-    out: list[FusedPose] = []
-    for r1, r2 in zip(results_1, results_2):
-        ok1, ok2 = usable(r1), usable(r2)
-        if ok1 and ok2:
-            X_TG = fuse_rays(r1.X_CG, r2.X_CG, X_TC1=X_TC1, X_TC2=X_TC2,
-                             confidences=(r1.confidence, r2.confidence))
-            widths = [r.width for r in (r1, r2) if r.width is not None]
-            fused = FusedPose(X_TG, X_C1T @ X_TG, 0.5 * (r1.confidence + r2.confidence), "n", "ok",
-                              float(np.mean(widths)) if widths else None)
-        elif ok1 or ok2:
-            r, X_TC, src = (r1, X_TC1, "n") if ok1 else (r2, X_TC2, "m")
-            X_TG = X_TC @ np.asarray(r.X_CG, dtype=np.float64)
-            fused = FusedPose(X_TG, X_C1T @ X_TG, float(r.confidence), src, "ok", r.width)
-        elif out:
-            prev = out[-1]
-            fused = FusedPose(prev.X_TG.copy(), prev.X_CnG.copy(), 0.0, "none", "lost", prev.width)
-        else:
-            held = [(r, X_TC) for r, X_TC in ((r1, X_TC1), (r2, X_TC2)) if np.isfinite(r.X_CG).all()]
-            X_TG = held[0][1] @ np.asarray(held[0][0].X_CG, dtype=np.float64) if held else np.eye(4)
-            fused = FusedPose(X_TG, X_C1T @ X_TG, 0.0, "none", "lost", held[0][0].width if held else None)
-        out.append(fused)
-    return out

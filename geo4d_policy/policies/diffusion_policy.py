@@ -11,16 +11,20 @@ Observations are what the policy is allowed to see: the RGB images of the two ev
 (``obs.eval_cameras``: reference view n, then m), resized exactly as the training loader resizes
 them, and the arms' measured gripper poses and widths (``obs.arms``). No camera pose is used.
 
-History: the policy only sees observations when it is asked to act, i.e. every
-``n_action_steps`` control steps; the model was trained with observation steps spaced
-``obs_stride`` control steps apart (the same 8 by default), and the history is looked up by
-observation time: for each past observation step the newest stored observation at or before
-its time, the oldest one at the start of an episode (the training loader repeats the first
-step likewise).
+History: the model was trained with observation steps spaced ``obs_stride`` control steps
+apart, each image taken at the same time as the state it is paired with. The episode loop shows
+the policy every executed observation (:meth:`DiffusionPolicy.observe`); the policy keeps (and
+renders) only those its next calls will need, so at a call at step ``s`` the history is exactly
+steps ``s - obs_stride, ...`` with fresh images, as in training (before the episode start: its
+first observation, as the loader repeats step 0). Called without ``observe`` (a bare loop), it
+falls back to the newest stored observation at or before each observation time and counts the
+misses (``dp_history_misses``).
 
 Checkpoints: ``checkpoint=`` a checkpoint directory or a training run directory (its ``last``
-step); by default ``assets/checkpoints/diffusion_policy_small/`` (one multi-task model), or a
-per-task ``assets/checkpoints/diffusion_policy_small/<TaskName>/``.
+step); by default the shipped :data:`DEFAULT_CHECKPOINT_DIR` (one multi-task model), or a per-task
+``<that directory>/<TaskName>/``. A version-1 checkpoint (the 2026-12-04 ``diffusion_policy_small``)
+loads with its sub-floor normalisation dimensions repaired and a warning naming them
+(``--policy-option legacy=refuse`` refuses it instead, before any episode).
 """
 
 from __future__ import annotations
@@ -48,10 +52,13 @@ from geo4d_policy.interface import (
 )
 from geo4d_policy.models.checkpoint import CheckpointError, read_config_json, resolve_checkpoint_dir
 from geo4d_policy.models.diffusion_policy import DP_FORMAT, DiffusionPolicyModel, InferenceScheduler
+from geo4d_policy.models.pretrained import LegacyRule
 from geo4d_policy.policies.registry import PolicyUnavailableError
 
-DEFAULT_CHECKPOINT_DIR = REPO_ROOT / "assets" / "checkpoints" / "diffusion_policy_small"
-"""The shipped checkpoint: one model for all tasks (or one sub-directory per task)."""
+_SHIPPED = [REPO_ROOT / "assets" / "checkpoints" / f"diffusion_policy_{size}" for size in ("medium", "small")]
+DEFAULT_CHECKPOINT_DIR = next((p for p in _SHIPPED if (p / "config.json").is_file()), _SHIPPED[-1])
+"""The shipped checkpoint: ``diffusion_policy_medium`` once it ships, else ``diffusion_policy_small``;
+one model for all tasks (or one sub-directory per task)."""
 
 _TIME_TOLERANCE_S = 1e-3
 
@@ -66,12 +73,16 @@ class DiffusionPolicyInferenceConfig:
         num_inference_steps: sampler steps (None: the checkpoint config's, 10 for ``small``).
         n_action_steps: actions executed per inference (None: the checkpoint config's, 8).
         scheduler: sampler (None: the checkpoint config's, ``ddim``).
+        legacy: a version-1 checkpoint whose normalisation has dimensions below the floor is
+            ``repair``-ed (with a warning naming them) or refused (``refuse``); see
+            :class:`~geo4d_policy.models.diffusion_policy.DiffusionPolicyModel`.
     """
 
     checkpoint: str | None = None
     num_inference_steps: int | None = None
     n_action_steps: int | None = None
     scheduler: InferenceScheduler | None = None
+    legacy: LegacyRule = "repair"
 
 
 CONFIG = DiffusionPolicyInferenceConfig
@@ -174,12 +185,31 @@ class DiffusionPolicy:
         self._history: list[tuple[float, torch.Tensor, torch.Tensor]] = []
         self._generator = torch.Generator().manual_seed(0)
         self._times: list[float] = []
+        self._last_act_step: int | None = None
+        self._misses = 0
 
     def reset(self, *, seed: int) -> None:
         """Forget the episode's observations; seed the sampling noise with ``seed``."""
         self._history = []
         self._times = []
+        self._last_act_step = None
+        self._misses = 0
         self._generator = torch.Generator().manual_seed(int(seed))
+
+    def _needed_later(self, step: int) -> bool:
+        """Whether a later call (every ``n_action_steps`` after the last one) looks back at ``step``."""
+        cfg = self.model.config
+        if self._last_act_step is None or step <= self._last_act_step:
+            return False
+        return any((step + k * cfg.obs_stride - self._last_act_step) % self.n_action_steps == 0
+                   for k in range(1, cfg.n_obs_steps))
+
+    def observe(self, obs: Observation) -> None:
+        """An executed observation (the episode loop shows every one): kept if a later call needs it."""
+        step = int(round(float(obs.time) * CONTROL_HZ))
+        if self._needed_later(step) and not (self._history and abs(self._history[-1][0] - obs.time) < _TIME_TOLERANCE_S):
+            images, state = self._observation_tensors(obs)
+            self._history.append((float(obs.time), images, state))
 
     def _observation_tensors(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.model.config
@@ -201,10 +231,13 @@ class DiffusionPolicy:
         cfg = self.model.config
         dt = cfg.obs_stride / CONTROL_HZ
         picked = []
+        start = self._history[0][0]
         for k in range(cfg.n_obs_steps - 1, -1, -1):
-            target = now - k * dt + _TIME_TOLERANCE_S
-            older = [i for i, (t, _, _) in enumerate(self._history) if t <= target]
-            picked.append(older[-1] if older else 0)
+            target = max(now - k * dt, start)
+            older = [i for i, (t, _, _) in enumerate(self._history) if t <= target + _TIME_TOLERANCE_S]
+            i = older[-1] if older else 0
+            self._misses += int(abs(self._history[i][0] - target) > _TIME_TOLERANCE_S)
+            picked.append(i)
         # Keep only what later calls can still pick (the oldest picked entry and newer ones).
         self._history = self._history[picked[0]:]
         picked = [i - picked[0] for i in picked]
@@ -221,7 +254,9 @@ class DiffusionPolicy:
         images, state = self._observation_tensors(obs)
         if self._history and obs.time < self._history[-1][0] - _TIME_TOLERANCE_S:
             raise ValueError(f"observation time went back from {self._history[-1][0]} to {obs.time}: call reset()")
-        self._history.append((float(obs.time), images, state))
+        if not (self._history and abs(self._history[-1][0] - obs.time) < _TIME_TOLERANCE_S):
+            self._history.append((float(obs.time), images, state))
+        self._last_act_step = int(round(float(obs.time) * CONTROL_HZ))
         rgb, st = self._stacked_history(float(obs.time))
         model = self.model
         dev = model.device
@@ -240,6 +275,7 @@ class DiffusionPolicy:
         times = np.asarray(self._times) if self._times else np.zeros(1)
         return {
             "dp_calls": len(self._times),
+            "dp_history_misses": self._misses,
             "dp_inference_mean_s": float(times.mean()),
             "dp_inference_max_s": float(times.max()),
             "dp_num_inference_steps": self.num_inference_steps,
@@ -249,15 +285,19 @@ class DiffusionPolicy:
 
 
 def preflight(*, task: str, config: DiffusionPolicyInferenceConfig, runtime: dict[str, Any] | None = None) -> None:
-    """Rollout-runner hook: refuse a missing checkpoint, or one of other tasks, before any episode.
+    """Rollout-runner hook: refuse a missing checkpoint, one of other tasks, or (``legacy=refuse``)
+    a version-1 checkpoint that would need repairing, before any episode.
 
     Raises:
         PolicyUnavailableError: the message names the expected path and how to make one.
+        CheckpointError: ``legacy=refuse`` and a version-1 checkpoint with sub-floor dimensions.
     """
     try:
-        find_checkpoint(canonical_task_name(task), config.checkpoint)
+        path = find_checkpoint(canonical_task_name(task), config.checkpoint)
     except FileNotFoundError as e:
         raise PolicyUnavailableError(str(e)) from e
+    if config.legacy == "refuse":
+        DiffusionPolicyModel.read_checkpoint_config(path, legacy="refuse")
 
 
 def checkpoints(config: DiffusionPolicyInferenceConfig, *, task: str) -> dict[str, Path | None]:
@@ -274,7 +314,7 @@ def make_policy(*, task: str, config: DiffusionPolicyInferenceConfig | None = No
         config: every setting (default: :data:`CONFIG`'s defaults).
         device: torch device of the model.
         **options: settings overriding ``config`` (``checkpoint=``, ``num_inference_steps=``,
-            ``n_action_steps=``, ``scheduler=``), as ``--policy-option`` takes them.
+            ``n_action_steps=``, ``scheduler=``, ``legacy=``), as ``--policy-option`` takes them.
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
@@ -286,6 +326,6 @@ def make_policy(*, task: str, config: DiffusionPolicyInferenceConfig | None = No
     task = canonical_task_name(task)
     config = configure(__name__, config, options, task=task)
     path = find_checkpoint(task, config.checkpoint)
-    model = DiffusionPolicyModel.from_pretrained(path, device=device, task=task)
+    model = DiffusionPolicyModel.from_pretrained(path, device=device, task=task, legacy=config.legacy)
     return DiffusionPolicy(model, task=task, checkpoint=path, num_inference_steps=config.num_inference_steps,
                            n_action_steps=config.n_action_steps, scheduler=config.scheduler)

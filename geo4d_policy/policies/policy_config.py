@@ -293,6 +293,7 @@ BUILTIN_CONFIGS = {
     "geo4d": "geo4d_policy.policies.geo4d",
     "oracle": "geo4d_policy.policies.oracle",
     "dreamitate": "geo4d_policy.policies.dreamitate",
+    "rgb_oracle": "geo4d_policy.policies.rgb_oracle",
     "diffusion_policy": "geo4d_policy.policies.diffusion_policy",
 }
 """Policies whose defaults ``configs/policy/<name>.yaml`` mirrors."""

@@ -31,6 +31,7 @@ _DEFAULT_POLICIES: dict[str, tuple[str, str | None]] = {
     "geo4d": ("geo4d_policy.policies.geo4d:make_policy", "issue: 4D generator"),
     "oracle": ("geo4d_policy.policies.oracle:make_policy", "issue: oracle look-ahead + tracking pipeline"),
     "dreamitate": ("geo4d_policy.policies.dreamitate:make_policy", "issue: Dreamitate baseline"),
+    "rgb_oracle": ("geo4d_policy.policies.rgb_oracle:make_policy", "issue: Dreamitate's perception on true RGB"),
     "diffusion_policy": ("geo4d_policy.policies.diffusion_policy:make_policy", "issue: Diffusion Policy baseline"),
 }
 

@@ -439,7 +439,10 @@ class VideoPolicy:
         return dataclasses.replace(video, masks={a: full(gripper_mask_for_arm(classes, a), False) for a in arms})
 
     def track(self, obs: Observation, video: PredictedVideo) -> dict[str, ArmTrack]:
-        """Both grippers through the prediction (default: ICP on the two views' pointmaps)."""
+        """Both grippers through the prediction (default: ICP on the two views' pointmaps).
+
+        An override may leave out arms it found static in the prediction: they hold their command.
+        """
         cfg = self.config
         X_TCn = np.asarray(obs.camera_specs[obs.eval_cameras[0]].X_TC, dtype=np.float64)
         arms = tuple(self._cmd or obs.arms)
@@ -489,8 +492,9 @@ class VideoPolicy:
         tracks = self.track(obs, video)
         t2 = time.perf_counter()
         keyframes: dict[str, ArmKeyframes] = {}
-        any_tracked = False
-        new_closed: dict[str, bool] = {}
+        # An arm a subclass left out of its tracks (found static in the prediction) holds.
+        any_tracked = any(arm not in tracks for arm in self._cmd)
+        new_closed: dict[str, bool] = {arm: closed for arm, (_, closed) in self._cmd.items()}
         for arm, track in tracks.items():
             X_cmd, closed_now = self._cmd[arm]
             estimator = GripperStateEstimator(self.model, close_below=self._estimator_template.close_below,

@@ -80,6 +80,19 @@ def last_checkpoint(out_dir: Path) -> Path | None:
     return out_dir / last.read_text().strip() if last.exists() else None
 
 
+def stored_state(out_dir: Path) -> dict[str, Any]:
+    """The ``state.json`` of ``out_dir``'s ``last`` step (what a trainer reads before building its
+    data, e.g. a run's starting checkpoint; :meth:`TrainingState.restore` checks and loads the rest).
+
+    Raises:
+        CheckpointError: ``out_dir`` holds no run.
+    """
+    step_dir = last_checkpoint(out_dir)
+    if step_dir is None:
+        raise CheckpointError(f"{out_dir} holds no training run to resume (no {LAST_POINTER} file)")
+    return json.loads((step_dir / STATE_DIR / STATE_JSON).read_text())
+
+
 def write_last(out_dir: Path, name: str) -> None:
     """Point ``out_dir/last`` at step directory ``name`` (atomically)."""
     tmp = out_dir / f".{LAST_POINTER}.tmp"
@@ -230,11 +243,8 @@ class TrainingState:
             CheckpointError: the run is of another kind, or its identity differs (every
                 differing key named).
         """
-        step_dir = last_checkpoint(out_dir)
-        if step_dir is None:
-            raise CheckpointError(f"{out_dir} holds no training run to resume (no {LAST_POINTER} file)")
-        d = step_dir / STATE_DIR
-        meta = json.loads((d / STATE_JSON).read_text())
+        meta = stored_state(out_dir)
+        d = last_checkpoint(out_dir) / STATE_DIR
         if meta.get("kind") != self.kind:
             raise CheckpointError(f"{out_dir} is a {meta.get('kind')} run, not a {self.kind} run")
         for key, value in self.identity.items():

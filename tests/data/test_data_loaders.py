@@ -19,7 +19,7 @@ from geo4d_policy.data.datasets import (
     GeneratorClipDataset,
     PolicyDataset,
     compute_normalization,
-    video_frame_for_steps,
+    frame_of_step,
 )
 from geo4d_policy.data.format import CorruptEpisodeError, EpisodeReader
 
@@ -136,9 +136,10 @@ def test_policy_dataset(dataset_dir: Path):
     assert compute_normalization(dataset_dir) == stats
     assert (dataset_dir / "normalization.json").stat().st_mtime_ns == mtime  # reused, not rewritten
 
-    ds = PolicyDataset(dataset_dir, horizon=16, n_obs_steps=2, seed=1)
-    assert len(ds) == 3 * 26
-    s = ds[26 + 20]  # episode seed 1, step 20: actions 20..25 real, then 10 repeats of the last
+    ds = PolicyDataset(dataset_dir, horizon=16, n_obs_steps=2, obs_stride=5, seed=1)
+    # Samples are the steps with a frame taken at their own time: every 5th of 26 per episode.
+    assert len(ds) == 3 * 6 and ds.samples[:6] == [(0, s) for s in range(0, 26, 5)]
+    s = ds[6 + 4]  # episode seed 1, step 20: actions 20..25 real, then 10 repeats of the last
     assert s["rgb"].shape == (2, 2, 3, 32, 40) and s["rgb"].dtype == torch.float32
     assert s["state"].shape == (2, 20) and s["action"].shape == (16, 20)
     assert s["action_pad"].tolist() == [False] * 6 + [True] * 10
@@ -147,21 +148,64 @@ def test_policy_dataset(dataset_dir: Path):
     with EpisodeReader(dataset_dir / "episodes/episode_1.h5") as r:
         robot = r.robot()
         expected = poses_to_vectors(robot.action_X_TG, robot.action_width)[np.minimum(np.arange(20, 36), 25)]
-        # steps 19 and 20 are at 1.9 s and 2.0 s: latest 2 Hz frames are 3 (1.5 s) and 4 (2.0 s)
-        frames = video_frame_for_steps(r.video_time, robot.time[[19, 20]])
-        assert frames.tolist() == [3, 4]
+        # Observation steps 15 and 20 (1.5 s, 2.0 s) are frames 3 and 4, taken at those times.
+        frames = frame_of_step(r.video_time, robot.time)
+        assert frames[[15, 20]].tolist() == [3, 4] and (frames[[14, 16, 19]] == -1).all()
+        np.testing.assert_allclose(r.video_time[frames[[15, 20]]], robot.time[[15, 20]])
         c = s["cams"].tolist()
         np.testing.assert_allclose((s["rgb"][1, 0].movedim(0, -1).numpy() + 1) * 127.5,
                                    r.rgb(f"cam{c[1]:02d}", 3), atol=1e-3)
+        state = poses_to_vectors(robot.X_TG, robot.width)
+    np.testing.assert_allclose(denormalize_minmax(s["state"].numpy(), stats["state"]), state[[15, 20]], atol=1e-5)
     actions = denormalize_minmax(s["action"].numpy(), stats["action"])
     np.testing.assert_allclose(actions, expected, atol=1e-5)
     X, w = vectors_to_poses(actions)
     steps = np.minimum(np.arange(20, 36), 25)
     np.testing.assert_allclose(X["right"], robot.action_X_TG["right"][steps], atol=1e-5)
-    first = ds[26]  # step 0: the observation window repeats step 0
+    first = ds[6]  # step 0: the observation window repeats step 0
     assert torch.equal(first["rgb"][:, 0], first["rgb"][:, 1])
     assert torch.equal(first["state"][0], first["state"][1])
     fixed = PolicyDataset(dataset_dir, views=("cam03", "cam07"), normalize=False)
     assert fixed[5]["cams"].tolist() == [3, 7] and fixed.stats is None
     with pytest.raises(ValueError, match="training cameras"):
         PolicyDataset(dataset_dir, views=("cam03", "cam13"))
+    # Held-out views (probes of novel views) and a subset of episodes.
+    novel = PolicyDataset(dataset_dir, split="heldout", seeds=[2], normalize=False)
+    assert len(novel) == 6 and set(novel[0]["cams"].tolist()) <= {12, 13, 14, 15} and int(novel[0]["seed"]) == 2
+    with pytest.raises(ValueError, match="no episode of seed"):
+        PolicyDataset(dataset_dir, seeds=[0, 9])
+    # An observation step without a frame at its own time is refused, naming the spacing.
+    with pytest.raises(ValueError, match="multiple of 5"):
+        PolicyDataset(dataset_dir, obs_stride=8)
+
+
+def test_constant_dimensions_are_held_and_exact(tmp_path: Path):
+    from geo4d_policy.data.actions import MIN_RANGE, action_layout, held_dims, normalize_minmax
+    from geo4d_policy.data.synthetic import make_dataset
+
+    root = tmp_path / "spatula"
+    make_dataset(root, seeds=[0, 1], n_frames=4, task="PutSpatulaOnTable", idle_arms=("left",))
+    stats = compute_normalization(root)
+    # The idle arm, and the synthetic grippers' never-turning rotations of the other arm.
+    held = [n for n in action_layout() if n.startswith("left/") or n.startswith("right/r")]
+    assert stats["held"]["action"] == held and stats["held"]["state"] == held
+    ds = PolicyDataset(root, obs_stride=5)
+    with EpisodeReader(root / "episodes/episode_1.h5") as r:
+        raw = poses_to_vectors(r.robot().action_X_TG, r.robot().action_width)
+    sample = ds[len(ds) - 1]
+    # The idle arm's 10 action and state dimensions normalise to exactly 0 ...
+    assert torch.count_nonzero(sample["action"][:, :10]) == 0 and torch.count_nonzero(sample["state"][:, :10]) == 0
+    # ... and any network output for them denormalises to the recorded constant, bit for bit.
+    noise = np.random.default_rng(0).normal(size=(16, 20)).astype(np.float32) * 3
+    back = denormalize_minmax(noise, stats["action"])
+    assert np.array_equal(back[:, :10], np.broadcast_to(raw[0, :10], (16, 10)))
+    assert np.array_equal(denormalize_minmax(normalize_minmax(raw, stats["action"]), stats["action"])[:, :10],
+                          raw[:, :10])
+    # Moving dimensions still span [-1, 1] and round-trip to float precision.
+    a = normalize_minmax(raw, stats["action"])
+    assert np.abs(a[:, 10:]).max() <= 1 + 1e-6
+    np.testing.assert_allclose(denormalize_minmax(a, stats["action"]), raw, atol=1e-6)
+    # Near-constant (range below the floor) is held at the midpoint; just above it is learned.
+    near = {"min": [0.0, 0.0], "max": [0.5 * MIN_RANGE, 2 * MIN_RANGE]}
+    assert held_dims(near).tolist() == [True, False]
+    assert normalize_minmax(np.array([0.4 * MIN_RANGE, 2 * MIN_RANGE]), near).tolist() == [0.0, 1.0]

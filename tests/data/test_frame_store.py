@@ -55,3 +55,25 @@ def test_bad_input(data, tmp_path):
     make_dataset(tmp_path / "other", seeds=[0], n_frames=3, resolution=(16, 24))
     with pytest.raises(DatasetError, match="resolution"):
         FrameStore.load([data / "apple", tmp_path / "other"], workers=1)
+
+
+def test_rgb_only_store_of_chosen_episodes_resized_as_the_loader(data):
+    from geo4d_policy.data.datasets import rgb_to_tensor
+    from geo4d_policy.data.format import EpisodeReader, load_meta
+
+    store = FrameStore.load([data / "apple", data / "spatula"], cameras="train", workers=1, seeds=[[1], None],
+                            rgb_only=True, resolution=(24, 30))
+    assert store.seeds.tolist() == [1, 7] and store.depth_mm is None and store.masks is None
+    assert store.resolution == (24, 30) and store.nbytes() == store.rgb.numel()
+    meta = load_meta(data / "apple")
+    cam = meta.camera_names[meta.train_indices[3]]
+    with EpisodeReader(data / "apple" / next(e.file for e in meta.episodes if e.seed == 1)) as r:
+        want = rgb_to_tensor(r.rgb(cam, slice(None)), (24, 30))  # (T, 3, H, W) in [-1, 1]
+    got = store.rgb_float(torch.zeros(5, dtype=torch.int64), torch.full((5,), 3), torch.arange(5))
+    assert (got - want).abs().max() <= 0.5 / 127.5 + 1e-6  # uint8 after the loader's resize
+    with pytest.raises(ValueError, match="rgb_only"):
+        FrameStore.load([data / "apple"], resolution=(24, 30))
+    with pytest.raises(DatasetError, match=r"seed\(s\) \[9\]"):
+        FrameStore.load([data / "apple"], seeds=[[0, 9]], rgb_only=True, workers=1)
+    with pytest.raises(ValueError, match="2 seed lists for 1 datasets"):
+        FrameStore.load([data / "apple"], seeds=[[0], [1]], workers=1)

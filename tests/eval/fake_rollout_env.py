@@ -110,8 +110,10 @@ class FakeReachEnv:
         pass
 
 
-def make_env(task: str, *, record_video: bool = False, meshcat: bool = False) -> FakeReachEnv:
-    return FakeReachEnv(task, record_video=record_video, meshcat=meshcat)
+def make_env(task: str, *, record_video: bool = False, meshcat: bool = False, views: str = "heldout") -> FakeReachEnv:
+    env = FakeReachEnv(task, record_video=record_video, meshcat=meshcat)
+    env.views = views  # the sanity-control views reach the factory (checked through the records)
+    return env
 
 
 def make_env_raising_on_second_episode(task: str, *, record_video: bool = False,

@@ -174,3 +174,26 @@ def test_runtime_options_reach_the_policy_but_not_the_run_identity(tmp_path):
         with pytest.raises(RolloutConfigError, match="runtime option"):
             run_rollouts(_config(tmp_path, episodes=1, out_dir=str(tmp_path / "r2"), runtime_options=bad),
                          env_factory=fake.ENV_FACTORY, show=False)
+
+
+def test_sanity_controls_run_data_seeds_and_training_views(tmp_path):
+    from geo4d_policy.eval.runner import default_out_dir
+    from geo4d_policy.interface import data_seed
+
+    cfg = _config(tmp_path, episodes=2, seed_stream="data", views="train")
+    run_rollouts(cfg, env_factory=fake.ENV_FACTORY, show=False)
+    recs = _records(cfg.out_dir)
+    assert [r["seed"] for r in recs] == [data_seed(0, 0), data_seed(0, 1)] and {r["views"] for r in recs} == {"train"}
+    saved = yaml.safe_load((Path(cfg.out_dir) / "config.yaml").read_text())
+    assert saved["seed_stream"] == "data" and saved["views"] == "train"
+    prov = json.loads((Path(cfg.out_dir) / "provenance.json").read_text())
+    assert prov["seeds"]["seed_stream"] == "data" and prov["config"]["views"] == "train"
+    # A control is part of the run's identity: resuming it as another one is refused.
+    with pytest.raises(RolloutConfigError, match="views"):
+        run_rollouts(_config(tmp_path, episodes=2, seed_stream="data", resume=True), env_factory=fake.ENV_FACTORY,
+                     show=False)
+    assert default_out_dir(TASK, "dp", 0, views="fixed-train", seed_stream="data").name == \
+        "seed0_data-seeds_views-fixed-train"
+    assert default_out_dir(TASK, "dp", 0).name == "seed0"
+    with pytest.raises(UnknownNameError, match="heldout, train, fixed-train"):
+        resolve_config(_config(tmp_path, views="novel"))

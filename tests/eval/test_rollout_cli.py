@@ -11,6 +11,7 @@ import pytest
 import fake_rollout_env as fake
 
 from geo4d_policy.cli.rollout import main, parse_policy_options
+from geo4d_policy.interface import data_seed
 from geo4d_policy.policies.registry import register_policy, unregister_policy
 
 TASK = "PutSpatulaOnTable"
@@ -38,6 +39,8 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
         (["--task", TASK, "--episodes", "2", "--policy", "expert", "--device", "tpu"], ["--device"]),
         (["--task", TASK, "--episodes", "2", "--policy", "expert", "--policy-option", "novalue"], ["key=value"]),
         (["--episodes", "2"], ["--task"]),
+        (["--task", TASK, "--episodes", "2", "--policy", "expert", "--views", "novel"],
+         ["unknown evaluation views 'novel'", "heldout, train, fixed-train"]),
     ],
 )
 def test_bad_input_exits_2_with_a_useful_message(capsys, argv, needles):
@@ -110,5 +113,12 @@ def test_cli_end_to_end_refuse_resume_and_mismatch(capsys, tmp_path):
 
         code, text = _run(capsys, *base, "--episodes", "3", "--resume", "--seed", "1")
         assert code == 2 and "different configuration" in text and "seed" in text
+
+        # The sanity controls: --data-seeds is the data seed stream, --views the cameras shown.
+        control = str(tmp_path / "control")
+        code, text = _run(capsys, *base[:-4], "--out", control, "--episodes", "1", "--data-seeds", "--views", "train")
+        assert code == 0, text
+        rec = json.loads((Path(control) / "episodes.jsonl").read_text().splitlines()[0])
+        assert rec["seed"] == data_seed(0, 0) and rec["views"] == "train"
     finally:
         unregister_policy("fake_reach")

@@ -11,8 +11,10 @@ from scipy.spatial.transform import Rotation
 from geo4d_policy.interface import CameraIntrinsics, look_at
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.metrics import pose_errors
-from geo4d_policy.perception import rgb_pose
-from geo4d_policy.perception.rgb_pose import RGBPoseEstimator, SilhouetteRenderer, fuse_rays, fuse_rgb_views
+from geo4d_policy.perception import rgb_objective, rgb_pose
+from geo4d_policy.perception.fusion import fuse_rays, fuse_rgb_views
+from geo4d_policy.perception.rgb_pose import RGBPoseEstimator
+from geo4d_policy.perception.silhouette import SilhouetteRenderer
 from geo4d_policy.perception.synthetic import look_at_pose, smooth_trajectory
 from geo4d_policy.perception.tracker import PoseTracker, TrackingFrame, TrackResult
 
@@ -207,7 +209,7 @@ def test_batched_costs_and_speculative_polls_change_nothing(model, renderer, mon
     labels = renderer.render(X, K=K_128, shape=(128, 160), width=0.05)
 
     def fresh():
-        return rgb_pose._Objective(renderer, labels, True, K_128, rgb_pose.RGBPoseConfig())
+        return rgb_objective.Objective(renderer, labels, True, K_128, rgb_pose.RGBPoseConfig())
 
     p0, R_ref = fresh().params_from_pose(_perturbed(X, np.random.default_rng(3)), 0.04)
     P = p0 + np.random.default_rng(4).normal(scale=[0.01, 0.01, 0.03, 0.05, 0.05, 0.05, 0.01], size=(9, 7))
@@ -232,7 +234,7 @@ def test_objective_renders_each_point_once(renderer):
     # points seen before renders only the new points and returns the same values.
     X = look_at_pose(np.array([0.0, 0.01, 0.75]), roll=-0.4)
     labels = renderer.render(X, K=K_128, shape=(128, 160), width=0.03)
-    objective = rgb_pose._Objective(renderer, labels, True, K_128, rgb_pose.RGBPoseConfig())
+    objective = rgb_objective.Objective(renderer, labels, True, K_128, rgb_pose.RGBPoseConfig())
     p0, R_ref = objective.params_from_pose(X, 0.03)
     P = p0 + np.random.default_rng(5).normal(scale=[0.01, 0.01, 0.03, 0.05, 0.05, 0.05, 0.01], size=(4, 7))
     first = objective.scores(P[:2], R_ref)
@@ -243,7 +245,7 @@ def test_objective_renders_each_point_once(renderer):
         assert np.array_equal(a, b[[3, 0]])
     assert again[0][1] == again[0][5] and np.isfinite(again[0]).all()
     # Another reference rotation is another point.
-    objective.scores(P[:1], R_ref @ rgb_pose._rotvecs_to_matrices(np.array([[0.0, 0.0, 0.3]]))[0])
+    objective.scores(P[:1], R_ref @ rgb_objective._rotvecs_to_matrices(np.array([[0.0, 0.0, 0.3]]))[0])
     assert objective.evaluations == 5
 
 
@@ -428,3 +430,33 @@ def test_end_to_end_two_views_of_rendered_silhouettes(model, renderer):
     assert fused.status == "ok" and fused.source == "n"
     trans_mm, rot_deg = pose_errors(fused.X_TG, X_TG)
     assert trans_mm[0] < 15.0 and rot_deg[0] < 5.0, (trans_mm, rot_deg)
+
+
+def test_torch_renderer_and_costs_match_numpy_on_cpu(model, renderer):
+    # The GPU path's renderer and objective, run on the CPU: identical label images (no pixel
+    # differs) and costs equal to 1e-9 (float rounding of differently ordered sums).
+    from geo4d_policy.perception.silhouette import TorchSilhouetteRenderer
+
+    torch_renderer = TorchSilhouetteRenderer(model, device="cpu")
+    traj = smooth_trajectory(4, seed=3, depth=0.8, travel=0.08, rotation=np.deg2rad(40.0))
+    widths = np.linspace(0.0, 0.08, 4)
+    for s in (1, 3):
+        K = K_128.copy()
+        K[:2] *= s
+        K[:2, 2] += 0.5 * (s - 1)
+        shape = (128 * s, 160 * s)
+        assert np.array_equal(torch_renderer.render_many(traj, K=K, shape=shape, widths=widths),
+                              renderer.render_many(traj, K=K, shape=shape, widths=widths))
+    labels = renderer.render(traj[0], K=K_128, shape=(128, 160), width=0.05)
+    rng = np.random.default_rng(0)
+    for overlap in ("likelihood", "iou"):
+        for observed, parts in ((labels, True), (np.where(labels >= 0, 0, -1).astype(np.int8), False)):
+            config = rgb_pose.RGBPoseConfig(overlap=overlap)
+            a = rgb_objective.Objective(renderer, observed, parts, K_128, config)
+            b = rgb_objective.Objective(torch_renderer, observed, parts, K_128, config)
+            p0, R = a.params_from_pose(traj[1], 0.04)
+            P = p0[None] + rng.normal(size=(6, 7)) * np.array([0.01, 0.01, 0.05, 0.1, 0.1, 0.1, 0.01])
+            for x, y in zip(a._scores(P, R), b._scores(P, R)):
+                np.testing.assert_allclose(x, y, rtol=0, atol=1e-9)
+    est = RGBPoseEstimator(model, K=K_128, device="cpu")
+    assert isinstance(est.renderer, TorchSilhouetteRenderer) and est._poll_batch == rgb_pose.TORCH_POLL_BATCH

@@ -22,7 +22,7 @@ from geo4d_policy.task_settings import load_task_settings, task_settings
 def test_the_yaml_files_hold_every_setting_at_its_default(capsys):
     # Regenerate with: python -m geo4d_policy.policies.policy_config --write
     assert policy_config_main([]) == 0, capsys.readouterr().out
-    for policy in ("geo4d", "oracle", "dreamitate", "diffusion_policy"):
+    for policy in ("geo4d", "oracle", "dreamitate", "rgb_oracle", "diffusion_policy"):
         resolved = resolve_policy_config(policy, resolve_policy_target(policy), task="PutSpatulaOnTable")
         assert resolved.source is not None and resolved.source.endswith(f"configs/policy/{policy}.yaml")
 

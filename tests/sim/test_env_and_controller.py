@@ -112,3 +112,21 @@ def test_snapshot_restore_reproduces_the_episode_exactly():
     c.reset(6)
     with pytest.raises(ValueError, match="seed 5 cannot be restored"):
         c.restore(snap)
+
+
+def test_sanity_control_views():
+    # train: the episode's own first two training cameras; fixed-train: one pair for every seed.
+    from geo4d_policy.interface import FIXED_VIEWS_DATA_SEED, data_seed
+
+    own = make_env(TASK, views="train")
+    obs = own.reset(11)
+    assert obs.eval_cameras == ("cam00", "cam01") and set(obs.eval_cameras) <= set(obs.train_cameras)
+    fixed = make_env(TASK, views="fixed-train")
+    specs = [fixed.reset(seed).camera_specs for seed in (11, 12)]
+    reference = make_env(TASK).reset(data_seed(FIXED_VIEWS_DATA_SEED, 0)).camera_specs
+    for s in specs:
+        assert np.allclose(s["cam00"].X_TC, reference["cam00"].X_TC) and np.allclose(s["cam01"].X_TC,
+                                                                                     reference["cam01"].X_TC)
+    assert not np.allclose(obs.camera_specs["cam00"].X_TC, reference["cam00"].X_TC)
+    with pytest.raises(ValueError, match="heldout, train, fixed-train"):
+        make_env(TASK, views="novel")
