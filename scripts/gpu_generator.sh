@@ -14,9 +14,13 @@
 #     ae-select SECONDS               measure every candidate's round trip on the validation data,
 #                                     pick the best image and pointmap autoencoders, train those on
 #                                     for SECONDS; writes $GEO4D_WORK/chosen.env
+#     patch-codec                     the pointmap patch codec ($GEO4D_WORK/runs/pm_patch: no network,
+#                                     its latent normalisation measured on the training data)
 #     gen SECONDS                     train the generator on a latent cache: continuing GEN_INIT (a
 #                                     generator checkpoint, its own autoencoders), else a new U-Net on
-#                                     the autoencoders `ae` kept (or the committed ones)
+#                                     IMG_AE/PM_AE when given (PM_AE=$GEO4D_WORK/runs/pm_patch with
+#                                     GEN_OVERRIDES="pointmap_vae.codec=patch pointmap_vae.latent_channels=192"),
+#                                     else on the autoencoders `ae` kept (or the committed ones)
 #     export NAME                     bf16/int8 checkpoint of the last generator -> $OUT (shards)
 # Environment: GEO4D_MODEL (default small), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64), GEN_RUN (run
 # directory name, default generator). The Dreamitate baseline's RGB-only generator continues the same way:
@@ -72,8 +76,10 @@ case $stage in
   collect) collect "$@" ;;
   ae)
     [ -d "$root/data/${tasks[0]}" ] || collect
-    half=$(( gpus > 1 ? gpus / 2 : 1 )); i=0
-    for kind in image pointmap; do
+    # AE_KINDS (default "image pointmap"): the autoencoders to continue; one alone gets the whole GPU.
+    kinds=(${AE_KINDS:-image pointmap})
+    half=$(( gpus > 1 ? gpus / ${#kinds[@]} : 1 )); i=0
+    for kind in "${kinds[@]}"; do
       mod=$([ $kind = image ] && echo rgb || echo pointmap)
       devs=""; [ "$gpus" -gt 1 ] && devs=$(seq -s, $((i * half)) $((i * half + half - 1)))
       i=$((i + 1))
@@ -83,6 +89,7 @@ case $stage in
         --gpu-data --workers 4 --warmup-steps 200 --ema-decay 0.995 --max-time "$1" --resume > "$root/ae_$kind.log" 2>&1 &
     done
     wait
+    for kind in image pointmap; do [ -d "$runs/ae_$kind" ] || cp -r "$committed/$kind" "$runs/ae_$kind"; done
     python scripts/eval_autoencoders.py --data $(val_dirs) --out "$root/ae_eval.json" --frames-per-episode 40 \
       --candidate committed "$committed/image" "$committed/pointmap" --candidate trained "$runs/ae_image" "$runs/ae_pointmap"
     python - "$root/ae_eval.json" "$root/ae.env" "$committed" "$runs" <<'PY'
@@ -163,6 +170,8 @@ PY
       while IFS='|' read -r name mod o2; do
         { [ "$name" = "$IMG" ] || [ "$name" = "$PM" ]; } && for o in $o2; do ov+=(--override "$o"); done
       done <<< "$AE_CANDIDATES"
+    elif [ -n "${PM_AE:-}" ]; then
+      src=(--image-vae "${IMG_AE:-$committed/image}" --pointmap-vae "$PM_AE")
     else
       IMG_AE=$committed/image PM_AE=$committed/pointmap
       # shellcheck disable=SC1091
@@ -172,8 +181,15 @@ PY
     $(train_cmd "$gpus" 29510) generator --task all --data $(train_dirs) --out "$runs/${GEN_RUN:-generator}" \
       --config "$cfg" "${ov[@]}" "${src[@]}" --steps 1000000 --batch-size "${GEN_BATCH:-64}" --lr "${GEN_LR:-2e-4}" \
       --ckpt-every 500 --warmup-steps "${GEN_WARMUP:-200}" --ema-decay "${GEN_EMA:-0.995}" --gpu-data --workers 8 \
-      --max-time "$secs" --resume > "$root/gen.log" 2>&1
-    tail -n 3 "$root/gen.log"; tail -n 2 "$runs/${GEN_RUN:-generator}/metrics.jsonl"
+      --max-time "$secs" --resume > "$root/gen_${GEN_RUN:-generator}.log" 2>&1
+    tail -n 3 "$root/gen_${GEN_RUN:-generator}.log"; tail -n 2 "$runs/${GEN_RUN:-generator}/metrics.jsonl"
+    ;;
+  patch-codec)
+    # The pointmap patch codec (no network, exact): only its latent normalisation is measured.
+    [ -d "$root/data/${tasks[0]}" ] || collect
+    python -m geo4d_policy.cli.train vae --modality pointmap --data $(train_dirs) --out "$runs/pm_patch" \
+      --config "$cfg" --override pointmap_vae.codec=patch --override pointmap_vae.latent_channels=192 \
+      --batch-size 64 --gpu-data --workers 4 --resume > "$root/pm_patch.log" 2>&1; tail -n 1 "$root/pm_patch.log"
     ;;
   export)
     name=$1; ship=$root/ship/$name; rm -rf "$ship"

@@ -29,6 +29,9 @@ NUM_ADDED_TIME_IDS = 3
 """``added_time_ids`` per clip: (fps, motion bucket, conditioning noise-augmentation strength)."""
 
 
+VAE_CODECS = ("kl", "patch")
+
+
 @dataclasses.dataclass
 class VAEConfig:
     """A diffusers ``AutoencoderKL`` with 8x spatial downsampling plus its latent normalisation.
@@ -42,6 +45,12 @@ class VAEConfig:
     or next to a gripper (dilated by 2 px) and, for pointmaps, pixels at depth discontinuities:
     the tracker registers the gripper model on exactly those points, and an autoencoder that
     blurs them caps every generator built on it (training-only; inference ignores them).
+
+    ``codec``: ``"kl"`` (the learned autoencoder) or ``"patch"``: no network, each 8x8 patch's
+    values stacked as channels (pixel unshuffle; ``latent_channels = in_channels * 64``), exact
+    up to the latents' storage precision. A patch codec has nothing to train; only its latent
+    normalisation is measured on data. The architecture fields are then unused (the four levels
+    still fix the 8x grid).
     """
 
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
@@ -55,8 +64,11 @@ class VAEConfig:
     kl_weight: float = 1e-6
     gripper_loss_weight: float = 1.0
     edge_loss_weight: float = 1.0
+    codec: str = "kl"
 
     def __post_init__(self) -> None:
+        if self.codec not in VAE_CODECS:
+            raise ConfigError(f"VAEConfig.codec must be one of {list(VAE_CODECS)}, got {self.codec!r}")
         if self.gripper_loss_weight < 1.0 or self.edge_loss_weight < 1.0:
             raise ConfigError("VAEConfig: gripper_loss_weight and edge_loss_weight must be >= 1")
         if len(self.block_out_channels) != 4:
@@ -71,6 +83,10 @@ class VAEConfig:
             )
         if not self.scaling_factor > 0:
             raise ConfigError(f"VAEConfig.scaling_factor must be > 0, got {self.scaling_factor}")
+        patch = self.in_channels * self.downsample_factor**2
+        if self.codec == "patch" and self.latent_channels != patch:
+            raise ConfigError(f"VAEConfig: a patch codec of {self.in_channels}-channel frames at "
+                              f"{self.downsample_factor}x has latent_channels={patch}, got {self.latent_channels}")
 
     @property
     def downsample_factor(self) -> int:

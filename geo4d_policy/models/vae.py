@@ -1,7 +1,9 @@
 """Image and pointmap VAEs: diffusers ``AutoencoderKL`` plus latent normalisation and I/O.
 
 Owns the frame <-> latent maps of the 4D generator. Both VAEs are the same architecture
-(8x downsampling, 4 latent channels); the pointmap VAE encodes normalised XYZ (the fixed affine
+(8x downsampling); or, with ``VAEConfig.codec = "patch"``, no network at all: each 8x8 patch's
+values become channels (exact, nothing to train), which removes the autoencoder's ceiling on
+the geometry and leaves all of it to the diffusion model. The pointmap VAE encodes normalised XYZ (the fixed affine
 map of ``GeneratorConfig.pointmap_range`` onto [-1, 1]) as a 3-channel image and may be
 initialised from the image VAE's weights (:meth:`VAE.init_from`), as the paper does with SVD's.
 
@@ -57,6 +59,9 @@ class VAE(PretrainedModel):
         super().__init__()
         self.config = config
         self.kind: VAEKind = kind
+        if config.codec == "patch":
+            self.model = _PatchCodec(config.downsample_factor)
+            return
         n = len(config.block_out_channels)
         self.model = AutoencoderKL(
             in_channels=config.in_channels,
@@ -73,6 +78,11 @@ class VAE(PretrainedModel):
     @property
     def downsample_factor(self) -> int:
         return self.config.downsample_factor
+
+    @property
+    def trainable(self) -> bool:
+        """False for a patch codec (no weights; only its latent normalisation is measured)."""
+        return self.config.codec != "patch"
 
     # ---------------------------------------------------------------------------------------
     # Encode / decode
@@ -165,6 +175,9 @@ class VAE(PretrainedModel):
             ``(loss, metrics)`` with the scalar loss and detached scalar tensors (``l1``, ``kl``;
             no host synchronisation: the training loop reads them when it logs).
         """
+        if not self.trainable:
+            raise ValueError("a patch codec has nothing to train: its checkpoint only needs its latent "
+                             "normalisation measured (geo4d-train vae does that for codec=patch)")
         if self.kind == "pointmap":
             x, valid = fill_invalid_points(x, valid)
         flat, _ = _flatten_frames(x)
@@ -204,9 +217,10 @@ class VAE(PretrainedModel):
             ``(shift_factor, scaling_factor)``, also written into ``self.config``.
         """
         total, s1, s2 = 0, 0.0, 0.0
-        device = next(self.parameters()).device
+        param = next(self.parameters(), None)  # a patch codec has none: it works where the data is
         for item in frames:
             x, valid = item if isinstance(item, tuple) else (item, None)
+            device = x.device if param is None else param.device
             x = x.to(device)
             if self.kind == "pointmap":
                 x, _ = fill_invalid_points(x, None if valid is None else valid.to(device))
@@ -228,6 +242,8 @@ class VAE(PretrainedModel):
             return dataclasses.replace(c, scaling_factor=1.0, shift_factor=0.0, kl_weight=0.0,
                                        gripper_loss_weight=1.0, edge_loss_weight=1.0)
 
+        if not (self.trainable and other.trainable):
+            raise ValueError("VAE.init_from: a patch codec has no weights to copy or receive")
         a, b = arch(self.config), arch(other.config)
         if a != b:
             raise ValueError(f"VAE.init_from: architectures differ: {to_dict(a)} vs {to_dict(b)}")
@@ -264,3 +280,41 @@ class VAE(PretrainedModel):
         :meth:`PretrainedModel.from_pretrained`.
         """
         return super().from_pretrained(path, device=device, expect={"kind": kind} if kind else None, **kwargs)
+
+
+class _PointPosterior:
+    """A posterior with all its mass at ``mean`` (the patch codec's encoding)."""
+
+    def __init__(self, mean: torch.Tensor) -> None:
+        self.mean = mean
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.mean
+
+
+class _PatchOutput:
+    def __init__(self, sample: torch.Tensor) -> None:
+        self.sample = sample
+
+
+class _Encoded:
+    def __init__(self, mean: torch.Tensor) -> None:
+        self.latent_dist = _PointPosterior(mean)
+
+
+class _PatchCodec(nn.Module):
+    """Pixel (un)shuffle with ``AutoencoderKL``'s encode/decode interface; no weights."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def encode(self, x: torch.Tensor) -> _Encoded:
+        return _Encoded(F.pixel_unshuffle(x.float(), self.factor))
+
+    def decode(self, z: torch.Tensor) -> _PatchOutput:
+        return _PatchOutput(F.pixel_shuffle(z.float(), self.factor))

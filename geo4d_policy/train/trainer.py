@@ -61,7 +61,7 @@ from geo4d_policy.models.vae import VAE
 from geo4d_policy.train.config import TrainConfig
 from geo4d_policy.train.distributed import gather_rows, launch_record, make_accelerator
 from geo4d_policy.train.ema import EMA
-from geo4d_policy.train.state import Counters, TrainingState, check_run_dir, last_checkpoint
+from geo4d_policy.train.state import Counters, TrainingState, check_run_dir, last_checkpoint, write_last
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +386,8 @@ def train(
     torch.manual_seed(config.seed)
     recipe = _Recipe(config, model_cfg)
     module = recipe.module
+    if config.kind != "generator" and not module.vae.trainable:
+        return _write_codec(config, recipe, data_iter_factory, out, accelerator)
     params = [p for p in recipe.trainable.parameters() if p.requires_grad]
     # The fused CUDA AdamW updates every tensor in a few kernels (per-tensor loops are
     # launch-bound for small models); same maths as the default implementation.
@@ -502,6 +504,36 @@ def train(
     if last_ckpt is None:
         last_ckpt = save_checkpoint()
     return TrainResult(out_dir=out, checkpoint=last_ckpt, step=step, metrics=last_metrics)
+
+
+CODEC_CALIBRATION_BATCHES = 8
+"""Batches whose frames measure a patch codec's latent normalisation."""
+
+
+def _write_codec(config: TrainConfig, recipe: _Recipe, factory: DataIterFactory, out: Path,
+                 accelerator: Any) -> TrainResult:
+    """A patch codec's run: its latent normalisation measured on ``CODEC_CALIBRATION_BATCHES``
+    batches (every process's frames), written as ``step_0`` (nothing to train)."""
+    module, mc = recipe.module, recipe.model_cfg
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    gen = torch.Generator(device=device).manual_seed(config.seed * 1000)
+    frames = []
+    for _, batch in zip(range(CODEC_CALIBRATION_BATCHES), factory(epoch=0, rank=rank, world_size=world)):
+        x, valid, _ = vae_frames(to_device(batch, device), kind=config.kind, max_images=config.vae_max_images,
+                                 generator=gen, pointmap_range=tuple(mc.pointmap_range))
+        frames.append((gather_rows(x), None if valid is None else gather_rows(valid)))
+    shift, scale = module.vae.calibrate(frames, target_std=mc.edm.sigma_data)
+    path = out / "step_0"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(dataclasses.replace(config, model=mc), out / "train_config.yaml")
+        named = dataclasses.replace(config, model=mc.name if isinstance(config.model, GeneratorConfig) else config.model)
+        extra = {"step": 0, "kind": config.kind, "tasks": list(recipe.tasks), "train_config": to_dict(named),
+                 "calibration_frames": sum(int(x.shape[0]) for x, _ in frames)}
+        module.vae.save_pretrained(path, extra={"training": extra, "tasks": list(recipe.tasks)})
+        write_last(out, path.name)
+    accelerator.wait_for_everyone()
+    return TrainResult(out_dir=out, checkpoint=path, step=0, metrics={"shift_factor": shift, "scaling_factor": scale})
 
 
 def load_trained(path: str | os.PathLike[str], *, device: str = "cpu") -> Generator4D | VAE:

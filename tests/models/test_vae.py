@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from geo4d_policy.models.config import VAEConfig
@@ -97,3 +98,31 @@ def test_pointmap_vae_initialised_from_image_vae():
     # ... as a copy, not shared storage.
     next(pm.model.parameters()).data.add_(1.0)
     assert not torch.equal(next(pm.model.parameters()), next(image.model.parameters()))
+
+
+def test_patch_codec_is_exact_and_has_nothing_to_train(tmp_path):
+
+    from geo4d_policy.config import ConfigError
+    from geo4d_policy.models.config import VAEConfig
+    from geo4d_policy.models.vae import VAE
+
+    v = VAE(VAEConfig(codec="patch", latent_channels=192), kind="pointmap")
+    assert not v.trainable and sum(p.numel() for p in v.parameters()) == 0
+    x = torch.linspace(-1, 1, 2 * 3 * 16 * 24).reshape(2, 3, 16, 24)
+    v.calibrate([x], target_std=0.5)
+    z = v.encode(x)
+    assert z.shape == (2, 192, 2, 3)
+    # Channel c*64 + 8*i + j of a cell holds the pixel (i, j) of its patch, channel c.
+    raw = z / v.config.scaling_factor + v.config.shift_factor
+    assert torch.allclose(raw[1, 64 + 8 * 3 + 5, 1, 2], x[1, 1, 8 + 3, 16 + 5], atol=1e-6)
+    assert torch.allclose(v.decode(z), x, atol=1e-6)
+    assert abs(float(z.std()) - 0.5) < 1e-3
+    v.save_pretrained(tmp_path / "c")
+    w = VAE.from_pretrained(tmp_path / "c", kind="pointmap")
+    assert torch.allclose(w.decode(w.encode(x)), x, atol=1e-6)
+    with pytest.raises(ValueError, match="nothing to train"):
+        v.loss(x)
+    with pytest.raises(ConfigError, match="latent_channels=192"):
+        VAEConfig(codec="patch", latent_channels=16)
+    with pytest.raises(ConfigError, match="codec must be one of"):
+        VAEConfig(codec="pca")
