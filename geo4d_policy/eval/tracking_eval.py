@@ -9,7 +9,7 @@ Per clip (a start frame t, ``n_future`` following 2 Hz frames, two distinct held
 n and m drawn at random) and per arm visible at t:
   * pointmaps from the recorded depth: ``X^n`` in camera n's frame and ``X^{m->n}`` through the
     ground-truth ``X_CnCm`` (the generator's job; misregistration perturbs it, see below);
-  * :func:`~geo4d_policy.perception.tracker.track_gripper_sequence` on each view, with part
+  * :func:`~geo4d_policy.perception.pose_tracker.track_gripper_sequence` on each view, with part
     labels (:data:`LABEL_SOURCES`) from the recorded masks or from a :class:`GripperSegmenter`
     on the recorded RGB, on frame t only (then unsegmented frames, as on a predicted video
     with a first-frame mask) or on every frame; frame t's pose hint is the robot's measured
@@ -74,13 +74,9 @@ from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.task_settings import held_object_widths
-from geo4d_policy.perception.tracker import (
-    ICPGripperTracker,
-    ICPTrackerConfig,
-    TrackingFrame,
-    part_label_image,
-    track_gripper_sequence,
-)
+from geo4d_policy.perception.icp_core import ICPTrackerConfig
+from geo4d_policy.perception.icp_tracker import ICPGripperTracker
+from geo4d_policy.perception.pose_tracker import TrackingFrame, part_label_image, track_gripper_sequence
 from geo4d_policy.perception.video_tracking import fingers_seen, fused_finger_distance
 
 DEGRADATIONS: tuple[str, ...] = ("none", "noise", "dropout", "misreg")

@@ -50,7 +50,7 @@ from geo4d_policy.data.geometry import invert_transform
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import Observation, canonical_task_name
 from geo4d_policy.perception.rgb_pose import RGBPoseConfig
-from geo4d_policy.perception.tracker import TrackingFrame, part_label_image
+from geo4d_policy.perception.pose_tracker import TrackingFrame, part_label_image
 from geo4d_policy.perception.video_tracking import ArmTrack, PredictedVideo
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.devices import resolve_device

@@ -47,7 +47,8 @@ from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
 from geo4d_policy.perception.fusion import estimate_relative_pose
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
-from geo4d_policy.perception.tracker import ICPTrackerConfig, part_label_image
+from geo4d_policy.perception.icp_core import ICPTrackerConfig
+from geo4d_policy.perception.pose_tracker import part_label_image
 from geo4d_policy.perception.video_tracking import (
     ArmTrack,
     CurrentView,
