@@ -619,32 +619,22 @@ def width_points(job: WidthJob) -> tuple[np.ndarray, np.ndarray | None]:
 ENGINES = ("auto", "numpy", "torch")
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cpu``/``cuda``/``cuda:N`` pass.
-
-    Raises:
-        ValueError: another name.
-    """
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        return device
-    raise ValueError(f"tracker device must be auto, cpu, cuda or cuda:N, got {device!r}")
-
-
 def engine_choice(config: ICPTrackerConfig) -> tuple[str, str]:
     """(engine, device) a config resolves to: ``auto`` is torch on CUDA, numpy otherwise.
 
     Raises:
-        ValueError: an unknown engine or device name.
+        ValueError: an unknown engine or device name, or a CUDA device this machine lacks.
     """
+    from geo4d_policy.devices import check_device
+
     if config.engine not in ENGINES:
         raise ValueError(f"tracker engine must be one of {', '.join(ENGINES)}, got {config.engine!r}")
     if config.engine == "numpy":
         return "numpy", "cpu"
-    device = resolve_device(config.device)
+    try:
+        device = check_device(config.device)
+    except ValueError as e:
+        raise ValueError(f"tracker {e}") from None
     if config.engine == "auto":
         return ("torch", device) if device.startswith("cuda") else ("numpy", "cpu")
     return "torch", device
@@ -658,8 +648,7 @@ def make_engine(model: GripperModel, config: ICPTrackerConfig) -> Any:
     """The engine for ``model`` and ``config`` (cached: trackers of one model and config share it).
 
     Raises:
-        ValueError: an unknown engine or device name.
-        RuntimeError: a CUDA device without CUDA.
+        ValueError: an unknown engine or device name, or a CUDA device this machine lacks.
     """
     engine, device = engine_choice(config)
     key = (id(model), config, engine, device)

@@ -4,10 +4,11 @@ This module owns the tracker's decisions; the numerics are an engine's
 (:mod:`geo4d_policy.perception.icp_core`: numpy reference; :mod:`geo4d_policy.perception.icp_torch`:
 batched torch, the GPU path):
   * :class:`ICPGripperTracker`, a :class:`~geo4d_policy.perception.pose_tracker.PoseTracker`.
-  * :func:`register_many` / :func:`track_many`, several trackers (views, arms) advanced by one
-    frame together: their work is handed to the engine in lock-step, so a batching engine does
-    one batched call where a loop would do one per tracker. Results equal those of calling each
-    tracker alone (the decisions are the same code; only the engine's arithmetic differs).
+  * :func:`register_all` / :func:`track_all`, several trackers (views, arms) advanced by one
+    frame together: the ICP trackers' work is handed to the engine in lock-step, so a batching
+    engine does one batched call where a loop would do one per tracker. Results equal those of
+    calling each tracker alone (the decisions are the same code; only the engine's arithmetic
+    differs).
 
 The ICP tracker, in brief (the why is in the comments):
   * Observed points are matched to the nearest model sample of the palm or of a finger; the
@@ -59,10 +60,10 @@ from geo4d_policy.perception.icp_core import (
     principal_axes,
     visible_samples,
 )
-from geo4d_policy.perception.pose_tracker import Observation, TrackingFrame, TrackResult, pose_delta
+from geo4d_policy.perception.pose_tracker import Observation, PoseTracker, TrackingFrame, TrackResult, pose_delta
 from geo4d_policy.perception.projection import PixelProjection
 
-__all__ = ["ICPGripperTracker", "ICPTrackerConfig", "register_many", "track_many"]
+__all__ = ["ICPGripperTracker", "ICPTrackerConfig", "register_all", "track_all"]
 
 Steps = Generator[list[Job], list[Any], Any]
 """A tracker decision in progress: yields the jobs it needs, receives their results, returns its own."""
@@ -203,7 +204,7 @@ class ICPGripperTracker:
 
     def register_steps(self, observation: Observation, *, part_labels: np.ndarray | None = None,
                        init_pose: np.ndarray | None = None) -> Steps:
-        """:meth:`register` as steps (see :func:`register_many`)."""
+        """:meth:`register` as steps (see :func:`register_all`)."""
         c = self.config
         self.reset()
         hint = self._valid_pose(init_pose)
@@ -233,7 +234,7 @@ class ICPGripperTracker:
         return self._accept(fit)
 
     def track_steps(self, observation: Observation, *, part_labels: np.ndarray | None = None) -> Steps:
-        """:meth:`track` as steps (see :func:`track_many`)."""
+        """:meth:`track` as steps (see :func:`track_all`)."""
         if self._X_last is None:
             return (yield from self.register_steps(observation, part_labels=part_labels, init_pose=self._hint))
         c = self.config
@@ -501,15 +502,31 @@ def _drive_grouped(trackers: Sequence[ICPGripperTracker], steps: Sequence[Steps]
     return results
 
 
-def register_many(items: Sequence[tuple[ICPGripperTracker, Observation, np.ndarray | None]]) -> list[TrackResult]:
-    """:meth:`ICPGripperTracker.register` of several trackers at once: ``(tracker, observation,
-    init_pose)`` each; the results equal registering each alone."""
-    trackers = [t for t, _, _ in items]
-    return _drive_grouped(trackers, [t.register_steps(obs, init_pose=hint) for t, obs, hint in items])
+def register_all(jobs: Sequence[tuple[PoseTracker, Observation, np.ndarray | None]]) -> list[TrackResult]:
+    """Register several trackers, ``(tracker, observation, init_pose)`` each (e.g. both arms):
+    ICP trackers in lock-step (one engine call per round for all of them), others one by one.
+    The results equal registering each alone."""
+    out: list[TrackResult | None] = [None] * len(jobs)
+    icp = [i for i, (t, _, _) in enumerate(jobs) if isinstance(t, ICPGripperTracker)]
+    steps = [jobs[i][0].register_steps(jobs[i][1], init_pose=jobs[i][2]) for i in icp]
+    for i, r in zip(icp, _drive_grouped([jobs[i][0] for i in icp], steps)):
+        out[i] = r
+    for i, (tracker, observation, hint) in enumerate(jobs):
+        if out[i] is None:
+            out[i] = tracker.register(observation, init_pose=hint)
+    return out
 
 
-def track_many(items: Sequence[tuple[ICPGripperTracker, Observation]]) -> list[TrackResult]:
-    """:meth:`ICPGripperTracker.track` of several trackers (e.g. both views of both arms) into
-    their next frame at once; the results equal tracking each alone."""
-    trackers = [t for t, _ in items]
-    return _drive_grouped(trackers, [t.track_steps(obs) for t, obs in items])
+def track_all(jobs: Sequence[tuple[PoseTracker, Observation]]) -> list[TrackResult]:
+    """Track several trackers into their next frame, ``(tracker, observation)`` each (e.g. both
+    views of both arms): ICP trackers in lock-step, others one by one. The results equal
+    tracking each alone."""
+    out: list[TrackResult | None] = [None] * len(jobs)
+    icp = [i for i, (t, _) in enumerate(jobs) if isinstance(t, ICPGripperTracker)]
+    steps = [jobs[i][0].track_steps(jobs[i][1]) for i in icp]
+    for i, r in zip(icp, _drive_grouped([jobs[i][0] for i in icp], steps)):
+        out[i] = r
+    for i, (tracker, observation) in enumerate(jobs):
+        if out[i] is None:
+            out[i] = tracker.track(observation)
+    return out

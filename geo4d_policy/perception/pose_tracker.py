@@ -7,7 +7,8 @@ This module owns:
   * :class:`PoseTracker`, the protocol: ``register`` on a first frame, then ``track`` frame by frame.
   * :func:`part_label_image`, per-arm part codes from the packed masks of a dataset or label image.
   * :func:`pose_delta`, the translation / rotation between two poses (motion gates, metrics).
-  * :func:`track_gripper_sequence`, the sequence driver used by evaluation and tests.
+  * :func:`track_gripper_sequence` / :func:`track_gripper_sequences`, the sequence drivers used
+    by evaluation and tests (several sequences advance together).
 
 The default tracker, model-based ICP of the gripper CAD model, is
 :class:`geo4d_policy.perception.icp_tracker.ICPGripperTracker`.
@@ -16,8 +17,8 @@ The default tracker, model-based ICP of the gripper CAD model, is
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -155,7 +156,6 @@ def pose_delta(X_a: np.ndarray, X_b: np.ndarray) -> tuple[float, float]:
     return dt, float(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-
 def track_gripper_sequence(
     pointmaps: np.ndarray,
     valid: np.ndarray,
@@ -187,33 +187,57 @@ def track_gripper_sequence(
     Returns:
         T :class:`TrackResult`; frame 0 registers, later frames track.
     """
-    pointmaps = np.asarray(pointmaps)
-    valid = np.asarray(valid, dtype=bool)
-    if pointmaps.ndim != 4 or pointmaps.shape[-1] != 3 or valid.shape != pointmaps.shape[:-1]:
-        raise ValueError(f"pointmaps must be (T, H, W, 3) with valid (T, H, W); got {pointmaps.shape}, {valid.shape}")
-    T = len(pointmaps)
+    return track_gripper_sequences([dict(pointmaps=pointmaps, valid=valid, masks=masks, part_labels=part_labels,
+                                         rgb=rgb, K=K, first_pose_hint=first_pose_hint, tracker=tracker)])[0]
 
-    def per_frame(x, name):
-        if x is None:
-            return [None] * T
-        if len(x) != T:
-            raise ValueError(f"{name} has {len(x)} frames, pointmaps {T}")
-        return list(x)
 
-    masks_t = per_frame(masks, "masks")
-    labels_t = per_frame(part_labels, "part_labels")
-    rgb_t = per_frame(rgb, "rgb")
-    if tracker is None:
-        from geo4d_policy.perception.icp_tracker import ICPGripperTracker
+def track_gripper_sequences(sequences: Sequence[Mapping[str, Any]]) -> list[list[TrackResult]]:
+    """Several independent sequences (e.g. the two views of a clip) tracked together.
 
-        tracker = ICPGripperTracker()
-    results = []
-    for t in range(T):
-        frame = TrackingFrame(pointmaps[t], valid[t], masks_t[t], labels_t[t], rgb_t[t], K)
+    Each mapping holds :func:`track_gripper_sequence`'s arguments. Frame by frame, the trackers
+    advance together (:func:`~geo4d_policy.perception.icp_tracker.track_all`: ICP trackers in
+    lock-step, so a batching engine serves all sequences in one call); the results equal
+    tracking each sequence alone.
+
+    Raises:
+        ValueError: malformed arrays, or a frame 0 without segmentation or pose hint.
+    """
+    from geo4d_policy.perception.icp_tracker import ICPGripperTracker, register_all, track_all
+
+    frames, trackers, hints = [], [], []
+    for seq in sequences:
+        pointmaps = np.asarray(seq["pointmaps"])
+        valid = np.asarray(seq["valid"], dtype=bool)
+        if pointmaps.ndim != 4 or pointmaps.shape[-1] != 3 or valid.shape != pointmaps.shape[:-1]:
+            raise ValueError(f"pointmaps must be (T, H, W, 3) with valid (T, H, W); got {pointmaps.shape}, "
+                             f"{valid.shape}")
+        T = len(pointmaps)
+
+        def per_frame(x, name):
+            if x is None:
+                return [None] * T
+            if len(x) != T:
+                raise ValueError(f"{name} has {len(x)} frames, pointmaps {T}")
+            return list(x)
+
+        masks_t = per_frame(seq.get("masks"), "masks")
+        labels_t = per_frame(seq.get("part_labels"), "part_labels")
+        rgb_t = per_frame(seq.get("rgb"), "rgb")
+        seq_frames = [TrackingFrame(pointmaps[t], valid[t], masks_t[t], labels_t[t], rgb_t[t], seq.get("K"))
+                      for t in range(T)]
+        hint = seq.get("first_pose_hint")
+        if T and not seq_frames[0].segmented and hint is None:
+            raise ValueError("frame 0 needs a mask/part labels or a first_pose_hint")
+        frames.append(seq_frames)
+        trackers.append(seq.get("tracker") if seq.get("tracker") is not None else ICPGripperTracker())
+        hints.append(hint)
+    results: list[list[TrackResult]] = [[] for _ in sequences]
+    for t in range(max((len(f) for f in frames), default=0)):
+        live = [i for i in range(len(frames)) if t < len(frames[i])]
         if t == 0:
-            if not frame.segmented and first_pose_hint is None:
-                raise ValueError("frame 0 needs a mask/part labels or a first_pose_hint")
-            results.append(tracker.register(frame, init_pose=first_pose_hint))
+            out = register_all([(trackers[i], frames[i][0], hints[i]) for i in live])
         else:
-            results.append(tracker.track(frame))
+            out = track_all([(trackers[i], frames[i][t]) for i in live])
+        for i, r in zip(live, out):
+            results[i].append(r)
     return results

@@ -5,7 +5,7 @@ The code now lives along its seam:
     the :class:`PoseTracker` protocol, :func:`part_label_image`, :func:`pose_delta`,
     :func:`track_gripper_sequence`;
   * :mod:`geo4d_policy.perception.icp_tracker`: :class:`ICPGripperTracker` (decisions) and the
-    lock-step drivers :func:`register_many` / :func:`track_many`;
+    lock-step drivers :func:`register_all` / :func:`track_all`;
   * :mod:`geo4d_policy.perception.icp_core`: :class:`ICPTrackerConfig` and the reference numpy
     numerics; :mod:`geo4d_policy.perception.icp_torch`: the batched torch numerics;
   * :mod:`geo4d_policy.perception.projection`: occlusion / free space
@@ -15,7 +15,7 @@ New code imports from those modules.
 """
 
 from geo4d_policy.perception.icp_core import ICPTrackerConfig
-from geo4d_policy.perception.icp_tracker import ICPGripperTracker, register_many, track_many
+from geo4d_policy.perception.icp_tracker import ICPGripperTracker, register_all, track_all
 from geo4d_policy.perception.pose_tracker import (
     Observation,
     PoseTracker,
@@ -30,5 +30,5 @@ from geo4d_policy.perception.projection import finger_see_through
 
 __all__ = [
     "ICPGripperTracker", "ICPTrackerConfig", "Observation", "PoseTracker", "Status", "TrackResult", "TrackingFrame",
-    "finger_see_through", "part_label_image", "pose_delta", "register_many", "track_gripper_sequence", "track_many",
+    "finger_see_through", "part_label_image", "pose_delta", "register_all", "track_all", "track_gripper_sequence",
 ]

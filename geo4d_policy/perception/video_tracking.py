@@ -31,7 +31,7 @@ from geo4d_policy.perception.fusion import FusedPose, fuse_views
 from geo4d_policy.perception.gripper_model import PART_LEFT, PART_RIGHT, GripperModel
 from geo4d_policy.perception.gripper_state import measure_finger_opening
 from geo4d_policy.perception.icp_core import ICPTrackerConfig
-from geo4d_policy.perception.icp_tracker import ICPGripperTracker, register_many, track_many
+from geo4d_policy.perception.icp_tracker import ICPGripperTracker, register_all, track_all
 from geo4d_policy.perception.pose_tracker import PoseTracker, TrackingFrame, TrackResult
 from geo4d_policy.perception.projection import finger_see_through
 
@@ -151,32 +151,6 @@ def _same_icp(a: PoseTracker, b: PoseTracker) -> bool:
     """Whether ``b`` registering on ``a``'s frame would end in ``a``'s state (same model, options)."""
     return (isinstance(a, ICPGripperTracker) and isinstance(b, ICPGripperTracker) and a.model is b.model
             and a.config == b.config)
-
-
-def _register_all(jobs: list[tuple[PoseTracker, TrackingFrame, np.ndarray]]) -> list[TrackResult]:
-    """Reset and register every tracker (ICP trackers in lock-step, see :func:`register_many`)."""
-    for tracker, _, _ in jobs:
-        tracker.reset()
-    icp = [i for i, (t, _, _) in enumerate(jobs) if isinstance(t, ICPGripperTracker)]
-    out: list[TrackResult | None] = [None] * len(jobs)
-    for i, r in zip(icp, register_many([jobs[i] for i in icp])):
-        out[i] = r
-    for i, (tracker, frame, hint) in enumerate(jobs):
-        if out[i] is None:
-            out[i] = tracker.register(frame, init_pose=hint)
-    return out
-
-
-def _track_all(jobs: list[tuple[PoseTracker, TrackingFrame]]) -> list[TrackResult]:
-    """Every tracker into its next frame (ICP trackers in lock-step, see :func:`track_many`)."""
-    icp = [i for i, (t, _) in enumerate(jobs) if isinstance(t, ICPGripperTracker)]
-    out: list[TrackResult | None] = [None] * len(jobs)
-    for i, r in zip(icp, track_many([jobs[i] for i in icp])):
-        out[i] = r
-    for i, (tracker, frame) in enumerate(jobs):
-        if out[i] is None:
-            out[i] = tracker.track(frame)
-    return out
 
 
 FREE_SPACE_MIN_DIFFERENCE = 3
@@ -380,7 +354,9 @@ def track_video(
                 continue
             reg_of[(arm, v)] = len(reg_jobs)
             reg_jobs.append((pair[v], first, hints[arm]))
-    reg_results = _register_all(reg_jobs)
+    for tracker, _, _ in reg_jobs:
+        tracker.reset()
+    reg_results = register_all(reg_jobs)
     registration: dict[tuple[str, int], TrackResult] = {}
     for arm in X_TG_now:
         pair = pairs[arm]
@@ -407,7 +383,7 @@ def track_video(
                                       None if labels is None else labels[v, t])
                 jobs.append((pairs[arm][v], frame))
                 keys.append((arm, v))
-        for key, result in zip(keys, _track_all(jobs)):
+        for key, result in zip(keys, track_all(jobs)):
             per_view[key].append(result)
     out: dict[str, ArmTrack] = {}
     for arm in X_TG_now:

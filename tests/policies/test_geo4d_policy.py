@@ -131,3 +131,88 @@ def test_generator_inputs_use_each_views_own_frame():
     for key in ("n", "m"):
         z = x[f"pointmap_{key}"][..., 2][x[f"valid_{key}"]]
         assert z.size > 0 and (z > 0).all()
+
+
+def _inputs(rng: np.random.Generator, h: int = 32, w: int = 40) -> dict[str, np.ndarray]:
+    pm = np.stack([*np.meshgrid(np.linspace(-0.2, 0.2, w), np.linspace(-0.1, 0.1, h)), np.full((h, w), 0.9)], -1)
+    return {"rgb": rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8), "pointmap_n": pm.astype(np.float32),
+            "pointmap_m": pm.astype(np.float32)}
+
+
+def test_a_gpu_out_of_memory_fails_only_the_request_that_does_not_fit(tiny_checkpoint):
+    """Injected failure: predict_many runs out of GPU memory whenever the request with seed 13 is
+    in it. The batch is retried request by request; only that request's episode gets the error."""
+    from geo4d_policy.eval.worker import error_reason
+    from geo4d_policy.policies.generator_server import GeneratorOutOfMemoryError
+
+    model = Generator4D.from_pretrained(tiny_checkpoint)
+    real = model.predict_many
+
+    def predict_many(requests, **kwargs):
+        if any(r.get("seed") == 13 for r in requests):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real(requests, **kwargs)
+
+    model.predict_many = predict_many
+    rng = np.random.default_rng(2)
+    inputs = [_inputs(rng) for _ in range(3)]
+    seeds = [5, 13, 7]
+    server = GeneratorServer(model, max_batch=3, batch_window_s=1.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    results: dict[int, object] = {}
+
+    def ask(i: int) -> None:
+        client = GeneratorClient(server.address)
+        try:
+            results[i] = client(inputs[i], task=TASK, seed=seeds[i], num_steps=2)
+        except RuntimeError as e:
+            results[i] = e
+        client.close()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        # The server goes on: a later request is served.
+        client = GeneratorClient(server.address)
+        later = client(inputs[0], task=TASK, seed=5, num_steps=2)
+        client.close()
+    finally:
+        server.close()
+    assert isinstance(results[1], GeneratorOutOfMemoryError)
+    reason = error_reason(results[1])
+    assert reason.startswith("error: GeneratorOutOfMemoryError: the generator server ran out of GPU memory")
+    for i in (0, 2):
+        alone = real([{**inputs[i], "task": TASK, "seed": seeds[i]}], num_steps=2)[0]
+        np.testing.assert_allclose(results[i]["pointmaps"], alone["pointmaps"], atol=1e-4)
+    np.testing.assert_array_equal(later["pointmaps"], results[0]["pointmaps"])
+    assert server.out_of_memory >= 2 and server.served == 3
+
+
+def test_a_fixed_batch_unet_pads_without_changing_any_rows_result(tiny_checkpoint):
+    """The compiled server runs every batch at max_batch: padded rows must not leak into real ones."""
+    from geo4d_policy.policies.generator_server import FixedBatchUNet
+
+    plain = Generator4D.from_pretrained(tiny_checkpoint)
+    padded = FixedBatchUNet.install(Generator4D.from_pretrained(tiny_checkpoint), 4)
+    assert isinstance(padded.unet, FixedBatchUNet) and padded.device == plain.device
+    rng = np.random.default_rng(3)
+    requests = [{**_inputs(rng), "task": TASK, "seed": s} for s in (1, 2)]
+    calls = []
+    inner_forward = padded.unet._inner.forward
+
+    def spy(x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return inner_forward(x, *args, **kwargs)
+
+    padded.unet._inner.forward = spy
+    both = padded.predict_many(requests, num_steps=2)
+    one = padded.predict_many(requests[:1], num_steps=2)
+    assert set(calls) == {4}  # every U-Net call ran at the fixed batch
+    for r, out in zip(requests, both):
+        ref = plain.predict_many([r], num_steps=2)[0]
+        np.testing.assert_allclose(out["pointmaps"], ref["pointmaps"], atol=1e-4)
+        np.testing.assert_allclose(out["rgb"].astype(int), ref["rgb"].astype(int), atol=1)
+    np.testing.assert_allclose(one[0]["pointmaps"], both[0]["pointmaps"], atol=1e-4)
