@@ -589,16 +589,34 @@ class NumpyICPEngine:
         qG, lab = width_points(job)
         if len(qG) == 0:
             return WidthCosts(np.zeros(len(job.grid)), 0.0, None)
-
-        def cost(w: float) -> float:
-            d, *_ = self.match(qG, lab, w, max_dist=tau)
-            return float(np.sum(np.minimum(d, tau) ** 2))
-
-        costs = np.array([cost(float(w)) for w in job.grid])
-        best = float(job.grid[int(np.argmin(costs))])
-        d, part, _, _ = self.match(qG, lab, best, max_dist=tau)
-        both = bool(np.any((d <= tau) & (part == PART_LEFT)) and np.any((d <= tau) & (part == PART_RIGHT)))
-        return WidthCosts(costs, cost(job.width), both)
+        S = self.samples
+        widths = np.append(np.asarray(job.grid, dtype=np.float64), float(job.width))
+        n, G = len(qG), len(widths)
+        # Nearest sample per point and opening, as match() finds it: the palm does not move with
+        # the opening (matched once), each finger is queried for all openings in one call.
+        dist = np.full((G, n), np.inf)
+        part = np.full((G, n), -1, dtype=np.int64)
+        for k in (PART_HAND, PART_LEFT, PART_RIGHT):
+            sel = np.ones(n, dtype=bool) if lab is None else lab == k
+            if not sel.any():
+                continue
+            if k == PART_HAND:
+                d, _ = self._trees[k].query(qG[sel], k=1, distance_upper_bound=tau)
+                d = np.broadcast_to(d, (G, len(d)))
+            else:
+                shifts = np.stack([S.shifts(float(w))[k] for w in widths])  # (G, 3)
+                d, _ = self._trees[k].query((qG[sel][None] - shifts[:, None]).reshape(-1, 3), k=1,
+                                            distance_upper_bound=tau)
+                d = d.reshape(G, -1)
+            cols = np.flatnonzero(sel)
+            better = d < dist[:, cols]
+            dist[:, cols] = np.where(better, d, dist[:, cols])
+            part[:, cols] = np.where(better, k, part[:, cols])
+        costs = np.sum(np.minimum(dist, tau) ** 2, axis=1)
+        best = int(np.argmin(costs[:-1]))
+        inl = dist[best] <= tau
+        both = bool(np.any(inl & (part[best] == PART_LEFT)) and np.any(inl & (part[best] == PART_RIGHT)))
+        return WidthCosts(costs[:-1], float(costs[-1]), both)
 
 
 def width_points(job: WidthJob) -> tuple[np.ndarray, np.ndarray | None]:

@@ -423,6 +423,9 @@ class ICPGripperTracker:
 
     def _multi_hypothesis(self, problem: ICPProblem, *, extra_seeds: Sequence[np.ndarray] = (),
                           gate: tuple[np.ndarray, float, float] | None = None) -> Steps:
+        """The best of short ICP runs from ``extra_seeds`` and the 24 axis-aligned orientations of
+        the observed cloud, the best ``n_fine_hypotheses`` refined on all points; with ``gate``,
+        only fits within it."""
         c = self.config
         q = problem.q
         seeds = self._seeds(q)
