@@ -9,7 +9,9 @@ the ``geo4d`` policy). Requests that arrive together (within ``batch_window_s`` 
 ``max_batch``, same sampler steps) are sampled as one batch
 (:meth:`~geo4d_policy.models.pipeline.Generator4D.predict_many`): on a GPU a batch of 8 costs
 little more than one request, so throughput grows with the number of workers instead of
-queueing them. Each request keeps its own seed, task and result.
+queueing them. Each request keeps its own seed, task and result, and the number of frames
+its policy decodes (``decode_frames``): a batch decodes the most any of its requests asks for,
+in one decoder call, and each reply carries its request's frames.
 
 Speed (the GPU path): weights in bf16 (:func:`~geo4d_policy.policies.geo4d.load_generator`), and
 with ``compile_unet`` a U-Net compiled with CUDA graphs (``torch.compile`` mode
@@ -121,6 +123,13 @@ class FixedBatchUNet:
         return out[:b].clone()
 
 
+def _first_frames(result: dict[str, Any], frames: int | None) -> dict[str, Any]:
+    """``result`` with its decoded videos cut to their first ``frames`` frames (None: as they are)."""
+    if frames is None:
+        return result
+    return {k: v[:, :frames] if k in ("rgb", "pointmaps") and v is not None else v for k, v in result.items()}
+
+
 @dataclasses.dataclass
 class _Pending:
     request: dict[str, Any]
@@ -213,14 +222,16 @@ class GeneratorServer:
     def _run(self, batch: list[_Pending], steps: int | None) -> None:
         t0 = time.perf_counter()
         requests = [{k: v for k, v in p.request.items() if k != "num_steps"} for p in batch]
+        wanted = [r.pop("frames", None) for r in requests]
         try:
-            outs = self.model.predict_many(requests, num_steps=steps)
-            replies = [{"ok": True, "result": out} for out in outs]
+            frames = None if None in wanted else max(wanted)
+            outs = self.model.predict_many(requests, num_steps=steps, frames=frames)
+            replies = [{"ok": True, "result": _first_frames(out, f)} for out, f in zip(outs, wanted)]
         except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch mates: retry alone
             if _is_out_of_memory(exc):
                 self.out_of_memory += 1
                 _free_gpu_cache()
-            replies = [self._run_alone(req, steps) for req in requests]
+            replies = [self._run_alone(req, steps, f) for req, f in zip(requests, wanted)]
         self.busy_s += time.perf_counter() - t0
         self.batches += 1
         self.served += sum(r["ok"] for r in replies)
@@ -228,9 +239,9 @@ class GeneratorServer:
             p.reply = reply
             p.done.set()
 
-    def _run_alone(self, request: dict[str, Any], steps: int | None) -> dict[str, Any]:
+    def _run_alone(self, request: dict[str, Any], steps: int | None, frames: int | None) -> dict[str, Any]:
         try:
-            return {"ok": True, "result": self.model.predict_many([request], num_steps=steps)[0]}
+            return {"ok": True, "result": self.model.predict_many([request], num_steps=steps, frames=frames)[0]}
         except Exception as exc:  # noqa: BLE001 - the client re-raises it in the episode
             if _is_out_of_memory(exc):
                 self.out_of_memory += 1
@@ -272,12 +283,19 @@ class GeneratorClient:
     Calling it raises :class:`GeneratorOutOfMemoryError` when the server ran out of GPU memory
     on the request, ``RuntimeError`` for any other failure of the request.
 
+    Args:
+        address: the server's address (``unix:PATH#KEY``).
+        timeout_s: how long to wait for the server to accept.
+        frames: decode only the first frames of each prediction (None: all; see
+            :meth:`~geo4d_policy.models.pipeline.Generator4D.predict_many`).
+
     Raises:
         ValueError: malformed address.
         ConnectionError: no server at the address.
     """
 
-    def __init__(self, address: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, address: str, *, timeout_s: float = 30.0, frames: int | None = None) -> None:
+        self.frames = frames
         path, key = _split_address(address)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -291,7 +309,7 @@ class GeneratorClient:
 
     def __call__(self, inputs: Mapping[str, np.ndarray], *, task: str, seed: int,
                  num_steps: int | None) -> dict[str, Any]:
-        self._conn.send({**inputs, "task": task, "seed": seed, "num_steps": num_steps})
+        self._conn.send({**inputs, "task": task, "seed": seed, "num_steps": num_steps, "frames": self.frames})
         reply = self._conn.recv()
         if not reply["ok"]:
             if reply.get("out_of_memory"):
@@ -351,8 +369,11 @@ def _server_main(checkpoint: str, device: str, compile_unet: bool, max_batch: in
         time.sleep(3600)
 
 
-MAX_SERVER_BATCH = 32
-"""Largest batch the shared server samples (it batches up to the number of parallel episodes)."""
+MAX_SERVER_BATCH = 8
+"""Largest batch the shared server samples (up to the number of parallel episodes, at most this):
+on an H100 a batch of 8 small-model requests costs about what one does, and keeping one size
+lets every run reuse the compiled U-Net of the first (the inductor cache) instead of compiling
+for its own worker count."""
 
 
 def make_shared_resources(default_checkpoint: str | os.PathLike[str]):
@@ -360,10 +381,11 @@ def make_shared_resources(default_checkpoint: str | os.PathLike[str]):
 
     The hook, ``shared_resources(options, *, device, workers)``, is a context manager: with several
     workers on a GPU it starts one server process holding the model (``options["checkpoint"]`` or
-    the default; ``options["compile_unet"]`` compiles it), batching up to ``workers`` requests, and
-    yields the extra policy options ``{"server": address}``; otherwise (CPU, one worker, or a
-    server address already given) it yields ``{}``. It raises ``RuntimeError`` when the server
-    cannot load the model.
+    the default; ``options["compile_unet"]`` compiles it), batching up to ``workers`` requests
+    (at most :data:`MAX_SERVER_BATCH`), and yields the extra policy options ``{"server": address}``;
+    otherwise (CPU, one worker, or a server address already given) it yields ``{}``. Each client
+    asks for the frames its policy decodes (``decode_frames``). It raises ``RuntimeError`` when the
+    server cannot load the model.
     """
 
     @contextlib.contextmanager
