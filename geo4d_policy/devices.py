@@ -8,6 +8,11 @@ import re
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
 
 
+def is_device_name(device: str | None) -> bool:
+    """Whether ``device`` is one of :data:`DEVICE_CHOICES` (a name, whatever this machine has)."""
+    return device is None or device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", str(device)) is not None
+
+
 def resolve_device(device: str | None) -> str:
     """``"auto"``/None -> ``"cuda"`` when available, else ``"cpu"``; other names pass through."""
     if device in (None, "auto"):
@@ -24,11 +29,11 @@ def check_device(device: str | None) -> str:
         ValueError: an unknown name, or a CUDA device torch does not see (the message says what
             torch sees and the choices).
     """
+    if not is_device_name(device):
+        raise ValueError(f"device must be {DEVICE_CHOICES}, got {device!r}")
     name = resolve_device(device)
     if name == "cpu":
         return name
-    if not re.fullmatch(r"cuda(:\d+)?", name):
-        raise ValueError(f"device must be {DEVICE_CHOICES}, got {device!r}")
     import torch
 
     if not torch.cuda.is_available():

@@ -128,11 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             segmenter=args.segmenter,
             use_hint=not args.no_hint, seed=args.seed,
             tracker=ICPTrackerConfig(engine=args.tracker_engine, device=args.tracker_device))
-        engine_choice(config.tracker)  # an unknown name or a missing GPU: exit 2 now
+        _, tracker_device = engine_choice(config.tracker)  # an unknown name or a missing GPU: exit 2 now
         for d in args.data:
             check_dataset(d)
         record = provenance.new_provenance(
-            command="geo4d-eval-tracking", device="cpu",
+            command="geo4d-eval-tracking", device=tracker_device,
             config={**to_dict(config), "segmenter": provenance.path_digest(args.segmenter) if args.segmenter else None,
                     "data": provenance.data_identity(args.data)},
             seeds={"seed": args.seed, "seed_stream": "data (held-out cameras)"},

@@ -42,6 +42,10 @@ from geo4d_policy.perception.gripper_model import PART_HAND, PART_LEFT, PART_RIG
 from geo4d_policy.perception.projection import PixelProjection
 
 
+ENGINES = ("auto", "numpy", "torch")
+"""The tracker's numerics (:attr:`ICPTrackerConfig.engine`)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ICPTrackerConfig:
     """Options of :class:`ICPGripperTracker` (metres, radians).
@@ -144,6 +148,13 @@ class ICPTrackerConfig:
     engine: str = "auto"
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        from geo4d_policy.devices import DEVICE_CHOICES, is_device_name
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"tracker engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not is_device_name(self.device):
+            raise ValueError(f"tracker device must be {DEVICE_CHOICES}, got {self.device!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -634,19 +645,14 @@ def width_points(job: WidthJob) -> tuple[np.ndarray, np.ndarray | None]:
 # Engine choice
 # --------------------------------------------------------------------------------------------
 
-ENGINES = ("auto", "numpy", "torch")
-
-
 def engine_choice(config: ICPTrackerConfig) -> tuple[str, str]:
     """(engine, device) a config resolves to: ``auto`` is torch on CUDA, numpy otherwise.
 
     Raises:
-        ValueError: an unknown engine or device name, or a CUDA device this machine lacks.
+        ValueError: a CUDA device this machine lacks (names are checked by the config).
     """
     from geo4d_policy.devices import check_device
 
-    if config.engine not in ENGINES:
-        raise ValueError(f"tracker engine must be one of {', '.join(ENGINES)}, got {config.engine!r}")
     if config.engine == "numpy":
         return "numpy", "cpu"
     try:

@@ -132,6 +132,17 @@ def test_server_batches_concurrent_clients_and_isolates_bad_requests(tiny_checkp
     assert server.served == 3 and server.batches < 4  # requests arriving together share a batch
 
 
+def test_tracker_engine_and_device_are_policy_settings_checked_before_anything_loads(tiny_checkpoint):
+    from geo4d_policy.policies.policy_config import PolicyOptionError
+
+    policy = make_policy(task=TASK, checkpoint=str(tiny_checkpoint), device="cpu", **{"video.tracker.engine": "numpy"})
+    assert policy.config.tracker.engine == "numpy" and policy.config.tracker.device == "auto"
+    with pytest.raises(PolicyOptionError, match="tracker engine must be one of auto, numpy, torch, got 'jax'"):
+        make_policy(task=TASK, checkpoint=str(tiny_checkpoint), device="cpu", **{"video.tracker.engine": "jax"})
+    with pytest.raises(PolicyOptionError, match="tracker device must be auto, cpu, cuda or cuda:<index>, got 'gpu'"):
+        make_policy(task=TASK, checkpoint=str(tiny_checkpoint), device="cpu", **{"video.tracker.device": "gpu"})
+
+
 def test_generator_inputs_use_each_views_own_frame():
     from sim.env import make_env
 
