@@ -32,7 +32,8 @@ Both use bf16 weights on CUDA and the checkpoint's sampler steps unless ``--num-
 
 ``--json FILE`` writes ``{"new"|"old": {policy: {device: {"replan_s_median", "replan_s_p90",
 "generate_s_median", "segment_s_median", "track_s_median", "control_s_median", "concurrency",
-"replans", "episodes", "seeds", "seed_stream", "warmup_s", "options", "config_digest", ...}}}}``
+"replans", "episodes", "seeds", "seed_stream", "lost_frame_rate", "warmup_s", "options",
+"config_digest", ...}}}}``
 (``replan_cpu_s_median``: the episode process's CPU seconds per replan, what a replan costs
 without the machine's other load; threads per process: cores / concurrency); ``device`` is
 ``cpu``, ``cuda`` (the largest concurrency) and ``cuda_x1`` etc. for the others; every timed
@@ -154,7 +155,8 @@ def _episode_worker(spec: dict[str, Any], conn: Any) -> None:
     threads = spec["threads"]
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    out: dict[str, Any] = {"replans": {k: [] for k in STAGES}, "cpu": [], "seeds": [], "ends": [], "error": None}
+    out: dict[str, Any] = {"replans": {k: [] for k in STAGES}, "cpu": [], "seeds": [], "ends": [], "error": None,
+                           "lost_frames": 0, "tracked_frames": 0}
     try:
         import torch
 
@@ -184,6 +186,9 @@ def _episode_worker(spec: dict[str, Any], conn: Any) -> None:
                 end = "tracking lost"
             for key, values in policy.replan_seconds().items():
                 out["replans"][key].extend(values)
+            stats = policy.diagnostics()
+            out["lost_frames"] += stats["lost_frames"]
+            out["tracked_frames"] += stats["tracked_frames"]
             out["ends"].append(end)
         out["cpu"] = policy.cpu
     except Exception:  # noqa: BLE001 - reported in the cell's results
@@ -220,7 +225,7 @@ def run_cell(policy: str, device: str, concurrency: int, args: argparse.Namespac
             results.append(conn.recv())
         except EOFError:
             results.append({"replans": {k: [] for k in STAGES}, "cpu": [], "seeds": [], "ends": [],
-                            "error": f"worker died (exit {proc.exitcode})"})
+                            "lost_frames": 0, "tracked_frames": 0, "error": f"worker died (exit {proc.exitcode})"})
         proc.join()
     # The first replan of every stream is warm-up (CUDA initialisation, compilation): untimed.
     timed = {k: [v for r in results for v in r["replans"][k][1:]] for k in STAGES}
@@ -230,6 +235,9 @@ def run_cell(policy: str, device: str, concurrency: int, args: argparse.Namespac
                                "episodes": sum(len(r["seeds"]) for r in results),
                                "seeds": [s for r in results for s in r["seeds"]], "seed_stream": SEED_STREAM,
                                "episode_ends": [e for r in results for e in r["ends"]],
+                               # Lost frames run the tracker's full search: tracking time depends on them.
+                               "lost_frame_rate": (sum(r["lost_frames"] for r in results)
+                                                   / max(1, sum(r["tracked_frames"] for r in results))),
                                "warmup_s": float(np.median(warm)) if warm else None,
                                "wall_s": time.perf_counter() - t0, "threads": threads,
                                "tasks": sorted({args.tasks[i % len(args.tasks)] for i in range(concurrency)})}
@@ -253,7 +261,8 @@ def _line(summary: dict[str, Any]) -> str:
 
     text = (f"replan median {fmt('replan_s_median')} s p90 {fmt('replan_s_p90')} | generate "
             f"{fmt('generate_s_median')} segment {fmt('segment_s_median')} track {fmt('track_s_median')} "
-            f"control {fmt('control_s_median')} | process CPU {fmt('replan_cpu_s_median')} s | "
+            f"control {fmt('control_s_median')} | process CPU {fmt('replan_cpu_s_median')} s | lost frames "
+            f"{summary['lost_frame_rate']:.0%} | "
             f"{summary['replans']} replans, warm-up {fmt('warmup_s')} s, wall {summary['wall_s']:.0f} s")
     if summary.get("errors"):
         text += f" | ERRORS: {summary['errors'][0].strip().splitlines()[-1]}"

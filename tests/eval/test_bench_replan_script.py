@@ -90,6 +90,7 @@ def test_a_cpu_cell_writes_the_documented_json(tmp_path):
     assert _run(argv) == 0
     cell = json.loads(out.read_text())["new"]["oracle"]["cpu"]
     assert cell["replans"] == 1 and cell["concurrency"] == 1 and cell["seed_stream"] == "data"
+    assert 0 <= cell["lost_frame_rate"] <= 1
     for key in ("replan", "generate", "segment", "track", "control"):
         assert cell[f"{key}_s_median"] > 0 or key == "control"
     assert cell["options"] == {"video.tracker.engine": "numpy", "video.tracker.device": "cpu"}
