@@ -4,7 +4,6 @@ before any episode, and (slow) a real cell writes the documented JSON with its p
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,11 +17,8 @@ TASKS = ["PutSpatulaOnTable", "StoreCerealBoxUnderShelf"]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_replan_script", REPO_ROOT / "scripts" / "bench_replan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("bench_replan")
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
