@@ -15,12 +15,15 @@
 # (Table-2 cells). Results go to $OUT/replan_results.tar.gz (bench json with its raw times and
 # provenance, eval-tracking metrics and comparison, rollout records and summaries with their
 # wall_s, logs, phase timeline).
+# REPLAN_PHASES (default "bench geo4d eval_tracking oracle") runs only the phases named; a phase
+# finished by an earlier call leaves $res/<phase>.done and is skipped.
 # Run with carry [".device"] (bash ../shared/device/prepare.sh here first):
 #   usage: source .device/setup.sh && [CALL_SECONDS=570] [BENCH_REPLANS=3] [GEO4D_SECONDS=150] [EPISODES=30] \
 #          bash scripts/gpu_replan.sh
 # CPU dry run of every command at a tiny scale (a typo must not cost a GPU call), here:
 #   REPLAN_DEVICE=cpu REPLAN_TASKS=PutSpatulaOnTable BENCH_REPLANS=1 EPISODES=1 ET_EPISODES=1 ET_CLIPS=1 \
-#   CALL_SECONDS=900 GEO4D_SECONDS=60 GEO4D_WORK=/tmp/replan_dry PYTHONPATH=$PWD bash scripts/gpu_replan.sh
+#   CALL_SECONDS=900 GEO4D_SECONDS=60 GEO4D_WORK=/tmp/replan_dry PATH=.venv/bin:$PATH PYTHONPATH=$PWD \
+#   bash scripts/gpu_replan.sh     (about 8.5 minutes on the 2-core machine)
 set -uo pipefail
 t0=$(date +%s)
 call=${CALL_SECONDS:-570}
@@ -28,6 +31,8 @@ device=${REPLAN_DEVICE:-cuda}
 read -r -a tasks <<< "${REPLAN_TASKS:-PlaceAppleFromBowlIntoBin PutSpatulaOnTable StoreCerealBoxUnderShelf}"
 root=${GEO4D_WORK:-/tmp/geo4d}; res=$root/replan; mkdir -p "$res" "$root/et_data"
 export OMP_WAIT_POLICY=PASSIVE
+phases=" ${REPLAN_PHASES:-bench geo4d eval_tracking oracle} "
+want() { [[ "$phases" == *" $1 "* ]] && [ ! -f "$res/$1.done" ]; }  # asked for, and not done yet
 left() { echo $(( call - ($(date +%s) - t0) )); }
 mark() { echo "$(date +%s) $(( $(date +%s) - t0 )) s: $*" | tee -a "$res/timeline.txt"; }
 archive() {
@@ -50,14 +55,14 @@ mark "start on $device ($(python -c 'import torch; print("torch", torch.__versio
 
 # 1. Eval-tracking datasets, one core per task in the background.
 collect_pids=()
-for t in "${tasks[@]}"; do
+want eval_tracking && for t in "${tasks[@]}"; do
   OMP_NUM_THREADS=1 python -m geo4d_policy.cli.collect --task "$t" --episodes "${ET_EPISODES:-2}" \
     --out "$root/et_data/$t" --workers 1 --resume > "$res/collect_$t.log" 2>&1 &
   collect_pids+=($!)
 done
 
 # 2. Seconds per replan (cells already measured by an earlier call are kept).
-if [ ! -f "$res/bench.done" ]; then
+if want bench; then
   mark "bench_replan"
   read -r -a conc <<< "${BENCH_CONCURRENCY:-1 8}"
   timeout --signal=INT --kill-after=60 $(( $(left) > 360 ? $(left) - 300 : 60 )) python scripts/bench_replan.py --devices "$device" \
@@ -70,7 +75,7 @@ fi
 # 3. The geo4d pass (GEO4D_WORKERS=5 episodes per task at once: 15 processes and the server on 16 cores).
 # Its server compiles the U-Net (about a minute) before --max-seconds starts counting, and the cells
 # get a minute's grace to save: 230 s of the call are kept for that and what follows.
-if [ ! -f "$res/geo4d.done" ] && [ "$(left)" -gt 260 ]; then
+if want geo4d && [ "$(left)" -gt 260 ]; then
   mark "geo4d pass"
   python scripts/table2.py --out "$root/table2_geo4d" --parallel --device "$device" --episodes "${EPISODES:-30}" \
     --tasks "${tasks[@]}" --policies geo4d --policy-workers "geo4d=${GEO4D_WORKERS:-5}" \
@@ -83,7 +88,7 @@ if [ ! -f "$res/geo4d.done" ] && [ "$(left)" -gt 260 ]; then
 fi
 
 # 4. Tracking accuracy, numpy vs torch, once the datasets are there (a task already measured is kept).
-if [ ! -f "$res/eval_tracking.done" ] && [ "$(left)" -gt 150 ]; then
+if want eval_tracking && [ "$(left)" -gt 150 ]; then
   mark "waiting for the eval-tracking datasets"
   for pid in "${collect_pids[@]}"; do wait "$pid" || echo "collect $pid failed: see $res/collect_*.log"; done
   mark "geo4d-eval-tracking numpy and torch"
@@ -129,7 +134,7 @@ EOF
 fi
 
 # 5. The oracle pass with what is left (a later call continues it).
-if [ ! -f "$res/oracle.done" ] && [ "$(left)" -gt 90 ]; then
+if want oracle && [ "$(left)" -gt 90 ]; then
   mark "oracle pass"
   python scripts/table2.py --out "$root/table2_oracle" --parallel --device "$device" --episodes "${EPISODES:-30}" \
     --tasks "${tasks[@]}" --policies oracle --policy-workers "oracle=${ORACLE_WORKERS:-5}" \
@@ -137,6 +142,6 @@ if [ ! -f "$res/oracle.done" ] && [ "$(left)" -gt 90 ]; then
   tail -n 8 "$res/table2_oracle.log"
   pass_done "$root/table2_oracle" && touch "$res/oracle.done"
 fi
-todo=(); for d in bench geo4d eval_tracking oracle; do [ -f "$res/$d.done" ] || todo+=("$d"); done
+todo=(); for d in $phases; do want "$d" && todo+=("$d"); done
 mark "done with this call; ${#todo[@]} phase(s) left: ${todo[*]:-none}"
 archive
