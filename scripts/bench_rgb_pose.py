@@ -39,7 +39,7 @@ from geo4d_policy.perception.rgb_objective import Objective  # noqa: E402
 from geo4d_policy.perception.rgb_pose import RGBPoseEstimator  # noqa: E402
 from geo4d_policy.perception.silhouette import SilhouetteRenderer  # noqa: E402
 from geo4d_policy.perception.synthetic import smooth_trajectory  # noqa: E402
-from geo4d_policy.perception.tracker import part_label_image  # noqa: E402
+from geo4d_policy.perception.pose_tracker import part_label_image  # noqa: E402
 
 
 def _perturbed(X: np.ndarray, rng: np.random.Generator, translation: float, angle_deg: float) -> np.ndarray:

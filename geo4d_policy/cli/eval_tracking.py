@@ -3,6 +3,7 @@
     geo4d-eval-tracking --data DIR [DIR ...] --out OUT [--clips N] [--degrade none,noise,dropout,misreg]
                         [--segmenter CKPT] [--labels masks,masks_all,segmenter,segmenter_all]
                         [--n-future 10] [--no-hint] [--seed S]
+                        [--tracker-engine auto|numpy|torch] [--tracker-device auto|cpu|cuda]
 
 For each dataset (task) and arm: the tracker runs on recorded future frames of two held-out
 cameras, the two views are fused and compared with the robot's measured gripper poses
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --segmenter)")
     p.add_argument("--n-future", type=int, default=10, help="future frames per clip (default 10)")
     p.add_argument("--no-hint", action="store_true", help="register without the robot's measured pose")
+    p.add_argument("--tracker-engine", choices=("auto", "numpy", "torch"), default="auto",
+                   help="ICP numerics: numpy (CPU reference), torch (batched; the GPU path), auto (torch on "
+                        "CUDA when available, else numpy; default)")
+    p.add_argument("--tracker-device", default="auto",
+                   help="device of the torch numerics: auto (default), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -112,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from geo4d_policy.data.format import DatasetError
     from geo4d_policy.eval.tracking_eval import TrackingEvalConfig, check_dataset, evaluate_tracking
     from geo4d_policy.models.checkpoint import CheckpointError
+    from geo4d_policy.perception.icp_core import ICPTrackerConfig, engine_choice
 
     console = Console(stderr=True)
     try:
@@ -119,11 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             clips=args.clips, n_future=args.n_future, degradations=args.degrade,
             labels=args.labels or (("masks", "segmenter", "segmenter_all") if args.segmenter else ("masks",)),
             segmenter=args.segmenter,
-            use_hint=not args.no_hint, seed=args.seed)
+            use_hint=not args.no_hint, seed=args.seed,
+            tracker=ICPTrackerConfig(engine=args.tracker_engine, device=args.tracker_device))
+        _, tracker_device = engine_choice(config.tracker)  # an unknown name or a missing GPU: exit 2 now
         for d in args.data:
             check_dataset(d)
         record = provenance.new_provenance(
-            command="geo4d-eval-tracking", device="cpu",
+            command="geo4d-eval-tracking", device=tracker_device,
             config={**to_dict(config), "segmenter": provenance.path_digest(args.segmenter) if args.segmenter else None,
                     "data": provenance.data_identity(args.data)},
             seeds={"seed": args.seed, "seed_stream": "data (held-out cameras)"},

@@ -269,7 +269,7 @@ def _track_job(job: dict[str, Any]) -> dict[str, Any]:
     from geo4d_policy.perception.gripper_model import GripperModel
     from geo4d_policy.perception.gripper_state import GripperStateEstimator
     from geo4d_policy.perception.metrics import pose_errors
-    from geo4d_policy.perception.tracker import part_label_image
+    from geo4d_policy.perception.pose_tracker import part_label_image
     from geo4d_policy.perception.video_tracking import CurrentView, PredictedVideo, track_video
     from geo4d_policy.task_settings import task_settings
 

@@ -51,6 +51,7 @@ from typing import Any
 
 from geo4d_policy import provenance as prov
 from geo4d_policy.config import ConfigError, load_config, save_config
+from geo4d_policy.devices import check_device
 from geo4d_policy.eval.records import (
     CONFIG_FILE,
     EPISODES_FILE,
@@ -191,6 +192,13 @@ def resolve_config(config: RolloutConfig) -> RolloutConfig:
         problems.append(f"meshcat needs workers=1 (one Meshcat server at a time), got workers={config.workers}")
     if not (config.device == "cpu" or config.device == "cuda" or config.device.startswith("cuda:")):
         problems.append(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {config.device!r}")
+    elif config.device != "cpu" and config.ray_address is None:
+        # Before any episode: a missing GPU would otherwise fail every episode one by one. (On
+        # Ray the episodes run on the cluster's machines, not this one.)
+        try:
+            check_device(config.device)
+        except ValueError as e:
+            problems.append(str(e))
     if config.episode_timeout_s is not None and config.episode_timeout_s <= 0:
         problems.append(f"episode_timeout_s must be positive, got {config.episode_timeout_s}")
     if config.ray_address is not None and config.meshcat:

@@ -9,7 +9,7 @@ Per clip (a start frame t, ``n_future`` following 2 Hz frames, two distinct held
 n and m drawn at random) and per arm visible at t:
   * pointmaps from the recorded depth: ``X^n`` in camera n's frame and ``X^{m->n}`` through the
     ground-truth ``X_CnCm`` (the generator's job; misregistration perturbs it, see below);
-  * :func:`~geo4d_policy.perception.tracker.track_gripper_sequence` on each view, with part
+  * :func:`~geo4d_policy.perception.pose_tracker.track_gripper_sequences` on both views, with part
     labels (:data:`LABEL_SOURCES`) from the recorded masks or from a :class:`GripperSegmenter`
     on the recorded RGB, on frame t only (then unsegmented frames, as on a predicted video
     with a first-frame mask) or on every frame; frame t's pose hint is the robot's measured
@@ -74,13 +74,9 @@ from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.task_settings import held_object_widths
-from geo4d_policy.perception.tracker import (
-    ICPGripperTracker,
-    ICPTrackerConfig,
-    TrackingFrame,
-    part_label_image,
-    track_gripper_sequence,
-)
+from geo4d_policy.perception.icp_core import ICPTrackerConfig
+from geo4d_policy.perception.icp_tracker import ICPGripperTracker
+from geo4d_policy.perception.pose_tracker import TrackingFrame, part_label_image, track_gripper_sequences
 from geo4d_policy.perception.video_tracking import fingers_seen, fused_finger_distance
 
 DEGRADATIONS: tuple[str, ...] = ("none", "noise", "dropout", "misreg")
@@ -115,7 +111,8 @@ class TrackingEvalConfig:
             (:func:`~geo4d_policy.perception.video_tracking.free_space_opening`); tasks without
             an object width never do.
         seed: clip, camera-pair and degradation draws.
-        tracker: options of the ICP trackers (both views).
+        tracker: options of the ICP trackers (both views); ``tracker.engine`` / ``tracker.device``
+            choose the numpy (CPU) or torch (GPU) numerics, whose results must agree.
     """
 
     clips: int = 10
@@ -356,17 +353,17 @@ def track_arm_clip(
         candidate_widths: openings for the free-space choice of frames whose fingers were not
             seen well (see :func:`~geo4d_policy.perception.video_tracking.fused_finger_distance`);
             None leaves it out.
-        tracker_config: options of the ICP trackers (default: their defaults).
+        tracker_config: options of the ICP trackers (default: the defaults; ``engine`` and
+            ``device`` choose the numpy or the torch path).
     """
     X_TCn = data.X_TC[0]
     T = pointmaps.shape[1]
     X_CnG0 = invert_transform(X_TCn) @ data.X_TG[arm][0]
     t0 = time.perf_counter()
-    results = []
-    for v in range(2):
-        results.append(track_gripper_sequence(
-            pointmaps[v], valid[v], part_labels=list(labels[v]),
-            first_pose_hint=X_CnG0 if use_hint else None, tracker=ICPGripperTracker(model, config=tracker_config)))
+    results = track_gripper_sequences([
+        dict(pointmaps=pointmaps[v], valid=valid[v], part_labels=list(labels[v]),
+             first_pose_hint=X_CnG0 if use_hint else None, tracker=ICPGripperTracker(model, config=tracker_config))
+        for v in range(2)])
     fused = fuse_views(results[0], results[1], X_TCn=X_TCn)
     seconds = time.perf_counter() - t0
     est = np.stack([f.X_TG for f in fused[1:]])

@@ -269,6 +269,7 @@ class Generator4D(PretrainedModel):
         on_resolution_mismatch: Literal["resize", "error"] = "resize",
         decode_rgb: bool = True,
         decode_pointmaps: bool = True,
+        frames: int | None = None,
     ) -> dict[str, Any]:
         """Predict the next ``num_frames`` RGB frames and pointmaps of both views.
 
@@ -288,17 +289,21 @@ class Generator4D(PretrainedModel):
                 to H x W (``"resize"``), or refused with ``ValueError`` (``"error"``).
             decode_rgb, decode_pointmaps: skip decoding what the caller does not use (VAE
                 decoding of 2 x 10 frames is a large share of the CPU time).
+            frames: decode only the first ``frames`` predicted frames of each view (None: all).
+                The video is still sampled whole; the autoencoders decode frame by frame, so
+                each decoded frame is the one a full decode gives.
 
         Returns:
             dict with ``rgb`` (2, F, H, W, 3) uint8, ``pointmaps`` (2, F, H, W, 3) float32 metres
-            both in camera n's frame (None for RGB-only models or when not decoded),
+            both in camera n's frame (None for RGB-only models or when not decoded; F is
+            ``frames`` when given, at most ``num_frames``),
             ``task``, and ``timings`` (seconds: ``encode``, ``sample``, ``decode``, ``total``).
         """
         return self.predict_many([dict(
             rgb=rgb, pointmap_n=pointmap_n, pointmap_m=pointmap_m, valid_n=valid_n, valid_m=valid_m, task=task,
             seed=seed)], num_steps=num_steps, guidance_scale=guidance_scale,
             on_resolution_mismatch=on_resolution_mismatch, decode_rgb=decode_rgb,
-            decode_pointmaps=decode_pointmaps)[0]
+            decode_pointmaps=decode_pointmaps, frames=frames)[0]
 
     @torch.no_grad()
     def predict_many(
@@ -310,6 +315,7 @@ class Generator4D(PretrainedModel):
         on_resolution_mismatch: Literal["resize", "error"] = "resize",
         decode_rgb: bool = True,
         decode_pointmaps: bool = True,
+        frames: int | None = None,
     ) -> list[dict[str, Any]]:
         """:meth:`predict` for several requests at once: one batched sampling run.
 
@@ -318,15 +324,19 @@ class Generator4D(PretrainedModel):
         may be of different tasks. Each request's noise comes from its own seed, so its
         prediction equals the one :meth:`predict` gives it alone (up to floating-point
         reassociation in batched kernels). On a GPU the batch costs little more than one
-        request: this is what the shared generator server uses to serve parallel workers.
+        request: this is what the shared generator server uses to serve parallel workers. The
+        requests' latents (their first ``frames`` frames) are decoded together, in one call per
+        autoencoder.
 
         Returns:
             One :meth:`predict` result per request, in order; ``timings`` are the batch's, with
             ``batch_size``.
 
         Raises:
-            ValueError: any request is malformed (nothing is sampled).
+            ValueError: any request is malformed, or ``frames`` is not positive (nothing is sampled).
         """
+        if frames is not None and int(frames) < 1:
+            raise ValueError(f"frames must be a positive number of frames to decode (or None: all), got {frames}")
         if not requests:
             return []
         t0 = time.perf_counter()
@@ -344,19 +354,20 @@ class Generator4D(PretrainedModel):
             z = sample_edm(self.unet, cond, task_ids=task_ids, config=self.config, num_steps=num_steps,
                            generator=generators, guidance_scale=guidance_scale)
         t2 = time.perf_counter()
+        # (B, 2, F, C, h, w) -> (B, 2, F, 3, H, W) each, every request's frames in one decode.
+        z = z[:, :, :frames] if frames is not None else z
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            all_rgb, all_pm = self.decode_latents(z, rgb=decode_rgb, pointmaps=decode_pointmaps)
         results = []
         for i, (*_, in_size, task, _) in enumerate(prepared):
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                # (2, F, 3, H, W) each
-                out_rgb, out_pm = self.decode_latents(z[i], rgb=decode_rgb, pointmaps=decode_pointmaps)
             rgb_np = None
-            if out_rgb is not None:
-                out_rgb = resize_images(out_rgb.float(), tuple(in_size))
+            if all_rgb is not None:
+                out_rgb = resize_images(all_rgb[i].float(), tuple(in_size))
                 rgb_u8 = ((out_rgb + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)
                 rgb_np = rgb_u8.cpu().numpy()
             points = None
-            if out_pm is not None:
-                out_pm = resize_nearest(out_pm.float(), tuple(in_size))
+            if all_pm is not None:
+                out_pm = resize_nearest(all_pm[i].float(), tuple(in_size))
                 points = self.normalization.denormalize(out_pm).permute(0, 1, 3, 4, 2).contiguous().cpu().numpy()
             results.append({"rgb": rgb_np, "pointmaps": points, "task": task})
         t3 = time.perf_counter()

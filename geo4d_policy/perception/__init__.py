@@ -3,8 +3,11 @@ two-view fusion and the cross-view consistency metric (DESIGN.md, "Perception").
 
 Modules:
   * :mod:`.gripper_model` - the gripper CAD model in the gripper frame ``G`` (``panda_link8``).
-  * :mod:`.tracker` - :class:`PoseTracker` protocol, :class:`ICPGripperTracker` (default),
+  * :mod:`.pose_tracker` - :class:`PoseTracker` protocol, the tracker result/frame types,
     :func:`track_gripper_sequence`.
+  * :mod:`.icp_tracker` - :class:`ICPGripperTracker` (default), its numerics in :mod:`.icp_core`
+    (numpy reference) and :mod:`.icp_torch` (batched, GPU); :mod:`.projection` - occlusion and
+    free space in a frame's pixels. (:mod:`.tracker` re-exports the old names.)
   * :mod:`.gripper_state` - finger-cluster centroid distance and open/closed with hysteresis.
   * :mod:`.fusion` - keep the more confident view per frame, map ``X_CnG`` to ``X_TG``.
   * :mod:`.metrics` - the paper's cross-view mIoU, pose errors.
@@ -24,14 +27,9 @@ from geo4d_policy.perception.gripper_state import (
     measure_finger_opening,
 )
 from geo4d_policy.perception.metrics import cross_view_iou, cross_view_miou, pose_error_summary, pose_errors
-from geo4d_policy.perception.tracker import (
-    ICPGripperTracker,
-    ICPTrackerConfig,
-    PoseTracker,
-    TrackingFrame,
-    TrackResult,
-    track_gripper_sequence,
-)
+from geo4d_policy.perception.icp_core import ICPTrackerConfig
+from geo4d_policy.perception.icp_tracker import ICPGripperTracker
+from geo4d_policy.perception.pose_tracker import PoseTracker, TrackingFrame, TrackResult, track_gripper_sequence
 
 __all__ = [
     "PARTS", "PART_HAND", "PART_LEFT", "PART_RIGHT", "GripperModel",

@@ -32,7 +32,14 @@ import numpy as np
 
 from geo4d_policy.data.geometry import invert_transform, transform_points
 from geo4d_policy.perception.gripper_model import GripperModel
-from geo4d_policy.perception.tracker import ICPGripperTracker, Observation, TrackingFrame, TrackResult
+from geo4d_policy.perception.icp_tracker import ICPGripperTracker
+from geo4d_policy.perception.pose_tracker import (
+    Observation,
+    TrackingFrame,
+    TrackResult,
+    part_label_image,
+    track_gripper_sequence,
+)
 
 ENV_DIR = "GEO4D_FOUNDATIONPOSE_DIR"
 
@@ -187,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     from geo4d_policy.data.geometry import depth_to_pointmap
     from geo4d_policy.eval.tracking_eval import load_clip, sample_clips
     from geo4d_policy.perception.metrics import pose_errors
-    from geo4d_policy.perception.tracker import part_label_image, track_gripper_sequence
 
     p = argparse.ArgumentParser(prog="python -m geo4d_policy.perception.foundationpose",
                                 description="Register FoundationPose on the first frame of a recorded clip "

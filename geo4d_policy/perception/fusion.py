@@ -37,7 +37,7 @@ import numpy as np
 
 from geo4d_policy.data.geometry import checked_transform, invert_transform, nearest_rotation
 from geo4d_policy.perception.metrics import pose_errors
-from geo4d_policy.perception.tracker import TrackResult
+from geo4d_policy.perception.pose_tracker import TrackResult
 
 FINGER_VIEW_MAX_OFFSET_MM = 10.0
 FINGER_VIEW_MAX_ANGLE_DEG = 10.0

@@ -7,7 +7,7 @@ estimates: the translation is the midpoint of the closest points of the two came
 the per-view gripper origins, the rotation an average. As in our geo4d pipeline, the policy
 knows both views' calibrated ``X_TC`` (for fairness, Dreamitate gets them too).
 
-This module owns :class:`RGBPoseEstimator`, a :class:`~geo4d_policy.perception.tracker.PoseTracker`
+This module owns :class:`RGBPoseEstimator`, a :class:`~geo4d_policy.perception.pose_tracker.PoseTracker`
 that uses only a frame's segmentation (part labels or a gripper mask), the intrinsics and a prior
 pose; it never reads the pointmap or depth. ``X_CG`` is in the camera that owns the pixels. Its
 parts live beside it: the renderer (:mod:`geo4d_policy.perception.silhouette`), the cost of a pose
@@ -67,7 +67,7 @@ from geo4d_policy.data.geometry import checked_transform, invert_transform
 from geo4d_policy.perception.gripper_model import PARTS, GripperModel
 from geo4d_policy.perception.rgb_objective import Objective
 from geo4d_policy.perception.silhouette import SilhouetteRenderer, TorchSilhouetteRenderer, check_intrinsics
-from geo4d_policy.perception.tracker import Observation, TrackingFrame, TrackResult
+from geo4d_policy.perception.pose_tracker import Observation, TrackingFrame, TrackResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +233,7 @@ class _Candidate:
 
 
 class RGBPoseEstimator:
-    """RGB-only :class:`~geo4d_policy.perception.tracker.PoseTracker`: render-and-compare of the
+    """RGB-only :class:`~geo4d_policy.perception.pose_tracker.PoseTracker`: render-and-compare of the
     gripper model against the frame's segmented gripper (MegaPose's role in Dreamitate).
 
     Only the frame's part labels (or, without them, its gripper mask) and the intrinsics of the

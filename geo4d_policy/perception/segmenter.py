@@ -13,7 +13,7 @@ This module owns:
 
 Why a learned segmenter: in simulation the first-frame masks come from label images, but a
 policy on generated (or real) RGB has none; the tracker needs part labels on the first frame
-(:func:`geo4d_policy.perception.tracker.track_gripper_sequence`). SAM2 is the heavyweight
+(:func:`geo4d_policy.perception.pose_tracker.track_gripper_sequence`). SAM2 is the heavyweight
 alternative (:mod:`.sam2_adapter`); this one is trained on our own data and runs on the CPU.
 
 Architecture: ``levels`` resolution levels, each two 3x3 conv + GroupNorm + SiLU blocks,
@@ -94,7 +94,7 @@ def part_labels_for_arm(classes: np.ndarray, arm: str) -> np.ndarray:
     Returns:
         int8 array of the same shape: -1 none, 0 palm, 1 left finger, 2 right finger
         (:data:`~geo4d_policy.perception.gripper_model.PART_HAND` etc.), as
-        :func:`~geo4d_policy.perception.tracker.part_label_image` gives from packed masks.
+        :func:`~geo4d_policy.perception.pose_tracker.part_label_image` gives from packed masks.
     """
     if arm not in ARM_NAMES:
         raise KeyError(f"unknown arm {arm!r}; arms: {ARM_NAMES}")

@@ -21,7 +21,6 @@ so the current view n is the right first frame for both, and no calibration of m
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 
@@ -31,14 +30,10 @@ from geo4d_policy.data.geometry import invert_transform
 from geo4d_policy.perception.fusion import FusedPose, fuse_views
 from geo4d_policy.perception.gripper_model import PART_LEFT, PART_RIGHT, GripperModel
 from geo4d_policy.perception.gripper_state import measure_finger_opening
-from geo4d_policy.perception.tracker import (
-    ICPGripperTracker,
-    ICPTrackerConfig,
-    PoseTracker,
-    TrackingFrame,
-    TrackResult,
-    finger_see_through,
-)
+from geo4d_policy.perception.icp_core import ICPTrackerConfig
+from geo4d_policy.perception.icp_tracker import ICPGripperTracker, register_all, track_all
+from geo4d_policy.perception.pose_tracker import PoseTracker, TrackingFrame, TrackResult
+from geo4d_policy.perception.projection import finger_see_through
 
 
 MIN_MASK_PIXELS = 20
@@ -143,25 +138,19 @@ class ArmTrack:
         return np.stack([f.X_TG for f in self.fused]) if self.fused else np.zeros((0, 4, 4))
 
 
-def _track_view(tracker: PoseTracker, current: CurrentView, arm: str, pointmaps: np.ndarray, valid: np.ndarray,
-                labels: np.ndarray | None, masks: np.ndarray | None, hint: np.ndarray,
-                width: float | None) -> tuple[TrackResult, list[TrackResult]]:
-    tracker.reset()
-    first = TrackingFrame(current.pointmap, current.valid, None, current.part_labels.get(arm))
-    reg = tracker.register(first, init_pose=hint)
-    if not reg.ok and hasattr(tracker, "start_from"):
-        # The current view does not show this gripper (occluded or out of frame), but the robot
-        # reports where it is: track the predicted frames from there.
-        tracker.start_from(hint, width=width)
-    out = []
-    for t in range(len(pointmaps)):
-        mask = None if masks is None else masks[t]
-        if mask is not None and int(np.count_nonzero(mask & valid[t])) < MIN_MASK_PIXELS:
-            # The segmenter missed the gripper in this (generated, often blurry) frame: track it
-            # unsegmented near its predicted pose rather than declaring it lost.
-            mask = None
-        out.append(tracker.track(TrackingFrame(pointmaps[t], valid[t], mask, None if labels is None else labels[t])))
-    return reg, out
+def _frame_mask(masks: np.ndarray | None, valid: np.ndarray, t: int) -> np.ndarray | None:
+    mask = None if masks is None else masks[t]
+    if mask is not None and int(np.count_nonzero(mask & valid[t])) < MIN_MASK_PIXELS:
+        # The segmenter missed the gripper in this (generated, often blurry) frame: track it
+        # unsegmented near its predicted pose rather than declaring it lost.
+        mask = None
+    return mask
+
+
+def _same_icp(a: PoseTracker, b: PoseTracker) -> bool:
+    """Whether ``b`` registering on ``a``'s frame would end in ``a``'s state (same model, options)."""
+    return (isinstance(a, ICPGripperTracker) and isinstance(b, ICPGripperTracker) and a.model is b.model
+            and a.config == b.config)
 
 
 FREE_SPACE_MIN_DIFFERENCE = 3
@@ -178,7 +167,7 @@ def free_space_opening(X_CnG: np.ndarray, views: Sequence[TrackingFrame], *, mod
 
     Where the fingers show (almost) no points, their points cannot tell the opening, but the
     scene around them can: a finger at a wrong opening would stand where a camera sees through
-    to something farther (:func:`tracker.finger_see_through`). Both views count: on recorded
+    to something farther (:func:`projection.finger_see_through`). Both views count: on recorded
     apple clips view n alone rarely decides. A few seen-through samples come with any opening
     (a finger is a few pixels wide, and a rounded projection lands some of its samples on the
     pixels beside it), more where more of the fingers is in view, so a candidate must beat the
@@ -187,7 +176,7 @@ def free_space_opening(X_CnG: np.ndarray, views: Sequence[TrackingFrame], *, mod
     Args:
         X_CnG: the gripper pose in camera n's frame.
         views: the frames to test in (each with the projection of its own pixels, see
-            :func:`tracker.finger_see_through`); views without one are skipped.
+            :func:`projection.finger_see_through`); views without one are skipped.
         model: the gripper model.
         widths: candidate openings (m), e.g. the task's held-object width and the stroke.
         min_difference: every other candidate must have at least this many more samples.
@@ -199,8 +188,8 @@ def free_space_opening(X_CnG: np.ndarray, views: Sequence[TrackingFrame], *, mod
     counts = np.zeros(len(widths))
     used = False
     for frame in views:
-        c = [finger_see_through(frame, X_CnG, float(w), model=model) for w in widths]
-        if any(x is None for x in c):
+        c = finger_see_through(frame, X_CnG, [float(w) for w in widths], model=model)
+        if c is None:
             continue
         counts += np.asarray(c, dtype=np.float64)
         used = True
@@ -343,29 +332,65 @@ def track_video(
         raise ValueError("track_video tracks in pointmaps: this video is RGB-only")
     model = model or GripperModel.load()
     X_CnT = invert_transform(np.asarray(X_TCn, dtype=np.float64))
-    out: dict[str, ArmTrack] = {}
+    F = video.num_frames if max_frames is None else max(1, min(int(max_frames), video.num_frames))
+    views = (0,) if single_view else (0, 1)
+    pairs: dict[str, list[PoseTracker]] = {}
+    hints: dict[str, np.ndarray] = {}
     for arm, X_TG in X_TG_now.items():
-        hint = X_CnT @ np.asarray(X_TG, dtype=np.float64)
+        hints[arm] = X_CnT @ np.asarray(X_TG, dtype=np.float64)
         if trackers is not None and arm in trackers:
-            pair = list(trackers[arm])
+            pairs[arm] = list(trackers[arm])
         else:
             base = ICPGripperTracker(model, config=tracker_config)
-            pair = [base, copy.deepcopy(base)]
-        labels = (video.part_labels or {}).get(arm)
-        masks = (video.masks or {}).get(arm)
+            pairs[arm] = [base, base.clone()]
+    # Every view's track starts on the current view n with the robot's pose as hint: register
+    # once per arm and copy the state to view m's tracker when registering it would do the same.
+    reg_jobs, reg_of = [], {}
+    for arm in X_TG_now:
+        first = TrackingFrame(current.pointmap, current.valid, None, current.part_labels.get(arm))
+        for v in views:
+            pair = pairs[arm]
+            if v > 0 and _same_icp(pair[0], pair[v]):
+                continue
+            reg_of[(arm, v)] = len(reg_jobs)
+            reg_jobs.append((pair[v], first, hints[arm]))
+    for tracker, _, _ in reg_jobs:
+        tracker.reset()
+    reg_results = register_all(reg_jobs)
+    registration: dict[tuple[str, int], TrackResult] = {}
+    for arm in X_TG_now:
+        pair = pairs[arm]
         width = None if width_now is None else width_now.get(arm)
-        F = video.num_frames if max_frames is None else max(1, min(int(max_frames), video.num_frames))
-
-        def view(v: int):
-            return (video.pointmaps[v, :F], video.valid[v, :F], None if labels is None else labels[v, :F],
-                    None if masks is None else masks[v, :F])
-
-        reg, res_n = _track_view(pair[0], current, arm, *view(0), hint, width)
-        res_m = None
-        if not single_view:
-            _, res_m = _track_view(pair[1], current, arm, *view(1), hint, width)
+        for v in views:
+            if (arm, v) not in reg_of:
+                pair[v].copy_state_from(pair[0])
+                registration[(arm, v)] = registration[(arm, 0)]
+                continue
+            registration[(arm, v)] = reg_results[reg_of[(arm, v)]]
+            if not registration[(arm, v)].ok and hasattr(pair[v], "start_from"):
+                # The current view does not show this gripper (occluded or out of frame), but the
+                # robot reports where it is: track the predicted frames from there.
+                pair[v].start_from(hints[arm], width=width)
+    per_view: dict[tuple[str, int], list[TrackResult]] = {(arm, v): [] for arm in X_TG_now for v in views}
+    for t in range(F):
+        jobs, keys = [], []
+        for arm in X_TG_now:
+            labels = (video.part_labels or {}).get(arm)
+            masks = (video.masks or {}).get(arm)
+            for v in views:
+                frame = TrackingFrame(video.pointmaps[v, t], video.valid[v, t],
+                                      _frame_mask(None if masks is None else masks[v], video.valid[v], t),
+                                      None if labels is None else labels[v, t])
+                jobs.append((pairs[arm][v], frame))
+                keys.append((arm, v))
+        for key, result in zip(keys, track_all(jobs)):
+            per_view[key].append(result)
+    out: dict[str, ArmTrack] = {}
+    for arm in X_TG_now:
+        res_n = per_view[(arm, 0)]
+        res_m = None if single_view else per_view[(arm, 1)]
         fused = fuse_views(res_n, res_m, X_TCn=X_TCn)
         dist = np.array([_finger_distance(video, arm, f, t, model, candidate_widths=candidate_widths,
                                           view_cameras=view_cameras) for t, f in enumerate(fused)])
-        out[arm] = ArmTrack(fused, reg, dist, (res_n, res_m or []))
+        out[arm] = ArmTrack(fused, registration[(arm, 0)], dist, (res_n, res_m or []))
     return out

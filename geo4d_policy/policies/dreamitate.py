@@ -50,7 +50,7 @@ from geo4d_policy.data.geometry import invert_transform
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import Observation, canonical_task_name
 from geo4d_policy.perception.rgb_pose import RGBPoseConfig
-from geo4d_policy.perception.tracker import TrackingFrame, part_label_image
+from geo4d_policy.perception.pose_tracker import TrackingFrame, part_label_image
 from geo4d_policy.perception.video_tracking import ArmTrack, PredictedVideo
 from geo4d_policy.policies.generator_server import make_shared_resources
 from geo4d_policy.devices import resolve_device
@@ -330,11 +330,11 @@ def make_policy(*, task: str, config: DreamitatePolicyConfig | None = None, devi
     if server is not None:
         from geo4d_policy.policies.generator_server import GeneratorClient
 
-        predictor = GeneratorClient(server)
+        predictor = GeneratorClient(server, frames=config.decode_frames)
     else:
         model = load_generator(config.checkpoint or DEFAULT_CHECKPOINT, task=task, device=device,
                                compile_unet=config.compile_unet)
-        predictor = local_predictor(model)
+        predictor = local_predictor(model, frames=config.decode_frames)
     seg = GripperSegmenter.from_pretrained(check_segmenter_option(config.segmenter, required=True), device=device)
     return DreamitatePolicy(task=task, predictor=predictor, segmenter=seg, num_steps=config.num_steps,
                             config=config.video, perception=config, record_predictions=record_predictions,

@@ -172,19 +172,20 @@ class Geo4DPolicy(VideoPolicy):
         if out.get("pointmaps") is None:
             raise RuntimeError("the generator returned no pointmaps: geo4d needs a model with use_pointmaps=True")
         timings = out.get("timings") or {}
-        for key in ("sample", "total"):
+        for key in ("encode", "sample", "decode", "total"):
             if key in timings:
                 self._times.setdefault(f"generator_{key}", []).append(float(timings[key]))
         return video_from_prediction(out)
 
 
-def local_predictor(model: Any):
-    """A predictor running ``model.predict`` in this process."""
+def local_predictor(model: Any, *, frames: int | None = None):
+    """A predictor running ``model.predict`` in this process, decoding the first ``frames``
+    predicted frames (None: all)."""
 
     def predict(inputs: dict[str, np.ndarray], *, task: str, seed: int, num_steps: int | None) -> dict[str, Any]:
         return model.predict(inputs["rgb"], inputs.get("pointmap_n"), inputs.get("pointmap_m"),
                              valid_n=inputs.get("valid_n"), valid_m=inputs.get("valid_m"), task=task, seed=seed,
-                             num_steps=num_steps)
+                             num_steps=num_steps, frames=frames)
 
     return predict
 
@@ -201,7 +202,8 @@ def make_policy(*, task: str, config: GeneratorPolicyConfig | None = None, devic
             rollout runner for parallel GPU workers); then no model is loaded in this process.
         record_predictions: keep each replan's predicted frames for ``--video``.
         **options: settings overriding ``config``, as ``--policy-option`` takes them
-            (``checkpoint=``, ``num_steps=``, ``execute_frames=``, ``video.tracker.iterations=`` ...).
+            (``checkpoint=``, ``num_steps=``, ``execute_frames=``, ``decode_frames=``,
+            ``video.tracker.engine=`` ...).
 
     Raises:
         PolicyUnavailableError: missing checkpoint, or one not trained on ``task``; the
@@ -216,10 +218,10 @@ def make_policy(*, task: str, config: GeneratorPolicyConfig | None = None, devic
     if server is not None:
         from geo4d_policy.policies.generator_server import GeneratorClient
 
-        predictor = GeneratorClient(server)
+        predictor = GeneratorClient(server, frames=config.decode_frames)
     else:
         predictor = local_predictor(load_generator(config.checkpoint, task=task, device=resolve_device(device),
-                                                   compile_unet=config.compile_unet))
+                                                   compile_unet=config.compile_unet), frames=config.decode_frames)
     return Geo4DPolicy(task=task, predictor=predictor, num_steps=config.num_steps, config=config.video,
                        segmenter=load_segmenter(config.segmenter, device=resolve_device(device)),
                        record_predictions=record_predictions)

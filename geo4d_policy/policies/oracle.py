@@ -30,7 +30,7 @@ import numpy as np
 from geo4d_policy.data.geometry import depth_to_pointmap, pointmap_to_view
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, Action, CameraFrame, Observation, canonical_task_name
-from geo4d_policy.perception.tracker import part_label_image
+from geo4d_policy.perception.pose_tracker import part_label_image
 from geo4d_policy.perception.video_tracking import PredictedVideo
 from geo4d_policy.policies.video_policy import OPTION_ALIASES, for_task  # noqa: F401 - policy-config hooks
 from geo4d_policy.policies.video_policy import (

@@ -17,8 +17,9 @@ owns the rest of every replan:
    replans (new noise); after ``max_lost_replans`` such replans in a row it raises
    :class:`TrackingLostError`, which fails the episode with that reason (never the run).
 
-Per-episode diagnostics (replans, mean generation/tracking time per replan, tracking
-confidence, lost frames) go into the rollout records through :meth:`VideoPolicy.diagnostics`.
+Per-episode diagnostics (replans, mean time per replan of each stage, tracking confidence, lost
+frames) go into the rollout records through :meth:`VideoPolicy.diagnostics`;
+:meth:`VideoPolicy.replan_seconds` gives every replan's stage times (``scripts/bench_replan.py``).
 With ``record_predictions`` the predicted RGB and depth of every replan are kept and written
 by :meth:`VideoPolicy.save_predictions` (``geo4d-rollout --video K``).
 """
@@ -47,7 +48,8 @@ from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
 from geo4d_policy.perception.fusion import estimate_relative_pose
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
-from geo4d_policy.perception.tracker import ICPTrackerConfig, part_label_image
+from geo4d_policy.perception.icp_core import ICPTrackerConfig
+from geo4d_policy.perception.pose_tracker import part_label_image
 from geo4d_policy.perception.video_tracking import (
     ArmTrack,
     CurrentView,
@@ -243,6 +245,11 @@ def toggle_at_turn(closed: np.ndarray, positions: np.ndarray, trusted: np.ndarra
     return out
 
 
+REPLAN_STAGES = ("generate", "segment", "track", "control", "replan")
+"""The timed stages of a replan (:meth:`VideoPolicy.replan_seconds`); ``predict`` in the records
+is ``generate + segment``."""
+
+
 class TrackingLostError(RuntimeError):
     """The grippers could not be tracked in the predictions for too many replans in a row."""
 
@@ -310,6 +317,12 @@ class VideoPolicyConfig:
     task_closed_width: bool = True
     free_space: bool = True
 
+    @property
+    def frames_to_track(self) -> int:
+        """Predicted frames a replan uses (``track_frames``, or the executed ones plus
+        ``toggle_frames - 1``); later frames are never looked at."""
+        return self.track_frames or self.control.execute_frames + max(0, self.toggle_frames - 1)
+
 
 def resolve_video_config(config: VideoPolicyConfig, *, task: str) -> VideoPolicyConfig:
     """``config`` with what depends on the task filled in (``configs/tasks.yaml``): the held
@@ -340,7 +353,12 @@ class GeneratorPolicyConfig:
         num_steps: sampler steps per prediction (None: the checkpoint's, 25).
         segmenter: gripper segmenter for the predicted RGB frames: ``auto`` (the shipped one),
             ``none`` (track unsegmented pointmaps; not for dreamitate) or a checkpoint path.
-        compile_unet: ``torch.compile`` the U-Net (CUDA only; the first prediction compiles).
+        compile_unet: compile the U-Net with CUDA graphs (CUDA only; the first prediction
+            compiles, about a minute; a shared generator server does it before serving).
+        decode_frames: decode only the first frames of each prediction (None: all 10). A replan
+            tracks :attr:`VideoPolicyConfig.frames_to_track` of them (5 by default), so that many
+            loses nothing but decoding time (``--video`` then shows those frames); fewer is
+            refused.
         video: the shared receding-horizon pipeline (tracking, gripper state, control).
     """
 
@@ -348,7 +366,14 @@ class GeneratorPolicyConfig:
     num_steps: int | None = None
     segmenter: str = "auto"
     compile_unet: bool = False
+    decode_frames: int | None = None
     video: VideoPolicyConfig = dataclasses.field(default_factory=VideoPolicyConfig)
+
+    def __post_init__(self) -> None:
+        if self.decode_frames is not None and self.decode_frames < self.video.frames_to_track:
+            raise ValueError(f"decode_frames={self.decode_frames} decodes fewer frames than a replan tracks "
+                             f"({self.video.frames_to_track}: video.track_frames, or execute_frames + "
+                             "toggle_frames - 1); use at least that many, or null for all")
 
 
 def for_task(config: Any, *, task: str) -> Any:
@@ -466,7 +491,7 @@ class VideoPolicy:
 
     @property
     def frames_to_track(self) -> int:
-        return self.config.track_frames or self.config.control.execute_frames + max(0, self.config.toggle_frames - 1)
+        return self.config.frames_to_track
 
     # ---- the loop ---------------------------------------------------------------------------
     def reset(self, *, seed: int) -> None:
@@ -478,7 +503,7 @@ class VideoPolicy:
             "replans": 0, "lost_replans": 0, "lost_frames": 0, "tracked_frames": 0, "idle_holds": 0,
             "gripper_toggles": 0,
         }
-        self._times: dict[str, list[float]] = {"predict": [], "track": [], "replan": []}
+        self._times: dict[str, list[float]] = {key: [] for key in REPLAN_STAGES + ("predict",)}
         self._confidences: list[float] = []
         self._predictions: list[dict[str, Any]] = []
 
@@ -487,7 +512,9 @@ class VideoPolicy:
         if self._cmd is None:
             self._cmd = {arm: (np.asarray(obs.arms[arm].X_TG, dtype=np.float64).copy(), False) for arm in obs.arms}
         t0 = time.perf_counter()
-        video = self.segment(self.predict_video(obs))
+        video = self.predict_video(obs)
+        t_gen = time.perf_counter()
+        video = self.segment(video)
         t1 = time.perf_counter()
         tracks = self.track(obs, video)
         t2 = time.perf_counter()
@@ -544,13 +571,23 @@ class VideoPolicy:
             self._cmd = {arm: (np.asarray(chunk.X_TG[arm][-1]).copy(), new_closed[arm]) for arm in self._cmd}
         t3 = time.perf_counter()
         self._times["predict"].append(t1 - t0)
+        self._times["generate"].append(t_gen - t0)
+        self._times["segment"].append(t1 - t_gen)
         self._times["track"].append(t2 - t1)
+        self._times["control"].append(t3 - t2)
         self._times["replan"].append(t3 - t0)
         if self.record_predictions:
             self._keep_prediction(obs, video, tracks)
         return chunk
 
     # ---- reporting --------------------------------------------------------------------------
+    def replan_seconds(self) -> dict[str, list[float]]:
+        """Per replan (in order), the seconds of each of :data:`REPLAN_STAGES` (``generate``: the
+        video source, e.g. the generator or its server; ``segment``: gripper masks of the
+        predicted frames; ``track``: both grippers through both views; ``control``: gripper
+        state and waypoints; ``replan``: all of it)."""
+        return {key: list(self._times[key]) for key in REPLAN_STAGES}
+
     def diagnostics(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self._stats)
         for key, values in self._times.items():

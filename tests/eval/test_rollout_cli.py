@@ -50,6 +50,16 @@ def test_bad_input_exits_2_with_a_useful_message(capsys, argv, needles):
         assert needle in text
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_exits_2_before_any_episode(capsys, tmp_path, device):
+    code, text = _run(capsys, "--task", TASK, "--episodes", "1", "--policy", "geo4d", "--device", device,
+                      "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert f"device '{device}' asked for, but this machine has no usable GPU" in text and "use cpu" in text
+    assert not (tmp_path / "r").exists()
+
+
 def test_geo4d_with_a_missing_checkpoint_exits_2_naming_path_and_fix(capsys, tmp_path):
     code, text = _run(capsys, "--task", TASK, "--episodes", "1", "--out", str(tmp_path / "r"),
                       "--policy-option", f"checkpoint={tmp_path / 'missing'}")

@@ -74,7 +74,7 @@ def _rendered_clip(model, n_frames=5):
 def test_tracked_link8_pose_matches_the_recorded_X_TG(model):
     """The whole chain (pointmaps, X^{m->n}, per-view tracking, fusion, T frame) recovers the
     recorded panda_link8 pose: the tracker's G and the dataset's G are the same frame."""
-    from geo4d_policy.perception.tracker import part_label_image
+    from geo4d_policy.perception.pose_tracker import part_label_image
 
     data = _rendered_clip(model)
     cfg = TrackingEvalConfig()

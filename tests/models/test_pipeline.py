@@ -57,6 +57,27 @@ def test_a_batch_of_requests_gives_each_its_own_prediction(model):
         model.predict_many([{**requests[0], "sed": 1}])
 
 
+def test_decoding_the_first_frames_gives_those_frames_of_a_full_decode(model):
+    """``frames`` (a replan's tracked frames): the video is sampled whole, only its first frames
+    are decoded, and they are the full decode's, for every request of a batch; resized outputs too.
+    Equal to float32 rounding: the decoder's kernels see another batch and may sum in another order
+    (1e-5 m with one torch thread, exact with two); a shifted or wrong frame differs by metres."""
+    requests = []
+    for k, (h, w) in enumerate([(H, W), (H + 8, W - 8)]):
+        rgb, pn, pm = _obs(h, w, seed=k)
+        requests.append({"rgb": rgb, "pointmap_n": pn, "pointmap_m": pm, "seed": 20 + k})
+    full = model.predict_many(requests, num_steps=2)
+    first = model.predict_many(requests, num_steps=2, frames=2)
+    assert F > 2
+    for a, b in zip(full, first):
+        assert b["rgb"].shape[1] == 2 and b["pointmaps"].shape[1] == 2
+        np.testing.assert_allclose(b["pointmaps"], a["pointmaps"][:, :2], atol=1e-4)
+        assert np.abs(b["rgb"].astype(int) - a["rgb"][:, :2].astype(int)).max() <= 1
+    assert model.predict(*_obs(), num_steps=2, seed=0, frames=F + 5)["rgb"].shape[1] == F  # at most all
+    with pytest.raises(ValueError, match="frames must be a positive"):
+        model.predict_many(requests, num_steps=2, frames=0)
+
+
 def test_nan_and_invalid_points_do_not_propagate(model):
     rgb, pn, pm = _obs()
     valid_n = np.ones((H, W), bool)

@@ -15,7 +15,7 @@ import pytest
 from geo4d_policy.data.geometry import invert_transform, transform_points
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.synthetic import render_gripper, smooth_trajectory
-from geo4d_policy.perception.tracker import TrackingFrame
+from geo4d_policy.perception.pose_tracker import TrackingFrame
 
 H, W = 96, 120
 K = np.array([[180.0, 0, (W - 1) / 2], [0, 180.0, (H - 1) / 2], [0, 0, 1]])

@@ -3,7 +3,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from geo4d_policy.perception.fusion import FusedPose, estimate_relative_pose, fuse_arms, fuse_views
-from geo4d_policy.perception.tracker import TrackResult
+from geo4d_policy.perception.pose_tracker import TrackResult
 
 
 def _pose(seed):

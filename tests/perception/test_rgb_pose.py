@@ -16,7 +16,7 @@ from geo4d_policy.perception.fusion import fuse_rays, fuse_rgb_views
 from geo4d_policy.perception.rgb_pose import RGBPoseEstimator
 from geo4d_policy.perception.silhouette import SilhouetteRenderer
 from geo4d_policy.perception.synthetic import look_at_pose, smooth_trajectory
-from geo4d_policy.perception.tracker import PoseTracker, TrackingFrame, TrackResult
+from geo4d_policy.perception.pose_tracker import PoseTracker, TrackingFrame, TrackResult
 
 # The policy's cameras: 128x160 with lbm_eval's horizontal field of view (fx = 381 * 160 / 640).
 F_128 = 381.0 * 160 / 640

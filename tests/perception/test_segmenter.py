@@ -20,7 +20,7 @@ from geo4d_policy.perception.segmenter import (
     iou_from_confusion,
     part_labels_for_arm,
 )
-from geo4d_policy.perception.tracker import part_label_image
+from geo4d_policy.perception.pose_tracker import part_label_image
 
 TINY = SegmenterConfig(channels=(8, 8, 16), norm_groups=4)
 

@@ -6,13 +6,9 @@ import pytest
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.perception.synthetic import gripper_cloud, render_gripper, smooth_trajectory
-from geo4d_policy.perception.tracker import (
-    ICPGripperTracker,
-    PoseTracker,
-    TrackingFrame,
-    part_label_image,
-    track_gripper_sequence,
-)
+from geo4d_policy.perception.icp_core import ICPTrackerConfig
+from geo4d_policy.perception.icp_tracker import ICPGripperTracker
+from geo4d_policy.perception.pose_tracker import PoseTracker, TrackingFrame, part_label_image, track_gripper_sequence
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +70,6 @@ def test_a_gripper_half_hidden_behind_the_scene_keeps_its_confidence(model):
     """A shelf edge in front of the fingers hides half the gripper: the hidden surface is read
     from the frame's own pointmap (not counted as missing), so the true pose stays confident,
     while the scorer without the occlusion test halves it."""
-    from geo4d_policy.perception.tracker import ICPTrackerConfig
 
     H, W = 96, 120
     f = 381 * W / 640

@@ -72,7 +72,7 @@ def test_the_finger_state_is_read_in_the_view_that_saw_the_fingers():
     # PlaceAppleFromBowlIntoBin, traced: the view looking down on the open hand had the best pose
     # (confidence 1.0) but no finger point, so its opening was the tracker's prior (half the
     # stroke, "closed"); the side view saw both fingers at 80 mm. The opening must come from it.
-    from geo4d_policy.perception.tracker import TrackResult
+    from geo4d_policy.perception.pose_tracker import TrackResult
 
     model = GripperModel.load()
     X = look_at_pose(np.array([0.0, 0.0, 0.55]))
@@ -95,7 +95,7 @@ def test_unseen_fingers_are_read_from_the_free_space_around_them(true_width, sta
     # still tells: fingers at the wrong opening would stand where the camera sees the plate.
     from geo4d_policy.perception.fusion import FusedPose
     from geo4d_policy.perception.gripper_model import PART_HAND
-    from geo4d_policy.perception.tracker import TrackingFrame
+    from geo4d_policy.perception.pose_tracker import TrackingFrame
     from geo4d_policy.perception.video_tracking import fused_finger_distance
 
     model = GripperModel.load()
@@ -122,7 +122,7 @@ def test_no_finger_and_no_free_space_evidence_is_no_reading():
     # No finger sample of either candidate opening is in the image, so free space cannot choose,
     # and with no finger inlier the tracker's width is only its prior.
     from geo4d_policy.perception.fusion import FusedPose
-    from geo4d_policy.perception.tracker import TrackingFrame
+    from geo4d_policy.perception.pose_tracker import TrackingFrame
     from geo4d_policy.perception.video_tracking import fused_finger_distance
 
     model = GripperModel.load()
@@ -144,7 +144,7 @@ def test_track_video_reads_unseen_fingers_from_free_space_with_the_views_cameras
     # The policy's path: track_video passes every view with its camera to the reading. View n
     # holds a plate behind the hand; view m's pixels are only usable with their camera given.
     from geo4d_policy.perception.gripper_model import PART_HAND
-    from geo4d_policy.perception.tracker import TrackResult
+    from geo4d_policy.perception.pose_tracker import TrackResult
 
     model = GripperModel.load()
     X = look_at_pose(np.array([0.0, 0.0, 0.55]), roll=0.3)
