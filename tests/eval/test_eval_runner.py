@@ -219,3 +219,15 @@ def test_dev_seed_stream_is_recorded_and_never_resumed_into_from_another_stream(
     with pytest.raises(RolloutConfigError, match="dev seed stream, not on the requested eval stream"):
         run_rollouts(as_eval, env_factory=fake.ENV_FACTORY, show=False)
     assert [r["seed"] for r in _records(out)] == [dev_seed(0, 0)]  # nothing was touched
+
+
+def test_placement_error_median_and_p90_in_the_summary():
+    from geo4d_policy.eval.records import summarize
+
+    records = [{"success": True, "duration_s": 1.0, "failure_reason": None, "placement_error_m": e}
+               for e in (0.001, 0.002, 0.003, 0.004, float("nan"))]
+    records.append({"success": False, "duration_s": 1.0, "failure_reason": "x"})  # e.g. a crashed worker
+    s = summarize(records, task=TASK, policy="expert", episodes=6, wall_s=1.0)
+    assert s.placement_error_median_m == pytest.approx(0.0025) and s.placement_error_p90_m == pytest.approx(0.0037)
+    none = summarize(records[-1:], task=TASK, policy="expert", episodes=1, wall_s=1.0)
+    assert none.placement_error_median_m is None and none.to_dict()["placement_error_p90_m"] is None
