@@ -13,10 +13,9 @@ saw the fingers best (:func:`choose_finger_view`), which is often not the view w
 confident pose. The fingers are a few pixels each at 128x160 and often hidden behind the palm or the held
 object, so one view may fit the palm best (high pose confidence) with no finger point, its fitted
 opening then only the tracker's prior (half the stroke: "closed" for every task's threshold),
-while the other view sees both fingers. Reading the pose view's opening caused most of
-PlaceAppleFromBowlIntoBin's open/close errors (14 of 20 wrong frames on 10 clips with
-ground-truth masks). A view competes for the opening only while its pose agrees with the pose
-view's: one that lost the gripper finds "finger" points around its wrong pose.
+while the other view sees both fingers. A view competes for the opening only while its pose
+agrees with the pose view's (the finger-view gate): one that lost the gripper finds "finger"
+points around its wrong pose. The measurements behind both rules are in docs/decisions.md.
 
 For the RGB-only Dreamitate baseline it owns :func:`fuse_rays` and :func:`fuse_rgb_views`:
 ray-midpoint translation and chordal-mean rotation of two calibrated views' per-view estimates.
@@ -44,10 +43,8 @@ FINGER_VIEW_MAX_ANGLE_DEG = 10.0
 """A view lends its finger opening to the fused pose only if its own pose is this close to it.
 
 A view that lost the gripper can still report many "finger inliers": they are scene points
-near its wrong pose (traced on PutSpatulaOnTable: a view 27-113 mm and 32-113 deg off, at
-confidence 0.3-0.5, had more finger points than the pose view and read 62-73 mm while the hand
-held the spatula at 18 mm, so the oracle dropped it). Views that agree do so within 1-2 mm and
-1 deg on recorded and oracle frames.
+near its wrong pose. Views that agree do so within a few millimetres and a degree or two
+(docs/decisions.md).
 """
 
 
