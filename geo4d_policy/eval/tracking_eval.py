@@ -41,7 +41,13 @@ Metrics are over the future frames (t+1 ... t+F; frame t is the registration): t
 error median / p90 (mm), rotation error median / p90 (deg), lost rate (fused status
 ``"lost"``: both views lost the gripper), open/close accuracy (also split by whether the
 fingers were seen well in the finger view), and tracking time per frame (both views and fusion,
-wall clock). Lost frames keep the held pose and count in the errors.
+wall clock). Lost frames keep the held pose and count in the errors. Failing safe:
+``far_off_rate`` is the share of frames more than :data:`FAR_OFF_MM` off, and
+``confidently_wrong_rate`` the share that is that far off yet reported with a confidence the
+policy trusts (:data:`TRUSTED_CONFIDENCE`, not lost): those frames would be executed.
+
+The default label source is the policy's setting: labels on every frame, from the segmenter
+(``segmenter_all``) or, without one, from the recorded masks (``masks_all``).
 
 Degradations of the recorded frames (each evaluated separately, seeded per clip):
   * ``noise``: Gaussian depth noise (``depth_noise_m``) on valid pixels of both views;
@@ -62,6 +68,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from geo4d_policy.control.receding_horizon import RecedingHorizonConfig
 from geo4d_policy.data.format import DatasetError, EpisodeReader, load_meta
 from geo4d_policy.data.geometry import (
     depth_to_pointmap,
@@ -80,6 +87,13 @@ from geo4d_policy.perception.pose_tracker import TrackingFrame, part_label_image
 from geo4d_policy.perception.video_tracking import fingers_seen, fused_finger_distance
 
 DEGRADATIONS: tuple[str, ...] = ("none", "noise", "dropout", "misreg")
+
+FAR_OFF_MM = 30.0
+"""A tracked frame further than this from the truth must not be trusted (the tracking must fail
+safe: low confidence or lost)."""
+
+TRUSTED_CONFIDENCE = RecedingHorizonConfig().min_confidence
+"""The confidence from which the policy executes a tracked frame."""
 LABEL_SOURCES: tuple[str, ...] = ("masks", "masks_all", "segmenter", "segmenter_all")
 """Where part labels come from: the recorded masks or the segmenter on the recorded RGB, on frame t
 only (then unsegmented frames, as on a predicted video with a first-frame mask) or on every
@@ -122,7 +136,7 @@ class TrackingEvalConfig:
     dropout: float = 0.2
     misreg_m: float = 0.01
     misreg_deg: float = 1.0
-    labels: tuple[str, ...] = ("masks",)
+    labels: tuple[str, ...] = ("masks_all",)
     segmenter: str | None = None
     use_hint: bool = True
     min_part_pixels: int = 20
@@ -319,11 +333,12 @@ class ArmClipResult:
     seconds: float
     n_frames_tracked: int
     fingers_seen: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
 
 def decision_width(estimator: GripperStateEstimator) -> float:
     """Opening (m) at the mid-point of the estimator's two thresholds: the ground-truth cut."""
-    return estimator.model.width_from_centroid_distance(0.5 * (estimator.close_below + estimator.open_above))
+    return estimator.decision_width
 
 
 def track_arm_clip(
@@ -369,6 +384,7 @@ def track_arm_clip(
     est = np.stack([f.X_TG for f in fused[1:]])
     trans, rot = pose_errors(est, data.X_TG[arm][1:])
     lost = np.array([f.status == "lost" for f in fused[1:]])
+    confidence = np.array([f.confidence for f in fused[1:]])
 
     cut = decision_width(estimator)
     # Like the pose, the state starts from the robot's measurement when hinting (as a policy does).
@@ -388,7 +404,7 @@ def track_arm_clip(
     gt_closed = np.asarray(data.width[arm][1:]) < cut
     correct = np.array(states[1:]) == gt_closed
     seen = np.array([fingers_seen(f) for f in fused[1:]])
-    return ArmClipResult(trans, rot, lost, correct, gt_closed, seconds, T, seen)
+    return ArmClipResult(trans, rot, lost, correct, gt_closed, seconds, T, seen, confidence)
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,7 +439,18 @@ def summarize(parts: Sequence[ArmClipResult]) -> dict[str, Any]:
         "gt_closed_fraction": float(np.concatenate([p.gt_closed for p in parts]).mean()),
         "ms_per_frame": float(1e3 * sum(p.seconds for p in parts) / sum(p.n_frames_tracked for p in parts)),
         **_finger_visibility(parts),
+        **_fail_safe(parts),
     }
+
+
+def _fail_safe(parts: Sequence[ArmClipResult]) -> dict[str, float]:
+    """``far_off_rate`` and ``confidently_wrong_rate`` (module docstring)."""
+    if any(p.confidence is None for p in parts):
+        return {}
+    far = np.concatenate([p.trans_mm for p in parts]) > FAR_OFF_MM
+    trusted = ~np.concatenate([p.lost for p in parts]) & (np.concatenate([p.confidence for p in parts])
+                                                          >= TRUSTED_CONFIDENCE)
+    return {"far_off_rate": float(far.mean()), "confidently_wrong_rate": float((far & trusted).mean())}
 
 
 def _finger_visibility(parts: Sequence[ArmClipResult]) -> dict[str, float]:
