@@ -39,7 +39,8 @@ the default "closed below half the stroke" never fires for the apple, which the 
 
 Metrics are over the future frames (t+1 ... t+F; frame t is the registration): translation
 error median / p90 (mm), rotation error median / p90 (deg), lost rate (fused status
-``"lost"``: both views lost the gripper), open/close accuracy (also split by whether the
+``"lost"``: both views lost the gripper, or the frames contradict the fused pose,
+:func:`~geo4d_policy.perception.fusion.fail_safe`), open/close accuracy (also split by whether the
 fingers were seen well in the finger view), and tracking time per frame (both views and fusion,
 wall clock). Lost frames keep the held pose and count in the errors. Failing safe:
 ``far_off_rate`` is the share of frames more than :data:`FAR_OFF_MM` off, and
@@ -76,7 +77,7 @@ from geo4d_policy.data.geometry import (
     relative_camera_transform,
     transform_points,
 )
-from geo4d_policy.perception.fusion import fuse_views
+from geo4d_policy.perception.fusion import fail_safe, fuse_views
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.metrics import pose_errors
@@ -124,6 +125,9 @@ class TrackingEvalConfig:
             stroke by the views' free space around the fingers
             (:func:`~geo4d_policy.perception.video_tracking.free_space_opening`); tasks without
             an object width never do.
+        check_consistency: mark as lost the frames whose fused pose the views contradict, as
+            the policy does (:func:`~geo4d_policy.perception.fusion.fail_safe`); False measures
+            the tracker without that check.
         seed: clip, camera-pair and degradation draws.
         tracker: options of the ICP trackers (both views); ``tracker.engine`` / ``tracker.device``
             choose the numpy (CPU) or torch (GPU) numerics, whose results must agree.
@@ -142,6 +146,7 @@ class TrackingEvalConfig:
     min_part_pixels: int = 20
     object_width: dict[str, float] = dataclasses.field(default_factory=held_object_widths)
     free_space: bool = True
+    check_consistency: bool = True
     seed: int = 0
     tracker: ICPTrackerConfig = dataclasses.field(default_factory=ICPTrackerConfig)
 
@@ -353,6 +358,7 @@ def track_arm_clip(
     use_hint: bool,
     candidate_widths: Sequence[float] | None = None,
     tracker_config: ICPTrackerConfig | None = None,
+    check_consistency: bool = True,
 ) -> ArmClipResult:
     """Track ``arm`` through both views of a clip, fuse, and score the future frames.
 
@@ -370,6 +376,8 @@ def track_arm_clip(
             None leaves it out.
         tracker_config: options of the ICP trackers (default: the defaults; ``engine`` and
             ``device`` choose the numpy or the torch path).
+        check_consistency: mark as lost the frames whose fused pose the views contradict
+            (:func:`~geo4d_policy.perception.fusion.fail_safe`), as the policy does.
     """
     X_TCn = data.X_TC[0]
     T = pointmaps.shape[1]
@@ -380,6 +388,14 @@ def track_arm_clip(
              first_pose_hint=X_CnG0 if use_hint else None, tracker=ICPGripperTracker(model, config=tracker_config))
         for v in range(2)])
     fused = fuse_views(results[0], results[1], X_TCn=X_TCn)
+    # Each view with its own pixels' projection (view m's pixels hold X^{m->n}), for the
+    # consistency check and free space; the recorded calibration, as the generator's X^{m->n}
+    # implies it (misreg leaves it exact).
+    X_CnCv = (None, relative_camera_transform(data.X_TC[0], data.X_TC[1]))
+    if check_consistency:
+        fused = fail_safe(fused, [[TrackingFrame(pointmaps[u, k], valid[u, k], part_labels=labels[u][k], K=data.K[u],
+                                                 X_CnCv=X_CnCv[u]) for u in range(2)] for k in range(T)],
+                          model=model)
     seconds = time.perf_counter() - t0
     est = np.stack([f.X_TG for f in fused[1:]])
     trans, rot = pose_errors(est, data.X_TG[arm][1:])
@@ -389,9 +405,6 @@ def track_arm_clip(
     cut = decision_width(estimator)
     # Like the pose, the state starts from the robot's measurement when hinting (as a policy does).
     estimator.reset(initial_state=("closed" if data.width[arm][0] < cut else "open") if use_hint else None)
-    # Each view with its own pixels' projection (view m's pixels hold X^{m->n}), for free space;
-    # the recorded calibration, as the generator's X^{m->n} implies it (misreg leaves it exact).
-    X_CnCv = (None, relative_camera_transform(data.X_TC[0], data.X_TC[1]))
     states = []
     for k, f in enumerate(fused):
         v = f.finger_view  # the view that saw the fingers best, as in track_video
@@ -548,7 +561,8 @@ def evaluate_tracking(
                         continue
                     r = track_arm_clip(arm, data, pm, valid, label_sets[source][arm], model=model,
                                        estimator=estimator, use_hint=config.use_hint,
-                                       candidate_widths=candidates, tracker_config=config.tracker)
+                                       candidate_widths=candidates, tracker_config=config.tracker,
+                                       check_consistency=config.check_consistency)
                     parts.setdefault((clip.task, source, degradation, arm), []).append(r)
                     record["results"][f"{source}/{degradation}/{arm}"] = {
                         "trans_mm_median": float(np.median(r.trans_mm)), "lost": int(r.lost.sum()),

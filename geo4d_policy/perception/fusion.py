@@ -35,8 +35,10 @@ from typing import Literal
 import numpy as np
 
 from geo4d_policy.data.geometry import checked_transform, invert_transform, nearest_rotation
+from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.metrics import pose_errors
-from geo4d_policy.perception.pose_tracker import TrackResult
+from geo4d_policy.perception.pose_tracker import TrackingFrame, TrackResult
+from geo4d_policy.perception.projection import see_through_fraction
 
 FINGER_VIEW_MAX_OFFSET_MM = 10.0
 FINGER_VIEW_MAX_ANGLE_DEG = 10.0
@@ -64,6 +66,7 @@ class FusedPose:
             ``width`` was observed).
         finger_source: the view ``width`` and ``finger_points`` come from (see
             :func:`choose_finger_view`); None means ``source`` (fusions that pick one view for both).
+        fitness: the pose view's tracker fitness (share of its considered points the model explains).
     """
 
     X_TG: np.ndarray
@@ -74,6 +77,12 @@ class FusedPose:
     width: float | None = None
     finger_points: tuple[int, int] = (0, 0)
     finger_source: Literal["n", "m", "none"] | None = None
+    fitness: float = 0.0
+
+    @property
+    def view_index(self) -> int:
+        """Index of the pose's view (0 = n, 1 = m) into a two-view stack (``"none"`` -> 0)."""
+        return 1 if self.source == "m" else 0
 
     @property
     def finger_view(self) -> int:
@@ -151,7 +160,7 @@ def fuse_views(
             # (see the module docstring).
             fr, fsrc = choose_finger_view(ok, src)
             out.append(FusedPose(X_TCn @ X_CnG, X_CnG.copy(), float(best.confidence), src, "ok", fr.width,
-                                 tuple(fr.finger_points), fsrc))
+                                 tuple(fr.finger_points), fsrc, float(best.fitness)))
             continue
         if out:
             X_CnG = out[-1].X_CnG
@@ -162,6 +171,60 @@ def fuse_views(
             X_CnG = np.asarray(held[0].X_CG, dtype=np.float64) if held else np.eye(4)
             width = held[0].width if held else None
         out.append(FusedPose(X_TCn @ X_CnG, X_CnG.copy(), 0.0, "none", "lost", width))
+    return out
+
+
+SEE_THROUGH_LIMIT = 0.3
+"""A fused pose whose gripper surface is seen through (:func:`~geo4d_policy.perception.projection.
+see_through_fraction`) by more than this share in every view with a known projection is not
+trusted (see :func:`fail_safe`; the measurements behind the value are in docs/decisions.md)."""
+
+UNSEGMENTED_MIN_FITNESS = 0.7
+"""A pose tracked in an unsegmented frame must explain at least this share of the points inside
+the gripper's box at that pose to be trusted (see :func:`fail_safe`)."""
+
+
+def fail_safe(fused: Sequence[FusedPose], views: Sequence[Sequence[TrackingFrame]], *,
+              model: GripperModel) -> list[FusedPose]:
+    """Mark as lost the fused frames whose pose the frames themselves contradict.
+
+    A tracker fitting the gripper model to whatever lies near its prediction (unsegmented
+    frames, or a segmentation that failed) can report a confident pose centimetres off the
+    gripper. Two checks of the pose against its frames catch that, and a frame failing either
+    becomes ``"lost"`` (confidence 0, the previous fused pose held), as :func:`fuse_views`
+    marks a frame both views lost:
+
+    * seen through: at a pose off the gripper the cameras see through much of the model's
+      surface (a gripper there would hide the scene they see), which a pose on the gripper
+      does not: more than :data:`SEE_THROUGH_LIMIT` in each view with a known projection;
+    * unexplained points: in an unsegmented frame the tracker's fitness is the share of the
+      points inside the gripper's box at its pose that the model explains; a pose on the
+      gripper explains nearly all of them, one on the scene beside it leaves many: a pose view
+      frame without labels and a fitness below :data:`UNSEGMENTED_MIN_FITNESS`.
+
+    Args:
+        fused: one arm's fused track.
+        views: per frame, the views' :class:`TrackingFrame` as they were tracked (view n first;
+            their labels or mask tell a segmented frame), with, for a view whose pixels are not
+            camera n's, its ``K`` and ``X_CnCv`` (without them the projection is fitted to the
+            pointmap, which only holds for view n).
+        model: the gripper model.
+    """
+    if len(views) != len(fused):
+        raise ValueError(f"{len(fused)} fused frames but {len(views)} frames of views")
+    out: list[FusedPose] = []
+    for f, frame_views in zip(fused, views):
+        if f.status == "ok":
+            width = model.stroke / 2 if f.width is None else float(f.width)
+            shares = [s for s in (see_through_fraction(v, f.X_CnG, width, model=model) for v in frame_views)
+                      if s is not None]
+            pose_view = frame_views[min(f.view_index, len(frame_views) - 1)]
+            unexplained = not pose_view.segmented and f.fitness < UNSEGMENTED_MIN_FITNESS
+            if unexplained or (shares and min(shares) > SEE_THROUGH_LIMIT):
+                held = out[-1] if out else f
+                f = dataclasses.replace(f, X_TG=held.X_TG.copy(), X_CnG=held.X_CnG.copy(), confidence=0.0,
+                                        source="none", status="lost")
+        out.append(f)
     return out
 
 

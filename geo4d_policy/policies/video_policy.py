@@ -351,6 +351,8 @@ class VideoPolicyConfig:
             gripper state); the default uses only its whole-gripper masks, and the finger
             opening the tracker fits to the masked points (the shipped segmenter separates
             the gripper from the scene far better than the fingers from each other).
+        check_consistency: frames whose tracked pose the views contradict are lost
+            (:func:`~geo4d_policy.perception.fusion.fail_safe`); False for the ablation.
         resync_distance: when an arm's measured gripper stands further than this (m) from
             its last command (held back by a contact, or a command out of reach), its next
             chunk starts from where it stands, not from the stale command; None: never.
@@ -374,6 +376,7 @@ class VideoPolicyConfig:
     task_closed_width: bool = True
     free_space: bool = True
     resync_distance: float | None = 0.02
+    check_consistency: bool = True
 
     @property
     def frames_to_track(self) -> int:
@@ -532,7 +535,8 @@ class VideoPolicy:
                            max_frames=self.frames_to_track, model=self.model,
                            tracker_config=cfg.tracker, single_view=cfg.single_view,
                            candidate_widths=(self._held_width, self.model.stroke) if free_space else None,
-                           view_cameras=view_cameras(obs, video) if free_space else None)
+                           view_cameras=view_cameras(obs, video) if free_space or cfg.check_consistency else None,
+                           check_consistency=cfg.check_consistency)
 
     def _update_peak(self, arm: str, kf: ArmKeyframes, *, closed_now: bool, z_now: float) -> None:
         """The highest commanded z since the arm's last change of state (for :func:`toggle_at_turn`)."""
