@@ -170,7 +170,6 @@ class OraclePolicy(VideoPolicy):
         self.lookahead.reset(seed=seed)
         self._replans: list[dict[str, Any]] = []
         self._aim: dict[str, np.ndarray] = {}
-        self._last_obs: Observation | None = None
 
     def predict_video(self, obs: Observation) -> PredictedVideo:
         return video_from_frames(self.lookahead.rollout(obs), future_labels=self.future_labels)
@@ -184,7 +183,6 @@ class OraclePolicy(VideoPolicy):
     def observe(self, obs: Observation) -> None:
         """Every executed 10 Hz observation (the episode loop calls this): the shadow expert."""
         self.lookahead.observe(obs)
-        self._last_obs = obs
 
     # ---- per-replan diagnostics -------------------------------------------------------------
     def _open_replan(self, obs: Observation) -> None:
@@ -236,10 +234,9 @@ class OraclePolicy(VideoPolicy):
     def diagnostics(self) -> dict[str, Any]:
         """The video policy's diagnostics plus, per replan (``oracle_replans``), each arm's largest
         tracked-vs-true gripper pose error over its trusted tracked frames and the error of the
-        pose it reached against the look-ahead pose its chunk aimed at; their medians and 90th
-        percentiles over the episode (the record adds the placement error at the end)."""
-        if self._last_obs is not None:
-            self._close_replan(self._last_obs)
+        pose it reached against the look-ahead pose its chunk aimed at (not for the last chunk,
+        which the episode's end cuts short); their medians and 90th percentiles over the
+        episode (the record adds the placement error at the end)."""
         out = super().diagnostics()
         out["oracle_replans"] = self._replans
         for key in ("tracked_vs_true_mm", "lookahead_vs_executed_mm"):
