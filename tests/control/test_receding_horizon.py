@@ -15,7 +15,7 @@ from geo4d_policy.control.receding_horizon import (
     keyframes_to_chunk,
     truncate_keyframes,
 )
-from geo4d_policy.control.trajectory import max_speeds
+from geo4d_policy.control.trajectory import distance_to_polyline, max_speeds
 from geo4d_policy.interface import CONTROL_HZ
 
 
@@ -89,16 +89,6 @@ def test_release_opens_after_lowering_and_otherwise_before_moving():
         dataclasses.replace(CFG, max_gap_frames=-1)
 
 
-def _distance_to_polyline(points: np.ndarray, vertices: np.ndarray) -> np.ndarray:
-    """Distance of each point to the polyline through ``vertices``."""
-    out = np.full(len(points), np.inf)
-    for a, b in zip(vertices[:-1], vertices[1:]):
-        ab = b - a
-        t = np.clip(((points - a) @ ab) / max(ab @ ab, 1e-12), 0.0, 1.0)
-        out = np.minimum(out, np.linalg.norm(points - (a + t[:, None] * ab), axis=1))
-    return out
-
-
 SLIDE_SET_DOWN_TOLERANCE = 0.002
 """Commanded poses of a slide-then-set-down stay within 2 mm of the path the video shows."""
 
@@ -119,24 +109,24 @@ def test_slide_then_set_down_keeps_its_corner():
     incoming = {"right": np.array([0.01, 0.0, 0.0])}  # it was sliding along +x already
     chunk = keyframes_to_chunk(start, {"right": kf}, config=CFG, incoming=incoming)
     p = chunk.X_TG["right"][:, :3, 3]
-    assert _distance_to_polyline(p, path).max() <= SLIDE_SET_DOWN_TOLERANCE
+    assert distance_to_polyline(p, path).max() <= SLIDE_SET_DOWN_TOLERANCE
     np.testing.assert_allclose(p[-1], path[-1], atol=1e-12)
     assert max_speeds(chunk.X_TG["right"])[0] <= CFG.linear_speed + 1e-9
     # The same keyframes in straight lines cut the corner by more than a centimetre.
     straight = keyframes_to_chunk(start, {"right": kf}, config=dataclasses.replace(CFG, keep_corners=False),
                                   incoming=incoming)
-    assert _distance_to_polyline(straight.X_TG["right"][:, :3, 3], path).max() > 0.01
+    assert distance_to_polyline(straight.X_TG["right"][:, :3, 3], path).max() > 0.01
     # A lift entered rising keeps its corner too (up first, then across) ...
     up = ArmKeyframes(_pose(0.05, y=-0.1, z=0.14)[None], np.ones(1, bool))
     chunk = keyframes_to_chunk({"right": (_pose(0.0, y=-0.1, z=0.10), True)}, {"right": up}, config=CFG,
                                incoming={"right": np.array([0.0, 0.0, 0.01])})
     lifted = np.array([[0.0, -0.1, 0.10], [0.0, -0.1, 0.14], [0.05, -0.1, 0.14]])
-    assert _distance_to_polyline(chunk.X_TG["right"][:, :3, 3], lifted).max() <= 1e-9
+    assert distance_to_polyline(chunk.X_TG["right"][:, :3, 3], lifted).max() <= 1e-9
     # ... while a diagonal motion entered diagonally stays straight.
     chunk = keyframes_to_chunk({"right": (_pose(0.0, y=-0.1, z=0.10), True)}, {"right": up}, config=CFG,
                                incoming={"right": np.array([0.01, 0.0, 0.008])})
     diagonal = np.array([[0.0, -0.1, 0.10], [0.05, -0.1, 0.14]])
-    assert _distance_to_polyline(chunk.X_TG["right"][:, :3, 3], diagonal).max() <= 1e-9
+    assert distance_to_polyline(chunk.X_TG["right"][:, :3, 3], diagonal).max() <= 1e-9
 
 
 def test_idle_detection_and_truncation_at_low_confidence():
