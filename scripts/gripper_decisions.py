@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Replay the oracle's gripper decisions with each state rule switched off, against the truth.
+"""Replay the oracle's gripper decisions with each state rule changed, against the truth.
 
     python scripts/gripper_decisions.py RUN_DIR [RUN_DIR ...] [--frames 4] [--json OUT.json]
 
@@ -7,17 +7,17 @@ Every replan of an oracle run records, per arm, what its open/close decision was
 (``oracle_replans[*][arm]["state"]``: the finger readings, which frames saw the fingers, the
 predicted positions, the state and position commanded before) and the truth (the look-ahead's
 finger opening below the estimator's decision width). This script re-decides every replan with
-:func:`geo4d_policy.policies.video_policy.decide_gripper_states` under the default options and
-with one rule off at a time, and counts the executed frames (the first ``--frames``) whose
-decided state disagrees with the truth: ``closed_early`` (decided closed, truly open: a grasp
+:func:`geo4d_policy.policies.video_policy.decide_gripper_states` under the run's settings and
+with one rule changed at a time (switched off; release back-dating, off by default, switched
+on), and counts the executed frames (the first ``--frames``) whose decided state disagrees
+with the truth: ``closed_early`` (decided closed, truly open: a grasp
 that starts above its object, a release that drags) and ``open_early`` (decided open, truly
 closed: a grasp that misses, an object dropped in flight). It also counts replans where the
 idle-arm rule held an arm whose look-ahead moved more than the idle tolerance.
 
 The runs must be on development seeds (``geo4d-rollout --policy oracle --seed-stream dev``):
 these counts decide which rules stay, so records of another seed stream are refused. The
-default decisions are the run's own settings (its ``policy_config.yaml``; the policy's defaults
-for a run without one), and every variant changes one rule of them.
+run's settings are its ``policy_config.yaml`` (the oracle's defaults for a run without one).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from geo4d_policy.policies.video_policy import GripperStateInputs, VideoPolicyCo
 
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "no release back-dating": {"release_backdate_frames": 0},
     "release back-dating 1": {"release_backdate_frames": 1},
+    "release back-dating 2": {"release_backdate_frames": 2},
     "no turning-point prior": {"turn_descent": None},
     "no close-at-rest": {"close_still_distance": None},
     "no debounce": {"toggle_frames": 1},

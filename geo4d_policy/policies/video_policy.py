@@ -339,7 +339,9 @@ class VideoPolicyConfig:
         toggle_frames: consecutive predicted frames that must agree before the gripper state
             changes (see :func:`debounce`).
         release_backdate_frames: a release may move this many frames earlier over frames whose
-            fingers were out of view (see :func:`backdate_release`; docs/decisions.md).
+            fingers were out of view (see :func:`backdate_release`). Off (0) by default: on
+            development seeds it opened the hand one to four frames before the look-ahead did in
+            6 of the 7 replans where it acted (docs/decisions.md).
         close_still_distance: a closing waits for the first frame whose step in or out is at
             most this (m; see :func:`close_at_rest`); None closes where the fingers read closed.
         turn_descent: the gripper changes state at the bottom of a descent of at least this
@@ -367,7 +369,7 @@ class VideoPolicyConfig:
     track_frames: int | None = None
     segment_parts: bool = False
     toggle_frames: int = 2
-    release_backdate_frames: int = 2
+    release_backdate_frames: int = 0
     measure_confidence: float = 0.6
     close_still_distance: float | None = 0.015
     turn_descent: float | None = 0.05
