@@ -13,9 +13,8 @@ saw the fingers best (:func:`choose_finger_view`), which is often not the view w
 confident pose. The fingers are a few pixels each at 128x160 and often hidden behind the palm or the held
 object, so one view may fit the palm best (high pose confidence) with no finger point, its fitted
 opening then only the tracker's prior (half the stroke: "closed" for every task's threshold),
-while the other view sees both fingers. A view competes for the opening only while its pose
-agrees with the pose view's (the finger-view gate): one that lost the gripper finds "finger"
-points around its wrong pose. The measurements behind both rules are in docs/decisions.md.
+while the other view sees both fingers (docs/decisions.md). Frames whose pose the views
+contradict are lost (:func:`fail_safe`).
 
 For the RGB-only Dreamitate baseline it owns :func:`fuse_rays` and :func:`fuse_rgb_views`:
 ray-midpoint translation and chordal-mean rotation of two calibrated views' per-view estimates.
@@ -36,18 +35,8 @@ import numpy as np
 
 from geo4d_policy.data.geometry import checked_transform, invert_transform, nearest_rotation
 from geo4d_policy.perception.gripper_model import GripperModel
-from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.perception.pose_tracker import TrackingFrame, TrackResult
 from geo4d_policy.perception.projection import see_through_fraction
-
-FINGER_VIEW_MAX_OFFSET_MM = 10.0
-FINGER_VIEW_MAX_ANGLE_DEG = 10.0
-"""A view lends its finger opening to the fused pose only if its own pose is this close to it.
-
-A view that lost the gripper can still report many "finger inliers": they are scene points
-near its wrong pose. Views that agree do so within a few millimetres and a degree or two
-(docs/decisions.md).
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +56,7 @@ class FusedPose:
         finger_source: the view ``width`` and ``finger_points`` come from (see
             :func:`choose_finger_view`); None means ``source`` (fusions that pick one view for both).
         fitness: the pose view's tracker fitness (share of its considered points the model explains).
+        views_apart_mm: distance (mm) between the two views' poses when both tracked the frame.
     """
 
     X_TG: np.ndarray
@@ -78,6 +68,7 @@ class FusedPose:
     finger_points: tuple[int, int] = (0, 0)
     finger_source: Literal["n", "m", "none"] | None = None
     fitness: float = 0.0
+    views_apart_mm: float | None = None
 
     @property
     def view_index(self) -> int:
@@ -103,9 +94,9 @@ def choose_finger_view(candidates: Sequence[tuple[TrackResult, str]],
     Ranked by the finger inliers on the less seen finger, then on both fingers: with both fingers
     seen the opening is fitted from both sides, and on recorded apple clips the fitted width's
     error falls from a median 9 mm with a finger unseen to 0.3 mm with five points on each.
-    Ties (e.g. no finger seen in either view) keep the pose's view, ``pose_source``. Only views
-    whose pose agrees with the pose view's (:data:`FINGER_VIEW_MAX_OFFSET_MM`,
-    :data:`FINGER_VIEW_MAX_ANGLE_DEG`) compete: the finger points of a wrong pose are not fingers.
+    Ties (e.g. no finger seen in either view) keep the pose's view, ``pose_source``. (A gate
+    that let a view compete only while its pose agreed with the pose view's was dropped: it
+    changed no reading on development seeds; docs/decisions.md.)
 
     Args:
         candidates: the frame's usable ``(result, view name)`` pairs (tracked, finite pose).
@@ -116,12 +107,8 @@ def choose_finger_view(candidates: Sequence[tuple[TrackResult, str]],
     """
     by_view = {name: r for r, name in candidates}
     best = (by_view[pose_source], pose_source)
-    X_pose = np.asarray(best[0].X_CG, dtype=np.float64)
     for r, name in candidates:
-        if name == pose_source or _finger_evidence(r) <= _finger_evidence(best[0]):
-            continue
-        offset_mm, angle_deg = (float(e[0]) for e in pose_errors(np.asarray(r.X_CG, dtype=np.float64), X_pose))
-        if offset_mm <= FINGER_VIEW_MAX_OFFSET_MM and angle_deg <= FINGER_VIEW_MAX_ANGLE_DEG:
+        if name != pose_source and _finger_evidence(r) > _finger_evidence(best[0]):
             best = (r, name)
     return best
 
@@ -159,8 +146,11 @@ def fuse_views(
             # The opening from the view that saw the fingers best, not necessarily the pose's
             # (see the module docstring).
             fr, fsrc = choose_finger_view(ok, src)
+            apart = None
+            if len(ok) == 2:
+                apart = float(np.linalg.norm(np.asarray(ok[0][0].X_CG)[:3, 3] - np.asarray(ok[1][0].X_CG)[:3, 3])) * 1e3
             out.append(FusedPose(X_TCn @ X_CnG, X_CnG.copy(), float(best.confidence), src, "ok", fr.width,
-                                 tuple(fr.finger_points), fsrc, float(best.fitness)))
+                                 tuple(fr.finger_points), fsrc, float(best.fitness), apart))
             continue
         if out:
             X_CnG = out[-1].X_CnG
@@ -183,6 +173,12 @@ UNSEGMENTED_MIN_FITNESS = 0.7
 """A pose tracked in an unsegmented frame must explain at least this share of the points inside
 the gripper's box at that pose to be trusted (see :func:`fail_safe`)."""
 
+VIEWS_APART_MM = 30.0
+DISAGREED_MIN_FITNESS = 0.9
+"""Where both views tracked a frame but their poses lie more than ``VIEWS_APART_MM`` apart, one
+of them is wrong: the fused pose is trusted only if its model explains at least this share of its
+view's points (see :func:`fail_safe`)."""
+
 
 def fail_safe(fused: Sequence[FusedPose], views: Sequence[Sequence[TrackingFrame]], *,
               model: GripperModel) -> list[FusedPose]:
@@ -200,7 +196,10 @@ def fail_safe(fused: Sequence[FusedPose], views: Sequence[Sequence[TrackingFrame
     * unexplained points: in an unsegmented frame the tracker's fitness is the share of the
       points inside the gripper's box at its pose that the model explains; a pose on the
       gripper explains nearly all of them, one on the scene beside it leaves many: a pose view
-      frame without labels and a fitness below :data:`UNSEGMENTED_MIN_FITNESS`.
+      frame without labels and a fitness below :data:`UNSEGMENTED_MIN_FITNESS`;
+    * disagreeing views: both views tracked the frame, more than :data:`VIEWS_APART_MM` apart,
+      and the chosen pose's fitness is below :data:`DISAGREED_MIN_FITNESS` (the segmentation of
+      one view can take the held object for the gripper, and its fit then looks fair).
 
     Args:
         fused: one arm's fused track.
@@ -220,7 +219,9 @@ def fail_safe(fused: Sequence[FusedPose], views: Sequence[Sequence[TrackingFrame
                       if s is not None]
             pose_view = frame_views[min(f.view_index, len(frame_views) - 1)]
             unexplained = not pose_view.segmented and f.fitness < UNSEGMENTED_MIN_FITNESS
-            if unexplained or (shares and min(shares) > SEE_THROUGH_LIMIT):
+            disagreed = (f.views_apart_mm is not None and f.views_apart_mm > VIEWS_APART_MM
+                         and f.fitness < DISAGREED_MIN_FITNESS)
+            if unexplained or disagreed or (shares and min(shares) > SEE_THROUGH_LIMIT):
                 held = out[-1] if out else f
                 f = dataclasses.replace(f, X_TG=held.X_TG.copy(), X_CnG=held.X_CnG.copy(), confidence=0.0,
                                         source="none", status="lost")

@@ -109,22 +109,6 @@ def test_the_opening_comes_from_the_view_that_saw_the_fingers_best():
     assert FusedPose(np.eye(4), np.eye(4), 1.0, "m", "ok").finger_view == 1
 
 
-@pytest.mark.parametrize("mm, deg", [(30.0, 1.0), (2.0, 30.0)])
-def test_a_view_whose_pose_disagrees_lends_no_opening(mm, deg):
-    # Traced on PutSpatulaOnTable (oracle): a view tracked 27-113 mm and 32-113 deg off at
-    # confidence 0.3-0.5 counted more "finger" points (scene points near its wrong pose) than the
-    # pose view and read the hand open while it held the spatula at 18 mm.
-    Xa = _pose(7)
-    holding = TrackResult(Xa, 0.97, "ok", width=0.018, finger_points=(2, 14))
-    wrong = TrackResult(Xa @ _offset(mm=mm, deg=deg), 0.4, "ok", width=0.073, finger_points=(30, 43))
-    f = fuse_views([wrong], [holding], X_TCn=X_TCn)[0]
-    assert f.source == "m" and f.finger_source == "m"
-    assert f.width == 0.018 and f.finger_points == (2, 14)
-    # Within the agreement bounds (9 mm, 9 deg) the better-seen view is used.
-    near = TrackResult(Xa @ _offset(mm=9.0, deg=9.0), 0.4, "ok", width=0.019, finger_points=(30, 43))
-    assert fuse_views([near], [holding], X_TCn=X_TCn)[0].width == 0.019
-
-
 def test_fail_safe_loses_frames_whose_pose_the_views_see_through():
     import dataclasses
 
@@ -162,5 +146,15 @@ def test_fail_safe_loses_frames_whose_pose_the_views_see_through():
     assert [o.status for o in fail_safe(fused, [[bare]] * 3, model=model)] == ["lost"] * 3
     explained = [dataclasses.replace(f, fitness=UNSEGMENTED_MIN_FITNESS) for f in fused]
     assert [o.status for o in fail_safe(explained, [[bare]] * 3, model=model)] == ["ok", "lost", "ok"]
+    # Two views 5 cm apart: only a pose that explains its view's points well is kept.
+    apart = [dataclasses.replace(f, X_TG=X_TCn @ X_CG, X_CnG=X_CG, views_apart_mm=50.0, fitness=fit)
+             for f, fit in zip(fused, (0.95, 0.85, 0.6))]
+    assert [o.status for o in fail_safe(apart, [[frame]] * 3, model=model)] == ["ok", "lost", "lost"]
     with pytest.raises(ValueError, match="frames of views"):
         fail_safe(fused, [[frame]], model=model)
+    # fuse_views reports how far apart the views' poses were.
+    Xb = X_CG.copy()
+    Xb[:3, 3] += [0.0, 0.0, 0.04]
+    two = fuse_views([_res(X_CG, 0.9)], [_res(Xb, 0.5)], X_TCn=X_TCn)[0]
+    assert two.views_apart_mm == pytest.approx(40.0) and two.fitness == 0.0
+    assert fuse_views([_res(X_CG, 0.9)], [_res(Xb, 0.0, "lost")], X_TCn=X_TCn)[0].views_apart_mm is None
