@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=_resolution, default=(128, 160), help="camera images HxW (default 128x160)")
     p.add_argument("--seed", type=int, default=0, help="base of the data-seed stream (disjoint from eval seeds)")
     p.add_argument("--seed-stream", default="data", metavar="{data,dev}",
-                   help="seed stream: data (training, default) or dev (development checks, e.g. geo4d-eval-tracking)")
+                   help="seed stream: data (training, default) or dev (development checks, e.g. "
+                        "geo4d-eval-tracking)")
     p.add_argument("--max-attempts", type=int, default=None, help="give up after this many attempts (default 2N+10)")
     p.add_argument("--resume", action="store_true", help="add to an existing dataset of the same task")
     p.add_argument("--resume-anyway", action="store_true",
@@ -76,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # What the episodes are (how many and how fast they are collected is this session's business).
         provenance.start_provenance(
             args.out, command="geo4d-collect", config={"task": task, "resolution": list(args.resolution)},
-            seeds={"base_seed": args.seed, "seed_stream": args.seed_stream}, has_run=(Path(args.out) / "meta.json").exists(),
+            seeds={"base_seed": args.seed, "seed_stream": args.seed_stream},
+            has_run=(Path(args.out) / "meta.json").exists(),
             resume=args.resume, anyway=args.resume_anyway, what="dataset",
             session_info={"episodes": args.episodes, "workers": args.workers, "max_attempts": args.max_attempts})
         summary = collect(config)

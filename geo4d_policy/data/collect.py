@@ -1,12 +1,12 @@
 """Demonstration collection: run the scripted expert and record multi-view RGB-D datasets.
 
 Every attempt runs the task's expert on one data seed (``interface.data_seed``, disjoint from
-evaluation seeds; ``seed_stream="dev"``: a development seed) in a worker process, streams the robot at 10 Hz and all 16 cameras at 2 Hz
-(RGB, depth, gripper part masks by body name) into an episode file, and keeps it only if the
-episode succeeded; failed attempts are discarded, logged with their reason in
-``DIR/collect_log.jsonl`` and reported. Collection stops when ``episodes`` successes are in
-the dataset (or after ``max_attempts``), and resumes where it stopped: listed episodes and
-logged failures are never re-run, half-written files of a crash are pruned first.
+evaluation seeds; ``seed_stream="dev"``: a development seed) in a worker process, streams the
+robot at 10 Hz and all 16 cameras at 2 Hz (RGB, depth, gripper part masks by body name) into an
+episode file, and keeps it only if the episode succeeded; failed attempts are discarded, logged
+with their reason in ``DIR/collect_log.jsonl`` and reported. Collection stops when ``episodes``
+successes are in the dataset (or after ``max_attempts``), and resumes where it stopped: listed
+episodes and logged failures are never re-run, half-written files of a crash are pruned first.
 
 The simulator is imported only inside the worker processes.
 """

@@ -23,11 +23,12 @@ Run directory layout (``RolloutConfig.out_dir``)::
 
 ``episodes.jsonl``, ``summary.json`` and ``results.json`` are rewritten atomically after every
 finished episode, so a run killed at any moment resumes (``resume=True``) with exactly the
-unfinished episodes. Episode ``i`` always has seed ``interface.stream_seed(seed_stream, seed, i)``
-(the evaluation stream unless asked otherwise): results are reproducible and independent of the
-number of workers and of interruptions. A run directory keeps the seed stream it was started with. A resume is refused
-when the code version or the resolved configuration differs from the run's (the message names
-what differs) unless ``resume_anyway``, which the new session's provenance then records.
+unfinished episodes. Episode ``i`` always has seed ``interface.stream_seed(seed_stream, seed,
+i)`` (the evaluation stream unless asked otherwise): results are reproducible and independent of
+the number of workers and of interruptions. A run directory keeps the seed stream it was started
+with. A resume is refused when the code version or the resolved configuration differs from the
+run's (the message names what differs) unless ``resume_anyway``, which the new session's
+provenance then records.
 
 Development runs (``seed_stream="dev"``, never reported as Table-2 cells) draw their episodes
 from the development stream, the one for tracing, tuning and bisecting.
