@@ -3,24 +3,19 @@ policy options refused before any cell starts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import fake_rollout_env as fake
 import pytest
 
-from geo4d_policy.config import REPO_ROOT
 from geo4d_policy.eval.runner import RolloutConfig, run_rollouts
 
 TASK = "PutSpatulaOnTable"
 
 
 @pytest.fixture(scope="module")
-def table2():
-    spec = importlib.util.spec_from_file_location("table2_script", REPO_ROOT / "scripts" / "table2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def table2(load_script):
+    return load_script("table2")
 
 
 @pytest.mark.usefixtures("fake_reach_policy")

@@ -3,23 +3,18 @@ development-seed records only."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from geo4d_policy.config import REPO_ROOT
 from geo4d_policy.interface import dev_seed, eval_seed
 from geo4d_policy.policies.video_policy import GripperStateInputs
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("gripper_decisions", REPO_ROOT / "scripts" / "gripper_decisions.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("gripper_decisions")
 
 
 def _run(tmp_path, name: str, seed: int):
