@@ -62,13 +62,17 @@ if [ "$part" = dev ]; then
   done
   wait
   data=(); for d in "$root"/dev_data/*/; do ls "$d"episodes/*.h5 > /dev/null 2>&1 && data+=("$d"); done
-  [ ${#data[@]} -eq 0 ] && echo "gpu_precision.sh: no dev-seed demonstration finished in time" >&2
-  python -m geo4d_policy.cli.eval_tracking --data "${data[@]}" --out "$root/track_dev" --clips 10 \
-    --labels segmenter_all,masks_all > "$root/track_dev.log" 2>&1 &
-  python -m geo4d_policy.cli.eval_tracking --data "${data[@]}" --out "$root/track_dev_first_frame" --clips 10 \
-    --labels masks,segmenter > "$root/track_dev_first_frame.log" 2>&1 &
-  wait
-  tail -n 14 "$root/track_dev.log" "$root/track_dev_first_frame.log"
+  if [ ${#data[@]} -eq 0 ]; then
+    echo "gpu_precision.sh: no dev-seed demonstration finished in time; call again to resume" >&2
+  else
+    left=$(( budget - ($(date +%s) - t0) - 15 ))
+    timeout --signal=INT $left python -m geo4d_policy.cli.eval_tracking --data "${data[@]}" --out "$root/track_dev" \
+      --clips 10 --labels segmenter_all,masks_all > "$root/track_dev.log" 2>&1 &
+    timeout --signal=INT $left python -m geo4d_policy.cli.eval_tracking --data "${data[@]}" \
+      --out "$root/track_dev_first_frame" --clips 10 --labels masks,segmenter > "$root/track_dev_first_frame.log" 2>&1 &
+    wait
+    tail -n 14 "$root/track_dev.log" "$root/track_dev_first_frame.log"
+  fi
 fi
 echo "gpu_precision.sh $part: $(( $(date +%s) - t0 )) s"
 if [ -n "${OUT:-}" ]; then
