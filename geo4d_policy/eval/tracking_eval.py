@@ -77,7 +77,7 @@ from geo4d_policy.data.geometry import (
     relative_camera_transform,
     transform_points,
 )
-from geo4d_policy.perception.fusion import fail_safe, fuse_views
+from geo4d_policy.perception.fusion import FailSafeConfig, fail_safe, fuse_views
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.metrics import pose_errors
@@ -125,9 +125,9 @@ class TrackingEvalConfig:
             stroke by the views' free space around the fingers
             (:func:`~geo4d_policy.perception.video_tracking.free_space_opening`); tasks without
             an object width never do.
-        check_consistency: mark as lost the frames whose fused pose the views contradict, as
-            the policy does (:func:`~geo4d_policy.perception.fusion.fail_safe`); False measures
-            the tracker without that check.
+        fail_safe: when frames whose fused pose the views contradict are lost, as the policy
+            loses them (:func:`~geo4d_policy.perception.fusion.fail_safe`); ``enabled: false``
+            measures the tracker without that check.
         seed: clip, camera-pair and degradation draws.
         tracker: options of the ICP trackers (both views); ``tracker.engine`` / ``tracker.device``
             choose the numpy (CPU) or torch (GPU) numerics, whose results must agree.
@@ -146,7 +146,7 @@ class TrackingEvalConfig:
     min_part_pixels: int = 20
     object_width: dict[str, float] = dataclasses.field(default_factory=held_object_widths)
     free_space: bool = True
-    check_consistency: bool = True
+    fail_safe: FailSafeConfig = dataclasses.field(default_factory=FailSafeConfig)
     seed: int = 0
     tracker: ICPTrackerConfig = dataclasses.field(default_factory=ICPTrackerConfig)
 
@@ -358,7 +358,7 @@ def track_arm_clip(
     use_hint: bool,
     candidate_widths: Sequence[float] | None = None,
     tracker_config: ICPTrackerConfig | None = None,
-    check_consistency: bool = True,
+    fail_safe_config: FailSafeConfig | None = None,
 ) -> ArmClipResult:
     """Track ``arm`` through both views of a clip, fuse, and score the future frames.
 
@@ -376,8 +376,9 @@ def track_arm_clip(
             None leaves it out.
         tracker_config: options of the ICP trackers (default: the defaults; ``engine`` and
             ``device`` choose the numpy or the torch path).
-        check_consistency: mark as lost the frames whose fused pose the views contradict
-            (:func:`~geo4d_policy.perception.fusion.fail_safe`), as the policy does.
+        fail_safe_config: when frames whose fused pose the views contradict are lost
+            (:func:`~geo4d_policy.perception.fusion.fail_safe`, as the policy does; default
+            :class:`~geo4d_policy.perception.fusion.FailSafeConfig`).
     """
     X_TCn = data.X_TC[0]
     T = pointmaps.shape[1]
@@ -392,10 +393,10 @@ def track_arm_clip(
     # consistency check and free space; the recorded calibration, as the generator's X^{m->n}
     # implies it (misreg leaves it exact).
     X_CnCv = (None, relative_camera_transform(data.X_TC[0], data.X_TC[1]))
-    if check_consistency:
+    if fail_safe_config is None or fail_safe_config.enabled:
         fused = fail_safe(fused, [[TrackingFrame(pointmaps[u, k], valid[u, k], part_labels=labels[u][k], K=data.K[u],
                                                  X_CnCv=X_CnCv[u]) for u in range(2)] for k in range(T)],
-                          model=model)
+                          model=model, config=fail_safe_config)
     seconds = time.perf_counter() - t0
     est = np.stack([f.X_TG for f in fused[1:]])
     trans, rot = pose_errors(est, data.X_TG[arm][1:])
@@ -562,7 +563,7 @@ def evaluate_tracking(
                     r = track_arm_clip(arm, data, pm, valid, label_sets[source][arm], model=model,
                                        estimator=estimator, use_hint=config.use_hint,
                                        candidate_widths=candidates, tracker_config=config.tracker,
-                                       check_consistency=config.check_consistency)
+                                       fail_safe_config=config.fail_safe)
                     parts.setdefault((clip.task, source, degradation, arm), []).append(r)
                     record["results"][f"{source}/{degradation}/{arm}"] = {
                         "trans_mm_median": float(np.median(r.trans_mm)), "lost": int(r.lost.sum()),

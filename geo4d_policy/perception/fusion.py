@@ -164,42 +164,57 @@ def fuse_views(
     return out
 
 
-SEE_THROUGH_LIMIT = 0.3
-"""A fused pose whose gripper surface is seen through (:func:`~geo4d_policy.perception.projection.
-see_through_fraction`) by more than this share in every view with a known projection is not
-trusted (see :func:`fail_safe`; the measurements behind the value are in docs/decisions.md)."""
+@dataclasses.dataclass(frozen=True)
+class FailSafeConfig:
+    """When :func:`fail_safe` loses a tracked frame (the values were read off development-seed
+    data; docs/decisions.md).
 
-UNSEGMENTED_MIN_FITNESS = 0.7
-"""A pose tracked in an unsegmented frame must explain at least this share of the points inside
-the gripper's box at that pose to be trusted (see :func:`fail_safe`)."""
+    Attributes:
+        enabled: apply the check; False reports the tracks as tracked (the ablation).
+        see_through_limit: a fused pose whose gripper surface is seen through
+            (:func:`~geo4d_policy.perception.projection.see_through_fraction`) by more than this
+            share in every view with a known projection is lost.
+        unsegmented_min_fitness: a pose tracked in an unsegmented frame must explain at least
+            this share of the points inside the gripper's box at that pose.
+        views_apart_mm: where both views tracked a frame but their poses lie more than this
+            (mm) apart, one of them is wrong ...
+        disagreed_min_fitness: ... and the fused pose is kept only if its model explains at
+            least this share of its view's points.
+    """
 
-VIEWS_APART_MM = 30.0
-DISAGREED_MIN_FITNESS = 0.9
-"""Where both views tracked a frame but their poses lie more than ``VIEWS_APART_MM`` apart, one
-of them is wrong: the fused pose is trusted only if its model explains at least this share of its
-view's points (see :func:`fail_safe`)."""
+    enabled: bool = True
+    see_through_limit: float = 0.3
+    unsegmented_min_fitness: float = 0.7
+    views_apart_mm: float = 30.0
+    disagreed_min_fitness: float = 0.9
+
+    def __post_init__(self) -> None:
+        shares = (self.see_through_limit, self.unsegmented_min_fitness, self.disagreed_min_fitness)
+        if not all(0.0 <= v <= 1.0 for v in shares) or not self.views_apart_mm > 0:
+            raise ValueError("fail-safe shares (see_through_limit, unsegmented_min_fitness, disagreed_min_fitness) "
+                             f"must be in [0, 1] and views_apart_mm > 0, got {shares} and {self.views_apart_mm}")
 
 
 def fail_safe(fused: Sequence[FusedPose], views: Sequence[Sequence[TrackingFrame]], *,
-              model: GripperModel) -> list[FusedPose]:
+              model: GripperModel, config: FailSafeConfig | None = None) -> list[FusedPose]:
     """Mark as lost the fused frames whose pose the frames themselves contradict.
 
     A tracker fitting the gripper model to whatever lies near its prediction (unsegmented
     frames, or a segmentation that failed) can report a confident pose centimetres off the
-    gripper. Two checks of the pose against its frames catch that, and a frame failing either
+    gripper. Three checks of the pose against its frames catch that, and a frame failing any
     becomes ``"lost"`` (confidence 0, the previous fused pose held), as :func:`fuse_views`
-    marks a frame both views lost:
+    marks a frame both views lost (thresholds: :class:`FailSafeConfig`):
 
     * seen through: at a pose off the gripper the cameras see through much of the model's
       surface (a gripper there would hide the scene they see), which a pose on the gripper
-      does not: more than :data:`SEE_THROUGH_LIMIT` in each view with a known projection;
+      does not: more than ``see_through_limit`` in each view with a known projection;
     * unexplained points: in an unsegmented frame the tracker's fitness is the share of the
       points inside the gripper's box at its pose that the model explains; a pose on the
       gripper explains nearly all of them, one on the scene beside it leaves many: a pose view
-      frame without labels and a fitness below :data:`UNSEGMENTED_MIN_FITNESS`;
-    * disagreeing views: both views tracked the frame, more than :data:`VIEWS_APART_MM` apart,
-      and the chosen pose's fitness is below :data:`DISAGREED_MIN_FITNESS` (the segmentation of
-      one view can take the held object for the gripper, and its fit then looks fair).
+      frame without labels and a fitness below ``unsegmented_min_fitness``;
+    * disagreeing views: both views tracked the frame, more than ``views_apart_mm`` apart, and
+      the chosen pose's fitness is below ``disagreed_min_fitness`` (the segmentation of one
+      view can take the held object for the gripper, and its fit then looks fair).
 
     Args:
         fused: one arm's fused track.
@@ -208,9 +223,14 @@ def fail_safe(fused: Sequence[FusedPose], views: Sequence[Sequence[TrackingFrame
             camera n's, its ``K`` and ``X_CnCv`` (without them the projection is fitted to the
             pointmap, which only holds for view n).
         model: the gripper model.
+        config: the thresholds (default :class:`FailSafeConfig`); ``enabled=False`` returns
+            the track unchanged.
     """
     if len(views) != len(fused):
         raise ValueError(f"{len(fused)} fused frames but {len(views)} frames of views")
+    cfg = config or FailSafeConfig()
+    if not cfg.enabled:
+        return list(fused)
     out: list[FusedPose] = []
     for f, frame_views in zip(fused, views):
         if f.status == "ok":
@@ -218,10 +238,10 @@ def fail_safe(fused: Sequence[FusedPose], views: Sequence[Sequence[TrackingFrame
             shares = [s for s in (see_through_fraction(v, f.X_CnG, width, model=model) for v in frame_views)
                       if s is not None]
             pose_view = frame_views[min(f.view_index, len(frame_views) - 1)]
-            unexplained = not pose_view.segmented and f.fitness < UNSEGMENTED_MIN_FITNESS
-            disagreed = (f.views_apart_mm is not None and f.views_apart_mm > VIEWS_APART_MM
-                         and f.fitness < DISAGREED_MIN_FITNESS)
-            if unexplained or disagreed or (shares and min(shares) > SEE_THROUGH_LIMIT):
+            unexplained = not pose_view.segmented and f.fitness < cfg.unsegmented_min_fitness
+            disagreed = (f.views_apart_mm is not None and f.views_apart_mm > cfg.views_apart_mm
+                         and f.fitness < cfg.disagreed_min_fitness)
+            if unexplained or disagreed or (shares and min(shares) > cfg.see_through_limit):
                 held = out[-1] if out else f
                 f = dataclasses.replace(f, X_TG=held.X_TG.copy(), X_CnG=held.X_CnG.copy(), confidence=0.0,
                                         source="none", status="lost")

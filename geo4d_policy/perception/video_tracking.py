@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from geo4d_policy.data.geometry import invert_transform
-from geo4d_policy.perception.fusion import FusedPose, fail_safe, fuse_views
+from geo4d_policy.perception.fusion import FailSafeConfig, FusedPose, fail_safe, fuse_views
 from geo4d_policy.perception.gripper_model import PART_LEFT, PART_RIGHT, GripperModel
 from geo4d_policy.perception.gripper_state import measure_finger_opening
 from geo4d_policy.perception.icp_core import ICPTrackerConfig
@@ -305,7 +305,7 @@ def track_video(
     single_view: bool = False,
     candidate_widths: Sequence[float] | None = None,
     view_cameras: Sequence[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
-    check_consistency: bool = True,
+    fail_safe_config: FailSafeConfig | None = None,
 ) -> dict[str, ArmTrack]:
     """Track every arm of ``X_TG_now`` through ``video`` (see the module docstring).
 
@@ -326,8 +326,9 @@ def track_video(
         view_cameras: per view, ``(K, X_CnCv)`` of the camera that owns its pixels, for the
             free-space choice and the consistency check (None entries: the projection is fitted
             to the pointmap, which holds for view n only, so view m then gives no evidence).
-        check_consistency: mark as lost the frames whose fused pose the views contradict
-            (:func:`fusion.fail_safe`).
+        fail_safe_config: when frames whose fused pose the views contradict are lost
+            (:func:`fusion.fail_safe`; default :class:`~geo4d_policy.perception.fusion.FailSafeConfig`,
+            ``enabled=False`` for none).
 
     Returns:
         arm -> :class:`ArmTrack`.
@@ -396,11 +397,12 @@ def track_video(
         res_n = per_view[(arm, 0)]
         res_m = None if single_view else per_view[(arm, 1)]
         fused = fuse_views(res_n, res_m, X_TCn=X_TCn)
-        if check_consistency:
+        if fail_safe_config is None or fail_safe_config.enabled:
             # Each frame as it was tracked, with the projection of its own pixels.
             cams = list(view_cameras) if view_cameras is not None else [(None, None)] * 2
             fused = fail_safe(fused, [[dataclasses.replace(tracked[(arm, v)][t], K=cams[v][0], X_CnCv=cams[v][1])
-                                       for v in views] for t in range(len(fused))], model=model)
+                                       for v in views] for t in range(len(fused))], model=model,
+                              config=fail_safe_config)
         dist = np.array([_finger_distance(video, arm, f, t, model, candidate_widths=candidate_widths,
                                           view_cameras=view_cameras) for t, f in enumerate(fused)])
         out[arm] = ArmTrack(fused, registration[(arm, 0)], dist, (res_n, res_m or []))

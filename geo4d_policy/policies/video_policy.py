@@ -45,7 +45,7 @@ from geo4d_policy.control.receding_horizon import (
 from geo4d_policy.data.geometry import depth_to_pointmap
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
-from geo4d_policy.perception.fusion import estimate_relative_pose
+from geo4d_policy.perception.fusion import FailSafeConfig, estimate_relative_pose
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.icp_core import ICPTrackerConfig
@@ -353,8 +353,9 @@ class VideoPolicyConfig:
             gripper state); the default uses only its whole-gripper masks, and the finger
             opening the tracker fits to the masked points (the shipped segmenter separates
             the gripper from the scene far better than the fingers from each other).
-        check_consistency: frames whose tracked pose the views contradict are lost
-            (:func:`~geo4d_policy.perception.fusion.fail_safe`); False for the ablation.
+        fail_safe: when frames whose tracked pose the views contradict are lost
+            (:func:`~geo4d_policy.perception.fusion.fail_safe`); ``enabled: false`` for the
+            ablation.
         resync_distance: when an arm's measured gripper stands further than this (m) from
             its last command (held back by a contact, or a command out of reach), its next
             chunk starts from where it stands, not from the stale command; None: never.
@@ -378,7 +379,7 @@ class VideoPolicyConfig:
     task_closed_width: bool = True
     free_space: bool = True
     resync_distance: float | None = 0.02
-    check_consistency: bool = True
+    fail_safe: FailSafeConfig = dataclasses.field(default_factory=FailSafeConfig)
 
     @property
     def frames_to_track(self) -> int:
@@ -537,8 +538,8 @@ class VideoPolicy:
                            max_frames=self.frames_to_track, model=self.model,
                            tracker_config=cfg.tracker, single_view=cfg.single_view,
                            candidate_widths=(self._held_width, self.model.stroke) if free_space else None,
-                           view_cameras=view_cameras(obs, video) if free_space or cfg.check_consistency else None,
-                           check_consistency=cfg.check_consistency)
+                           view_cameras=view_cameras(obs, video) if free_space or cfg.fail_safe.enabled else None,
+                           fail_safe_config=cfg.fail_safe)
 
     def _update_peak(self, arm: str, kf: ArmKeyframes, *, closed_now: bool, z_now: float) -> None:
         """The highest commanded z since the arm's last change of state (for :func:`toggle_at_turn`)."""

@@ -112,7 +112,7 @@ def test_the_opening_comes_from_the_view_that_saw_the_fingers_best():
 def test_fail_safe_loses_frames_whose_pose_the_views_see_through():
     import dataclasses
 
-    from geo4d_policy.perception.fusion import SEE_THROUGH_LIMIT, UNSEGMENTED_MIN_FITNESS, fail_safe
+    from geo4d_policy.perception.fusion import FailSafeConfig, fail_safe
     from geo4d_policy.perception.gripper_model import GripperModel
     from geo4d_policy.perception.synthetic import render_gripper
     from geo4d_policy.perception.pose_tracker import TrackingFrame
@@ -132,7 +132,8 @@ def test_fail_safe_loses_frames_whose_pose_the_views_see_through():
     off = X_CG.copy()
     off[:3, 3] += [0.04, 0.03, 0.0]  # 5 cm beside the gripper, in front of the wall
     on_share, off_share = (see_through_fraction(frame, X, 0.04, model=model) for X in (X_CG, off))
-    assert on_share < 0.1 < SEE_THROUGH_LIMIT < off_share
+    cfg = FailSafeConfig()
+    assert on_share < 0.1 < cfg.see_through_limit < off_share
     fused = [FusedPose(X_TCn @ X, X, 0.95, "n", "ok", 0.04, fitness=0.6) for X in (X_CG, off, X_CG)]
     out = fail_safe(fused, [[frame]] * 3, model=model)
     assert [o.status for o in out] == ["ok", "lost", "ok"] and out[1].confidence == 0.0
@@ -144,7 +145,7 @@ def test_fail_safe_loses_frames_whose_pose_the_views_see_through():
     # In unsegmented frames a pose must also explain most points in the gripper's box.
     bare = TrackingFrame(view.pointmap, view.valid, K=K)
     assert [o.status for o in fail_safe(fused, [[bare]] * 3, model=model)] == ["lost"] * 3
-    explained = [dataclasses.replace(f, fitness=UNSEGMENTED_MIN_FITNESS) for f in fused]
+    explained = [dataclasses.replace(f, fitness=cfg.unsegmented_min_fitness) for f in fused]
     assert [o.status for o in fail_safe(explained, [[bare]] * 3, model=model)] == ["ok", "lost", "ok"]
     # Two views 5 cm apart: only a pose that explains its view's points well is kept.
     apart = [dataclasses.replace(f, X_TG=X_TCn @ X_CG, X_CnG=X_CG, views_apart_mm=50.0, fitness=fit)
@@ -152,6 +153,11 @@ def test_fail_safe_loses_frames_whose_pose_the_views_see_through():
     assert [o.status for o in fail_safe(apart, [[frame]] * 3, model=model)] == ["ok", "lost", "lost"]
     with pytest.raises(ValueError, match="frames of views"):
         fail_safe(fused, [[frame]], model=model)
+    # Off, the track is reported as tracked; thresholds are checked where they are set.
+    assert [o.status for o in fail_safe(fused, [[bare]] * 3, model=model, config=FailSafeConfig(enabled=False))] \
+        == ["ok"] * 3
+    with pytest.raises(ValueError, match="must be in"):
+        FailSafeConfig(see_through_limit=1.5)
     # fuse_views reports how far apart the views' poses were.
     Xb = X_CG.copy()
     Xb[:3, 3] += [0.0, 0.0, 0.04]

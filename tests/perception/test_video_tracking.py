@@ -88,9 +88,11 @@ def test_the_finger_state_is_read_in_the_view_that_saw_the_fingers():
     # Unsegmented frames whose pose explains few of its points are lost (fusion.fail_safe) unless
     # the check is off.
     poor = _Scripted(TrackResult(X, 1.0, "ok", fitness=0.5, width=0.04, finger_points=(0, 0)))
+    from geo4d_policy.perception.fusion import FailSafeConfig
+
     for check, status in ((True, "lost"), (False, "ok")):
         tr = track_video(video, current, X_TCn=np.eye(4), X_TG_now={"left": X}, model=model,
-                         trackers={"left": (poor, poor)}, check_consistency=check)["left"]
+                         trackers={"left": (poor, poor)}, fail_safe_config=FailSafeConfig(enabled=check))["left"]
         assert [f.status for f in tr.fused] == [status] * 3
 
 

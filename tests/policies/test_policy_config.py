@@ -30,7 +30,7 @@ def test_the_yaml_files_hold_every_setting_at_its_default(capsys):
 def test_every_setting_of_the_nested_dataclasses_is_reachable():
     keys = option_keys(OraclePolicyConfig)
     for key in ("num_frames", "labels", "video.release_backdate_frames", "video.control.execute_frames",
-                "video.control.keep_corners", "video.tracker.iterations", "video.tracker.model_points"):
+                "video.control.keep_corners", "video.fail_safe.views_apart_mm", "video.tracker.iterations", "video.tracker.model_points"):
         assert key in keys
     assert len(keys) > 60
     assert resolve_key(OraclePolicyConfig, "execute_frames", OPTION_ALIASES) == "video.control.execute_frames"
