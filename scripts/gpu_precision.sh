@@ -13,12 +13,14 @@
 #   device run, carry [".device"]:
 #     source .device/setup.sh && bash scripts/gpu_precision.sh eval 540
 #     source .device/setup.sh && bash scripts/gpu_precision.sh dev 540
-# Cost (GPU-machine records of 2026-12-04, oracle ~40 / 90 / 150-250 s per spatula / apple /
-# cereal episode and process): one part is ~9000 core-seconds of oracle episodes, so on the
-# 16-core machine each part takes about two calls (the second resumes while the machine is warm);
-# on nvidia-h100-x4 (64 cores) each part fits one call.
+# Cost (estimates, not measured on the GPU machine with this code: oracle ~40 / 90 / 150-250 s
+# per spatula / apple / cereal episode and process in GPU-machine records of 2026-12-04; expert
+# ~28 / 56 / 25 s on the CPU): one part is ~10000 core-seconds of oracle episodes (eval adds
+# ~3500 of expert ones), and its longest cell is 30 serial cereal oracle episodes split over the
+# cell's workers. On the 16-core machine a part takes three or four calls (each resumes while the
+# machine is warm); on nvidia-h100-x4 (64 cores) about one.
 #   env: P_EPISODES (30), P_WORKERS (parallel episodes per cell; default from the core count:
-#        eval "expert=1 oracle=(cores-3)/3", dev "oracle=cores/3"),
+#        eval "expert=max(1,cores/16) oracle=(cores-3*expert)/3", dev "oracle=cores/3"),
 #        P_TRACK_EPISODES (3 dev-seed demonstrations per task for geo4d-eval-tracking),
 #        P_TRACK_SECONDS (200 of the dev call's budget for them), P_DEVICE (cuda; cpu for a dry run).
 set -uo pipefail
@@ -31,7 +33,8 @@ episodes=${P_EPISODES:-30}
 cores=$(python -c 'import os; print(len(os.sched_getaffinity(0)))')
 case "$part" in
   eval) policies=(expert oracle); stream=eval; track_s=0
-        default_workers="expert=1 oracle=$(( (cores - 3) / 3 > 1 ? (cores - 3) / 3 : 1 ))" ;;
+        e=$(( cores / 16 > 1 ? cores / 16 : 1 ))
+        default_workers="expert=$e oracle=$(( (cores - 3 * e) / 3 > 1 ? (cores - 3 * e) / 3 : 1 ))" ;;
   dev) policies=(oracle); stream=dev; track_s=${P_TRACK_SECONDS:-200}
        default_workers="oracle=$(( cores / 3 > 1 ? cores / 3 : 1 ))" ;;
   *) echo "gpu_precision.sh: unknown part '$part'; valid parts: eval, dev" >&2; exit 2 ;;
