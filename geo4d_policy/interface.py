@@ -39,9 +39,24 @@ GRIPPER_OPEN_WIDTH = 0.08
 CONTROL_HZ = 10.0
 """Policy/control rate (as lbm_eval)."""
 
-EVAL_SEED_OFFSET = 1_000_000_000
-"""Evaluation seeds start here; data-collection seeds must stay below it (disjoint streams)."""
+SEED_STREAMS: tuple[str, ...] = ("data", "dev", "eval")
+"""The three pairwise-disjoint seed streams: ``data`` (collection and training), ``dev``
+(tracing, tuning, bisecting, ablations) and ``eval`` (reported figures only)."""
 
+SEED_STREAM_SIZE = 1_000_000_000
+"""Each stream owns one block of this many consecutive seeds: data ``[0, 1e9)``,
+eval ``[1e9, 2e9)`` (its historical place), dev ``[2e9, 3e9)``."""
+
+SEEDS_PER_BASE = 100_000
+"""A base seed ``b`` owns indices ``0..99 999`` of its stream (seed = start + b * 100 000 + index)."""
+
+_STREAM_START = {"data": 0, "eval": SEED_STREAM_SIZE, "dev": 2 * SEED_STREAM_SIZE}
+
+EVAL_SEED_OFFSET = _STREAM_START["eval"]
+"""Evaluation seeds start here; data-collection seeds stay below it (disjoint streams)."""
+
+DEV_SEED_OFFSET = _STREAM_START["dev"]
+"""Development seeds start here, above the evaluation block."""
 
 class UnknownNameError(ValueError):
     """A task/policy/config name that is not registered; the message lists the valid ones."""
@@ -66,23 +81,62 @@ def canonical_task_name(name: str) -> str:
     )
 
 
-def eval_seed(base_seed: int, index: int) -> int:
-    """Seed of evaluation episode ``index`` of a run started with ``base_seed``.
+def check_seed_stream(name: str) -> str:
+    """Return ``name`` if it is a seed stream.
 
-    Evaluation seeds live in ``[EVAL_SEED_OFFSET, ...)``, data seeds below it, so a policy is
-    never evaluated on a layout it was trained on.
+    Raises:
+        UnknownNameError: ``name`` is not one of :data:`SEED_STREAMS`; the message lists them.
     """
+    if name not in SEED_STREAMS:
+        raise UnknownNameError(f"unknown seed stream {name!r}; valid seed streams: {', '.join(SEED_STREAMS)}")
+    return name
+
+
+def stream_seed(stream: str, base_seed: int, index: int) -> int:
+    """Seed of episode ``index`` of a run started with ``base_seed`` on seed stream ``stream``.
+
+    The seed is ``start(stream) + base_seed * SEEDS_PER_BASE + index`` and must stay inside the
+    stream's block of :data:`SEED_STREAM_SIZE` seeds, so the streams never share a seed.
+
+    Raises:
+        UnknownNameError: unknown stream.
+        ValueError: a negative base or index, or a seed outside the stream's block.
+    """
+    start = _STREAM_START[check_seed_stream(stream)]
     if base_seed < 0 or index < 0:
         raise ValueError(f"seeds must be non-negative, got base={base_seed} index={index}")
-    return EVAL_SEED_OFFSET + base_seed * 100_000 + index
+    offset = base_seed * SEEDS_PER_BASE + index
+    if offset >= SEED_STREAM_SIZE:
+        raise ValueError(f"{stream} seed out of range: base={base_seed} index={index} leaves the stream's "
+                         f"block of {SEED_STREAM_SIZE} seeds")
+    return start + offset
+
+
+def seed_stream_of(seed: int) -> str:
+    """The stream a seed belongs to (``"data"``, ``"dev"`` or ``"eval"``).
+
+    Raises:
+        ValueError: ``seed`` is in no stream (negative or beyond the last block).
+    """
+    for stream, start in _STREAM_START.items():
+        if start <= seed < start + SEED_STREAM_SIZE:
+            return stream
+    raise ValueError(f"seed {seed} belongs to no seed stream")
+
+
+def eval_seed(base_seed: int, index: int) -> int:
+    """Seed of evaluation episode ``index`` of a run started with ``base_seed``: reported figures only."""
+    return stream_seed("eval", base_seed, index)
+
+
+def dev_seed(base_seed: int, index: int) -> int:
+    """Seed of development episode ``index``: tracing, tuning, bisecting and ablations."""
+    return stream_seed("dev", base_seed, index)
 
 
 def data_seed(base_seed: int, index: int) -> int:
     """Seed of data-collection episode ``index`` (always below :data:`EVAL_SEED_OFFSET`)."""
-    seed = base_seed * 100_000 + index
-    if base_seed < 0 or index < 0 or seed >= EVAL_SEED_OFFSET:
-        raise ValueError(f"data seed out of range: base={base_seed} index={index}")
-    return seed
+    return stream_seed("data", base_seed, index)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,10 +4,11 @@
     python scripts/table2.py --out runs/table2 [--episodes 30] [--policies expert oracle geo4d ...]
                              [--tasks ...] [--workers 8] [--policy-workers oracle=4] [--device cuda]
                              [--policy-option geo4d.num_steps=10] [--policy-config geo4d=FILE]
-                             [--parallel] [--max-seconds S] [--resume-anyway]
+                             [--parallel] [--max-seconds S] [--resume-anyway] [--seed-stream {eval,dev}]
 
 Each (task, policy) cell is one ``geo4d-rollout`` run in ``OUT/<task>/<policy>/`` on the
-evaluation seeds (novel views: the held-out cameras 12/13 of each episode), resumed if it
+evaluation seeds (``--seed-stream dev``: the development seeds, for checks that must not touch
+the evaluation stream) (novel views: the held-out cameras 12/13 of each episode), resumed if it
 exists, so the script can be interrupted and re-run (a cell made with other code or settings is
 refused unless ``--resume-anyway``; see ``geo4d-rollout``). It ends by writing ``OUT/table2.md``
 (one markdown table, a row per policy: successes / finished episodes and the 95% Wilson
@@ -47,6 +48,10 @@ from geo4d_policy.policies.policy_config import PolicyOptionError, resolve_polic
 POLICIES = ("expert", "oracle", "geo4d", "dreamitate", "diffusion_policy")
 CONTROLS = ("rgb_oracle",)
 """Controls a table may also show (not run by default): Dreamitate's perception on true RGB."""
+
+TABLE_SEED_STREAMS = ("eval", "dev")
+"""Seed streams a table may run on: ``eval`` (reported figures) and ``dev`` (the same checks
+kept off the evaluation stream); the data stream is a rollout's sanity control, never a table."""
 
 GRACE_S = 60.0
 """After ``--max-seconds``, how long the interrupted cells get to save and exit before they are killed."""
@@ -90,8 +95,10 @@ def write_table(out: Path, results: dict[tuple[str, str], dict], tasks: list[str
     A row per policy, a column per task: successes / finished episodes [95% Wilson interval],
     each cell linking to its run directory (``<task>/<policy>/``, relative to ``out``).
     """
+    streams = sorted({str(r.get("seed_stream") or "eval") for r in results.values() if "error" not in r})
     lines = [
-        f"# Success rates (successes / finished episodes of up to {episodes}, novel views, 95% Wilson interval)",
+        f"# Success rates (successes / finished episodes of up to {episodes}, {'/'.join(streams) or 'eval'} seeds, "
+        "novel views, 95% Wilson interval)",
         "",
         "| policy | " + " | ".join(tasks) + " |",
         "|---|" + "---|" * len(tasks),
@@ -114,7 +121,8 @@ def write_table(out: Path, results: dict[tuple[str, str], dict], tasks: list[str
 
 
 def _result(summary: dict) -> dict:
-    keys = ("success_rate", "ci95", "successes", "finished", "mean_duration_s", "wall_s", "failure_reasons")
+    keys = ("success_rate", "ci95", "successes", "finished", "mean_duration_s", "wall_s", "failure_reasons",
+            "seed_stream", "placement_error_median_m", "placement_error_p90_m")
     return {k: summary.get(k) for k in keys}
 
 
@@ -197,7 +205,7 @@ def _run_cells(args: argparse.Namespace, out: Path, raw_options: dict[str, list[
             run_dir = out / task / policy
             cmd = [sys.executable, "-m", "geo4d_policy.cli.rollout", "--task", task, "--policy", policy,
                    "--episodes", str(args.episodes), "--workers", str(_workers(args, policy)), "--seed", str(args.seed),
-                   "--out", str(run_dir), "--device", args.device]
+                   "--seed-stream", args.seed_stream, "--out", str(run_dir), "--device", args.device]
             if run_dir.exists():
                 cmd += ["--resume", "--resume-anyway"] if args.resume_anyway else ["--resume"]
             if policy in args.policy_config:
@@ -260,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="parallel episodes for one policy's cells (default --workers)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed-stream", default="eval", metavar="{eval,dev}",
+                   help="seed stream of every cell: eval (reported figures) or dev (tracing, tuning)")
     p.add_argument("--episode-timeout", type=float, default=None)
     p.add_argument("--policy-option", action="append", default=[], metavar="POLICY.KEY=VALUE")
     p.add_argument("--policy-config", action="append", default=[], metavar="POLICY=FILE",
@@ -271,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true",
                    help="run nothing: rewrite table2.md/json from the cells already under --out")
     args = p.parse_args(argv)
+    if args.seed_stream not in TABLE_SEED_STREAMS:
+        raise SystemExit(f"table2: unknown seed stream {args.seed_stream!r}; valid seed streams: "
+                         + ", ".join(TABLE_SEED_STREAMS))
     args.policy_workers = _policy_workers(args.policy_workers)
     args.policy_config = _policy_configs(args.policy_config)
     raw = _split_options(args.policy_option)
@@ -296,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         for policy in args.policies:
             run_dir = out / task / policy
             config = RolloutConfig(task=task, policy=policy, episodes=args.episodes, seed=args.seed,
+                                   seed_stream=args.seed_stream,
                                    workers=_workers(args, policy), out_dir=str(run_dir), resume=run_dir.exists(),
                                    device=args.device, policy_options=options.get(policy, {}),
                                    policy_config=args.policy_config.get(policy),

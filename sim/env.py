@@ -181,6 +181,8 @@ class Env:
         if self._done and not evaluation.success:
             reason = f"{evaluation.reason} at t_max ({self.t_max:.0f} s)"
         extras = {f"ik_error_{arm}": self.station.controller_status(arm)[1] for arm in ARM_NAMES}
+        if self._done:  # the episode's record keeps the last step's extras
+            extras["placement_error_m"] = self.task.placement_error(self.station, self.layout)
         info = StepInfo(time=self.time, success=evaluation.success, done=self._done, failure_reason=reason,
                         extras=extras)
         return self._observe(), self._done, info

@@ -1,10 +1,12 @@
 """``geo4d-collect``: record expert demonstrations as a multi-view RGB-D dataset.
 
-    geo4d-collect --task T --episodes N --out DIR [--workers W] [--resolution HxW] [--seed S] [--resume]
+    geo4d-collect --task T --episodes N --out DIR [--workers W] [--resolution HxW] [--seed S]
+                  [--seed-stream {data,dev}] [--resume]
 
-``DIR/provenance.json`` records the code version, the task, resolution and data seeds, the device
-and package versions (``geo4d_policy.provenance``); ``--resume`` refuses a dataset collected with
-other code or settings unless ``--resume-anyway``.
+``DIR/provenance.json`` records the code version, the task, resolution, base seed and seed
+stream, the device and package versions (``geo4d_policy.provenance``); ``--resume`` refuses a
+dataset collected with other code or settings unless ``--resume-anyway``, and one of another
+seed stream always.
 
 Exit status 0 when the dataset holds N episodes, 1 when attempts ran out first, 2 on bad input.
 """
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--resolution", type=_resolution, default=(128, 160), help="camera images HxW (default 128x160)")
     p.add_argument("--seed", type=int, default=0, help="base of the data-seed stream (disjoint from eval seeds)")
+    p.add_argument("--seed-stream", default="data", metavar="{data,dev}",
+                   help="seed stream: data (training, default) or dev (development checks, e.g. "
+                        "geo4d-eval-tracking)")
     p.add_argument("--max-attempts", type=int, default=None, help="give up after this many attempts (default 2N+10)")
     p.add_argument("--resume", action="store_true", help="add to an existing dataset of the same task")
     p.add_argument("--resume-anyway", action="store_true",
@@ -57,19 +62,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pathlib import Path
 
     from geo4d_policy import provenance
-    from geo4d_policy.data.collect import CollectConfig, collect
+    from geo4d_policy.data.collect import CollectConfig, check_dataset_seed_stream, collect
     from geo4d_policy.data.format import DatasetError
     from geo4d_policy.interface import UnknownNameError, canonical_task_name
 
     try:
         task = canonical_task_name(args.task)
         config = CollectConfig(task=task, episodes=args.episodes, out_dir=args.out, seed=args.seed,
+                               seed_stream=args.seed_stream,
                                workers=args.workers, resolution=args.resolution, max_attempts=args.max_attempts,
                                resume=args.resume)
+        if args.resume and (Path(args.out) / "meta.json").exists():
+            check_dataset_seed_stream(args.out, args.seed_stream)  # before its provenance gains a session
         # What the episodes are (how many and how fast they are collected is this session's business).
         provenance.start_provenance(
             args.out, command="geo4d-collect", config={"task": task, "resolution": list(args.resolution)},
-            seeds={"base_seed": args.seed, "seed_stream": "data"}, has_run=(Path(args.out) / "meta.json").exists(),
+            seeds={"base_seed": args.seed, "seed_stream": args.seed_stream},
+            has_run=(Path(args.out) / "meta.json").exists(),
             resume=args.resume, anyway=args.resume_anyway, what="dataset",
             session_info={"episodes": args.episodes, "workers": args.workers, "max_attempts": args.max_attempts})
         summary = collect(config)

@@ -1,19 +1,21 @@
 """``geo4d-eval-tracking``: gripper tracking accuracy on ground-truth video of held-out views.
 
     geo4d-eval-tracking --data DIR [DIR ...] --out OUT [--clips N] [--degrade none,noise,dropout,misreg]
-                        [--segmenter CKPT] [--labels masks,masks_all,segmenter,segmenter_all]
+                        [--segmenter auto|none|CKPT] [--labels masks,masks_all,segmenter,segmenter_all]
                         [--n-future 10] [--no-hint] [--seed S]
                         [--tracker-engine auto|numpy|torch] [--tracker-device auto|cpu|cuda]
 
 For each dataset (task) and arm: the tracker runs on recorded future frames of two held-out
 cameras, the two views are fused and compared with the robot's measured gripper poses
-(``geo4d_policy.eval.tracking_eval`` explains the protocol). Part labels: ``masks`` (recorded
-masks on the first frame, then unsegmented frames) by default; with ``--segmenter`` also
-``segmenter`` (its labels on the first frame) and ``segmenter_all`` (on every frame);
-``--labels`` picks any of them (``masks_all``: recorded masks on every frame). Writes
-``OUT/metrics.json``, ``OUT/config.yaml`` (every setting, the tracker's included) and
-``OUT/provenance.json`` (code version, settings, segmenter and dataset hashes, seed, device,
-packages) and prints a table.
+(``geo4d_policy.eval.tracking_eval`` explains the protocol). Part labels: by default the
+policy's setting, the segmenter's labels on every frame (``segmenter_all``, with the shipped
+segmenter unless ``--segmenter`` names another, or ``none``), or the recorded masks on every
+frame (``masks_all``) when there is no segmenter. ``--labels`` picks any of ``masks`` /
+``segmenter`` (labels on the first frame only, then unsegmented frames), ``masks_all``,
+``segmenter_all``. Writes ``OUT/metrics.json``, ``OUT/config.yaml`` (every setting, the
+tracker's included) and ``OUT/provenance.json`` (code version, settings, segmenter and dataset
+hashes, the datasets' seed streams, device, packages) and prints a table, including how often a
+frame more than 3 cm off was still trusted (``conf. wrong``).
 
 Exit status 0 on success, 2 on bad input (missing directory, a dataset without two held-out
 cameras, an unknown degradation, an unreadable segmenter checkpoint).
@@ -53,6 +55,26 @@ def _choices(valid: tuple[str, ...], what: str):
     return parse
 
 
+def _segmenter_path(option: str) -> str | None:
+    """``auto`` -> the shipped segmenter if present (else None), ``none`` -> None, else the path
+    (checked when a label source needs it)."""
+    if option in ("none", "off"):
+        return None
+    if option == "auto":
+        from geo4d_policy.policies.video_policy import DEFAULT_SEGMENTER
+
+        return str(DEFAULT_SEGMENTER) if DEFAULT_SEGMENTER.exists() else None
+    return option
+
+
+def _seed_streams(data_dirs: Sequence[str]) -> str:
+    """The seed streams of the datasets' episodes (``data``, ``dev``; ``+``-joined when mixed)."""
+    from geo4d_policy.data.format import completed_seeds
+    from geo4d_policy.interface import seed_stream_of
+
+    return "+".join(sorted({seed_stream_of(seed) for d in data_dirs for seed in completed_seeds(d)})) or "none"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geo4d-eval-tracking", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=10, help="clips per dataset (default 10)")
     p.add_argument("--degrade", type=_choices(DEGRADATIONS, "degradation(s)"), default=("none",),
                    help="comma-separated degradations: none,noise,dropout,misreg (default none)")
-    p.add_argument("--segmenter", default=None,
-                   help="segmenter checkpoint: also evaluate with its labels (first frame / every frame)")
+    p.add_argument("--segmenter", default="auto",
+                   help="segmenter checkpoint for the segmenter label sources: auto (the shipped one, if "
+                        "present), none, or a directory (default auto)")
     p.add_argument("--labels", type=_choices(LABEL_SOURCES, "label source(s)"), default=None,
-                   help="comma-separated label sources (default: masks, plus segmenter,segmenter_all "
-                        "with --segmenter)")
+                   help="comma-separated label sources (default: the policy's setting, segmenter_all, or "
+                        "masks_all without a segmenter)")
     p.add_argument("--n-future", type=int, default=10, help="future frames per clip (default 10)")
     p.add_argument("--no-hint", action="store_true", help="register without the robot's measured pose")
     p.add_argument("--tracker-engine", choices=("auto", "numpy", "torch"), default="auto",
@@ -84,7 +107,7 @@ def _table(results: dict, config: TrackingEvalConfig) -> Table:
     table = Table(title=f"geo4d-eval-tracking (held-out views, {config.n_future} future frames, "
                         f"{'with' if config.use_hint else 'no'} pose hint; ms per frame and arm, both views)")
     columns = ("task", "labels", "degradation", "arm-clips", "trans mm med", "p90", "rot deg med",
-               "open/close acc", "GT closed", "lost", "ms/frame")
+               "open/close acc", "GT closed", "lost", "conf. wrong", "ms/frame")
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i < 3 else "right")
 
@@ -100,7 +123,8 @@ def _table(results: dict, config: TrackingEvalConfig) -> Table:
                                   ("trans_mm_median", ".1f"), ("trans_mm_p90", ".1f"),
                                   ("rot_deg_median", ".2f"), ("open_close_accuracy", ".3f"),
                                   ("gt_closed_fraction", ".2f"),
-                                  ("lost_rate", ".3f"), ("ms_per_frame", ".0f"))))
+                                  ("lost_rate", ".3f"), ("confidently_wrong_rate", ".3f"),
+                                  ("ms_per_frame", ".0f"))))
     return table
 
 
@@ -122,10 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     console = Console(stderr=True)
     try:
+        segmenter = _segmenter_path(args.segmenter)
         config = TrackingEvalConfig(
             clips=args.clips, n_future=args.n_future, degradations=args.degrade,
-            labels=args.labels or (("masks", "segmenter", "segmenter_all") if args.segmenter else ("masks",)),
-            segmenter=args.segmenter,
+            labels=args.labels or (("segmenter_all",) if segmenter else ("masks_all",)),
+            segmenter=segmenter,
             use_hint=not args.no_hint, seed=args.seed,
             tracker=ICPTrackerConfig(engine=args.tracker_engine, device=args.tracker_device))
         _, tracker_device = engine_choice(config.tracker)  # an unknown name or a missing GPU: exit 2 now
@@ -133,15 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_dataset(d)
         record = provenance.new_provenance(
             command="geo4d-eval-tracking", device=tracker_device,
-            config={**to_dict(config), "segmenter": provenance.path_digest(args.segmenter) if args.segmenter else None,
+            config={**to_dict(config), "segmenter": provenance.path_digest(segmenter) if segmenter else None,
                     "data": provenance.data_identity(args.data)},
-            seeds={"seed": args.seed, "seed_stream": "data (held-out cameras)"},
-            session_info={"segmenter_path": args.segmenter, "data_dirs": list(args.data)})
+            seeds={"seed": args.seed, "seed_stream": f"{_seed_streams(args.data)} (held-out cameras)"},
+            session_info={"segmenter_path": segmenter, "data_dirs": list(args.data)})
         if config.needs_segmenter:
             # Fail before the long run, not after the first clip.
             from geo4d_policy.perception.segmenter import GripperSegmenter
 
-            GripperSegmenter.from_pretrained(args.segmenter)
+            GripperSegmenter.from_pretrained(config.segmenter)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             job = bar.add_task("tracking", total=args.clips * len(args.data))

@@ -102,10 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="geo4d", help="policy name (default: geo4d); e.g. expert, geo4d, oracle, "
                    "dreamitate, diffusion_policy")
     p.add_argument("--seed", type=_non_negative_int, default=0,
-                   help="base seed; episode i uses the evaluation seed stream of (seed, i) (default: 0)")
+                   help="base seed; episode i uses seed (seed, i) of --seed-stream (default: 0)")
+    p.add_argument("--seed-stream", default=None, metavar="{eval,dev,data}",
+                   help="seed stream of the episodes: eval (reported figures, default), dev (tracing, tuning, "
+                        "bisecting; disjoint from the data and evaluation streams) or data (the sanity control "
+                        "of --data-seeds)")
     p.add_argument("--data-seeds", action="store_true",
                    help="sanity control: run on the data-collection seeds data_seed(seed, i), the layouts and "
-                        "cameras of the demonstrations, instead of the evaluation seeds (never a reported figure)")
+                        "cameras of the demonstrations, instead of the evaluation seeds (never a reported figure); "
+                        "the same as --seed-stream data")
     p.add_argument("--views", default="heldout", metavar="{heldout,train,fixed-train}",
                    help="the policy's two evaluation cameras: heldout (novel views, default), train (the "
                         "episode's first two training cameras) or fixed-train (the training pair of data seed 0 "
@@ -189,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"--meshcat needs --workers 1 (got --workers {args.workers})")
     if args.resume_anyway and not args.resume:
         return _error("--resume-anyway needs --resume")
+    if args.data_seeds and args.seed_stream not in (None, "data"):
+        return _error(f"--data-seeds is --seed-stream data; it contradicts --seed-stream {args.seed_stream}")
     if args.show_policy_config:
         return _show_policy_config(task, args.policy, args.policy_config, options)
 
@@ -211,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray_address=args.ray,
         ray_gpus_per_episode=args.ray_gpus_per_episode,
         views=args.views,
-        seed_stream="data" if args.data_seeds else "eval",
+        seed_stream="data" if args.data_seeds else args.seed_stream or "eval",
     )
     from geo4d_policy.eval.ray_backend import RayUnavailableError
 

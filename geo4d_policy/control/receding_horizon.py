@@ -10,6 +10,13 @@ arm is commanded now). Each segment takes at least ``frame_dt`` (the video's own
 longer when the video asks for more than the speed limits allow, so a fast (or wrong)
 prediction is slowed down rather than clipped by the controller.
 
+Paths between keyframes keep the shape of pick-and-place motions sampled at 2 Hz. A segment
+that both moves horizontally and descends, entered while moving horizontally (a slide or carry,
+then a set-down), moves horizontally first and then descends; one that rises and moves, entered
+while rising (a lift, then a carry), rises first. A straight line would cut those corners: the
+2 Hz frames rarely sample the instant the motion turns, and the cut corner lowers an object
+before it arrives (or drags a lifted one). Other segments are straight.
+
 Gripper changes follow pick-and-place practice rather than the frames' nominal times, because
 the executed arm lags the video (speed limits, the controller's tracking) and a gripper that
 changes state early misses its object:
@@ -17,12 +24,10 @@ changes state early misses its object:
   there and waits ``grasp_settle_steps`` before moving on (grasp on arrival);
 - opening after a descent of more than ``release_descent``: the arm lowers the object to frame
   k+1's pose, then opens there and waits (place, then release);
-- opening before a rise of more than ``release_descent``: the arm opens where it is, waits
-  ``release_wait_steps`` for the fingers to leave the object, then rises (a hand that opened
-  while lifting carried a loosely held apple back up and dropped it off its place);
-- any other opening (a sideways move): the width ramps from ``held_width`` to open in step
-  with the motion, so a finger beside the released object stays where it is while the hand
-  moves off (a hand that kept its grip while shifting drags the object along).
+- any other opening: the arm opens where it is, waits ``release_wait_steps`` for the fingers to
+  leave the object, then moves on. The hand never moves while its fingers open: fingers still
+  closing on an object drag it along (a hand that opened while lifting carried a loosely held
+  apple back up; one that opened while shifting sideways dragged a placed box).
 """
 
 from __future__ import annotations
@@ -58,10 +63,7 @@ class RecedingHorizonConfig:
         min_confidence: tracked frames below this confidence are not trusted: a run of at most
             ``max_gap_frames`` of them between trusted frames is bridged by interpolation, a
             longer one (or one at the end) ends the arm's keyframes at its last trusted pose.
-        max_gap_frames: see ``min_confidence``. Off (0) by default: on the cereal oracle
-            (seed 0) bridging let the hand release inside the shelf where it had held, but
-            with 2 the bridged path also pushed the box 14 cm deeper and with 1 the hand still
-            left closed; neither was a success, so the measured behaviour stays the default.
+        max_gap_frames: see ``min_confidence``. Off (0) by default (docs/decisions.md).
         hold_steps: length (10 Hz steps) of the hold chunk returned when nothing can be
             executed (e.g. the track is lost in the first predicted frame).
         idle_translation: an arm whose keyframes all stay within this distance (m) ...
@@ -70,11 +72,15 @@ class RecedingHorizonConfig:
         grasp_settle_steps: 10 Hz steps the arm waits at a pose where its gripper closes (or
             opens after lowering) before the next segment.
         release_descent: an opening whose segment lowers the gripper by more than this (m)
-            happens on arrival, one whose segment rises by more than this happens before
-            leaving; otherwise the width ramps open along the segment.
-        release_wait_steps: 10 Hz steps an arm waits after opening before it rises.
-        held_width: width (m) of the fingers on the held object, where a ramp opening starts
-            (None: ``closed_width``; the policies set the task's object width).
+            happens on arrival; any other opening happens before leaving.
+        release_wait_steps: 10 Hz steps an arm waits after opening before it moves on.
+        keep_corners: keep pick-and-place corners between keyframes (module docstring);
+            False: straight segments (the ablation).
+        corner_leg: a segment keeps a corner only when both its
+            horizontal and its vertical part are longer than this (m) ...
+        corner_dominance: ... and the motion entering it is at least this many times more
+            horizontal than vertical (descending segments) or more vertical than horizontal
+            (rising ones).
     """
 
     frame_dt: float = 0.5
@@ -91,15 +97,18 @@ class RecedingHorizonConfig:
     grasp_settle_steps: int = 0
     release_descent: float = 0.01
     release_wait_steps: int = 3
-    held_width: float | None = None
+    keep_corners: bool = True
+    corner_leg: float = 0.005
+    corner_dominance: float = 2.0
 
     def __post_init__(self) -> None:
         if self.frame_dt <= 0 or self.execute_frames < 1 or self.hold_steps < 1:
             raise ValueError("frame_dt must be > 0, execute_frames and hold_steps >= 1")
         if min(self.grasp_settle_steps, self.release_wait_steps, self.max_gap_frames) < 0 or self.release_descent < 0:
             raise ValueError("grasp_settle_steps, release_wait_steps, release_descent and max_gap_frames must be >= 0")
-        if self.held_width is not None and not 0.0 <= self.held_width <= self.open_width:
-            raise ValueError(f"need 0 <= held_width <= open_width, got {self.held_width}")
+        if self.corner_leg <= 0 or self.corner_dominance < 1:
+            raise ValueError(f"need corner_leg > 0 and corner_dominance >= 1, got {self.corner_leg}, "
+                             f"{self.corner_dominance}")
         if self.linear_speed <= 0 or self.angular_speed <= 0:
             raise ValueError("speed limits must be positive")
         if not 0.0 <= self.closed_width <= self.open_width:
@@ -155,6 +164,7 @@ def keyframes_to_chunk(
     keyframes: Mapping[str, ArmKeyframes],
     *,
     config: RecedingHorizonConfig,
+    incoming: Mapping[str, np.ndarray] | None = None,
 ) -> ActionChunk:
     """Interpolate every arm's keyframes to 10 Hz within the speed limits; one chunk for all arms.
 
@@ -162,6 +172,8 @@ def keyframes_to_chunk(
         start: arm -> (4x4 pose commanded now, gripper closed now); every arm of the chunk.
         keyframes: arm -> its keyframes (missing arms and arms with no keyframes hold).
         config: timing, limits and widths.
+        incoming: arm -> (3,) the last displacement commanded before ``start`` (the direction
+            the arm enters the first segment with; see :func:`corner_path`); none: unknown.
 
     Returns:
         An :class:`ActionChunk` whose arms all have the same length (arms that finish early
@@ -183,13 +195,19 @@ def keyframes_to_chunk(
         kf = keyframes.get(arm)
         poses, widths = [], []
         X_prev, closed_prev = X0, bool(closed0)
+        entering = None if incoming is None or arm not in incoming else np.asarray(incoming[arm], dtype=np.float64)
         if kf is not None:
             for X_next, closed_next in zip(kf.X_TG, kf.closed):
+                corner = corner_path(X_prev, X_next, entering, config=config)
+                length = sum(float(np.linalg.norm(b[:3, 3] - a[:3, 3])) for a, b in zip(corner[:-1], corner[1:]))
                 n = max(per_frame, segment_steps(X_prev, X_next, linear_speed=config.linear_speed,
-                                                 angular_speed=config.angular_speed))
-                seg_poses, seg_widths = _segment(X_prev, X_next, n, closed_prev, bool(closed_next), config)
+                                                 angular_speed=config.angular_speed),
+                        int(np.ceil(length / config.linear_speed * CONTROL_HZ - 1e-9)))
+                seg_poses, seg_widths = _segment(corner, n, closed_prev, bool(closed_next), config)
                 poses.append(seg_poses)
                 widths.append(seg_widths)
+                if np.linalg.norm(X_next[:3, 3] - X_prev[:3, 3]) > 1e-9:
+                    entering = corner[-1][:3, 3] - corner[-2][:3, 3]
                 X_prev, closed_prev = X_next, bool(closed_next)
         if poses:
             plans[arm] = (np.concatenate(poses), np.concatenate(widths))
@@ -204,25 +222,62 @@ def keyframes_to_chunk(
     return ActionChunk(X_TG, widths)
 
 
-def _segment(X_a: np.ndarray, X_b: np.ndarray, n: int, closed_a: bool, closed_b: bool,
+def corner_path(X_a: np.ndarray, X_b: np.ndarray, entering: np.ndarray | None, *,
+                config: RecedingHorizonConfig) -> list[np.ndarray]:
+    """The waypoints of one segment: ``[X_a, X_b]``, or ``[X_a, X_corner, X_b]`` when the segment
+    keeps a pick-and-place corner (module docstring): horizontal first for a descent entered
+    horizontally, vertical first for a rise entered vertically. The corner pose takes the
+    rotation at its share of the path length.
+
+    Args:
+        X_a, X_b: the segment's end poses.
+        entering: (3,) displacement of the motion before ``X_a`` (None: unknown, straight).
+        config: ``corner_leg`` and ``corner_dominance``.
+    """
+    d = X_b[:3, 3] - X_a[:3, 3]
+    h, v = float(np.linalg.norm(d[:2])), float(d[2])
+    if not config.keep_corners or entering is None or h <= config.corner_leg or abs(v) <= config.corner_leg:
+        return [X_a, X_b]
+    e = np.asarray(entering, dtype=np.float64)
+    e_h, e_v = float(np.linalg.norm(e[:2])), float(e[2])
+    if v < 0 and e_h >= config.corner_dominance * abs(e_v) and e_h > 0:
+        p = X_a[:3, 3] + [d[0], d[1], 0.0]  # arrive, then descend
+        share = h / (h - v)
+    elif v > 0 and e_v >= config.corner_dominance * e_h and e_v > 0:
+        p = X_a[:3, 3] + [0.0, 0.0, d[2]]  # rise, then move
+        share = v / (h + v)
+    else:
+        return [X_a, X_b]
+    X_c = resample_poses(np.array([0.0, 1.0]), np.stack([X_a, X_b]), np.array([share]))[0]
+    X_c[:3, 3] = p
+    return [X_a, X_c, X_b]
+
+
+def _along(path: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """``n`` poses at constant speed along a polyline of poses, from just after its start to its end."""
+    if len(path) == 2:
+        return interpolate_poses(path[0], path[1], n, smooth=False)
+    p = np.stack([X[:3, 3] for X in path])
+    cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
+    return resample_poses(cum, np.stack(path), cum[-1] * np.arange(1, n + 1) / n)
+
+
+def _segment(path: Sequence[np.ndarray], n: int, closed_a: bool, closed_b: bool,
              config: RecedingHorizonConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Poses and widths of one keyframe segment (``n`` moving steps, plus a settle wait)."""
-    poses = interpolate_poses(X_a, X_b, n, smooth=False)
+    """Poses and widths of one keyframe segment along ``path`` (``n`` moving steps, plus waits)."""
+    X_a, X_b = path[0], path[-1]
+    poses = _along(path, n)
     w_a, w_b = config.command_width(closed_a), config.command_width(closed_b)
     lowers = X_a[2, 3] - X_b[2, 3] > config.release_descent
-    rises = X_b[2, 3] - X_a[2, 3] > config.release_descent
     if closed_a == closed_b:
         return poses, np.full(n, w_a)
     if closed_b or lowers:  # grasp on arrival / place, then release: change at X_b and wait
         settle = np.repeat(X_b[None], config.grasp_settle_steps, axis=0)
         return (np.concatenate([poses, settle]),
                 np.concatenate([np.full(n - 1, w_a), np.full(1 + config.grasp_settle_steps, w_b)]))
-    if rises:  # release, then leave: open at X_a and wait before rising
-        wait = np.repeat(X_a[None], 1 + config.release_wait_steps, axis=0)
-        return np.concatenate([wait, poses]), np.full(len(wait) + n, w_b)
-    start = config.closed_width if config.held_width is None else config.held_width
-    s = np.arange(1, n + 1) / n
-    return poses, start + s * (w_b - start)
+    # release, then leave: open at X_a and wait before moving
+    wait = np.repeat(X_a[None], 1 + config.release_wait_steps, axis=0)
+    return np.concatenate([wait, poses]), np.full(len(wait) + n, w_b)
 
 
 def hold_chunk(start: Mapping[str, tuple[np.ndarray, bool]], *, config: RecedingHorizonConfig,

@@ -85,3 +85,15 @@ def max_speeds(poses: np.ndarray, *, rate_hz: float = CONTROL_HZ) -> tuple[float
     lin = np.linalg.norm(np.diff(poses[:, :3, 3], axis=0), axis=1).max() * rate_hz
     ang = max(rotation_angle(poses[i, :3, :3], poses[i + 1, :3, :3]) for i in range(len(poses) - 1)) * rate_hz
     return float(lin), float(ang)
+
+
+def distance_to_polyline(points: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Distance of each of ``points`` (N, 3) to the polyline through ``vertices`` (M, 3), M >= 2:
+    how far an executed or commanded path strays from the path it should follow."""
+    points, vertices = np.asarray(points, dtype=float), np.asarray(vertices, dtype=float)
+    out = np.full(len(points), np.inf)
+    for a, b in zip(vertices[:-1], vertices[1:]):
+        ab = b - a
+        t = np.clip(((points - a) @ ab) / max(float(ab @ ab), 1e-12), 0.0, 1.0)
+        out = np.minimum(out, np.linalg.norm(points - (a + t[:, None] * ab), axis=1))
+    return out

@@ -1,12 +1,12 @@
 """Demonstration collection: run the scripted expert and record multi-view RGB-D datasets.
 
 Every attempt runs the task's expert on one data seed (``interface.data_seed``, disjoint from
-evaluation seeds) in a worker process, streams the robot at 10 Hz and all 16 cameras at 2 Hz
-(RGB, depth, gripper part masks by body name) into an episode file, and keeps it only if the
-episode succeeded; failed attempts are discarded, logged with their reason in
-``DIR/collect_log.jsonl`` and reported. Collection stops when ``episodes`` successes are in
-the dataset (or after ``max_attempts``), and resumes where it stopped: listed episodes and
-logged failures are never re-run, half-written files of a crash are pruned first.
+evaluation seeds; ``seed_stream="dev"``: a development seed) in a worker process, streams the
+robot at 10 Hz and all 16 cameras at 2 Hz (RGB, depth, gripper part masks by body name) into an
+episode file, and keeps it only if the episode succeeded; failed attempts are discarded, logged
+with their reason in ``DIR/collect_log.jsonl`` and reported. Collection stops when ``episodes``
+successes are in the dataset (or after ``max_attempts``), and resumes where it stopped: listed
+episodes and logged failures are never re-run, half-written files of a crash are pruned first.
 
 The simulator is imported only inside the worker processes.
 """
@@ -35,9 +35,14 @@ from geo4d_policy.data.format import (
     load_meta,
     prune_unlisted,
 )
-from geo4d_policy.interface import canonical_task_name, data_seed
+from geo4d_policy.interface import canonical_task_name, seed_stream_of, stream_seed
 
 LOG_FILE = "collect_log.jsonl"
+
+
+COLLECT_SEED_STREAMS: tuple[str, ...] = ("data", "dev")
+"""Seed streams a dataset may be collected on: ``data`` (training) or ``dev`` (checks such as
+``geo4d-eval-tracking`` on layouts no model was trained on); never the evaluation stream."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,7 @@ class CollectConfig:
     episodes: int
     out_dir: str
     seed: int = 0
+    seed_stream: str = "data"
     workers: int = 1
     resolution: tuple[int, int] = (128, 160)
     max_attempts: int | None = None
@@ -60,6 +66,9 @@ class CollectConfig:
             raise ValueError(f"--workers must be positive, got {self.workers}")
         if min(self.resolution) <= 0:
             raise ValueError(f"bad resolution {self.resolution}")
+        if self.seed_stream not in COLLECT_SEED_STREAMS:
+            raise ValueError(f"unknown seed stream {self.seed_stream!r} for collection; valid seed streams: "
+                             + ", ".join(COLLECT_SEED_STREAMS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +147,19 @@ def _write_log(root: Path, entries: list[dict[str, Any]]) -> None:
     atomic_write_text(root / LOG_FILE, "".join(json.dumps(e) + "\n" for e in entries))
 
 
+def check_dataset_seed_stream(root: str | Path, seed_stream: str) -> None:
+    """Refuse to add ``seed_stream`` episodes to a dataset holding another stream's (a dataset
+    is one stream's: training data never mixes with development layouts).
+
+    Raises:
+        ValueError: the message names the dataset's stream.
+    """
+    other = sorted({seed_stream_of(s) for s in completed_seeds(Path(root))} - {seed_stream})
+    if other:
+        raise ValueError(f"{root} holds episodes of the {other[0]} seed stream; resume it with --seed-stream "
+                         f"{other[0]}, or choose another --out")
+
+
 def collect(config: CollectConfig, *, show: bool = True) -> dict[str, Any]:
     """Collect ``config.episodes`` successful demonstrations into ``config.out_dir``.
 
@@ -148,6 +170,7 @@ def collect(config: CollectConfig, *, show: bool = True) -> dict[str, Any]:
         geo4d_policy.data.format.DatasetMismatchError: the directory holds another task's (or
             another resolution's) dataset, or is a non-empty non-dataset directory.
         FileExistsError: the directory already holds a dataset and ``resume`` is not set.
+        ValueError: the dataset holds episodes of another seed stream.
     """
     from tqdm import tqdm
 
@@ -165,7 +188,8 @@ def collect(config: CollectConfig, *, show: bool = True) -> dict[str, Any]:
     tried = {e["seed"] for e in log} | done
     have = len(done)
     max_attempts = config.max_attempts or 2 * config.episodes + 10
-    candidates = [data_seed(config.seed, i) for i in range(max_attempts)]
+    check_dataset_seed_stream(root, config.seed_stream)
+    candidates = [stream_seed(config.seed_stream, config.seed, i) for i in range(max_attempts)]
     todo = [s for s in candidates if s not in tried]
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")

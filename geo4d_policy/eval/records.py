@@ -123,6 +123,10 @@ class Summary:
         mean_duration_s: mean wall time of one episode (``None`` when nothing finished).
         failure_reasons: failure reason -> count.
         out_dir: the run directory.
+        seed_stream: the seed stream of the episodes (``"eval"``, ``"dev"`` or ``"data"``).
+        placement_error_median_m, placement_error_p90_m: median and 90th percentile of the
+            records' ``placement_error_m`` (the placed object's distance to its target at the end
+            of the episode, as the task defines it); ``None`` when no record carries one.
     """
 
     task: str
@@ -136,6 +140,9 @@ class Summary:
     mean_duration_s: float | None
     failure_reasons: dict[str, int]
     out_dir: str = ""
+    seed_stream: str = "eval"
+    placement_error_median_m: float | None = None
+    placement_error_p90_m: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -148,13 +155,24 @@ class Summary:
         return jsonable(d)
 
 
+def placement_error_stats(records: Sequence[Mapping[str, Any]]) -> tuple[float | None, float | None]:
+    """Median and 90th percentile (linear interpolation) of the records' ``placement_error_m``;
+    ``(None, None)`` when none carries a finite value."""
+    errors = [float(r["placement_error_m"]) for r in records
+              if isinstance(r.get("placement_error_m"), (int, float)) and math.isfinite(r["placement_error_m"])]
+    if not errors:
+        return None, None
+    return float(np.median(errors)), float(np.percentile(errors, 90))
+
+
 def summarize(records: Sequence[Mapping[str, Any]], *, task: str, policy: str, episodes: int,
-              wall_s: float, out_dir: str | Path = "") -> Summary:
+              wall_s: float, out_dir: str | Path = "", seed_stream: str = "eval") -> Summary:
     """Summarise finished episode records."""
     n = len(records)
     k = sum(1 for r in records if r["success"])
     durations = [r["duration_s"] for r in records if isinstance(r.get("duration_s"), (int, float))]
     reasons = Counter(str(r["failure_reason"]) for r in records if not r["success"])
+    median, p90 = placement_error_stats(records)
     return Summary(
         task=task,
         policy=policy,
@@ -167,6 +185,9 @@ def summarize(records: Sequence[Mapping[str, Any]], *, task: str, policy: str, e
         mean_duration_s=statistics.fmean(durations) if durations else None,
         failure_reasons=dict(reasons.most_common()),
         out_dir=str(out_dir),
+        seed_stream=seed_stream,
+        placement_error_median_m=median,
+        placement_error_p90_m=p90,
     )
 
 
@@ -191,6 +212,7 @@ def pool_summaries(summaries: Sequence[Summary], *, task: str = "overall") -> Su
         wall_s=sum(s.wall_s for s in summaries),
         mean_duration_s=sum(m * w for m, w in weighted) / total if total else None,
         failure_reasons=dict(reasons.most_common()),
+        seed_stream="+".join(sorted({s.seed_stream for s in summaries})) or "eval",
     )
 
 

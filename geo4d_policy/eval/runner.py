@@ -23,10 +23,15 @@ Run directory layout (``RolloutConfig.out_dir``)::
 
 ``episodes.jsonl``, ``summary.json`` and ``results.json`` are rewritten atomically after every
 finished episode, so a run killed at any moment resumes (``resume=True``) with exactly the
-unfinished episodes. Episode ``i`` always has seed ``interface.eval_seed(seed, i)``: results are
-reproducible and independent of the number of workers and of interruptions. A resume is refused
-when the code version or the resolved configuration differs from the run's (the message names
-what differs) unless ``resume_anyway``, which the new session's provenance then records.
+unfinished episodes. Episode ``i`` always has seed ``interface.stream_seed(seed_stream, seed,
+i)`` (the evaluation stream unless asked otherwise): results are reproducible and independent of
+the number of workers and of interruptions. A run directory keeps the seed stream it was started
+with. A resume is refused when the code version or the resolved configuration differs from the
+run's (the message names what differs) unless ``resume_anyway``, which the new session's
+provenance then records.
+
+Development runs (``seed_stream="dev"``, never reported as Table-2 cells) draw their episodes
+from the development stream, the one for tracing, tuning and bisecting.
 
 Sanity controls (never reported as Table-2 cells): ``seed_stream="data"`` runs the episodes on
 the data-collection seeds ``interface.data_seed(seed, i)`` (the layouts and cameras of the
@@ -66,7 +71,14 @@ from geo4d_policy.eval.records import (
 )
 from geo4d_policy.eval.lbm_results import RESULTS_FILE, write_lbm_results
 from geo4d_policy.eval.worker import EpisodeSpec, episode_process_main
-from geo4d_policy.interface import EVAL_VIEWS, UnknownNameError, canonical_task_name, data_seed, eval_seed
+from geo4d_policy.interface import (
+    EVAL_VIEWS,
+    UnknownNameError,
+    canonical_task_name,
+    check_seed_stream,
+    seed_stream_of,
+    stream_seed,
+)
 from geo4d_policy.policies.policy_config import (
     PolicyOptionError,
     ResolvedPolicyConfig,
@@ -77,10 +89,11 @@ from geo4d_policy.policies.registry import check_policy_available, resolve_polic
 
 DEFAULT_ENV_FACTORY = "sim.env:make_env"
 MAX_EPISODES = 100_000
-"""``eval_seed`` gives each base seed 100 000 indices; more would overlap the next base seed."""
-SEED_STREAMS = ("eval", "data")
-"""Seed streams a rollout may draw its episodes from (``RolloutConfig.seed_stream``): ``eval``
-(reported figures) and ``data`` (a sanity control on the demonstrations' own seeds)."""
+"""``stream_seed`` gives each base seed 100 000 indices; more would overlap the next base seed.
+
+A rollout may draw its episodes from any of :data:`~geo4d_policy.interface.SEED_STREAMS`
+(``RolloutConfig.seed_stream``): ``eval`` (reported figures), ``dev`` (tracing, tuning) and
+``data`` (a sanity control on the demonstrations' own seeds)."""
 POLICY_CONFIG_FILE = "policy_config.yaml"
 IDENTITY_KEYS = ("task", "policy", "seed", "seed_stream", "views")
 """What makes two runs the same run: records of another identity never mix, even with resume_anyway."""
@@ -98,8 +111,7 @@ class RolloutConfig:
         task: task name (CamelCase or snake_case; stored CamelCase once resolved).
         policy: registered policy name.
         episodes: number of episodes (indices ``0..episodes-1``).
-        seed: base seed; episode ``i`` uses ``interface.eval_seed(seed, i)`` (``data_seed`` on
-            the ``data`` stream).
+        seed: base seed; episode ``i`` uses ``interface.stream_seed(seed_stream, seed, i)``.
         workers: episodes run in parallel (each in its own process).
         out_dir: run directory; ``None`` means ``runs/rollout/<task>/<policy>/seed<seed>``.
         resume: continue the run in ``out_dir``, running only unfinished episodes.
@@ -112,9 +124,9 @@ class RolloutConfig:
             part of the run's identity (not saved, not compared on resume): e.g.
             ``server=ADDRESS`` of a generator server that several runs share, whose address
             changes every session.
-        seed_stream: the seed stream of the episodes (:data:`SEED_STREAMS`: ``eval``, or
-            ``data``, a control on the demonstrations' own layouts and cameras); part of the
-            run's identity.
+        seed_stream: the seed stream of the episodes (``eval``: reported figures; ``dev``:
+            tracing, tuning, bisecting; ``data``: a control on the demonstrations' own layouts and
+            cameras); part of the run's identity.
         resume_anyway: with ``resume``, continue a run whose code version or resolved
             configuration differs from this session's (recorded in its provenance).
         device: torch device of learned policies (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
@@ -152,16 +164,17 @@ class RolloutConfig:
 
 
 def default_out_dir(task: str, policy: str, seed: int, *, views: str = "heldout", seed_stream: str = "eval") -> Path:
-    """``runs/rollout/<task>/<policy>/seed<seed>`` (relative to the working directory); the
-    controls append ``_data-seeds`` (the ``data`` stream) and ``_views-<views>``."""
-    stream = "" if seed_stream == "eval" else "_data-seeds" if seed_stream == "data" else f"_{seed_stream}-seeds"
+    """``runs/rollout/<task>/<policy>/seed<seed>`` (relative to the working directory); other
+    streams append ``_<stream>-seeds`` (``_dev-seeds``, ``_data-seeds``), the view controls
+    ``_views-<views>``."""
+    stream = "" if seed_stream == "eval" else f"_{seed_stream}-seeds"
     name = f"seed{seed}" + stream + ("" if views == "heldout" else f"_views-{views}")
     return Path("runs") / "rollout" / task / policy / name
 
 
 def episode_seed(config: RolloutConfig, index: int) -> int:
-    """The seed of episode ``index`` in the run's seed stream (evaluation, or data)."""
-    return data_seed(config.seed, index) if config.seed_stream == "data" else eval_seed(config.seed, index)
+    """The seed of episode ``index`` in the run's seed stream."""
+    return stream_seed(config.seed_stream, config.seed, index)
 
 
 def resolve_config(config: RolloutConfig) -> RolloutConfig:
@@ -175,13 +188,12 @@ def resolve_config(config: RolloutConfig) -> RolloutConfig:
     resolve_policy_target(config.policy)
     if config.views not in EVAL_VIEWS:
         raise UnknownNameError(f"unknown evaluation views {config.views!r}; valid: {', '.join(EVAL_VIEWS)}")
+    check_seed_stream(config.seed_stream)
     problems = []
     if not 0 < config.episodes <= MAX_EPISODES:
         problems.append(f"episodes must be in 1..{MAX_EPISODES}, got {config.episodes}")
     if config.seed < 0:
         problems.append(f"seed must be non-negative, got {config.seed}")
-    if config.seed_stream not in SEED_STREAMS:
-        problems.append(f"unknown seed stream {config.seed_stream!r}; valid: {', '.join(SEED_STREAMS)}")
     if config.resume_anyway and not config.resume:
         problems.append("resume_anyway needs resume")
     if config.workers <= 0:
@@ -255,6 +267,11 @@ def _load_previous(config: RolloutConfig, out: Path) -> dict[int, dict[str, Any]
     for rec in records:
         idx = rec["episode_index"]
         if rec["seed"] != episode_seed(config, idx) or rec["task"] != config.task or rec["policy"] != config.policy:
+            stream = _stream_of(rec["seed"])
+            if stream != config.seed_stream:
+                raise RolloutConfigError(
+                    f"cannot resume the run in {out}: its episodes ran on the {stream} seed stream, not on "
+                    f"the requested {config.seed_stream} stream; choose another --out directory")
             raise RolloutConfigError(f"cannot resume: record {idx} in {out / EPISODES_FILE} belongs to another run")
         done[idx] = rec
     beyond = sorted(i for i in done if i >= config.episodes)
@@ -264,6 +281,13 @@ def _load_previous(config: RolloutConfig, out: Path) -> dict[int, dict[str, Any]
             f"{beyond[-1]}; ask for at least {beyond[-1] + 1} episodes"
         )
     return done
+
+
+def _stream_of(seed: Any) -> str:
+    try:
+        return seed_stream_of(int(seed))
+    except (TypeError, ValueError):
+        return "unknown"
 
 
 def _checkpoint_digests(module: Any, resolved: ResolvedPolicyConfig, task: str) -> dict[str, Path]:
@@ -403,7 +427,7 @@ def run_rollouts(
     def current_summary() -> Summary:
         return summarize(list(done.values()), task=config.task, policy=config.policy,
                          episodes=config.episodes, wall_s=previous_wall + time.perf_counter() - t0,
-                         out_dir=out)
+                         out_dir=out, seed_stream=config.seed_stream)
 
     def save() -> Summary:
         write_records(out / EPISODES_FILE, done.values())

@@ -39,9 +39,16 @@ the default "closed below half the stroke" never fires for the apple, which the 
 
 Metrics are over the future frames (t+1 ... t+F; frame t is the registration): translation
 error median / p90 (mm), rotation error median / p90 (deg), lost rate (fused status
-``"lost"``: both views lost the gripper), open/close accuracy (also split by whether the
+``"lost"``: both views lost the gripper, or the frames contradict the fused pose,
+:func:`~geo4d_policy.perception.fusion.fail_safe`), open/close accuracy (also split by whether the
 fingers were seen well in the finger view), and tracking time per frame (both views and fusion,
-wall clock). Lost frames keep the held pose and count in the errors.
+wall clock). Lost frames keep the held pose and count in the errors. Failing safe:
+``far_off_rate`` is the share of frames more than :data:`FAR_OFF_MM` off, and
+``confidently_wrong_rate`` the share that is that far off yet reported with a confidence the
+policy trusts (:data:`TRUSTED_CONFIDENCE`, not lost): those frames would be executed.
+
+The default label source is the policy's setting: labels on every frame, from the segmenter
+(``segmenter_all``) or, without one, from the recorded masks (``masks_all``).
 
 Degradations of the recorded frames (each evaluated separately, seeded per clip):
   * ``noise``: Gaussian depth noise (``depth_noise_m``) on valid pixels of both views;
@@ -62,6 +69,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from geo4d_policy.control.receding_horizon import RecedingHorizonConfig
 from geo4d_policy.data.format import DatasetError, EpisodeReader, load_meta
 from geo4d_policy.data.geometry import (
     depth_to_pointmap,
@@ -69,7 +77,7 @@ from geo4d_policy.data.geometry import (
     relative_camera_transform,
     transform_points,
 )
-from geo4d_policy.perception.fusion import fuse_views
+from geo4d_policy.perception.fusion import FailSafeConfig, fail_safe, fuse_views
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.metrics import pose_errors
@@ -80,6 +88,13 @@ from geo4d_policy.perception.pose_tracker import TrackingFrame, part_label_image
 from geo4d_policy.perception.video_tracking import fingers_seen, fused_finger_distance
 
 DEGRADATIONS: tuple[str, ...] = ("none", "noise", "dropout", "misreg")
+
+FAR_OFF_MM = 30.0
+"""A tracked frame further than this from the truth must not be trusted (the tracking must fail
+safe: low confidence or lost)."""
+
+TRUSTED_CONFIDENCE = RecedingHorizonConfig().min_confidence
+"""The confidence from which the policy executes a tracked frame."""
 LABEL_SOURCES: tuple[str, ...] = ("masks", "masks_all", "segmenter", "segmenter_all")
 """Where part labels come from: the recorded masks or the segmenter on the recorded RGB, on frame t
 only (then unsegmented frames, as on a predicted video with a first-frame mask) or on every
@@ -110,6 +125,9 @@ class TrackingEvalConfig:
             stroke by the views' free space around the fingers
             (:func:`~geo4d_policy.perception.video_tracking.free_space_opening`); tasks without
             an object width never do.
+        fail_safe: when frames whose fused pose the views contradict are lost, as the policy
+            loses them (:func:`~geo4d_policy.perception.fusion.fail_safe`); ``enabled: false``
+            measures the tracker without that check.
         seed: clip, camera-pair and degradation draws.
         tracker: options of the ICP trackers (both views); ``tracker.engine`` / ``tracker.device``
             choose the numpy (CPU) or torch (GPU) numerics, whose results must agree.
@@ -122,12 +140,13 @@ class TrackingEvalConfig:
     dropout: float = 0.2
     misreg_m: float = 0.01
     misreg_deg: float = 1.0
-    labels: tuple[str, ...] = ("masks",)
+    labels: tuple[str, ...] = ("masks_all",)
     segmenter: str | None = None
     use_hint: bool = True
     min_part_pixels: int = 20
     object_width: dict[str, float] = dataclasses.field(default_factory=held_object_widths)
     free_space: bool = True
+    fail_safe: FailSafeConfig = dataclasses.field(default_factory=FailSafeConfig)
     seed: int = 0
     tracker: ICPTrackerConfig = dataclasses.field(default_factory=ICPTrackerConfig)
 
@@ -319,11 +338,12 @@ class ArmClipResult:
     seconds: float
     n_frames_tracked: int
     fingers_seen: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
 
 def decision_width(estimator: GripperStateEstimator) -> float:
     """Opening (m) at the mid-point of the estimator's two thresholds: the ground-truth cut."""
-    return estimator.model.width_from_centroid_distance(0.5 * (estimator.close_below + estimator.open_above))
+    return estimator.decision_width
 
 
 def track_arm_clip(
@@ -338,6 +358,7 @@ def track_arm_clip(
     use_hint: bool,
     candidate_widths: Sequence[float] | None = None,
     tracker_config: ICPTrackerConfig | None = None,
+    fail_safe_config: FailSafeConfig | None = None,
 ) -> ArmClipResult:
     """Track ``arm`` through both views of a clip, fuse, and score the future frames.
 
@@ -355,6 +376,9 @@ def track_arm_clip(
             None leaves it out.
         tracker_config: options of the ICP trackers (default: the defaults; ``engine`` and
             ``device`` choose the numpy or the torch path).
+        fail_safe_config: when frames whose fused pose the views contradict are lost
+            (:func:`~geo4d_policy.perception.fusion.fail_safe`, as the policy does; default
+            :class:`~geo4d_policy.perception.fusion.FailSafeConfig`).
     """
     X_TCn = data.X_TC[0]
     T = pointmaps.shape[1]
@@ -365,17 +389,23 @@ def track_arm_clip(
              first_pose_hint=X_CnG0 if use_hint else None, tracker=ICPGripperTracker(model, config=tracker_config))
         for v in range(2)])
     fused = fuse_views(results[0], results[1], X_TCn=X_TCn)
+    # Each view with its own pixels' projection (view m's pixels hold X^{m->n}), for the
+    # consistency check and free space; the recorded calibration, as the generator's X^{m->n}
+    # implies it (misreg leaves it exact).
+    X_CnCv = (None, relative_camera_transform(data.X_TC[0], data.X_TC[1]))
+    if fail_safe_config is None or fail_safe_config.enabled:
+        fused = fail_safe(fused, [[TrackingFrame(pointmaps[u, k], valid[u, k], part_labels=labels[u][k], K=data.K[u],
+                                                 X_CnCv=X_CnCv[u]) for u in range(2)] for k in range(T)],
+                          model=model, config=fail_safe_config)
     seconds = time.perf_counter() - t0
     est = np.stack([f.X_TG for f in fused[1:]])
     trans, rot = pose_errors(est, data.X_TG[arm][1:])
     lost = np.array([f.status == "lost" for f in fused[1:]])
+    confidence = np.array([f.confidence for f in fused[1:]])
 
     cut = decision_width(estimator)
     # Like the pose, the state starts from the robot's measurement when hinting (as a policy does).
     estimator.reset(initial_state=("closed" if data.width[arm][0] < cut else "open") if use_hint else None)
-    # Each view with its own pixels' projection (view m's pixels hold X^{m->n}), for free space;
-    # the recorded calibration, as the generator's X^{m->n} implies it (misreg leaves it exact).
-    X_CnCv = (None, relative_camera_transform(data.X_TC[0], data.X_TC[1]))
     states = []
     for k, f in enumerate(fused):
         v = f.finger_view  # the view that saw the fingers best, as in track_video
@@ -388,7 +418,7 @@ def track_arm_clip(
     gt_closed = np.asarray(data.width[arm][1:]) < cut
     correct = np.array(states[1:]) == gt_closed
     seen = np.array([fingers_seen(f) for f in fused[1:]])
-    return ArmClipResult(trans, rot, lost, correct, gt_closed, seconds, T, seen)
+    return ArmClipResult(trans, rot, lost, correct, gt_closed, seconds, T, seen, confidence)
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,7 +453,18 @@ def summarize(parts: Sequence[ArmClipResult]) -> dict[str, Any]:
         "gt_closed_fraction": float(np.concatenate([p.gt_closed for p in parts]).mean()),
         "ms_per_frame": float(1e3 * sum(p.seconds for p in parts) / sum(p.n_frames_tracked for p in parts)),
         **_finger_visibility(parts),
+        **_fail_safe(parts),
     }
+
+
+def _fail_safe(parts: Sequence[ArmClipResult]) -> dict[str, float]:
+    """``far_off_rate`` and ``confidently_wrong_rate`` (module docstring)."""
+    if any(p.confidence is None for p in parts):
+        return {}
+    far = np.concatenate([p.trans_mm for p in parts]) > FAR_OFF_MM
+    trusted = ~np.concatenate([p.lost for p in parts]) & (np.concatenate([p.confidence for p in parts])
+                                                          >= TRUSTED_CONFIDENCE)
+    return {"far_off_rate": float(far.mean()), "confidently_wrong_rate": float((far & trusted).mean())}
 
 
 def _finger_visibility(parts: Sequence[ArmClipResult]) -> dict[str, float]:
@@ -521,7 +562,8 @@ def evaluate_tracking(
                         continue
                     r = track_arm_clip(arm, data, pm, valid, label_sets[source][arm], model=model,
                                        estimator=estimator, use_hint=config.use_hint,
-                                       candidate_widths=candidates, tracker_config=config.tracker)
+                                       candidate_widths=candidates, tracker_config=config.tracker,
+                                       fail_safe_config=config.fail_safe)
                     parts.setdefault((clip.task, source, degradation, arm), []).append(r)
                     record["results"][f"{source}/{degradation}/{arm}"] = {
                         "trans_mm_median": float(np.median(r.trans_mm)), "lost": int(r.lost.sum()),

@@ -13,10 +13,8 @@ saw the fingers best (:func:`choose_finger_view`), which is often not the view w
 confident pose. The fingers are a few pixels each at 128x160 and often hidden behind the palm or the held
 object, so one view may fit the palm best (high pose confidence) with no finger point, its fitted
 opening then only the tracker's prior (half the stroke: "closed" for every task's threshold),
-while the other view sees both fingers. Reading the pose view's opening caused most of
-PlaceAppleFromBowlIntoBin's open/close errors (14 of 20 wrong frames on 10 clips with
-ground-truth masks). A view competes for the opening only while its pose agrees with the pose
-view's: one that lost the gripper finds "finger" points around its wrong pose.
+while the other view sees both fingers (docs/decisions.md). Frames whose pose the views
+contradict are lost (:func:`fail_safe`).
 
 For the RGB-only Dreamitate baseline it owns :func:`fuse_rays` and :func:`fuse_rgb_views`:
 ray-midpoint translation and chordal-mean rotation of two calibrated views' per-view estimates.
@@ -36,19 +34,9 @@ from typing import Literal
 import numpy as np
 
 from geo4d_policy.data.geometry import checked_transform, invert_transform, nearest_rotation
-from geo4d_policy.perception.metrics import pose_errors
-from geo4d_policy.perception.pose_tracker import TrackResult
-
-FINGER_VIEW_MAX_OFFSET_MM = 10.0
-FINGER_VIEW_MAX_ANGLE_DEG = 10.0
-"""A view lends its finger opening to the fused pose only if its own pose is this close to it.
-
-A view that lost the gripper can still report many "finger inliers": they are scene points
-near its wrong pose (traced on PutSpatulaOnTable: a view 27-113 mm and 32-113 deg off, at
-confidence 0.3-0.5, had more finger points than the pose view and read 62-73 mm while the hand
-held the spatula at 18 mm, so the oracle dropped it). Views that agree do so within 1-2 mm and
-1 deg on recorded and oracle frames.
-"""
+from geo4d_policy.perception.gripper_model import GripperModel
+from geo4d_policy.perception.pose_tracker import TrackingFrame, TrackResult
+from geo4d_policy.perception.projection import see_through_fraction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +55,8 @@ class FusedPose:
             ``width`` was observed).
         finger_source: the view ``width`` and ``finger_points`` come from (see
             :func:`choose_finger_view`); None means ``source`` (fusions that pick one view for both).
+        fitness: the pose view's tracker fitness (share of its considered points the model explains).
+        views_apart_mm: distance (mm) between the two views' poses when both tracked the frame.
     """
 
     X_TG: np.ndarray
@@ -77,6 +67,13 @@ class FusedPose:
     width: float | None = None
     finger_points: tuple[int, int] = (0, 0)
     finger_source: Literal["n", "m", "none"] | None = None
+    fitness: float = 0.0
+    views_apart_mm: float | None = None
+
+    @property
+    def view_index(self) -> int:
+        """Index of the pose's view (0 = n, 1 = m) into a two-view stack (``"none"`` -> 0)."""
+        return 1 if self.source == "m" else 0
 
     @property
     def finger_view(self) -> int:
@@ -97,9 +94,9 @@ def choose_finger_view(candidates: Sequence[tuple[TrackResult, str]],
     Ranked by the finger inliers on the less seen finger, then on both fingers: with both fingers
     seen the opening is fitted from both sides, and on recorded apple clips the fitted width's
     error falls from a median 9 mm with a finger unseen to 0.3 mm with five points on each.
-    Ties (e.g. no finger seen in either view) keep the pose's view, ``pose_source``. Only views
-    whose pose agrees with the pose view's (:data:`FINGER_VIEW_MAX_OFFSET_MM`,
-    :data:`FINGER_VIEW_MAX_ANGLE_DEG`) compete: the finger points of a wrong pose are not fingers.
+    Ties (e.g. no finger seen in either view) keep the pose's view, ``pose_source``. (A gate
+    that let a view compete only while its pose agreed with the pose view's was dropped: it
+    changed no reading on development seeds; docs/decisions.md.)
 
     Args:
         candidates: the frame's usable ``(result, view name)`` pairs (tracked, finite pose).
@@ -110,12 +107,8 @@ def choose_finger_view(candidates: Sequence[tuple[TrackResult, str]],
     """
     by_view = {name: r for r, name in candidates}
     best = (by_view[pose_source], pose_source)
-    X_pose = np.asarray(best[0].X_CG, dtype=np.float64)
     for r, name in candidates:
-        if name == pose_source or _finger_evidence(r) <= _finger_evidence(best[0]):
-            continue
-        offset_mm, angle_deg = (float(e[0]) for e in pose_errors(np.asarray(r.X_CG, dtype=np.float64), X_pose))
-        if offset_mm <= FINGER_VIEW_MAX_OFFSET_MM and angle_deg <= FINGER_VIEW_MAX_ANGLE_DEG:
+        if name != pose_source and _finger_evidence(r) > _finger_evidence(best[0]):
             best = (r, name)
     return best
 
@@ -153,8 +146,11 @@ def fuse_views(
             # The opening from the view that saw the fingers best, not necessarily the pose's
             # (see the module docstring).
             fr, fsrc = choose_finger_view(ok, src)
+            apart = None
+            if len(ok) == 2:
+                apart = float(np.linalg.norm(np.asarray(ok[0][0].X_CG)[:3, 3] - np.asarray(ok[1][0].X_CG)[:3, 3])) * 1e3
             out.append(FusedPose(X_TCn @ X_CnG, X_CnG.copy(), float(best.confidence), src, "ok", fr.width,
-                                 tuple(fr.finger_points), fsrc))
+                                 tuple(fr.finger_points), fsrc, float(best.fitness), apart))
             continue
         if out:
             X_CnG = out[-1].X_CnG
@@ -165,6 +161,91 @@ def fuse_views(
             X_CnG = np.asarray(held[0].X_CG, dtype=np.float64) if held else np.eye(4)
             width = held[0].width if held else None
         out.append(FusedPose(X_TCn @ X_CnG, X_CnG.copy(), 0.0, "none", "lost", width))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FailSafeConfig:
+    """When :func:`fail_safe` loses a tracked frame (the values were read off development-seed
+    data; docs/decisions.md).
+
+    Attributes:
+        enabled: apply the check; False reports the tracks as tracked (the ablation).
+        see_through_limit: a fused pose whose gripper surface is seen through
+            (:func:`~geo4d_policy.perception.projection.see_through_fraction`) by more than this
+            share in every view with a known projection is lost.
+        unsegmented_min_fitness: a pose tracked in an unsegmented frame must explain at least
+            this share of the points inside the gripper's box at that pose.
+        views_apart_mm: where both views tracked a frame but their poses lie more than this
+            (mm) apart, one of them is wrong ...
+        disagreed_min_fitness: ... and the fused pose is kept only if its model explains at
+            least this share of its view's points.
+    """
+
+    enabled: bool = True
+    see_through_limit: float = 0.3
+    unsegmented_min_fitness: float = 0.7
+    views_apart_mm: float = 30.0
+    disagreed_min_fitness: float = 0.9
+
+    def __post_init__(self) -> None:
+        shares = (self.see_through_limit, self.unsegmented_min_fitness, self.disagreed_min_fitness)
+        if not all(0.0 <= v <= 1.0 for v in shares) or not self.views_apart_mm > 0:
+            raise ValueError("fail-safe shares (see_through_limit, unsegmented_min_fitness, disagreed_min_fitness) "
+                             f"must be in [0, 1] and views_apart_mm > 0, got {shares} and {self.views_apart_mm}")
+
+
+def fail_safe(fused: Sequence[FusedPose], views: Sequence[Sequence[TrackingFrame]], *,
+              model: GripperModel, config: FailSafeConfig | None = None) -> list[FusedPose]:
+    """Mark as lost the fused frames whose pose the frames themselves contradict.
+
+    A tracker fitting the gripper model to whatever lies near its prediction (unsegmented
+    frames, or a segmentation that failed) can report a confident pose centimetres off the
+    gripper. Three checks of the pose against its frames catch that, and a frame failing any
+    becomes ``"lost"`` (confidence 0, the previous fused pose held), as :func:`fuse_views`
+    marks a frame both views lost (thresholds: :class:`FailSafeConfig`):
+
+    * seen through: at a pose off the gripper the cameras see through much of the model's
+      surface (a gripper there would hide the scene they see), which a pose on the gripper
+      does not: more than ``see_through_limit`` in each view with a known projection;
+    * unexplained points: in an unsegmented frame the tracker's fitness is the share of the
+      points inside the gripper's box at its pose that the model explains; a pose on the
+      gripper explains nearly all of them, one on the scene beside it leaves many: a pose view
+      frame without labels and a fitness below ``unsegmented_min_fitness``;
+    * disagreeing views: both views tracked the frame, more than ``views_apart_mm`` apart, and
+      the chosen pose's fitness is below ``disagreed_min_fitness`` (the segmentation of one
+      view can take the held object for the gripper, and its fit then looks fair).
+
+    Args:
+        fused: one arm's fused track.
+        views: per frame, the views' :class:`TrackingFrame` as they were tracked (view n first;
+            their labels or mask tell a segmented frame), with, for a view whose pixels are not
+            camera n's, its ``K`` and ``X_CnCv`` (without them the projection is fitted to the
+            pointmap, which only holds for view n).
+        model: the gripper model.
+        config: the thresholds (default :class:`FailSafeConfig`); ``enabled=False`` returns
+            the track unchanged.
+    """
+    if len(views) != len(fused):
+        raise ValueError(f"{len(fused)} fused frames but {len(views)} frames of views")
+    cfg = config or FailSafeConfig()
+    if not cfg.enabled:
+        return list(fused)
+    out: list[FusedPose] = []
+    for f, frame_views in zip(fused, views):
+        if f.status == "ok":
+            width = model.stroke / 2 if f.width is None else float(f.width)
+            shares = [s for s in (see_through_fraction(v, f.X_CnG, width, model=model) for v in frame_views)
+                      if s is not None]
+            pose_view = frame_views[min(f.view_index, len(frame_views) - 1)]
+            unexplained = not pose_view.segmented and f.fitness < cfg.unsegmented_min_fitness
+            disagreed = (f.views_apart_mm is not None and f.views_apart_mm > cfg.views_apart_mm
+                         and f.fitness < cfg.disagreed_min_fitness)
+            if unexplained or disagreed or (shares and min(shares) > cfg.see_through_limit):
+                held = out[-1] if out else f
+                f = dataclasses.replace(f, X_TG=held.X_TG.copy(), X_CnG=held.X_CnG.copy(), confidence=0.0,
+                                        source="none", status="lost")
+        out.append(f)
     return out
 
 

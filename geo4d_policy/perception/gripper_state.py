@@ -185,6 +185,12 @@ class GripperStateEstimator:
         return cls(model, close_below=model.finger_centroid_distance(w_close),
                    open_above=model.finger_centroid_distance(w_open))
 
+    @property
+    def decision_width(self) -> float:
+        """Opening (m) at the mid-point of the two thresholds: where "closed" and "open" split
+        when a measured width is scored against this estimator (ground truth of evaluations)."""
+        return self.model.width_from_centroid_distance(0.5 * (self.close_below + self.open_above))
+
     def reset(self, *, initial_state: State | None = None) -> None:
         """Forget the state; start from ``initial_state`` if given (e.g. the robot's measured
         width now), else from the constructor's."""

@@ -7,6 +7,9 @@ This module owns:
   * :func:`finger_see_through`, negative evidence on a finger opening: finger surface a camera
     would see but sees through (used where the fingers show no points), for several candidate
     openings at once.
+  * :func:`see_through_fraction`, the same test on the whole gripper: the share of its
+    camera-facing surface at a tracked pose that a frame sees through (a consistency check of
+    the pose against the frame, used by :func:`~geo4d_policy.perception.fusion.fail_safe`).
 """
 
 from __future__ import annotations
@@ -98,6 +101,11 @@ class PixelProjection:
         out[idx[obs_ok & (d_obs < d_pt - margin)]] = False
         return out
 
+    def in_view(self, pts: np.ndarray) -> int:
+        """How many of ``pts`` project inside the image (in front of the camera)."""
+        _, idx, _, _, _ = self._lookup(pts)
+        return len(idx)
+
     def seen_through(self, pts: np.ndarray, *, margin: float) -> np.ndarray:
         """Mask of ``pts`` inside the image whose pixel shows free space at them: the observed
         point lies more than ``margin`` beyond them, or the pixel has no point. A surface there
@@ -150,3 +158,29 @@ def finger_see_through(frame: TrackingFrame, X_CG: np.ndarray, width: float | Se
         facing = np.einsum("ij,ij->i", nrm, pts - occ.center) < 0
         counts[i] = int(occ.seen_through(pts[facing], margin=margin).sum())
     return counts if np.ndim(width) else int(counts[0])
+
+
+def see_through_fraction(frame: TrackingFrame, X_CG: np.ndarray, width: float, *, model: GripperModel,
+                         margin: float = 0.01, samples: int = 400, seed: int = 0) -> float | None:
+    """Share of the gripper's camera-facing surface at ``X_CG`` (opening ``width``) that
+    ``frame``'s camera sees through: a consistency check of a tracked pose against the frame.
+
+    Model samples whose pixel shows a surface more than ``margin`` beyond them, or nothing, speak
+    against the pose (a gripper there would hide what the camera saw); the share is taken over
+    the camera-facing samples inside the image (those hidden behind nearer observed surface
+    count as consistent). A pose on the gripper leaves a few per cent (edges, pixel footprint);
+    one drifted off it onto the scene leaves a large share. Same projection as
+    :func:`finger_see_through`.
+
+    Returns:
+        The share in [0, 1], or None when the frame's projection is unknown or no sample is in view.
+    """
+    occ = PixelProjection.of_frame(frame, seed=seed)
+    if not occ.ok:
+        return None
+    parts = model.sample_points(width=width, counts=samples, seed=seed)
+    pts = np.concatenate([p.points for p in parts.values()]) @ X_CG[:3, :3].T + X_CG[:3, 3]
+    nrm = np.concatenate([p.normals for p in parts.values()]) @ X_CG[:3, :3].T
+    pts = pts[np.einsum("ij,ij->i", nrm, pts - occ.center) < 0]
+    in_view = occ.in_view(pts)
+    return float(occ.seen_through(pts, margin=margin).sum() / in_view) if in_view else None

@@ -13,7 +13,8 @@ and the receding-horizon controller:
   pointmaps, keep the more confident view per frame (:func:`fusion.fuse_views`) and measure the
   finger opening per frame in the view that saw the fingers best (the tracker's fitted opening
   where it saw them well, else the finger-cluster centroid distance where the fingers are
-  segmented, else the fitted opening), mapped to a centroid distance.
+  segmented, else the fitted opening), mapped to a centroid distance. Frames whose fused pose
+  the views contradict are lost (:func:`fusion.fail_safe`).
 
 Both views' tracks start from the same registered frame: ``X^{m->n}`` lives in camera n's frame,
 so the current view n is the right first frame for both, and no calibration of m is needed.
@@ -27,7 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from geo4d_policy.data.geometry import invert_transform
-from geo4d_policy.perception.fusion import FusedPose, fuse_views
+from geo4d_policy.perception.fusion import FailSafeConfig, FusedPose, fail_safe, fuse_views
 from geo4d_policy.perception.gripper_model import PART_LEFT, PART_RIGHT, GripperModel
 from geo4d_policy.perception.gripper_state import measure_finger_opening
 from geo4d_policy.perception.icp_core import ICPTrackerConfig
@@ -304,6 +305,7 @@ def track_video(
     single_view: bool = False,
     candidate_widths: Sequence[float] | None = None,
     view_cameras: Sequence[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
+    fail_safe_config: FailSafeConfig | None = None,
 ) -> dict[str, ArmTrack]:
     """Track every arm of ``X_TG_now`` through ``video`` (see the module docstring).
 
@@ -322,8 +324,11 @@ def track_video(
             stroke); where the fingers were not seen well, the free space around them chooses
             among these (:func:`fused_finger_distance`). None leaves that out.
         view_cameras: per view, ``(K, X_CnCv)`` of the camera that owns its pixels, for the
-            free-space choice (None entries: the projection is fitted to the pointmap, which
-            holds for view n only, so view m then gives no evidence).
+            free-space choice and the consistency check (None entries: the projection is fitted
+            to the pointmap, which holds for view n only, so view m then gives no evidence).
+        fail_safe_config: when frames whose fused pose the views contradict are lost
+            (:func:`fusion.fail_safe`; default :class:`~geo4d_policy.perception.fusion.FailSafeConfig`,
+            ``enabled=False`` for none).
 
     Returns:
         arm -> :class:`ArmTrack`.
@@ -372,6 +377,7 @@ def track_video(
                 # robot reports where it is: track the predicted frames from there.
                 pair[v].start_from(hints[arm], width=width)
     per_view: dict[tuple[str, int], list[TrackResult]] = {(arm, v): [] for arm in X_TG_now for v in views}
+    tracked: dict[tuple[str, int], list[TrackingFrame]] = {key: [] for key in per_view}
     for t in range(F):
         jobs, keys = [], []
         for arm in X_TG_now:
@@ -383,6 +389,7 @@ def track_video(
                                       None if labels is None else labels[v, t])
                 jobs.append((pairs[arm][v], frame))
                 keys.append((arm, v))
+                tracked[(arm, v)].append(frame)
         for key, result in zip(keys, track_all(jobs)):
             per_view[key].append(result)
     out: dict[str, ArmTrack] = {}
@@ -390,6 +397,12 @@ def track_video(
         res_n = per_view[(arm, 0)]
         res_m = None if single_view else per_view[(arm, 1)]
         fused = fuse_views(res_n, res_m, X_TCn=X_TCn)
+        if fail_safe_config is None or fail_safe_config.enabled:
+            # Each frame as it was tracked, with the projection of its own pixels.
+            cams = list(view_cameras) if view_cameras is not None else [(None, None)] * 2
+            fused = fail_safe(fused, [[dataclasses.replace(tracked[(arm, v)][t], K=cams[v][0], X_CnCv=cams[v][1])
+                                       for v in views] for t in range(len(fused))], model=model,
+                              config=fail_safe_config)
         dist = np.array([_finger_distance(video, arm, f, t, model, candidate_widths=candidate_widths,
                                           view_cameras=view_cameras) for t, f in enumerate(fused)])
         out[arm] = ArmTrack(fused, registration[(arm, 0)], dist, (res_n, res_m or []))

@@ -30,6 +30,7 @@ import numpy as np
 from geo4d_policy.data.geometry import depth_to_pointmap, pointmap_to_view
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, Action, CameraFrame, Observation, canonical_task_name
+from geo4d_policy.perception.metrics import pose_errors
 from geo4d_policy.perception.pose_tracker import part_label_image
 from geo4d_policy.perception.video_tracking import PredictedVideo
 from geo4d_policy.policies.video_policy import OPTION_ALIASES, for_task  # noqa: F401 - policy-config hooks
@@ -167,13 +168,83 @@ class OraclePolicy(VideoPolicy):
     def reset(self, *, seed: int) -> None:
         super().reset(seed=seed)
         self.lookahead.reset(seed=seed)
+        self._replans: list[dict[str, Any]] = []
+        self._aim: dict[str, np.ndarray] = {}
 
     def predict_video(self, obs: Observation) -> PredictedVideo:
         return video_from_frames(self.lookahead.rollout(obs), future_labels=self.future_labels)
 
+    def act(self, obs: Observation):
+        self._close_replan(obs)
+        chunk = super().act(obs)
+        self._open_replan(obs)
+        return chunk
+
     def observe(self, obs: Observation) -> None:
         """Every executed 10 Hz observation (the episode loop calls this): the shadow expert."""
         self.lookahead.observe(obs)
+
+    # ---- per-replan diagnostics -------------------------------------------------------------
+    def _open_replan(self, obs: Observation) -> None:
+        """Record how well this replan's tracks match the look-ahead's true gripper poses, and
+        remember where the executed chunk aims (the look-ahead pose of its last keyframe)."""
+        entry: dict[str, Any] = {"t": round(float(obs.time), 2)}
+        tracks, keyframes = self.last_replan.get("tracks", {}), self.last_replan.get("keyframes", {})
+        self._aim = {}
+        for arm, track in tracks.items():
+            true = self.lookahead.frame_poses.get(arm)
+            if true is None:
+                continue
+            n = min(len(track.X_TG), len(true))
+            ok = np.asarray(track.confidence[:n]) >= self.config.control.min_confidence
+            arm_entry: dict[str, Any] = {"frames": int(n), "lost": int((~ok).sum())}
+            if ok.any():
+                trans, rot = pose_errors(np.asarray(track.X_TG[:n])[ok], true[:n][ok])
+                arm_entry.update(tracked_vs_true_mm=round(float(np.max(trans)), 1),
+                                 tracked_vs_true_deg=round(float(np.max(rot)), 2))
+            inputs = self.last_replan.get("state_inputs", {}).get(arm)
+            if inputs is not None:  # what the gripper decision was made from, and the truth
+                widths = self.lookahead.frame_widths.get(arm, np.zeros(0))[:n]
+                arm_entry["state"] = {**inputs.to_dict(),
+                                      "true_closed": "".join("1" if w < self._estimator_template.decision_width
+                                                             else "0" for w in widths)}
+            X_start = self.last_replan.get("starts", {}).get(arm)
+            if X_start is not None:  # an arm held as idle although the look-ahead moved it?
+                m = min(n, self.config.control.execute_frames)
+                arm_entry["true_motion_mm"] = round(float(np.linalg.norm(true[:m, :3, 3] - X_start[:3, 3],
+                                                                         axis=1).max()) * 1e3, 1)
+                arm_entry["idle_hold"] = arm in self.last_replan.get("idle_holds", set())
+            k = len(keyframes[arm].X_TG) if arm in keyframes else 0
+            if 0 < k <= len(true):
+                self._aim[arm] = true[k - 1].copy()
+                arm_entry["executed_frames"] = k
+            entry[arm] = arm_entry
+        self._replans.append(entry)
+
+    def _close_replan(self, obs: Observation) -> None:
+        """Record how far each arm ended its last chunk from the look-ahead pose it aimed at."""
+        if not self._replans or not self._aim:
+            return
+        for arm, X_aim in self._aim.items():
+            trans, rot = pose_errors(np.asarray(obs.arms[arm].X_TG), X_aim)
+            self._replans[-1][arm].update(lookahead_vs_executed_mm=round(float(trans[0]), 1),
+                                          lookahead_vs_executed_deg=round(float(rot[0]), 2))
+        self._aim = {}
+
+    def diagnostics(self) -> dict[str, Any]:
+        """The video policy's diagnostics plus, per replan (``oracle_replans``), each arm's largest
+        tracked-vs-true gripper pose error over its trusted tracked frames and the error of the
+        pose it reached against the look-ahead pose its chunk aimed at (not for the last chunk,
+        which the episode's end cuts short); their medians and 90th percentiles over the
+        episode (the record adds the placement error at the end)."""
+        out = super().diagnostics()
+        out["oracle_replans"] = self._replans
+        for key in ("tracked_vs_true_mm", "lookahead_vs_executed_mm"):
+            values = [a[key] for r in self._replans for a in r.values() if isinstance(a, dict) and key in a]
+            if values:
+                out[f"{key}_median"] = float(np.median(values))
+                out[f"{key}_p90"] = float(np.percentile(values, 90))
+        return out
 
 
 LABELS = ("segmenter", "ground_truth", "none")

@@ -45,7 +45,7 @@ from geo4d_policy.control.receding_horizon import (
 from geo4d_policy.data.geometry import depth_to_pointmap
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
-from geo4d_policy.perception.fusion import estimate_relative_pose
+from geo4d_policy.perception.fusion import FailSafeConfig, estimate_relative_pose
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.icp_core import ICPTrackerConfig
@@ -163,11 +163,11 @@ def close_at_rest(closed: np.ndarray, positions: np.ndarray, *, start: bool, sta
     """Move each closing to the first frame from it where the predicted hand is at rest.
 
     A hand closes where it stops over its object. Finger readings of a hand still descending
-    into a bowl can read "closed" a frame early (the fingers hidden by the object, its points
-    taken for fingers), and the grasp-on-arrival rule then closes the real hand centimetres
-    above the object (traced: apple, eval seed 1, closed 6 cm high and caught the apple's
-    top). A frame is at rest when the step into it or out of it is at most ``still_distance``;
-    a closed run with no frame at rest stays open (the next replan sees the stop).
+    onto it can read "closed" a frame early (the fingers hidden by the object, its points taken
+    for fingers), and the grasp-on-arrival rule would then close the real hand above the object.
+    A frame is at rest when the step into it or out of it is at most ``still_distance``; a
+    closed run with no frame at rest stays open (the next replan sees the stop). The traces
+    behind this rule are in docs/decisions.md.
 
     Args:
         closed: (F,) gripper states per predicted frame.
@@ -205,17 +205,15 @@ def toggle_at_turn(closed: np.ndarray, positions: np.ndarray, trusted: np.ndarra
     Pick-and-place hands change state at the bottom of a descent and then rise: they close on
     an object and lift it, or open on its place and leave. Where the fingers are hidden there
     (a hand closing on a spatula handle seen from above, opening on the table behind the
-    object) the finger clusters cannot read the change, and the hand rises without its object
-    or carries it back up (traced: spatula oracle, eval seed 4, the look-ahead hand closed with
-    1-3 finger points seen and the readings stayed "open"). When the readings give no change,
-    the lowest trusted frame ``k`` is at least ``descent`` below the highest point since the
-    last change (``peak_z``), a later trusted frame is at least ``rise`` above it, and the
-    fingers were not seen at ``k``, the state changes at ``k``. For a release, the pose
-    commanded now (``start_z``) is a candidate bottom too, with the first frame's fingers
-    standing for it: a hand that waited at the bottom while the look-ahead opened there sees
-    only the rise (traced: spatula, eval seed 1, ground-truth labels: fingers hidden on the
-    table, the hand kept the spatula and lifted it back up); the controller then opens in place
-    before rising. Not for a closing: it would close after the rise, in the air.
+    object) the finger clusters cannot read the change, and the hand would rise without its
+    object or carry it back up. When the readings give no change, the lowest trusted frame
+    ``k`` is at least ``descent`` below the highest point since the last change (``peak_z``), a
+    later trusted frame is at least ``rise`` above it, and the fingers were not seen at ``k``,
+    the state changes at ``k``. For a release, the pose commanded now (``start_z``) is a
+    candidate bottom too, with the first frame's fingers standing for it (a hand that waited at
+    the bottom while the look-ahead opened there sees only the rise); the controller then opens
+    in place before rising. Not for a closing: it would close after the rise, in the air. The
+    traces behind this rule are in docs/decisions.md.
 
     Args:
         closed: (F,) states from the finger readings.
@@ -250,6 +248,65 @@ REPLAN_STAGES = ("generate", "segment", "track", "control", "replan")
 is ``generate + segment``."""
 
 
+@dataclasses.dataclass(frozen=True)
+class GripperStateInputs:
+    """What one replan's gripper decision for one arm is made from (see :func:`decide_gripper_states`).
+
+    Attributes:
+        raw: (F,) per-frame finger readings (closed?) of the state estimator, with hysteresis.
+        observed: (F,) whether each frame's fingers were seen.
+        pose_ok: (F,) whether each frame's pose is trusted.
+        positions: (F, 3) predicted gripper positions in T.
+        start: the state commanded now.
+        start_position: (3,) the position commanded now.
+        peak_z: highest commanded z since the last change of state.
+    """
+
+    raw: np.ndarray
+    observed: np.ndarray
+    pose_ok: np.ndarray
+    positions: np.ndarray
+    start: bool
+    start_position: np.ndarray
+    peak_z: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Compact JSON-able form (millimetres for positions), for episode records."""
+        bits = lambda a: "".join("1" if x else "0" for x in np.asarray(a, dtype=bool))  # noqa: E731
+        return {"raw": bits(self.raw), "observed": bits(self.observed), "pose_ok": bits(self.pose_ok),
+                "positions_mm": np.round(np.asarray(self.positions) * 1e3, 1).tolist(),
+                "start": bool(self.start), "start_position_mm": np.round(np.asarray(self.start_position) * 1e3,
+                                                                         1).tolist(),
+                "peak_z_mm": round(float(self.peak_z) * 1e3, 1)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GripperStateInputs:
+        bits = lambda s: np.array([c == "1" for c in s], dtype=bool)  # noqa: E731
+        return cls(raw=bits(d["raw"]), observed=bits(d["observed"]), pose_ok=bits(d["pose_ok"]),
+                   positions=np.asarray(d["positions_mm"], dtype=np.float64).reshape(-1, 3) / 1e3,
+                   start=bool(d["start"]), start_position=np.asarray(d["start_position_mm"], dtype=np.float64) / 1e3,
+                   peak_z=float(d["peak_z_mm"]) / 1e3)
+
+
+def decide_gripper_states(inputs: GripperStateInputs, config: VideoPolicyConfig) -> np.ndarray:
+    """Per-frame gripper states of one arm from its readings and the enabled rules, in order:
+    :func:`debounce` (``toggle_frames``), :func:`backdate_release` (``release_backdate_frames``),
+    :func:`toggle_at_turn` (``turn_descent``, off with None), :func:`close_at_rest`
+    (``close_still_distance``, off with None)."""
+    p = np.asarray(inputs.positions, dtype=np.float64).reshape(-1, 3)
+    start_position = np.asarray(inputs.start_position, dtype=np.float64)
+    closed = debounce(inputs.raw, start=inputs.start, frames=config.toggle_frames)
+    closed = backdate_release(closed, inputs.observed, frames=config.release_backdate_frames)
+    if config.turn_descent is not None:
+        closed = toggle_at_turn(closed, p, inputs.pose_ok, inputs.observed, start=inputs.start,
+                                peak_z=inputs.peak_z, descent=config.turn_descent, rise=config.turn_rise,
+                                start_z=float(start_position[2]))
+    if config.close_still_distance is not None:
+        closed = close_at_rest(closed, p, start=inputs.start, start_position=start_position,
+                               still_distance=config.close_still_distance)
+    return closed
+
+
 class TrackingLostError(RuntimeError):
     """The grippers could not be tracked in the predictions for too many replans in a row."""
 
@@ -282,10 +339,9 @@ class VideoPolicyConfig:
         toggle_frames: consecutive predicted frames that must agree before the gripper state
             changes (see :func:`debounce`).
         release_backdate_frames: a release may move this many frames earlier over frames whose
-            fingers were out of view (see :func:`backdate_release`). 2: on the cereal oracle
-            (eval seed 0) the hand opened under the shelf in predicted frame 1, whose fingers and
-            frame 2's were out of view; with 1 it stayed closed into frame 1 and its release shift
-            (-y) dragged the box 11 mm sideways, ending 32 mm from the target (2 cm allowed).
+            fingers were out of view (see :func:`backdate_release`). Off (0) by default: on
+            development seeds it opened the hand one to four frames before the look-ahead did in
+            6 of the 7 replans where it acted (docs/decisions.md).
         close_still_distance: a closing waits for the first frame whose step in or out is at
             most this (m; see :func:`close_at_rest`); None closes where the fingers read closed.
         turn_descent: the gripper changes state at the bottom of a descent of at least this
@@ -297,6 +353,12 @@ class VideoPolicyConfig:
             gripper state); the default uses only its whole-gripper masks, and the finger
             opening the tracker fits to the masked points (the shipped segmenter separates
             the gripper from the scene far better than the fingers from each other).
+        fail_safe: when frames whose tracked pose the views contradict are lost
+            (:func:`~geo4d_policy.perception.fusion.fail_safe`); ``enabled: false`` for the
+            ablation.
+        resync_distance: when an arm's measured gripper stands further than this (m) from
+            its last command (held back by a contact, or a command out of reach), its next
+            chunk starts from where it stands, not from the stale command; None: never.
     """
 
     control: RecedingHorizonConfig = dataclasses.field(default_factory=RecedingHorizonConfig)
@@ -308,7 +370,7 @@ class VideoPolicyConfig:
     track_frames: int | None = None
     segment_parts: bool = False
     toggle_frames: int = 2
-    release_backdate_frames: int = 2
+    release_backdate_frames: int = 0
     measure_confidence: float = 0.6
     close_still_distance: float | None = 0.015
     turn_descent: float | None = 0.05
@@ -316,6 +378,8 @@ class VideoPolicyConfig:
     object_width: float | None = None
     task_closed_width: bool = True
     free_space: bool = True
+    resync_distance: float | None = 0.02
+    fail_safe: FailSafeConfig = dataclasses.field(default_factory=FailSafeConfig)
 
     @property
     def frames_to_track(self) -> int:
@@ -326,17 +390,13 @@ class VideoPolicyConfig:
 
 def resolve_video_config(config: VideoPolicyConfig, *, task: str) -> VideoPolicyConfig:
     """``config`` with what depends on the task filled in (``configs/tasks.yaml``): the held
-    object's width, the closing command and the width a release ramps open from. Idempotent:
-    the configuration a run records is the one its policy uses."""
+    object's width and the closing command. Idempotent: the configuration a run records is the
+    one its policy uses."""
     settings = task_settings(task)
     held = config.object_width if config.object_width is not None else settings.held_object_width
     control = config.control
     if config.task_closed_width and settings.closed_command_width is not None:
         control = dataclasses.replace(control, closed_width=settings.closed_command_width)
-    if control.held_width is None and held is not None:
-        # A release ramps open from where the fingers stand on the object, not from the
-        # closing command (which may be a squeeze below the object's width).
-        control = dataclasses.replace(control, held_width=min(held, control.open_width))
     return dataclasses.replace(config, object_width=held, control=control)
 
 
@@ -478,7 +538,8 @@ class VideoPolicy:
                            max_frames=self.frames_to_track, model=self.model,
                            tracker_config=cfg.tracker, single_view=cfg.single_view,
                            candidate_widths=(self._held_width, self.model.stroke) if free_space else None,
-                           view_cameras=view_cameras(obs, video) if free_space else None)
+                           view_cameras=view_cameras(obs, video) if free_space or cfg.fail_safe.enabled else None,
+                           fail_safe_config=cfg.fail_safe)
 
     def _update_peak(self, arm: str, kf: ArmKeyframes, *, closed_now: bool, z_now: float) -> None:
         """The highest commanded z since the arm's last change of state (for :func:`toggle_at_turn`)."""
@@ -497,11 +558,15 @@ class VideoPolicy:
     def reset(self, *, seed: int) -> None:
         self.seed = int(seed)
         self._cmd: dict[str, tuple[np.ndarray, bool]] | None = None
+        self._incoming: dict[str, np.ndarray] = {}
+        """arm -> the last displacement commanded (the direction the next chunk starts with)."""
+        self.last_replan: dict[str, Any] = {}
+        """The last replan's tracks and keyframes per arm (for diagnostics of subclasses)."""
         self._lost_in_a_row = 0
         self._peak_z: dict[str, float] = {}
         self._stats: dict[str, Any] = {
             "replans": 0, "lost_replans": 0, "lost_frames": 0, "tracked_frames": 0, "idle_holds": 0,
-            "gripper_toggles": 0,
+            "gripper_toggles": 0, "hand_resyncs": 0,
         }
         self._times: dict[str, list[float]] = {key: [] for key in REPLAN_STAGES + ("predict",)}
         self._confidences: list[float] = []
@@ -511,6 +576,7 @@ class VideoPolicy:
         cfg = self.config
         if self._cmd is None:
             self._cmd = {arm: (np.asarray(obs.arms[arm].X_TG, dtype=np.float64).copy(), False) for arm in obs.arms}
+        self._resync(obs)
         t0 = time.perf_counter()
         video = self.predict_video(obs)
         t_gen = time.perf_counter()
@@ -522,6 +588,9 @@ class VideoPolicy:
         # An arm a subclass left out of its tracks (found static in the prediction) holds.
         any_tracked = any(arm not in tracks for arm in self._cmd)
         new_closed: dict[str, bool] = {arm: closed for arm, (_, closed) in self._cmd.items()}
+        state_inputs: dict[str, GripperStateInputs] = {}
+        starts: dict[str, np.ndarray] = {}
+        idle_holds: set[str] = set()
         for arm, track in tracks.items():
             X_cmd, closed_now = self._cmd[arm]
             estimator = GripperStateEstimator(self.model, close_below=self._estimator_template.close_below,
@@ -533,24 +602,22 @@ class VideoPolicy:
             # fitted pose holds other points.
             raw = np.array([estimator.update(float(d) if np.isfinite(d) and ok else None).closed
                             for d, ok in zip(track.finger_distance, conf >= cfg.measure_confidence)])
-            closed = debounce(raw, start=closed_now, frames=cfg.toggle_frames)
             observed = np.array([fingers_seen(f) for f in track.fused])
-            closed = backdate_release(closed, observed, frames=cfg.release_backdate_frames)
-            if cfg.turn_descent is not None:
-                closed = toggle_at_turn(closed, X_TG[:, :3, 3], pose_ok, observed,
-                                        start=closed_now, peak_z=self._peak_z.get(arm, X_cmd[2, 3]),
-                                        descent=cfg.turn_descent, rise=cfg.turn_rise, start_z=float(X_cmd[2, 3]))
-            if cfg.close_still_distance is not None:
-                closed = close_at_rest(closed, X_TG[:, :3, 3], start=closed_now, start_position=X_cmd[:3, 3],
-                                       still_distance=cfg.close_still_distance)
+            inputs = GripperStateInputs(raw=raw, observed=observed, pose_ok=pose_ok, positions=X_TG[:, :3, 3],
+                                        start=closed_now, start_position=X_cmd[:3, 3],
+                                        peak_z=self._peak_z.get(arm, float(X_cmd[2, 3])))
+            state_inputs[arm] = inputs
+            closed = decide_gripper_states(inputs, cfg)
             self._stats["lost_frames"] += int((~pose_ok).sum())
             self._stats["tracked_frames"] += len(conf)
             self._confidences.extend(conf.tolist())
             kf = truncate_keyframes(X_TG, closed, conf, config=cfg.control, X_start=X_cmd)
             any_tracked |= len(kf.X_TG) > 0
+            starts[arm] = X_cmd.copy()
             if is_idle(X_cmd, kf, start_closed=closed_now, config=cfg.control):
                 if len(kf.X_TG):
                     self._stats["idle_holds"] += 1
+                    idle_holds.add(arm)
                 kf = ArmKeyframes(np.zeros((0, 4, 4)), np.zeros(0, dtype=bool))
             keyframes[arm] = kf
             new_closed[arm] = bool(kf.closed[-1]) if len(kf.closed) else closed_now
@@ -567,8 +634,17 @@ class VideoPolicy:
             chunk = hold_chunk(self._cmd, config=cfg.control)
         else:
             self._lost_in_a_row = 0
-            chunk = keyframes_to_chunk(self._cmd, keyframes, config=cfg.control)
+            chunk = keyframes_to_chunk(self._cmd, keyframes, config=cfg.control, incoming=self._incoming)
             self._cmd = {arm: (np.asarray(chunk.X_TG[arm][-1]).copy(), new_closed[arm]) for arm in self._cmd}
+            for arm in self._cmd:
+                steps = np.diff(np.asarray(chunk.X_TG[arm])[:, :3, 3], axis=0)
+                moving = np.flatnonzero(np.linalg.norm(steps, axis=1) > 1e-6)
+                if len(moving):
+                    self._incoming[arm] = steps[moving[-1]]
+                else:  # it stood still: the next chunk starts from rest
+                    self._incoming.pop(arm, None)
+        self.last_replan = {"tracks": tracks, "keyframes": keyframes, "state_inputs": state_inputs,
+                            "starts": starts, "idle_holds": idle_holds}
         t3 = time.perf_counter()
         self._times["predict"].append(t1 - t0)
         self._times["generate"].append(t_gen - t0)
@@ -579,6 +655,19 @@ class VideoPolicy:
         if self.record_predictions:
             self._keep_prediction(obs, video, tracks)
         return chunk
+
+    def _resync(self, obs: Observation) -> None:
+        """Start from the measured gripper pose of an arm that stands ``resync_distance`` away
+        from its last command (see :class:`VideoPolicyConfig`)."""
+        limit = self.config.resync_distance
+        if limit is None or self._cmd is None:
+            return
+        for arm, (X_cmd, closed) in list(self._cmd.items()):
+            X_now = np.asarray(obs.arms[arm].X_TG, dtype=np.float64)
+            if np.linalg.norm(X_now[:3, 3] - X_cmd[:3, 3]) > limit:
+                self._cmd[arm] = (X_now.copy(), closed)
+                self._incoming.pop(arm, None)
+                self._stats["hand_resyncs"] += 1
 
     # ---- reporting --------------------------------------------------------------------------
     def replan_seconds(self) -> dict[str, list[float]]:

@@ -33,6 +33,7 @@ from geo4d_policy.interface import CONTROL_HZ
 from sim.assets_gen.objects import SPATULA_HANDLE, SPATULA_HANDLE_END
 from sim.assets_gen.robot import FINGER_JOINT_Z, FINGER_SIZE, HAND_YAW, PALM_SIZE, PALM_Z0, TCP_Z
 from sim.experts.base import Grip, Hold, Move
+from sim.kinematic_replay import KinematicReplay
 from sim.station import gripper_down
 from sim.tasks.put_spatula_on_table import TARGET_BOX_HI, TARGET_BOX_LO, TARGET_XYZ
 
@@ -200,46 +201,9 @@ def plan_place(X_TG: np.ndarray, X_TS: np.ndarray, s: float, heading: float, wid
     return X_TG_goal
 
 
-class ReachCheck:
-    """Replays gripper waypoints through a copy of the station's right-arm controller."""
-
-    def __init__(self) -> None:
-        from sim.controller import ArmController
-        from sim.env import load_env_config
-        from sim.station import make_control_plant
-
-        cfg = load_env_config().station
-        mount = cfg.mount(ARM)
-        self._ctrl = ArmController(make_control_plant(mount), q_home=np.array(mount.q_home), dt=cfg.control_dt,
-                                   limits=cfg.limits)
-        self._ctx = self._ctrl.CreateDefaultContext()
-        self._ticks = max(1, int(round(1.0 / (CONTROL_HZ * cfg.control_dt))))
-
-    def first_miss(self, q0: np.ndarray, X0: np.ndarray, waypoints) -> int | None:
-        """Index of the first ``(X_TG, linear_speed)`` segment whose end the controller misses
-        (starting at joint targets ``q0`` with last command ``X0``), or None if it reaches all."""
-        ctrl, ctx = self._ctrl, self._ctx
-        ctx.SetDiscreteState(ctrl.initial_state(np.asarray(q0, dtype=float), OPEN))
-        ctrl.GetInputPort("width_cmd").FixValue(ctx, [OPEN])
-        X_port = ctrl.GetInputPort("X_TG_cmd")
-        X_prev = np.asarray(X0, dtype=float)
-        for i, (X_goal, speed) in enumerate(waypoints):
-            for X in plan_segment(X_prev, X_goal, linear_speed=speed, angular_speed=DEFAULT_ANGULAR_SPEED):
-                X_port.FixValue(ctx, RigidTransform(X))
-                for _ in range(self._ticks):
-                    ctx.SetDiscreteState(ctrl.EvalUniquePeriodicDiscreteUpdate(ctx).value())
-            q = ctx.get_discrete_state_vector().get_value()[:7]
-            X = ctrl.forward_kinematics(q).GetAsMatrix4()
-            if (np.linalg.norm(X[:3, 3] - X_goal[:3, 3]) > REACH_TOL
-                    or RotationMatrix(X[:3, :3].T @ X_goal[:3, :3]).ToAngleAxis().angle() > REACH_ROT_TOL):
-                return i
-            X_prev = X_goal
-        return None
-
-
 @functools.lru_cache(maxsize=1)
-def _reach_check() -> ReachCheck:
-    return ReachCheck()
+def _reach_check() -> KinematicReplay:
+    return KinematicReplay(ARM)
 
 
 N_PICK_WAYPOINTS = 4  # stage, pre-grasp, grasp, lift
@@ -275,7 +239,8 @@ def choose_grasp(X_TS: np.ndarray, q0: np.ndarray, X0: np.ndarray) -> tuple[Gras
     check = _reach_check()
     for plan in candidates:
         for yaw_offset in PLACE_YAW_OFFSETS:
-            miss = check.first_miss(q0, X0, motion_waypoints(plan, X_TS, yaw_offset))
+            miss = check.first_miss(q0, X0, motion_waypoints(plan, X_TS, yaw_offset), tol=REACH_TOL,
+                                    rot_tol=REACH_ROT_TOL)
             if miss is None:
                 return plan, yaw_offset
             if miss < N_PICK_WAYPOINTS:
@@ -325,4 +290,4 @@ def script(obs):
     yield Hold(2.0)
 
 
-__all__ = ["GraspPlan", "ReachCheck", "choose_grasp", "grasp_candidates", "plan_place", "script"]
+__all__ = ["GraspPlan", "choose_grasp", "grasp_candidates", "plan_place", "script"]

@@ -76,3 +76,9 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, station: Station, layout: Layout) -> Evaluation:
         """Check every success predicate on the station's current state."""
+
+    @abc.abstractmethod
+    def placement_error(self, station: Station, layout: Layout) -> float:
+        """Distance (m) of the placed object to its target now, as the task defines its target
+        (reported as ``placement_error_m`` at the end of every episode: the margin a policy
+        leaves to the success tolerance)."""

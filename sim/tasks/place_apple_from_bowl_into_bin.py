@@ -18,7 +18,7 @@ import numpy as np
 
 from sim.station import ObjectPlacement, pose
 from sim.tasks.base import Evaluation, Layout, Task, random_rotation
-from sim.tasks.predicates import on_top_of
+from sim.tasks.predicates import on_top_of, relative_position
 
 
 class PlaceAppleFromBowlIntoBin(Task):
@@ -57,6 +57,12 @@ class PlaceAppleFromBowlIntoBin(Task):
         if not ok:
             return Evaluation(False, why)
         return Evaluation(True)
+
+    def placement_error(self, station, layout: Layout) -> float:
+        """Horizontal distance of the apple's centre of mass to the centre of the bin bottom
+        (the "on top of" test allows 0.10 m)."""
+        p = relative_position(station, "apple", station.body_pose("bin"))
+        return float(np.hypot(p[0], p[1]))
 
 
 TASK_CLASS = PlaceAppleFromBowlIntoBin

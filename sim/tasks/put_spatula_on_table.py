@@ -88,5 +88,13 @@ class PutSpatulaOnTable(Task):
             return Evaluation(False, "a finger still touches spatula")
         return Evaluation(True)
 
+    def placement_error(self, station, layout: Layout) -> float:
+        """Horizontal distance of the spatula's origin (handle centre) to the target frame's
+        origin on the table (the success box spans -0.15..0.2 m along x and +-0.2 m along y
+        around it)."""
+        X_TS = station.body_pose("spatula")
+        target = np.asarray(layout.params.get("target_xyz", TARGET_XYZ), dtype=float)
+        return float(np.linalg.norm(X_TS[:2, 3] - target[:2]))
+
 
 TASK_CLASS = PutSpatulaOnTable

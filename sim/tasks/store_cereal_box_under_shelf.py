@@ -111,7 +111,7 @@ class StoreCerealBoxUnderShelf(Task):
         tilt0 = upright_angle(X0)
         if tilt0 >= UPRIGHT_TOL:
             failed.append(f"cereal_box_0 not upright (tilted {np.rad2deg(tilt0):.1f} deg)")
-        err = float(np.linalg.norm(X1[:3, 3] - np.asarray(params["target_xyz"])))
+        err = self.placement_error(station, layout)
         if err >= POS_TOL:
             failed.append(f"cereal_box_1 not at its target ({err:.3f} m away, limit {POS_TOL} m)")
         tilt1 = upright_angle(X1)
@@ -120,6 +120,11 @@ class StoreCerealBoxUnderShelf(Task):
         if fingers_touching(station, "cereal_box_1"):
             failed.append("a finger still touches cereal_box_1")
         return Evaluation(not failed, "; ".join(failed))
+
+    def placement_error(self, station, layout: Layout) -> float:
+        """3-D distance of box 1's origin to its target (the quantity ``POS_TOL`` bounds)."""
+        X1 = station.body_pose("cereal_box_1")
+        return float(np.linalg.norm(X1[:3, 3] - np.asarray(layout.params["target_xyz"])))
 
 
 TASK_CLASS = StoreCerealBoxUnderShelf

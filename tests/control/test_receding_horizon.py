@@ -15,7 +15,7 @@ from geo4d_policy.control.receding_horizon import (
     keyframes_to_chunk,
     truncate_keyframes,
 )
-from geo4d_policy.control.trajectory import max_speeds
+from geo4d_policy.control.trajectory import distance_to_polyline, max_speeds
 from geo4d_policy.interface import CONTROL_HZ
 
 
@@ -63,36 +63,70 @@ def test_gripper_closes_on_arrival_then_settles_and_idle_arms_hold():
     assert np.allclose(chunk.X_TG["right"], start["right"][0]) and np.all(chunk.width["right"] == CFG.closed_width)
 
 
-def test_release_opens_after_lowering_before_rising_and_ramps_sideways():
-    cfg = dataclasses.replace(CFG, held_width=0.05)
+def test_release_opens_after_lowering_and_otherwise_before_moving():
+    cfg = CFG
     # Lowered by 3 cm (more than release_descent) while still closed: opens at the bottom.
     down = ArmKeyframes(_pose(0.0, z=0.27)[None], np.array([False]))
     chunk = keyframes_to_chunk({"left": (_pose(0.0), True)}, {"left": down}, config=cfg)
     w = chunk.width["left"]
     assert np.all(w[:4] == cfg.closed_width) and np.all(w[4:] == cfg.open_width)
     assert chunk.X_TG["left"][4, 2, 3] == pytest.approx(0.27)
-    # Moved sideways by 1.5 cm: the width opens from the held width in step with the motion.
-    side = ArmKeyframes(_pose(0.0, y=-0.015)[None], np.array([False]))
-    chunk = keyframes_to_chunk({"left": (_pose(0.0), True)}, {"left": side}, config=cfg)
-    w, y = chunk.width["left"], chunk.X_TG["left"][:, 1, 3]
-    assert len(w) == 5 and np.all(np.diff(w) > 0)
-    np.testing.assert_allclose(w, 0.05 + np.arange(1, 6) / 5 * (cfg.open_width - 0.05))
-    # The +y finger (TCP y + width / 2) stays within 1 mm of where it stood on the object.
-    assert np.all(np.abs((y + w / 2) - (0.0 + 0.05 / 2)) < 0.001)
-    # Rising by 3 cm: opens where it stands, waits, then rises open.
-    up = ArmKeyframes(_pose(0.0, z=0.33)[None], np.array([False]))
-    chunk = keyframes_to_chunk({"left": (_pose(0.0), True)}, {"left": up}, config=cfg)
-    w, z = chunk.width["left"], chunk.X_TG["left"][:, 2, 3]
+    # Moved sideways by 1.5 cm or risen by 3 cm: opens where it stands, waits, then moves open
+    # (fingers never open while the hand moves: they would drag the object along).
     wait = 1 + cfg.release_wait_steps
-    assert len(w) == wait + 5 and np.all(w == cfg.open_width)
-    np.testing.assert_allclose(z[:wait], 0.3)
-    assert z[-1] == pytest.approx(0.33) and np.all(np.diff(z[wait - 1:]) > 0)
+    for goal in (_pose(0.0, y=-0.015), _pose(0.0, z=0.33), _pose(-0.04, z=0.31)):
+        kf = ArmKeyframes(goal[None], np.array([False]))
+        chunk = keyframes_to_chunk({"left": (_pose(0.0), True)}, {"left": kf}, config=cfg)
+        w, X = chunk.width["left"], chunk.X_TG["left"]
+        assert len(w) == wait + 5 and np.all(w == cfg.open_width)
+        np.testing.assert_allclose(X[:wait], np.repeat(_pose(0.0)[None], wait, axis=0))
+        np.testing.assert_allclose(X[-1], goal, atol=1e-12)
     with pytest.raises(ValueError, match="release_wait_steps"):
         dataclasses.replace(CFG, release_wait_steps=-1)
-    with pytest.raises(ValueError, match="held_width"):
-        dataclasses.replace(CFG, held_width=0.5)
+    with pytest.raises(ValueError, match="corner_leg"):
+        dataclasses.replace(CFG, corner_leg=0.0)
     with pytest.raises(ValueError, match="max_gap_frames"):
         dataclasses.replace(CFG, max_gap_frames=-1)
+
+
+SLIDE_SET_DOWN_TOLERANCE = 0.002
+"""Commanded poses of a slide-then-set-down stay within 2 mm of the path the video shows."""
+
+
+def _slide_then_set_down(t: np.ndarray) -> np.ndarray:
+    """The expert's motion: slide 12 cm along +x at 0.1 m/s, then set down 3 cm at 0.1 m/s (the
+    turn at t = 1.2 s, between two 2 Hz frames)."""
+    x = np.minimum(0.1 * t, 0.12)
+    z = 0.10 - np.clip(0.1 * (t - 1.2), 0.0, 0.03)
+    return np.stack([_pose(xi, y=-0.1, z=zi) for xi, zi in zip(x, z)])
+
+
+def test_slide_then_set_down_keeps_its_corner():
+    path = np.array([[0.0, -0.1, 0.10], [0.12, -0.1, 0.10], [0.12, -0.1, 0.07]])
+    frames = _slide_then_set_down(0.5 * np.arange(1, 5))  # the 2 Hz keyframes: the corner is not one
+    kf = ArmKeyframes(frames, np.ones(4, bool))
+    start = {"right": (_pose(0.0, y=-0.1, z=0.10), True)}
+    incoming = {"right": np.array([0.01, 0.0, 0.0])}  # it was sliding along +x already
+    chunk = keyframes_to_chunk(start, {"right": kf}, config=CFG, incoming=incoming)
+    p = chunk.X_TG["right"][:, :3, 3]
+    assert distance_to_polyline(p, path).max() <= SLIDE_SET_DOWN_TOLERANCE
+    np.testing.assert_allclose(p[-1], path[-1], atol=1e-12)
+    assert max_speeds(chunk.X_TG["right"])[0] <= CFG.linear_speed + 1e-9
+    # The same keyframes in straight lines cut the corner by more than a centimetre.
+    straight = keyframes_to_chunk(start, {"right": kf}, config=dataclasses.replace(CFG, keep_corners=False),
+                                  incoming=incoming)
+    assert distance_to_polyline(straight.X_TG["right"][:, :3, 3], path).max() > 0.01
+    # A lift entered rising keeps its corner too (up first, then across) ...
+    up = ArmKeyframes(_pose(0.05, y=-0.1, z=0.14)[None], np.ones(1, bool))
+    chunk = keyframes_to_chunk({"right": (_pose(0.0, y=-0.1, z=0.10), True)}, {"right": up}, config=CFG,
+                               incoming={"right": np.array([0.0, 0.0, 0.01])})
+    lifted = np.array([[0.0, -0.1, 0.10], [0.0, -0.1, 0.14], [0.05, -0.1, 0.14]])
+    assert distance_to_polyline(chunk.X_TG["right"][:, :3, 3], lifted).max() <= 1e-9
+    # ... while a diagonal motion entered diagonally stays straight.
+    chunk = keyframes_to_chunk({"right": (_pose(0.0, y=-0.1, z=0.10), True)}, {"right": up}, config=CFG,
+                               incoming={"right": np.array([0.01, 0.0, 0.008])})
+    diagonal = np.array([[0.0, -0.1, 0.10], [0.05, -0.1, 0.14]])
+    assert distance_to_polyline(chunk.X_TG["right"][:, :3, 3], diagonal).max() <= 1e-9
 
 
 def test_idle_detection_and_truncation_at_low_confidence():

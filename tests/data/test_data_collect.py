@@ -57,9 +57,17 @@ def test_collect_resume_runs_nothing_when_complete(collected):
 
 
 def test_collect_resume_with_other_settings_is_refused(collected, capsys):
+    sessions = len(json.loads((collected / "provenance.json").read_text())["sessions"])
     rc = collect_main(["--task", "PlaceAppleFromBowlIntoBin", "--episodes", "2", "--out", str(collected),
                        "--resolution", "32x40", "--seed", "5", "--resume"])
     assert rc == 2 and "seeds.base_seed: 0 -> 5" in capsys.readouterr().err
+    rc = collect_main(["--task", "PlaceAppleFromBowlIntoBin", "--episodes", "2", "--out", str(collected),
+                       "--resolution", "32x40", "--seed-stream", "dev", "--resume", "--resume-anyway"])
+    assert rc == 2 and "holds episodes of the data seed stream" in capsys.readouterr().err
+    assert len(json.loads((collected / "provenance.json").read_text())["sessions"]) == sessions  # untouched
+    rc = collect_main(["--task", "PlaceAppleFromBowlIntoBin", "--episodes", "1", "--out", str(collected),
+                       "--resolution", "32x40", "--seed-stream", "eval", "--resume"])
+    assert rc == 2 and "valid seed streams: data, dev" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", [["--episodes", "0"], ["--episodes", "-2"], ["--resolution", "30x40"]])

@@ -16,7 +16,7 @@ import fake_rollout_env as fake
 from geo4d_policy.eval.records import CORE_FIELDS
 from geo4d_policy.eval.runner import RolloutConfig, RolloutConfigError, resolve_config, run_rollouts
 from geo4d_policy.eval.stats import wilson_interval
-from geo4d_policy.interface import UnknownNameError, eval_seed
+from geo4d_policy.interface import UnknownNameError, dev_seed, eval_seed
 from geo4d_policy.policies.registry import (
     PolicyUnavailableError,
     is_policy_available,
@@ -197,3 +197,37 @@ def test_sanity_controls_run_data_seeds_and_training_views(tmp_path):
     assert default_out_dir(TASK, "dp", 0).name == "seed0"
     with pytest.raises(UnknownNameError, match="heldout, train, fixed-train"):
         resolve_config(_config(tmp_path, views="novel"))
+
+
+def test_dev_seed_stream_is_recorded_and_never_resumed_into_from_another_stream(tmp_path):
+    with pytest.raises(UnknownNameError, match="unknown seed stream 'test'.*data, dev, eval"):
+        resolve_config(_config(tmp_path, seed_stream="test"))
+    assert resolve_config(RolloutConfig(task=TASK, policy="fake_reach", seed_stream="dev")).out_dir == \
+        "runs/rollout/PutSpatulaOnTable/fake_reach/seed0_dev-seeds"
+
+    cfg = _config(tmp_path, episodes=1, seed_stream="dev")
+    summary = run_rollouts(cfg, env_factory=fake.ENV_FACTORY, show=False)
+    out = Path(cfg.out_dir)
+    assert [r["seed"] for r in _records(out)] == [dev_seed(0, 0)]
+    assert summary.seed_stream == "dev" and json.loads((out / "summary.json").read_text())["seed_stream"] == "dev"
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed_stream"] == "dev"
+
+    as_eval = _config(tmp_path, episodes=2, resume=True)  # default stream: eval
+    with pytest.raises(RolloutConfigError, match="different configuration.*seed_stream"):
+        run_rollouts(as_eval, env_factory=fake.ENV_FACTORY, show=False)
+    (out / "config.yaml").unlink()  # even without the saved config the records tell the stream
+    with pytest.raises(RolloutConfigError, match="dev seed stream, not on the requested eval stream"):
+        run_rollouts(as_eval, env_factory=fake.ENV_FACTORY, show=False)
+    assert [r["seed"] for r in _records(out)] == [dev_seed(0, 0)]  # nothing was touched
+
+
+def test_placement_error_median_and_p90_in_the_summary():
+    from geo4d_policy.eval.records import summarize
+
+    records = [{"success": True, "duration_s": 1.0, "failure_reason": None, "placement_error_m": e}
+               for e in (0.001, 0.002, 0.003, 0.004, float("nan"))]
+    records.append({"success": False, "duration_s": 1.0, "failure_reason": "x"})  # e.g. a crashed worker
+    s = summarize(records, task=TASK, policy="expert", episodes=6, wall_s=1.0)
+    assert s.placement_error_median_m == pytest.approx(0.0025) and s.placement_error_p90_m == pytest.approx(0.0037)
+    none = summarize(records[-1:], task=TASK, policy="expert", episodes=1, wall_s=1.0)
+    assert none.placement_error_median_m is None and none.to_dict()["placement_error_p90_m"] is None

@@ -41,6 +41,10 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
         (["--episodes", "2"], ["--task"]),
         (["--task", TASK, "--episodes", "2", "--policy", "expert", "--views", "novel"],
          ["unknown evaluation views 'novel'", "heldout, train, fixed-train"]),
+        (["--task", TASK, "--episodes", "2", "--policy", "expert", "--seed-stream", "test"],
+         ["unknown seed stream 'test'", "data, dev, eval"]),
+        (["--task", TASK, "--episodes", "2", "--policy", "expert", "--seed-stream", "dev", "--data-seeds"],
+         ["--data-seeds is --seed-stream data"]),
     ],
 )
 def test_bad_input_exits_2_with_a_useful_message(capsys, argv, needles):

@@ -38,3 +38,15 @@ def test_bad_policy_options_stop_before_any_cell(table2, tmp_path, capsys):
     assert e.value.code == 2
     assert "unknown oracle policy option 'video.tracker.nope'" in capsys.readouterr().err
     assert not (tmp_path / "t2").exists()
+
+
+@pytest.mark.usefixtures("fake_reach_policy")
+def test_the_seed_stream_is_checked_and_named_in_the_table(table2, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="unknown seed stream 'data'; valid seed streams: eval, dev"):
+        table2.main(["--out", str(tmp_path / "t2"), "--tasks", TASK, "--seed-stream", "data"])
+    run_rollouts(RolloutConfig(task=TASK, policy="fake_reach", episodes=1, seed_stream="dev",
+                               out_dir=str(tmp_path / TASK / "expert")), env_factory=fake.ENV_FACTORY, show=False)
+    assert table2.main(["--out", str(tmp_path), "--report", "--tasks", TASK, "--policies", "expert"]) == 0
+    assert "dev seeds, novel views" in (tmp_path / "table2.md").read_text()
+    assert json.loads((tmp_path / "table2.json").read_text())[0]["seed_stream"] == "dev"
+    capsys.readouterr()

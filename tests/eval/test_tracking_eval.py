@@ -156,6 +156,7 @@ def test_cli_writes_metrics_and_config(dataset, tmp_path, capsys):
     assert cfg["tracker"]["iterations"] == 30 and cfg["object_width"]["PlaceAppleFromBowlIntoBin"] == 0.063
     record = json.loads((out / "provenance.json").read_text())
     assert record["config"]["tracker"] == cfg["tracker"] and len(record["config"]["data"][0]) == 64
+    assert record["seeds"]["seed_stream"] == "data (held-out cameras)"  # the dataset's episodes' stream
     assert "geo4d-eval-tracking" in capsys.readouterr().out
 
 
@@ -175,12 +176,31 @@ def test_cli_bad_input_exits_2(dataset, tmp_path, capsys):
     assert "held-out" in capsys.readouterr().err
     assert main(["--data", str(dataset), "--out", str(tmp_path / "o"), "--segmenter", str(tmp_path)]) == 2
     # A segmenter label source without a segmenter.
-    assert main(["--data", str(dataset), "--out", str(tmp_path / "o"), "--labels", "segmenter"]) == 2
+    assert main(["--data", str(dataset), "--out", str(tmp_path / "o"), "--labels", "segmenter",
+                 "--segmenter", "none"]) == 2
     for bad in (["--degrade", "none,fog"], ["--labels", "sam2"]):
         with pytest.raises(SystemExit) as e:
             main(["--data", str(dataset), "--out", str(tmp_path / "o"), *bad])
         assert e.value.code == 2
     assert not Path(tmp_path / "o").exists()
+
+
+def test_defaults_measure_the_policys_setting_and_count_trusted_far_off_frames(dataset, tmp_path):
+    from geo4d_policy.eval.tracking_eval import FAR_OFF_MM, TRUSTED_CONFIDENCE, ArmClipResult, summarize
+
+    assert TrackingEvalConfig().labels == ("masks_all",)  # labels on every frame
+    out = tmp_path / "out"
+    assert main(["--data", str(dataset), "--out", str(out), "--clips", "1", "--n-future", "2",
+                 "--segmenter", "none"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["labels"] == ["masks_all"]
+    # A frame far off counts as confidently wrong only when it was trusted (not lost, confident).
+    trans = np.array([1.0, FAR_OFF_MM + 5, FAR_OFF_MM + 5, FAR_OFF_MM + 5])
+    lost = np.array([False, False, True, False])
+    conf = np.array([0.9, 0.9, 0.0, TRUSTED_CONFIDENCE - 0.01])
+    part = ArmClipResult(trans, np.zeros(4), lost, np.ones(4, bool), np.zeros(4, bool), 0.1, 4,
+                         np.ones(4, bool), conf)
+    m = summarize([part])
+    assert m["far_off_rate"] == 0.75 and m["confidently_wrong_rate"] == 0.25
 
 
 def test_open_close_accuracy_is_split_by_finger_visibility():

@@ -109,17 +109,58 @@ def test_the_opening_comes_from_the_view_that_saw_the_fingers_best():
     assert FusedPose(np.eye(4), np.eye(4), 1.0, "m", "ok").finger_view == 1
 
 
-@pytest.mark.parametrize("mm, deg", [(30.0, 1.0), (2.0, 30.0)])
-def test_a_view_whose_pose_disagrees_lends_no_opening(mm, deg):
-    # Traced on PutSpatulaOnTable (oracle): a view tracked 27-113 mm and 32-113 deg off at
-    # confidence 0.3-0.5 counted more "finger" points (scene points near its wrong pose) than the
-    # pose view and read the hand open while it held the spatula at 18 mm.
-    Xa = _pose(7)
-    holding = TrackResult(Xa, 0.97, "ok", width=0.018, finger_points=(2, 14))
-    wrong = TrackResult(Xa @ _offset(mm=mm, deg=deg), 0.4, "ok", width=0.073, finger_points=(30, 43))
-    f = fuse_views([wrong], [holding], X_TCn=X_TCn)[0]
-    assert f.source == "m" and f.finger_source == "m"
-    assert f.width == 0.018 and f.finger_points == (2, 14)
-    # Within the agreement bounds (9 mm, 9 deg) the better-seen view is used.
-    near = TrackResult(Xa @ _offset(mm=9.0, deg=9.0), 0.4, "ok", width=0.019, finger_points=(30, 43))
-    assert fuse_views([near], [holding], X_TCn=X_TCn)[0].width == 0.019
+def test_fail_safe_loses_frames_whose_pose_the_views_see_through():
+    import dataclasses
+
+    from geo4d_policy.perception.fusion import FailSafeConfig, fail_safe
+    from geo4d_policy.perception.gripper_model import GripperModel
+    from geo4d_policy.perception.synthetic import render_gripper
+    from geo4d_policy.perception.pose_tracker import TrackingFrame
+    from geo4d_policy.perception.projection import see_through_fraction
+
+    model = GripperModel.load()
+    H, W = 128, 160
+    f = 381 * W / 640
+    K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
+    X_CG = np.eye(4)
+    X_CG[:3, :3] = Rotation.from_euler("xyz", [150, 10, 30], degrees=True).as_matrix()
+    X_CG[:3, 3] = [0.02, -0.01, 0.6]
+    rng = np.random.default_rng(0)
+    wall = np.column_stack([rng.uniform(-0.8, 0.8, 30000), rng.uniform(-0.6, 0.6, 30000), np.full(30000, 0.9)])
+    view = render_gripper(model, X_CG, 0.04, K, H, W, background=wall)
+    frame = TrackingFrame(view.pointmap, view.valid, part_labels=view.part_labels, K=K)
+    off = X_CG.copy()
+    off[:3, 3] += [0.04, 0.03, 0.0]  # 5 cm beside the gripper, in front of the wall
+    on_share, off_share = (see_through_fraction(frame, X, 0.04, model=model) for X in (X_CG, off))
+    cfg = FailSafeConfig()
+    assert on_share < 0.1 < cfg.see_through_limit < off_share
+    fused = [FusedPose(X_TCn @ X, X, 0.95, "n", "ok", 0.04, fitness=0.6) for X in (X_CG, off, X_CG)]
+    out = fail_safe(fused, [[frame]] * 3, model=model)
+    assert [o.status for o in out] == ["ok", "lost", "ok"] and out[1].confidence == 0.0
+    np.testing.assert_allclose(out[1].X_CnG, X_CG)  # the previous pose held, as fuse_views does
+    # A second view that shows a gripper at that pose keeps it (every view must contradict it).
+    there = render_gripper(model, off, 0.04, K, H, W, background=wall)
+    out = fail_safe(fused, [[frame, TrackingFrame(there.pointmap, there.valid, K=K)]] * 3, model=model)
+    assert [o.status for o in out] == ["ok", "ok", "ok"]
+    # In unsegmented frames a pose must also explain most points in the gripper's box.
+    bare = TrackingFrame(view.pointmap, view.valid, K=K)
+    assert [o.status for o in fail_safe(fused, [[bare]] * 3, model=model)] == ["lost"] * 3
+    explained = [dataclasses.replace(f, fitness=cfg.unsegmented_min_fitness) for f in fused]
+    assert [o.status for o in fail_safe(explained, [[bare]] * 3, model=model)] == ["ok", "lost", "ok"]
+    # Two views 5 cm apart: only a pose that explains its view's points well is kept.
+    apart = [dataclasses.replace(f, X_TG=X_TCn @ X_CG, X_CnG=X_CG, views_apart_mm=50.0, fitness=fit)
+             for f, fit in zip(fused, (0.95, 0.85, 0.6))]
+    assert [o.status for o in fail_safe(apart, [[frame]] * 3, model=model)] == ["ok", "lost", "lost"]
+    with pytest.raises(ValueError, match="frames of views"):
+        fail_safe(fused, [[frame]], model=model)
+    # Off, the track is reported as tracked; thresholds are checked where they are set.
+    assert [o.status for o in fail_safe(fused, [[bare]] * 3, model=model, config=FailSafeConfig(enabled=False))] \
+        == ["ok"] * 3
+    with pytest.raises(ValueError, match="must be in"):
+        FailSafeConfig(see_through_limit=1.5)
+    # fuse_views reports how far apart the views' poses were.
+    Xb = X_CG.copy()
+    Xb[:3, 3] += [0.0, 0.0, 0.04]
+    two = fuse_views([_res(X_CG, 0.9)], [_res(Xb, 0.5)], X_TCn=X_TCn)[0]
+    assert two.views_apart_mm == pytest.approx(40.0) and two.fitness == 0.0
+    assert fuse_views([_res(X_CG, 0.9)], [_res(Xb, 0.0, "lost")], X_TCn=X_TCn)[0].views_apart_mm is None

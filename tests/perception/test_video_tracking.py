@@ -76,8 +76,8 @@ def test_the_finger_state_is_read_in_the_view_that_saw_the_fingers():
 
     model = GripperModel.load()
     X = look_at_pose(np.array([0.0, 0.0, 0.55]))
-    top = _Scripted(TrackResult(X, 1.0, "ok", width=0.04, finger_points=(0, 0)))
-    side = _Scripted(TrackResult(X, 0.75, "ok", width=0.08, finger_points=(16, 15)))
+    top = _Scripted(TrackResult(X, 1.0, "ok", fitness=1.0, width=0.04, finger_points=(0, 0)))
+    side = _Scripted(TrackResult(X, 0.75, "ok", fitness=1.0, width=0.08, finger_points=(16, 15)))
     pm = np.zeros((2, 3, 4, 4, 3), np.float32)
     video = PredictedVideo(pm, np.ones((2, 3, 4, 4), bool))
     current = CurrentView(pm[0, 0], np.ones((4, 4), bool), {"left": None})
@@ -85,6 +85,15 @@ def test_the_finger_state_is_read_in_the_view_that_saw_the_fingers():
                      trackers={"left": (top, side)})["left"]
     assert [f.source for f in tr.fused] == ["n"] * 3 and [f.finger_source for f in tr.fused] == ["m"] * 3
     assert np.allclose(tr.finger_distance, model.finger_centroid_distance(0.08))
+    # Unsegmented frames whose pose explains few of its points are lost (fusion.fail_safe) unless
+    # the check is off.
+    poor = _Scripted(TrackResult(X, 1.0, "ok", fitness=0.5, width=0.04, finger_points=(0, 0)))
+    from geo4d_policy.perception.fusion import FailSafeConfig
+
+    for check, status in ((True, "lost"), (False, "ok")):
+        tr = track_video(video, current, X_TCn=np.eye(4), X_TG_now={"left": X}, model=model,
+                         trackers={"left": (poor, poor)}, fail_safe_config=FailSafeConfig(enabled=check))["left"]
+        assert [f.status for f in tr.fused] == [status] * 3
 
 
 @pytest.mark.parametrize("true_width, stale_width", [(0.063, 0.08), (0.08, 0.063)])

@@ -40,6 +40,18 @@ def test_oracle_follows_the_experts_look_ahead_over_two_replans(env):
     assert moved > 0.02  # the expert does move an arm in the first second of this task
     d = policy.diagnostics()
     assert d["replans"] == 2 and d["tracking_confidence_mean"] > 0.4
+    # Per replan: tracked vs true gripper pose, and where each arm's chunk ended against the
+    # look-ahead pose it aimed at (known once the chunk has run: the first replan's).
+    replans = d["oracle_replans"]
+    assert [r["t"] for r in replans] == sorted(r["t"] for r in replans) and len(replans) == 2
+    for r in replans:
+        for arm in obs.arms:
+            assert r[arm]["frames"] == policy.frames_to_track
+            assert 0 <= r[arm]["tracked_vs_true_mm"] < 15, r
+            if "executed_frames" in r[arm] and r is not replans[-1]:
+                assert 0 <= r[arm]["lookahead_vs_executed_mm"] < 30, r
+    assert any("lookahead_vs_executed_mm" in r[arm] for r in replans for arm in obs.arms)
+    assert d["tracked_vs_true_mm_median"] <= d["tracked_vs_true_mm_p90"]
 
 
 def test_look_ahead_is_the_experts_own_future(env):

@@ -30,7 +30,7 @@ def test_the_yaml_files_hold_every_setting_at_its_default(capsys):
 def test_every_setting_of_the_nested_dataclasses_is_reachable():
     keys = option_keys(OraclePolicyConfig)
     for key in ("num_frames", "labels", "video.release_backdate_frames", "video.control.execute_frames",
-                "video.control.held_width", "video.tracker.iterations", "video.tracker.model_points"):
+                "video.control.keep_corners", "video.fail_safe.views_apart_mm", "video.tracker.iterations", "video.tracker.model_points"):
         assert key in keys
     assert len(keys) > 60
     assert resolve_key(OraclePolicyConfig, "execute_frames", OPTION_ALIASES) == "video.control.execute_frames"
@@ -60,7 +60,7 @@ def test_task_settings_fill_in_the_video_policy_configuration():
     cereal = task_settings("store_cereal_box_under_shelf")
     control = resolved.config.video.control
     assert resolved.config.video.object_width == cereal.held_object_width == 0.049
-    assert control.closed_width == cereal.closed_command_width and control.held_width == cereal.held_object_width
+    assert control.closed_width == cereal.closed_command_width
     apple = resolve_policy_config("oracle", resolve_policy_target("oracle"), task="PlaceAppleFromBowlIntoBin",
                                   options={"video.object_width": 0.05})
     assert apple.config.video.object_width == 0.05 and apple.config.video.control.closed_width == 0.0

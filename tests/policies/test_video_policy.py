@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from geo4d_policy.policies.video_policy import debounce
@@ -25,8 +27,7 @@ def test_closing_command_squeezes_the_box_and_fully_closes_on_the_apple():
     assert VideoPolicy(task="PlaceAppleFromBowlIntoBin").config.control.closed_width == 0.0
     plain = VideoPolicy(task="StoreCerealBoxUnderShelf", config=VideoPolicyConfig(task_closed_width=False))
     assert plain.config.control.closed_width == 0.0
-    # A release ramps open from the fingers' width on the object, not from the squeeze command.
-    assert box.config.control.held_width == box.config.object_width == cereal.held_object_width
+    assert box.config.object_width == cereal.held_object_width
     # The policy uses exactly the configuration a run records: resolving again changes nothing.
     assert resolve_video_config(box.config, task="StoreCerealBoxUnderShelf") == box.config
 
@@ -115,3 +116,24 @@ def test_the_gripper_changes_at_the_bottom_of_a_descend_then_rise_with_unseen_fi
     # A change the fingers read is kept as read.
     read = np.array([0, 0, 0, 0, 1], bool)
     assert toggle_at_turn(read, P, ok, unseen, start=False, **opts).tolist() == read.tolist()
+
+
+def test_gripper_decisions_round_trip_through_the_record_and_each_rule_switches_off():
+    import dataclasses
+
+    from geo4d_policy.policies.video_policy import GripperStateInputs, VideoPolicyConfig, decide_gripper_states
+
+    # A hand descending 6 cm onto its object, readings "closed" one frame early (still moving),
+    # then at rest and rising with the object: close-at-rest moves the closing to the stop.
+    z = np.array([0.30, 0.27, 0.24, 0.24, 0.30])
+    inputs = GripperStateInputs(raw=np.array([False, True, True, True, True]), observed=np.ones(5, bool),
+                                pose_ok=np.ones(5, bool), positions=np.c_[np.zeros((5, 2)), z], start=False,
+                                start_position=np.array([0.0, 0.0, 0.33]), peak_z=0.33)
+    back = GripperStateInputs.from_dict(json.loads(json.dumps(inputs.to_dict())))
+    np.testing.assert_allclose(back.positions, inputs.positions, atol=1e-4)
+    assert back.to_dict() == inputs.to_dict()
+    cfg = VideoPolicyConfig()
+    assert cfg.release_backdate_frames == 0  # off: it opened early on development seeds
+    assert decide_gripper_states(back, cfg).tolist() == [False, False, True, True, True]
+    no_rest = dataclasses.replace(cfg, close_still_distance=None)
+    assert decide_gripper_states(back, no_rest).tolist() == [False, True, True, True, True]

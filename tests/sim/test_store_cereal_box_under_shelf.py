@@ -67,9 +67,11 @@ def test_predicate_positive_box1_at_target(station_and_layout):
     station, layout = station_and_layout
     ev = _evaluate(station, layout, {"cereal_box_1": _target_pose(layout)}, settle=0.5)
     assert ev.success, ev.reason
-    # Also with the finger's gap the expert leaves (13.5 mm short of the target along -y).
+    # Also 13.5 mm short along -y (where a finger between the boxes leaves it).
     ev = _evaluate(station, layout, {"cereal_box_1": _target_pose(layout, dy=-0.0135)}, settle=0.5)
     assert ev.success, ev.reason
+    # placement_error_m is the distance the predicate bounds.
+    assert abs(make_task(TASK).placement_error(station, layout) - 0.0135) < 0.002
 
 
 def test_predicate_negative_box1_tilted(station_and_layout):
@@ -112,5 +114,7 @@ def test_expert_succeeds_on_a_seed():
     obs, info = progress.obs, progress.info
     assert info.success, info.failure_reason
     assert info.time < env.t_max
+    # Pushed into place, not left a finger's width short: margin to the 20 mm tolerance.
+    assert info.extras["placement_error_m"] < 0.005
     # The left arm stayed home.
     assert np.linalg.norm(obs.arms["left"].v) < 1e-3
