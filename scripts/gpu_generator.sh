@@ -6,10 +6,10 @@
 #     collect [TRAIN_EPS] [VAL_EPS]   expert demonstrations of the three tasks: training data from
 #                                     the data stream's base 0, validation data from base 7
 #                                     (seeds 700000+i, never trained on); defaults 24 / 6 per task
-#     ae SECONDS                      continue the committed autoencoders (assets/checkpoints/
-#                                     autoencoders_small/{image,pointmap}) in parallel, measure both
-#                                     round trips on the validation data, keep the better pair for
-#                                     `gen` ($GEO4D_WORK/ae.env; export them to $OUT when better)
+#     ae SECONDS                      continue the committed image autoencoder (assets/checkpoints/
+#                                     autoencoders_small/image), measure its round trip on the
+#                                     validation data, keep the better one ($GEO4D_WORK/ae.env;
+#                                     exported to $OUT when the new one)
 #     ae-sweep SECONDS                train the autoencoder candidates of $AE_CANDIDATES in parallel
 #     ae-select SECONDS               measure every candidate's round trip on the validation data,
 #                                     pick the best image and pointmap autoencoders, train those on
@@ -20,7 +20,7 @@
 #                                     generator checkpoint, its own autoencoders), else a new U-Net on
 #                                     IMG_AE/PM_AE when given (PM_AE=$GEO4D_WORK/runs/pm_patch with
 #                                     GEN_OVERRIDES="pointmap_vae.codec=patch pointmap_vae.latent_channels=192"),
-#                                     else on the autoencoders `ae` kept (or the committed ones)
+#                                     else continuing the shipped assets/checkpoints/geo4d_small
 #     export NAME                     bf16/int8 checkpoint of the last generator -> $OUT (shards)
 # Environment: GEO4D_MODEL (default small), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64), GEN_RUN (run
 # directory name, default generator). The Dreamitate baseline's RGB-only generator continues the same way:
@@ -75,45 +75,31 @@ committed=assets/checkpoints/autoencoders_small
 case $stage in
   collect) collect "$@" ;;
   ae)
+    # The image autoencoder, continued from the committed one (the shipped pointmap "autoencoder"
+    # is the patch codec: nothing to train); its round trip measured before and after, the better
+    # one kept for `gen` ($GEO4D_WORK/ae.env) and exported to $OUT when it is the new one.
     [ -d "$root/data/${tasks[0]}" ] || collect
-    # AE_KINDS (default "image pointmap"): the autoencoders to continue; one alone gets the whole GPU.
-    kinds=(${AE_KINDS:-image pointmap})
-    half=$(( gpus > 1 ? gpus / ${#kinds[@]} : 1 )); i=0
-    for kind in "${kinds[@]}"; do
-      mod=$([ $kind = image ] && echo rgb || echo pointmap)
-      devs=""; [ "$gpus" -gt 1 ] && devs=$(seq -s, $((i * half)) $((i * half + half - 1)))
-      i=$((i + 1))
-      env ${devs:+CUDA_VISIBLE_DEVICES=$devs} $(train_cmd "$half" $((29500 + i))) vae --modality $mod \
-        --data $(train_dirs) --out "$runs/ae_$kind" --config "$cfg" \
-        --init "$committed/$kind" --steps 1000000 --batch-size "${AE_BATCH:-64}" --lr "${AE_LR:-4e-4}" --ckpt-every 2000 \
-        --gpu-data --workers 4 --warmup-steps 200 --ema-decay 0.995 --max-time "$1" --resume > "$root/ae_$kind.log" 2>&1 &
-    done
-    wait
-    for kind in image pointmap; do [ -d "$runs/ae_$kind" ] || cp -r "$committed/$kind" "$runs/ae_$kind"; done
+    $(train_cmd "$gpus" 29501) vae --modality rgb --data $(train_dirs) --out "$runs/ae_image" --config "$cfg" \
+      --init "$committed/image" --steps 1000000 --batch-size "${AE_BATCH:-64}" --lr "${AE_LR:-4e-4}" --ckpt-every 2000 \
+      --gpu-data --workers 4 --warmup-steps 200 --ema-decay 0.995 --max-time "$1" --resume > "$root/ae_image.log" 2>&1
     python scripts/eval_autoencoders.py --data $(val_dirs) --out "$root/ae_eval.json" --frames-per-episode 40 \
-      --candidate committed "$committed/image" "$committed/pointmap" --candidate trained "$runs/ae_image" "$runs/ae_pointmap"
+      --candidate committed "$committed/image" - --candidate trained "$runs/ae_image" -
     python - "$root/ae_eval.json" "$root/ae.env" "$committed" "$runs" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-def pooled(name, key):
-    return sum(t["candidates"][name]["mean"][key] for t in r["tasks"].values()) / len(r["tasks"])
-# Each autoencoder separately: the image one by PSNR, the pointmap one by gripper-pixel error.
-img = "trained" if pooled("trained", "psnr") > pooled("committed", "psnr") else "committed"
-pm = "trained" if pooled("trained", "gripper_px_mm_median") < pooled("committed", "gripper_px_mm_median") else "committed"
-path = {"committed": sys.argv[3] + "/{}", "trained": sys.argv[4] + "/ae_{}"}
-open(sys.argv[2], "w").write(f"IMG_AE={path[img].format('image')}\nPM_AE={path[pm].format('pointmap')}\n")
-print("kept: image", img, "pointmap", pm)
+def pooled(name):
+    return sum(t["candidates"][name]["mean"]["psnr"] for t in r["tasks"].values()) / len(r["tasks"])
+img = "trained" if pooled("trained") > pooled("committed") else "committed"
+path = {"committed": sys.argv[3] + "/image", "trained": sys.argv[4] + "/ae_image"}[img]
+open(sys.argv[2], "w").write(f"IMG_AE={path}\n")
+print("kept: image", img)
 PY
-    if [ -n "${OUT:-}" ]; then
-      # shellcheck disable=SC1091
-      source "$root/ae.env"
-      for kind in image pointmap; do
-        src=$([ $kind = image ] && echo "$IMG_AE" || echo "$PM_AE")
-        [ "$src" = "$committed/$kind" ] || python -c "import sys, torch; from geo4d_policy.models.vae import VAE
-v = VAE.from_pretrained(sys.argv[1]); v.save_pretrained(sys.argv[2], dtype=torch.float16)" "$src" "$root/ship_ae/$kind"
-      done
-      [ -d "$root/ship_ae" ] && tar cf "$OUT/autoencoders_small.tar" -C "$root/ship_ae" .
-      cp "$root/ae_eval.json" "$OUT/"
+    # shellcheck disable=SC1091
+    source "$root/ae.env"
+    if [ -n "${OUT:-}" ] && [ "$IMG_AE" != "$committed/image" ]; then
+      python -c "import sys, torch; from geo4d_policy.models.vae import VAE
+v = VAE.from_pretrained(sys.argv[1]); v.save_pretrained(sys.argv[2], dtype=torch.float16)" "$IMG_AE" "$root/ship_ae/image"
+      tar cf "$OUT/autoencoders_small.tar" -C "$root/ship_ae" . && cp "$root/ae_eval.json" "$OUT/"
     fi
     ;;
   ae-sweep)
@@ -173,10 +159,8 @@ PY
     elif [ -n "${PM_AE:-}" ]; then
       src=(--image-vae "${IMG_AE:-$committed/image}" --pointmap-vae "$PM_AE")
     else
-      IMG_AE=$committed/image PM_AE=$committed/pointmap
-      # shellcheck disable=SC1091
-      [ -f "$root/ae.env" ] && source "$root/ae.env"
-      src=(--image-vae "$IMG_AE" --pointmap-vae "$PM_AE")
+      # Training accumulates: continue the shipped generator (its own autoencoders).
+      src=(--init assets/checkpoints/geo4d_small)
     fi
     $(train_cmd "$gpus" 29510) generator --task all --data $(train_dirs) --out "$runs/${GEN_RUN:-generator}" \
       --config "$cfg" "${ov[@]}" "${src[@]}" --steps 1000000 --batch-size "${GEN_BATCH:-64}" --lr "${GEN_LR:-2e-4}" \

@@ -29,7 +29,7 @@ export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
 n_gpus=$(gpu_count)
 export GEO4D_GPUS=${GEO4D_GPUS:-$(( n_gpus > 0 ? n_gpus : 1 ))}
 committed=assets/checkpoints/autoencoders_small
-img_ae=${IMG_AE:-$committed/image}; pm_ae=${PM_AE:-$committed/pointmap}
+img_ae=${IMG_AE:-$committed/image}
 train_dirs() { for d in "$root"/data/*/; do [ -f "$d/meta.json" ] && echo -n "${d%/} "; done; }
 val_dirs() { for d in "$root"/val/*/; do [ -f "$d/meta.json" ] && echo -n "${d%/} "; done; }
 have_data() { [ -n "$(train_dirs)" ] || bash "$here/gpu_generator.sh" collect; }
@@ -41,7 +41,7 @@ scale_run() {  # scale_run KIND N: one timed run; prints KIND:RUN_DIR
   case $kind in
     generator)
       $(train_cmd "$n" $((29600 + n))) generator --task all --data $(train_dirs) --out "$out" --config "$cfg" \
-        --image-vae "$img_ae" --pointmap-vae "$pm_ae" --gpu-data --max-episodes "${SCALE_EPISODES:-8}" \
+        --init "${GEN_INIT:-assets/checkpoints/geo4d_small}" --gpu-data --max-episodes "${SCALE_EPISODES:-8}" \
         --batch-size "${GEN_BATCH:-64}" --steps "${SCALE_STEPS:-60}" --log-every "${SCALE_LOG:-10}" \
         --ckpt-every 1000000 --warmup-steps 10 --workers "$workers" > "$out.log" 2>&1 ;;
     diffusion_policy)
