@@ -23,7 +23,8 @@ The algorithm (the why of each rule is in the comments of the code):
     Huber-weighted, over correspondences within a distance that shrinks over the iterations.
   * A fit is scored by ``fitness`` (observed points within ``inlier_dist`` of the model) and
     ``coverage`` (camera-facing model surface with observed points near it, leaving out what the
-    frame shows hidden behind the scene).
+    frame shows hidden behind the scene); poses are compared on the surface inside the image
+    (``Fit.frame_coverage``), confidence also counts the surface beyond the image border.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ class ICPTrackerConfig:
         occlusion_margin: a model point is hidden when the observed point on its pixel is at
             least this much nearer the camera (m).
         min_visible_fraction: coverage is taken over at least this fraction of the camera-facing
-            model surface, so a gripper almost entirely hidden still gets a low confidence.
+            model surface, so a gripper almost entirely hidden (or out of the image) still gets a
+            low confidence; the coverage that chooses between poses takes it over the part of
+            that surface inside the image (:class:`Fit`).
         width_prior: weight pulling the width to its previous value (regularises frames where
             the fingers are barely seen).
         width_search_step: grid step (m) of the global search over the opening done at the
@@ -353,7 +356,16 @@ Job = RefineJob | EvaluateJob | WidthJob
 
 @dataclasses.dataclass
 class Fit:
-    """A scored pose: see :class:`~geo4d_policy.perception.pose_tracker.TrackResult` for the fields."""
+    """A scored pose: see :class:`~geo4d_policy.perception.pose_tracker.TrackResult` for the fields.
+
+    ``coverage`` (what the confidence uses) is taken over at least ``min_visible_fraction`` of
+    the whole camera-facing model surface, so a gripper mostly out of the image or hidden is
+    trusted less. ``frame_coverage`` (what :attr:`score` uses to choose between poses) is taken
+    over the part of that surface inside the image only: surface beyond the image border is
+    neither seen nor contradicted, so it says nothing about where the gripper is, and a floor
+    counting it would favour poses that slide more of the model into the image (along the
+    viewing ray) over the true one of a gripper cut by the border.
+    """
 
     X_CG: np.ndarray
     width: float
@@ -363,10 +375,12 @@ class Fit:
     n_points: int = 0
     n_inliers: int = 0
     finger_points: tuple[int, int] = (0, 0)
+    frame_coverage: float = 0.0
 
     @property
     def score(self) -> float:
-        return self.fitness * self.coverage
+        """What every choice between fits compares: ``fitness * frame_coverage``."""
+        return self.fitness * self.frame_coverage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -583,15 +597,16 @@ class NumpyICPEngine:
             hit = np.isfinite(d)
             occ = problem.occlusion
             if occ is not None:
-                expect = occ.expected(pC[facing], margin=c.occlusion_margin)
-                denom = max(float(expect.sum()), c.min_visible_fraction * len(expect), 1.0)
-                coverage = float(min(1.0, (hit & expect).sum() / denom))
+                inside, expect = occ.visibility(pC[facing], margin=c.occlusion_margin)
+                seen, n_exp = float((hit & expect).sum()), float(expect.sum())
+                coverage = min(1.0, seen / max(n_exp, c.min_visible_fraction * len(expect), 1.0))
+                frame_coverage = min(1.0, seen / max(n_exp, c.min_visible_fraction * float(inside.sum()), 1.0))
             else:
-                coverage = float(np.mean(hit))
+                coverage = frame_coverage = float(np.mean(hit))
         else:
-            coverage = 0.0
+            coverage = frame_coverage = 0.0
         fingers = (int((inl & (part == PART_LEFT)).sum()), int((inl & (part == PART_RIGHT)).sum()))
-        return Fit(X_CG, width, fitness, coverage, rmse, n_near, int((inl & near).sum()), fingers)
+        return Fit(X_CG, width, fitness, coverage, rmse, n_near, int((inl & near).sum()), fingers, frame_coverage)
 
     # --- the opening grid --------------------------------------------------------------------
 

@@ -419,19 +419,21 @@ class TorchICPEngine:
         sq = torch.where(inl, dist, 0.0) ** 2
         rmse = torch.where(n_inl > 0, (sq.sum(-1) / n_inl.clamp(min=1).to(self.dtype)).sqrt(), float("inf"))
         fingers = torch.stack([(inl & (part == PART_LEFT)).sum(-1), (inl & (part == PART_RIGHT)).sum(-1)], -1)
-        coverage = self._coverage(problems, q, valid, lab, X_CG, width)
+        coverage, frame_coverage = self._coverage(problems, q, valid, lab, X_CG, width)
         X_np = X_CG.cpu().numpy()
         w_np = width.cpu().numpy()
-        stats = torch.stack([fitness, coverage, rmse]).cpu().numpy()
+        stats = torch.stack([fitness, coverage, rmse, frame_coverage]).cpu().numpy()
         counts = torch.stack([n_near, n_in_near]).cpu().numpy()
         fingers_np = fingers.cpu().numpy()
         return [Fit(X_np[j], float(w_np[j]), float(stats[0, j]), float(stats[1, j]), float(stats[2, j]),
-                    int(counts[0, j]), int(counts[1, j]), (int(fingers_np[j, 0]), int(fingers_np[j, 1])))
+                    int(counts[0, j]), int(counts[1, j]), (int(fingers_np[j, 0]), int(fingers_np[j, 1])),
+                    float(stats[3, j]))
                 for j in range(J)]
 
     def _coverage(self, problems: Sequence[ICPProblem], q: torch.Tensor, valid: torch.Tensor, lab: torch.Tensor,
-                  X_CG: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
-        """Camera-facing model samples with an observed point near them (see NumpyICPEngine.evaluate)."""
+                  X_CG: torch.Tensor, width: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``coverage`` and ``frame_coverage`` (:class:`Fit`): camera-facing model samples with an
+        observed point near them (see NumpyICPEngine.evaluate)."""
         c = self.config
         J = len(problems)
         radius = self._t([max(c.inlier_dist, 1.5 * self._spacing(p)) for p in problems])
@@ -454,20 +456,21 @@ class TorchICPEngine:
         hit = torch.cat(hit_parts) & facing
         n_facing = facing.sum(-1)
         coverage = torch.where(n_facing > 0, hit.sum(-1).to(self.dtype) / n_facing.clamp(min=1).to(self.dtype), 0.0)
+        frame_coverage = coverage.clone()
         occluded = [j for j, p in enumerate(problems) if p.occlusion is not None]
         if occluded:
-            expect = self._expected([problems[j] for j in occluded], pC[occluded]) & facing[occluded]
+            inside, expect = self._visibility([problems[j] for j in occluded], pC[occluded])
+            inside, expect = inside & facing[occluded], expect & facing[occluded]
             n_exp = expect.sum(-1).to(self.dtype)
-            denom = torch.maximum(torch.maximum(n_exp, c.min_visible_fraction * n_facing[occluded].to(self.dtype)),
-                                  torch.ones_like(n_exp))
-            cov = torch.clamp((hit[occluded] & expect).sum(-1).to(self.dtype) / denom, max=1.0)
-            cov = torch.where(n_facing[occluded] > 0, cov, 0.0)
-            coverage = coverage.clone()
-            coverage[occluded] = cov
-        return coverage
+            seen = (hit[occluded] & expect).sum(-1).to(self.dtype)
+            for out, n_floor in ((coverage, n_facing[occluded]), (frame_coverage, inside.sum(-1))):
+                denom = torch.maximum(torch.maximum(n_exp, c.min_visible_fraction * n_floor.to(self.dtype)),
+                                      torch.ones_like(n_exp))
+                out[occluded] = torch.where(n_facing[occluded] > 0, torch.clamp(seen / denom, max=1.0), 0.0)
+        return coverage, frame_coverage
 
-    def _expected(self, problems: Sequence[ICPProblem], pts: torch.Tensor) -> torch.Tensor:
-        """Batched :meth:`PixelProjection.expected` of ``pts`` (B, M, 3), each in its problem's frame."""
+    def _visibility(self, problems: Sequence[ICPProblem], pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched :meth:`PixelProjection.visibility` of ``pts`` (B, M, 3), each in its problem's frame."""
         c = self.config
         B, M, _ = pts.shape
         images: dict[int, int] = {}
@@ -507,7 +510,7 @@ class TorchICPEngine:
         obs_ok = ok[b, v, u] & inside
         d_obs = (img[b, v, u] - center[:, None, :]).norm(dim=-1)
         d_pt = (pts - center[:, None, :]).norm(dim=-1)
-        return inside & ~(obs_ok & (d_obs < d_pt - c.occlusion_margin))
+        return inside, inside & ~(obs_ok & (d_obs < d_pt - c.occlusion_margin))
 
     # ---------------------------------------------------------------------------------------
     # The opening grid

@@ -26,7 +26,10 @@ The ICP tracker, in brief (the why is in the comments):
     a short ICP on a subsample; the best few are refined on all points. Hypotheses are scored by
     ``fitness`` (observed points explained by the model) times ``coverage`` (camera-facing model
     surface that has observed points near it): a partial view fits several poses well, but only
-    the right one also leaves no visible model surface unobserved.
+    the right one also leaves no visible model surface unobserved. Choices between poses take
+    the coverage over the model surface inside the image (``Fit.score``): surface beyond the
+    image border is no evidence, and counting it favoured poses slid along the viewing ray into
+    the image over the true pose of a gripper cut by the border.
   * Tracking starts from the previous pose (optionally a constant-velocity prediction), looks
     only at points near it, and rejects results that jump more than ``max_translation`` /
     ``max_rotation`` per frame (the gate widens while the gripper is lost). A rejected or

@@ -94,12 +94,13 @@ class PixelProjection:
         d_pt = np.linalg.norm(pts[idx] - self.center, axis=1)
         return inside, idx, obs_ok, d_obs, d_pt
 
-    def expected(self, pts: np.ndarray, *, margin: float) -> np.ndarray:
-        """Mask of ``pts`` inside the image and not hidden behind an observed point."""
+    def visibility(self, pts: np.ndarray, *, margin: float) -> tuple[np.ndarray, np.ndarray]:
+        """Masks of ``pts`` inside the image, and of those among them not hidden behind an
+        observed point at least ``margin`` nearer the camera (the points it expects to see)."""
         inside, idx, obs_ok, d_obs, d_pt = self._lookup(pts)
         out = inside.copy()
         out[idx[obs_ok & (d_obs < d_pt - margin)]] = False
-        return out
+        return inside, out
 
     def in_view(self, pts: np.ndarray) -> int:
         """How many of ``pts`` project inside the image (in front of the camera)."""

@@ -193,3 +193,30 @@ def render_gripper(
     labels[pix[win]] = lab[win]
     return SyntheticView(pointmap.reshape(height, width_px, 3).astype(np.float32), valid.reshape(height, width_px),
                          labels.reshape(height, width_px))
+
+
+def gripper_cut_by_border(model: GripperModel, *, shift: float = 0.0, seed: int = 0,
+                          noise: float = 0.001) -> tuple[np.ndarray, np.ndarray, SyntheticView]:
+    """A gripper whose palm is beyond the top border of a 128x160 image, only its fingertips in
+    view (a few dozen pixels), with a wall 15 cm behind it: the geometry of an idle arm's open
+    gripper seen by a held-out camera in a recorded cereal episode.
+
+    Args:
+        model: the gripper model.
+        shift: move the gripper along the camera's y by this much (m; negative: further out).
+        seed: render and wall seed (the pose does not depend on it).
+        noise: render noise (m), as :func:`render_gripper`.
+
+    Returns:
+        ``(X_CG, K, view)``.
+    """
+    H, W = 128, 160
+    K = np.array([[95.25, 0.0, 79.5], [0.0, 95.25, 63.5], [0.0, 0.0, 1.0]])
+    X = np.eye(4)
+    X[:3, :3] = Rotation.from_matrix([[-0.04, -0.999, 0.0], [0.87, -0.035, 0.492],
+                                      [-0.491, 0.02, 0.871]]).as_matrix()
+    X[:3, 3] = [0.144, -0.54 + shift, 0.67]
+    rng = np.random.default_rng(seed)
+    n = 80000
+    wall = np.c_[rng.uniform(-0.8, 0.8, n), rng.uniform(-1.0, 0.6, n), np.full(n, X[2, 3] + 0.15)]
+    return X, K, render_gripper(model, X, 0.08, K, H, W, seed=seed, noise=noise, background=wall)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from geo4d_policy.perception.gripper_model import GripperModel
-from geo4d_policy.perception.icp_core import ICPTrackerConfig, engine_choice, make_engine
+from geo4d_policy.perception.icp_core import EvaluateJob, ICPProblem, ICPTrackerConfig, engine_choice, make_engine
 from geo4d_policy.perception.icp_tracker import ICPGripperTracker
 from geo4d_policy.perception.pose_tracker import TrackingFrame, pose_delta, track_gripper_sequences
-from geo4d_policy.perception.projection import finger_see_through
-from geo4d_policy.perception.synthetic import render_gripper, smooth_trajectory
+from geo4d_policy.perception.projection import PixelProjection, finger_see_through
+from geo4d_policy.perception.synthetic import gripper_cut_by_border, render_gripper, smooth_trajectory
 
 K = np.array([[150.0, 0.0, 80.0], [0.0, 150.0, 64.0], [0.0, 0.0, 1.0]])
 SMALL = ICPTrackerConfig(model_points=(900, 250, 250), max_points=300, coarse_points=120, engine="numpy")
@@ -95,6 +95,37 @@ def test_score_pose_agrees_between_engines(model):
         out.append(tracker.score_pose(pts, traj[0], width=0.02, part_labels=labels))
     assert out[0].confidence > 0.5
     _agree(out[0], out[1])
+
+
+def test_a_gripper_cut_by_the_image_border_is_scored_and_tracked_alike(model):
+    """Both coverages (the confidence's, over the whole camera-facing surface, and the one poses
+    are chosen by, over the surface inside the image) agree between the engines, here where
+    the border hides most of the gripper and they differ; so do the tracks of a still gripper."""
+    frames, X = [], None
+    for k in range(3):
+        X, _, view = gripper_cut_by_border(model, seed=k)
+        frames.append(TrackingFrame(view.pointmap, view.valid, part_labels=view.part_labels))
+    slid = X.copy()
+    slid[:3, 3] *= 1.0 + 0.02 / np.linalg.norm(X[:3, 3])  # 2 cm further along the viewing ray
+    q, labels = frames[0].points()
+    problem = ICPProblem(q, labels, occlusion=PixelProjection.of_frame(frames[0]))
+    fits = {}
+    for engine in ("numpy", "torch"):
+        engine_ = make_engine(model, dataclasses.replace(SMALL, engine=engine, device="cpu"))
+        fits[engine] = engine_.run([EvaluateJob(problem, P, 0.08) for P in (X, slid)])
+    for a, b in zip(fits["numpy"], fits["torch"]):
+        assert abs(a.coverage - b.coverage) < 1e-9 and abs(a.frame_coverage - b.frame_coverage) < 1e-9
+    truth, moved = fits["numpy"]
+    assert truth.frame_coverage > truth.coverage + 0.2  # most of the gripper is beyond the border
+    assert truth.score > moved.score
+    tracks = [track_gripper_sequences([dict(
+        pointmaps=np.stack([f.pointmap for f in frames]), valid=np.stack([f.valid for f in frames]),
+        part_labels=[f.part_labels for f in frames], first_pose_hint=X,
+        tracker=ICPGripperTracker(model, config=dataclasses.replace(SMALL, engine=engine, device="cpu")))])[0]
+        for engine in ("numpy", "torch")]
+    for r, g in zip(*tracks):
+        _agree(r, g)
+    assert all(r.ok and pose_delta(r.X_CG, X)[0] < 0.006 for r in tracks[0])
 
 
 def test_engine_and_device_names_are_checked():

@@ -5,7 +5,7 @@ import pytest
 
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.metrics import pose_errors
-from geo4d_policy.perception.synthetic import gripper_cloud, render_gripper, smooth_trajectory
+from geo4d_policy.perception.synthetic import gripper_cloud, gripper_cut_by_border, render_gripper, smooth_trajectory
 from geo4d_policy.perception.icp_core import ICPTrackerConfig
 from geo4d_policy.perception.icp_tracker import ICPGripperTracker
 from geo4d_policy.perception.pose_tracker import PoseTracker, TrackingFrame, part_label_image, track_gripper_sequence
@@ -91,6 +91,26 @@ def test_a_gripper_half_hidden_behind_the_scene_keeps_its_confidence(model):
     assert aware.coverage > blind.coverage + 0.15, (aware.coverage, blind.coverage)
     trans_mm, _ = pose_errors(aware.X_CG[None], X[None])
     assert trans_mm[0] < 3.0
+
+
+@pytest.mark.parametrize("dy", [0.0, -0.005])
+def test_a_still_gripper_cut_by_the_image_border_stays_where_it_is(model, dy):
+    """Only the fingertips of a still gripper are in the image (the palm is beyond its top
+    border, a wall behind), as for the idle arm in a recorded cereal view. Surface beyond the
+    border is no evidence: the tracker must not slide the model along the viewing ray to bring
+    more of it into the image (it did, by about 2 cm, and held it there). The confidence still
+    says that the view shows little of the gripper."""
+    frames = []
+    for k in range(4):
+        X, _, view = gripper_cut_by_border(model, shift=dy, seed=k)
+        frames.append(TrackingFrame(view.pointmap, view.valid, part_labels=view.part_labels))
+    assert 25 <= (frames[0].part_labels >= 0).sum() <= 60  # a few pixels of the fingertips
+    tracker = ICPGripperTracker(model)
+    results = [tracker.register(frames[0], init_pose=X)] + [tracker.track(f) for f in frames[1:]]
+    trans_mm, _ = pose_errors(np.stack([r.X_CG for r in results]), np.stack([X] * len(results)))
+    assert all(r.ok for r in results)
+    assert trans_mm.max() < 6.0, trans_mm
+    assert max(r.confidence for r in results) < 0.8
 
 
 def test_bad_frames_are_lost_with_the_last_pose_held(model):
