@@ -16,6 +16,9 @@ Owns the diffusion maths around :class:`~geo4d_policy.models.generator.Geo4DUNet
   schedule (``sigma_max -> sigma_min`` with ``rho``, then 0), i.e. sgm's ``EulerEDMSampler``
   without churn; the initial noise and any noise augmentation come from one seeded
   ``torch.Generator`` on the CPU, so a seed gives the same sample on every device.
+* Residual targets (``edm.residual``): the diffused sample is ``x0 - cond`` (the conditioning
+  latents repeated over the frames); the sampler adds ``cond`` back. The anchor is the clean
+  conditioning, before any noise augmentation.
 * Classifier-free guidance: with probability ``cond_drop_prob`` a training clip loses its
   conditioning (both views' conditioning latents set to 0 and the task token replaced by the
   null token; the view tokens stay). At sampling, ``guidance_scale`` w != 1 evaluates the
@@ -193,6 +196,8 @@ def edm_loss(
         # Drawn where the generator lives (the training device in the trainer: no host copy).
         return draw(fn, shape, generator, device=dev).to(dev)
 
+    if edm.residual:
+        x0 = x0 - cond[:, :, None].to(x0.dtype)
     sigma = (rows(torch.randn, (b,)) * edm.p_std + edm.p_mean).exp()
     noise = rows(torch.randn, tuple(x0.shape)).to(x0.dtype)
     if edm.cond_noise_aug > 0:
@@ -255,7 +260,8 @@ def sample_edm(
         callback: called as ``callback(step, denoised)`` after every step.
 
     Returns:
-        (B, 2, F, C, h, w) float32 latents.
+        (B, 2, F, C, h, w) float32 latents (with ``edm.residual``, the conditioning latents
+        plus the sampled change; ``callback`` then sees the denoised change).
     """
     edm = config.edm
     steps = num_steps or edm.num_steps
@@ -264,6 +270,7 @@ def sample_edm(
     b, v, c, h, wd = cond.shape
     dev = cond.device
     cond = cond.float()
+    anchor = cond[:, :, None] if edm.residual else None
     sigmas = karras_sigmas(steps, sigma_min=edm.sigma_min, sigma_max=edm.sigma_max, rho=edm.rho, device=dev)
     if isinstance(generator, Sequence):
         if len(generator) != b:
@@ -300,4 +307,4 @@ def sample_edm(
             x = denoised
         if callback is not None:
             callback(i, denoised)
-    return x
+    return x if anchor is None else x + anchor

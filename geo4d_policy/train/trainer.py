@@ -176,7 +176,13 @@ def build_generator(cfg: TrainConfig, mc: GeneratorConfig, tasks: tuple[str, ...
     model = Generator4D(mc, trained_tasks=tasks)
     src = None
     if cfg.init_from is not None:
-        src = Generator4D.from_pretrained(cfg.init_from, config=mc)
+        # Weights carry over between configs of the same network; the diffusion settings (edm.*)
+        # are the objective being fine-tuned, free to change (a resume still refuses that).
+        src = Generator4D.from_pretrained(cfg.init_from)
+        diff = [d for d in config_differences(mc, src.config) if not d.startswith("edm.")]
+        if diff:
+            raise CheckpointError(f"{cfg.init_from} was trained with another generator network:\n  "
+                                  + "\n  ".join(diff))
     if cfg.image_vae is None and cfg.pointmap_vae is None and src is not None:
         # Continuing a generator: its own (frozen) autoencoders come with it.
         model.set_vaes(src.image_vae, src.pointmap_vae)

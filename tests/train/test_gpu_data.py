@@ -92,7 +92,7 @@ def test_autoencoder_batches(data):
         frame_batch_factory(store, kind="pointmap_vae", batch_size=2)
 
 
-def test_train_export_and_continue(data, tmp_path):
+def test_train_export_and_continue(data, tmp_path, capsys):
     """VAEs and generator on the device path, then a new run continues from the exported
     checkpoint: it keeps the checkpoint's autoencoders and records both runs' data seeds."""
     from geo4d_policy.cli.train import main
@@ -116,6 +116,14 @@ def test_train_export_and_continue(data, tmp_path):
         assert torch.allclose(a, b.float(), atol=1e-3)
     cfg = json.loads((runs / "g2" / "step_1" / "config.json").read_text())
     assert cfg["training"]["train_config"]["data_seeds"] == {"PlaceAppleFromBowlIntoBin": [0, 1, 9]}
+    # The objective may change on the way (residual targets), the network may not.
+    init = ["generator", "--task", "all", "--data", str(tmp_path / "more"), "--init", str(tmp_path / "shipped"),
+            "--steps", "1", "--cache-pairs", "2", *common]
+    assert main([*init, "--out", str(runs / "g3"), "--override", "edm.residual=true",
+                 "--override", "edm.sigma_data=0.15"]) == 0
+    assert Generator4D.from_pretrained(runs / "g3").config.edm.residual
+    assert main([*init, "--out", str(runs / "g4"), "--override", "unet.layers_per_block=2"]) == 2
+    assert "another generator network" in capsys.readouterr().err
 
 
 def test_patch_codec_run_and_generator_on_it(data, tmp_path):
