@@ -17,7 +17,12 @@ from geo4d_policy.perception.icp_core import EvaluateJob, ICPProblem, ICPTracker
 from geo4d_policy.perception.icp_tracker import ICPGripperTracker
 from geo4d_policy.perception.pose_tracker import TrackingFrame, pose_delta, track_gripper_sequences
 from geo4d_policy.perception.projection import PixelProjection, finger_see_through
-from geo4d_policy.perception.synthetic import gripper_cut_by_border, render_gripper, smooth_trajectory
+from geo4d_policy.perception.synthetic import (
+    gripper_cut_by_border,
+    gripper_cut_by_border_in_view_m,
+    render_gripper,
+    smooth_trajectory,
+)
 
 K = np.array([[150.0, 0.0, 80.0], [0.0, 150.0, 64.0], [0.0, 0.0, 1.0]])
 SMALL = ICPTrackerConfig(model_points=(900, 250, 250), max_points=300, coarse_points=120, engine="numpy")
@@ -126,6 +131,36 @@ def test_a_gripper_cut_by_the_image_border_is_scored_and_tracked_alike(model):
     for r, g in zip(*tracks):
         _agree(r, g)
     assert all(r.ok and pose_delta(r.X_CG, X)[0] < 0.006 for r in tracks[0])
+
+
+def test_view_m_judged_from_its_own_camera_is_scored_and_tracked_alike(model):
+    """View m's points in camera n's frame with camera m's pose (``X_CnCv``): the facing test
+    (matching and coverage) from camera m's centre, the projection camera m's; both engines
+    agree on the coverages of the true and of a slid pose, and on the track."""
+    frames = []
+    for k in range(3):
+        X, X_CnCm, K_m, view = gripper_cut_by_border_in_view_m(model, seed=k)
+        frames.append(TrackingFrame(view.pointmap, view.valid, part_labels=view.part_labels, K=K_m, X_CnCv=X_CnCm))
+    q, labels = frames[0].points()
+    problem = ICPProblem(q, labels, occlusion=PixelProjection.of_frame(frames[0]), X_CnCv=frames[0].X_CnCv)
+    slid = X.copy()
+    slid[:3, 3] += 0.02 * frames[0].X_CnCv[:3, 2]  # 2 cm along camera m's axis
+    fits = {}
+    for engine in ("numpy", "torch"):
+        engine_ = make_engine(model, dataclasses.replace(SMALL, engine=engine, device="cpu"))
+        fits[engine] = engine_.run([EvaluateJob(problem, P, 0.08) for P in (X, slid)])
+    for a, b in zip(fits["numpy"], fits["torch"]):
+        assert abs(a.coverage - b.coverage) < 1e-9 and abs(a.frame_coverage - b.frame_coverage) < 1e-9
+    assert fits["numpy"][0].score > fits["numpy"][1].score
+    assert fits["numpy"][0].frame_coverage > 0.5  # camera m's side of the gripper is the one seen
+    tracks = [track_gripper_sequences([dict(
+        pointmaps=np.stack([f.pointmap for f in frames]), valid=np.stack([f.valid for f in frames]),
+        part_labels=[f.part_labels for f in frames], K=frames[0].K, X_CnCv=frames[0].X_CnCv, first_pose_hint=X,
+        tracker=ICPGripperTracker(model, config=dataclasses.replace(SMALL, engine=engine, device="cpu")))])[0]
+        for engine in ("numpy", "torch")]
+    for r, g in zip(*tracks):
+        _agree(r, g)
+    assert all(r.ok and pose_delta(r.X_CG, X)[0] < 0.004 for r in tracks[0])
 
 
 def test_engine_and_device_names_are_checked():
