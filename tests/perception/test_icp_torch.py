@@ -102,18 +102,27 @@ def test_score_pose_agrees_between_engines(model):
     _agree(out[0], out[1])
 
 
-def test_a_gripper_cut_by_the_image_border_is_scored_and_tracked_alike(model):
+@pytest.mark.parametrize("view", ["n", "m"])
+def test_a_gripper_cut_by_the_image_border_is_scored_and_tracked_alike(model, view):
     """Both coverages (the confidence's, over the whole camera-facing surface, and the one poses
     are chosen by, over the surface inside the image) agree between the engines, here where
-    the border hides most of the gripper and they differ; so do the tracks of a still gripper."""
+    the border hides most of the gripper and they differ; so do the tracks of a still gripper.
+    View m: the same gripper taken by camera m and given in camera n's frame with camera m's
+    pose, so the facing test (matching and coverage) and the projection are camera m's."""
     frames, X = [], None
     for k in range(3):
-        X, _, view = gripper_cut_by_border(model, seed=k)
-        frames.append(TrackingFrame(view.pointmap, view.valid, part_labels=view.part_labels))
+        if view == "n":  # no K: the projection is fitted to the pointmap
+            X, _, v = gripper_cut_by_border(model, seed=k)
+            frames.append(TrackingFrame(v.pointmap, v.valid, part_labels=v.part_labels))
+        else:
+            X, X_CnCm, K_m, v = gripper_cut_by_border_in_view_m(model, seed=k)
+            frames.append(TrackingFrame(v.pointmap, v.valid, part_labels=v.part_labels, K=K_m, X_CnCv=X_CnCm))
+    camera = frames[0].camera_pose
+    ray = X[:3, 3] - camera[:3, 3]
     slid = X.copy()
-    slid[:3, 3] *= 1.0 + 0.02 / np.linalg.norm(X[:3, 3])  # 2 cm further along the viewing ray
+    slid[:3, 3] += 0.02 * ray / np.linalg.norm(ray)  # 2 cm further along the viewing ray
     q, labels = frames[0].points()
-    problem = ICPProblem(q, labels, occlusion=PixelProjection.of_frame(frames[0]))
+    problem = ICPProblem(q, labels, occlusion=PixelProjection.of_frame(frames[0]), X_CnCv=frames[0].X_CnCv)
     fits = {}
     for engine in ("numpy", "torch"):
         engine_ = make_engine(model, dataclasses.replace(SMALL, engine=engine, device="cpu"))
@@ -125,42 +134,12 @@ def test_a_gripper_cut_by_the_image_border_is_scored_and_tracked_alike(model):
     assert truth.score > moved.score
     tracks = [track_gripper_sequences([dict(
         pointmaps=np.stack([f.pointmap for f in frames]), valid=np.stack([f.valid for f in frames]),
-        part_labels=[f.part_labels for f in frames], first_pose_hint=X,
-        tracker=ICPGripperTracker(model, config=dataclasses.replace(SMALL, engine=engine, device="cpu")))])[0]
-        for engine in ("numpy", "torch")]
-    for r, g in zip(*tracks):
-        _agree(r, g)
-    assert all(r.ok and pose_delta(r.X_CG, X)[0] < 0.006 for r in tracks[0])
-
-
-def test_view_m_judged_from_its_own_camera_is_scored_and_tracked_alike(model):
-    """View m's points in camera n's frame with camera m's pose (``X_CnCv``): the facing test
-    (matching and coverage) from camera m's centre, the projection camera m's; both engines
-    agree on the coverages of the true and of a slid pose, and on the track."""
-    frames = []
-    for k in range(3):
-        X, X_CnCm, K_m, view = gripper_cut_by_border_in_view_m(model, seed=k)
-        frames.append(TrackingFrame(view.pointmap, view.valid, part_labels=view.part_labels, K=K_m, X_CnCv=X_CnCm))
-    q, labels = frames[0].points()
-    problem = ICPProblem(q, labels, occlusion=PixelProjection.of_frame(frames[0]), X_CnCv=frames[0].X_CnCv)
-    slid = X.copy()
-    slid[:3, 3] += 0.02 * frames[0].X_CnCv[:3, 2]  # 2 cm along camera m's axis
-    fits = {}
-    for engine in ("numpy", "torch"):
-        engine_ = make_engine(model, dataclasses.replace(SMALL, engine=engine, device="cpu"))
-        fits[engine] = engine_.run([EvaluateJob(problem, P, 0.08) for P in (X, slid)])
-    for a, b in zip(fits["numpy"], fits["torch"]):
-        assert abs(a.coverage - b.coverage) < 1e-9 and abs(a.frame_coverage - b.frame_coverage) < 1e-9
-    assert fits["numpy"][0].score > fits["numpy"][1].score
-    assert fits["numpy"][0].frame_coverage > 0.5  # camera m's side of the gripper is the one seen
-    tracks = [track_gripper_sequences([dict(
-        pointmaps=np.stack([f.pointmap for f in frames]), valid=np.stack([f.valid for f in frames]),
         part_labels=[f.part_labels for f in frames], K=frames[0].K, X_CnCv=frames[0].X_CnCv, first_pose_hint=X,
         tracker=ICPGripperTracker(model, config=dataclasses.replace(SMALL, engine=engine, device="cpu")))])[0]
         for engine in ("numpy", "torch")]
     for r, g in zip(*tracks):
         _agree(r, g)
-    assert all(r.ok and pose_delta(r.X_CG, X)[0] < 0.004 for r in tracks[0])
+    assert all(r.ok and pose_delta(r.X_CG, X)[0] < 0.006 for r in tracks[0])
 
 
 def test_engine_and_device_names_are_checked():
