@@ -25,6 +25,9 @@ The algorithm (the why of each rule is in the comments of the code):
     ``coverage`` (camera-facing model surface with observed points near it, leaving out what the
     frame shows hidden behind the scene); poses are compared on the surface inside the image
     (``Fit.frame_coverage``), confidence also counts the surface beyond the image border.
+  * "The camera" is the one that took the frame's pixels (``ICPProblem.X_CnCv``: camera m for
+    view m's ``X^{m->n}``, whose points are in camera n's frame); facing, in front of and
+    projection are all judged from it.
 """
 
 from __future__ import annotations
