@@ -10,7 +10,8 @@ Gaussian depth noise (m) to the predicted frame, as a stand-in for a generator's
 per-dataset median / max translation (mm) and rotation (deg) errors and the share trusted;
 writes them to ``--out`` as JSON.
 
-    PYTHONPATH=$PWD python scripts/view_pose_accuracy.py --data DIR [DIR ...] [--clips 10] [--noise 0.005] [--max-residual M]
+    PYTHONPATH=$PWD python scripts/view_pose_accuracy.py --data DIR [DIR ...] [--clips 10]
+        [--noise 0.005] [--max-residual M] [--out FILE]
 """
 
 from __future__ import annotations

@@ -219,7 +219,8 @@ def track_gripper_sequence(
         T :class:`TrackResult`; frame 0 registers, later frames track.
     """
     return track_gripper_sequences([dict(pointmaps=pointmaps, valid=valid, masks=masks, part_labels=part_labels,
-                                         rgb=rgb, K=K, X_CnCv=X_CnCv, first_pose_hint=first_pose_hint, tracker=tracker)])[0]
+                                         rgb=rgb, K=K, X_CnCv=X_CnCv, first_pose_hint=first_pose_hint,
+                                         tracker=tracker)])[0]
 
 
 def track_gripper_sequences(sequences: Sequence[Mapping[str, Any]]) -> list[list[TrackResult]]:

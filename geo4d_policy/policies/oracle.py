@@ -175,7 +175,8 @@ class OraclePolicy(VideoPolicy):
     def predict_video(self, obs: Observation) -> PredictedVideo:
         return video_from_frames(self.lookahead.rollout(obs), future_labels=self.future_labels)
 
-    def view_cameras(self, obs: Observation, video: PredictedVideo) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    def view_cameras(self, obs: Observation, video: PredictedVideo
+                     ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
         """The oracle knows the calibration: camera m's true pose in camera n (the look-ahead
         renders the same cameras)."""
         n, m = (obs.camera_specs[c] for c in obs.eval_cameras[:2])

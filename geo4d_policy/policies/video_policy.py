@@ -550,7 +550,8 @@ class VideoPolicy:
                            view_cameras=self.view_cameras(obs, video),
                            fail_safe_config=cfg.fail_safe)
 
-    def view_cameras(self, obs: Observation, video: PredictedVideo) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    def view_cameras(self, obs: Observation, video: PredictedVideo
+                     ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
         """:func:`view_cameras` with camera m's pose estimated from the prediction (the policy is
         not calibrated), counted in the diagnostics (``view_m_pose``: how often it was trusted
         or fell back, the residuals, the last fallback's reason). A subclass that knows the
