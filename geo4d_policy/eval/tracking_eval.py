@@ -13,7 +13,9 @@ n and m drawn at random) and per arm visible at t:
     labels (:data:`LABEL_SOURCES`) from the recorded masks or from a :class:`GripperSegmenter`
     on the recorded RGB, on frame t only (then unsegmented frames, as on a predicted video
     with a first-frame mask) or on every frame; frame t's pose hint is the robot's measured
-    pose (a policy always knows it), unless ``use_hint`` is off;
+    pose (a policy always knows it), unless ``use_hint`` is off; each view with the camera that
+    owns its pixels (intrinsics, and for view m the recorded ``X_CnCm``), from which the
+    tracker judges image border, occlusion and camera-facing surface;
   * :func:`~geo4d_policy.perception.fusion.fuse_views` (most confident view per frame for the
     pose, mapped to T with ``X_TCn``; the view that saw the fingers best for the opening);
   * open/closed with :class:`~geo4d_policy.perception.gripper_state.GripperStateEstimator` on
