@@ -203,15 +203,26 @@ def nearest_rotation(M: np.ndarray) -> np.ndarray:
     return U @ D @ Vt
 
 
-def checked_transform(X: np.ndarray, name: str) -> np.ndarray:
+def checked_transform(X: np.ndarray, name: str, *, rigid_tol: float | None = None) -> np.ndarray:
     """``X`` as a float64 rigid transform: its rotation block projected onto SO(3).
 
+    With ``rigid_tol``, ``X`` must already be rigid to that tolerance (rotation block
+    orthonormal with determinant +1, last row ``[0, 0, 0, 1]``), not merely close to one after
+    the projection: a scaled, sheared or mirrored matrix is refused rather than silently fixed.
+
     Raises:
-        ValueError: ``X`` is not a finite 4x4 (the message names it ``name``).
+        ValueError: ``X`` is not a finite 4x4, or (with ``rigid_tol``) not rigid (the message
+            names it ``name``).
     """
     X = np.asarray(X, dtype=np.float64)
     if X.shape != (4, 4) or not np.isfinite(X).all():
         raise ValueError(f"{name} must be a finite 4x4 transform, got shape {X.shape}")
+    if rigid_tol is not None:
+        R = X[:3, :3]
+        err = max(float(np.abs(R.T @ R - np.eye(3)).max()), float(np.abs(X[3] - [0, 0, 0, 1]).max()))
+        if err > rigid_tol or np.linalg.det(R) <= 0:
+            raise ValueError(f"{name} must be a rigid transform (orthonormal rotation with det +1, last row "
+                             f"0 0 0 1); off by {err:.3g}, det {np.linalg.det(R):.3g}")
     out = np.eye(4)
     out[:3, :3] = nearest_rotation(X[:3, :3])
     out[:3, 3] = X[:3, 3]

@@ -289,7 +289,7 @@ def _track_job(job: dict[str, Any]) -> dict[str, Any]:
     tracks = track_video(video, current, X_TCn=clip.X_TC[0], X_TG_now={a: clip.X_TG[a][0] for a in arms},
                          width_now={a: float(clip.width[a][0]) for a in arms}, model=model,
                          candidate_widths=(held, model.stroke) if held is not None else None,
-                         view_cameras=[(clip.K[0], None), (clip.K[1], X_CnCm)] if held is not None else None)
+                         view_cameras=[(clip.K[0], None), (clip.K[1], X_CnCm)])
     res = {}
     for a in arms:
         tr = tracks[a]

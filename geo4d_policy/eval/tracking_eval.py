@@ -13,7 +13,9 @@ n and m drawn at random) and per arm visible at t:
     labels (:data:`LABEL_SOURCES`) from the recorded masks or from a :class:`GripperSegmenter`
     on the recorded RGB, on frame t only (then unsegmented frames, as on a predicted video
     with a first-frame mask) or on every frame; frame t's pose hint is the robot's measured
-    pose (a policy always knows it), unless ``use_hint`` is off;
+    pose (a policy always knows it), unless ``use_hint`` is off; each view with the camera that
+    owns its pixels (intrinsics, and for view m the recorded ``X_CnCm``), from which the
+    tracker judges image border, occlusion and camera-facing surface;
   * :func:`~geo4d_policy.perception.fusion.fuse_views` (most confident view per frame for the
     pose, mapped to T with ``X_TCn``; the view that saw the fingers best for the opening);
   * open/closed with :class:`~geo4d_policy.perception.gripper_state.GripperStateEstimator` on
@@ -383,16 +385,16 @@ def track_arm_clip(
     X_TCn = data.X_TC[0]
     T = pointmaps.shape[1]
     X_CnG0 = invert_transform(X_TCn) @ data.X_TG[arm][0]
+    # Each view with its own pixels' camera (view m's pixels hold X^{m->n}), for the trackers'
+    # projection and camera-facing surface, the consistency check and free space: the recorded
+    # calibration, as the generator's X^{m->n} implies it (misreg leaves it exact).
+    X_CnCv = (None, relative_camera_transform(data.X_TC[0], data.X_TC[1]))
     t0 = time.perf_counter()
     results = track_gripper_sequences([
-        dict(pointmaps=pointmaps[v], valid=valid[v], part_labels=list(labels[v]),
+        dict(pointmaps=pointmaps[v], valid=valid[v], part_labels=list(labels[v]), K=data.K[v], X_CnCv=X_CnCv[v],
              first_pose_hint=X_CnG0 if use_hint else None, tracker=ICPGripperTracker(model, config=tracker_config))
         for v in range(2)])
     fused = fuse_views(results[0], results[1], X_TCn=X_TCn)
-    # Each view with its own pixels' projection (view m's pixels hold X^{m->n}), for the
-    # consistency check and free space; the recorded calibration, as the generator's X^{m->n}
-    # implies it (misreg leaves it exact).
-    X_CnCv = (None, relative_camera_transform(data.X_TC[0], data.X_TC[1]))
     if fail_safe_config is None or fail_safe_config.enabled:
         fused = fail_safe(fused, [[TrackingFrame(pointmaps[u, k], valid[u, k], part_labels=labels[u][k], K=data.K[u],
                                                  X_CnCv=X_CnCv[u]) for u in range(2)] for k in range(T)],

@@ -10,6 +10,7 @@ Modules:
     free space in a frame's pixels. (:mod:`.tracker` re-exports the old names.)
   * :mod:`.gripper_state` - finger-cluster centroid distance and open/closed with hysteresis.
   * :mod:`.fusion` - keep the more confident view per frame, map ``X_CnG`` to ``X_TG``.
+  * :mod:`.view_pose` - camera m's pose in camera n from pixel-aligned pointmaps (uncalibrated).
   * :mod:`.metrics` - the paper's cross-view mIoU, pose errors.
   * :mod:`.synthetic` - synthetic gripper observations for tests and benchmarks.
   * :mod:`.foundationpose`, :mod:`.sam2_adapter` - optional adapters for user-installed
@@ -18,7 +19,7 @@ Modules:
 Nothing here imports pydrake.
 """
 
-from geo4d_policy.perception.fusion import FusedPose, estimate_relative_pose, fuse_arms, fuse_views
+from geo4d_policy.perception.fusion import FusedPose, fuse_arms, fuse_views
 from geo4d_policy.perception.gripper_model import PART_HAND, PART_LEFT, PART_RIGHT, PARTS, GripperModel
 from geo4d_policy.perception.gripper_state import (
     FingerMeasurement,
@@ -30,11 +31,12 @@ from geo4d_policy.perception.metrics import cross_view_iou, cross_view_miou, pos
 from geo4d_policy.perception.icp_core import ICPTrackerConfig
 from geo4d_policy.perception.icp_tracker import ICPGripperTracker
 from geo4d_policy.perception.pose_tracker import PoseTracker, TrackingFrame, TrackResult, track_gripper_sequence
+from geo4d_policy.perception.view_pose import ViewPoseEstimate, estimate_relative_pose, estimate_view_pose
 
 __all__ = [
     "PARTS", "PART_HAND", "PART_LEFT", "PART_RIGHT", "GripperModel",
     "PoseTracker", "TrackResult", "TrackingFrame", "ICPGripperTracker", "ICPTrackerConfig", "track_gripper_sequence",
     "FingerMeasurement", "GripperStateEstimate", "GripperStateEstimator", "measure_finger_opening",
-    "FusedPose", "fuse_views", "fuse_arms", "estimate_relative_pose",
+    "FusedPose", "fuse_views", "fuse_arms", "estimate_relative_pose", "estimate_view_pose", "ViewPoseEstimate",
     "cross_view_iou", "cross_view_miou", "pose_errors", "pose_error_summary",
 ]

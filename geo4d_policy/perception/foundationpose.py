@@ -13,7 +13,7 @@ of the given depth image. The CAD model is our gripper (:mod:`gripper_model`) at
 ``mesh_width``; FoundationPose treats it as rigid.
 
 Frames: FoundationPose works in the pixels' own camera. For view n that is camera n; for view
-m the frame carries ``X_CnCv`` (e.g. from :func:`fusion.estimate_relative_pose` on the
+m the frame carries ``X_CnCv`` (e.g. from :func:`view_pose.estimate_view_pose` on the
 conditioning frame), the adapter rebuilds view m's own depth from ``X^{m->n}`` and maps the
 result back to camera n. Confidence is not FoundationPose's internal score (not exposed by
 ``register``/``track_one``) but the ICP tracker's model-fit score of the returned pose against

@@ -19,10 +19,9 @@ contradict are lost (:func:`fail_safe`).
 For the RGB-only Dreamitate baseline it owns :func:`fuse_rays` and :func:`fuse_rgb_views`:
 ray-midpoint translation and chordal-mean rotation of two calibrated views' per-view estimates.
 
-It also offers :func:`estimate_relative_pose`, the rigid transform between two pixel-aligned
-pointmaps of the same view (e.g. ``X^m`` in m's own frame and ``X^{m->n}``), which is how an
-image-based tracker run in view m's own camera can be brought into camera n's frame without
-calibrating m.
+Camera m's pose in camera n, which view m's pixels need (the ICP tracker's projection, the
+consistency check, an image-based tracker run in camera m), is estimated without calibration by
+:mod:`~geo4d_policy.perception.view_pose`.
 """
 
 from __future__ import annotations
@@ -256,58 +255,6 @@ def fuse_arms(
 ) -> dict[str, list[FusedPose]]:
     """:func:`fuse_views` for each arm: ``{arm: (results_n, results_m)}`` -> ``{arm: fused}``."""
     return {arm: fuse_views(rn, rm, X_TCn=X_TCn) for arm, (rn, rm) in per_arm.items()}
-
-
-def estimate_relative_pose(
-    points_src: np.ndarray,
-    points_dst: np.ndarray,
-    *,
-    valid: np.ndarray | None = None,
-    trim_fraction: float = 0.2,
-    iterations: int = 3,
-) -> np.ndarray:
-    """Rigid ``X_dst_src`` aligning pixel-aligned pointmaps (``dst ~ X @ src``), robustly.
-
-    Kabsch/Umeyama without scale on corresponding points, re-solved ``iterations`` times on the
-    ``1 - trim_fraction`` best residuals (predicted pointmaps have outliers).
-
-    Args:
-        points_src: (..., 3) points in the source frame (e.g. ``X^m`` in camera m's frame).
-        points_dst: (..., 3) the same pixels in the destination frame (e.g. ``X^{m->n}``).
-        valid: optional (...) mask of usable correspondences.
-        trim_fraction: share of the worst residuals dropped at each re-solve.
-        iterations: re-solves after the first.
-
-    Returns:
-        4x4 ``X_dst_src``.
-
-    Raises:
-        ValueError: fewer than 3 valid correspondences.
-    """
-    src = np.asarray(points_src, dtype=np.float64).reshape(-1, 3)
-    dst = np.asarray(points_dst, dtype=np.float64).reshape(-1, 3)
-    ok = np.isfinite(src).all(axis=1) & np.isfinite(dst).all(axis=1)
-    if valid is not None:
-        ok &= np.asarray(valid, dtype=bool).reshape(-1)
-    src, dst = src[ok], dst[ok]
-    if len(src) < 3:
-        raise ValueError("estimate_relative_pose needs at least 3 valid correspondences")
-    use = np.ones(len(src), dtype=bool)
-    X = np.eye(4)
-    for _ in range(iterations + 1):
-        a, b = src[use], dst[use]
-        ca, cb = a.mean(axis=0), b.mean(axis=0)
-        U, _, Vt = np.linalg.svd((a - ca).T @ (b - cb))
-        D = np.diag([1.0, 1.0, np.sign(np.linalg.det(Vt.T @ U.T)) or 1.0])
-        R = Vt.T @ D @ U.T
-        X = np.eye(4)
-        X[:3, :3] = R
-        X[:3, 3] = cb - R @ ca
-        res = np.linalg.norm(src @ R.T + X[:3, 3] - dst, axis=1)
-        keep = max(3, int(np.ceil((1.0 - trim_fraction) * len(src))))
-        use = np.zeros(len(src), dtype=bool)
-        use[np.argsort(res)[:keep]] = True
-    return X
 
 
 # --------------------------------------------------------------------------------------------

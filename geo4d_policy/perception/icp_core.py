@@ -25,6 +25,9 @@ The algorithm (the why of each rule is in the comments of the code):
     ``coverage`` (camera-facing model surface with observed points near it, leaving out what the
     frame shows hidden behind the scene); poses are compared on the surface inside the image
     (``Fit.frame_coverage``), confidence also counts the surface beyond the image border.
+  * "The camera" is the one that took the frame's pixels (``ICPProblem.X_CnCv``: camera m for
+    view m's ``X^{m->n}``, whose points are in camera n's frame); facing, in front of and
+    projection are all judged from it.
 """
 
 from __future__ import annotations
@@ -195,7 +198,7 @@ OCTAHEDRAL = _octahedral_rotations()
 
 
 def visible_samples(pC: np.ndarray, nC: np.ndarray, *, cell: float = 0.006) -> np.ndarray:
-    """Mask of model samples (camera frame) a camera at the origin would see.
+    """Mask of model samples (in the frame of the camera that looks, at its origin) it would see.
 
     Back faces are culled, then a coarse z-buffer (cells of about ``cell`` metres at the
     samples' mean depth) keeps the nearest sample per cell and those within a centimetre behind
@@ -298,6 +301,10 @@ class ICPProblem:
         cluttered: unsegmented frame: fitness counts only the points inside the gripper's box.
         occlusion: the frame's projection (coverage leaves out model surface hidden behind the
             scene), or None.
+        X_CnCv: pose in camera n of the camera that owns the frame's pixels (None: camera n).
+            Which model surface faces the camera (matching and coverage) and what lies in front
+            of it are judged from this camera: view m's points are in camera n's frame, but
+            camera m saw them.
         cache: per-engine derived data (KD-tree, point spacing, device tensors).
     """
 
@@ -305,12 +312,23 @@ class ICPProblem:
     labels: np.ndarray | None = None
     cluttered: bool = False
     occlusion: PixelProjection | None = None
+    X_CnCv: np.ndarray | None = None
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def subset(self, idx: np.ndarray) -> ICPProblem:
         """The same frame with only the points ``idx``."""
         return ICPProblem(self.q[idx], None if self.labels is None else self.labels[idx], self.cluttered,
-                          self.occlusion)
+                          self.occlusion, self.X_CnCv)
+
+    @property
+    def camera_center(self) -> np.ndarray:
+        """(3,) the centre of the frame's camera in camera n's frame."""
+        return np.zeros(3) if self.X_CnCv is None else self.X_CnCv[:3, 3].copy()
+
+    @property
+    def camera_axis(self) -> np.ndarray:
+        """(3,) the frame's camera's viewing direction (its z axis) in camera n's frame."""
+        return np.array([0.0, 0.0, 1.0]) if self.X_CnCv is None else self.X_CnCv[:3, 2].copy()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -489,7 +507,8 @@ class NumpyICPEngine:
             # Coarse-to-fine trimming: the correspondence radius shrinks geometrically.
             corr = max(corr_min, job.corr_start * decay ** it)
             qG = q @ X_GC[:3, :3].T + X_GC[:3, 3]
-            cam_G = X_GC[:3, 3] if job.facing and c.facing_neighbours > 1 else None
+            cam_G = X_GC[:3, :3] @ job.problem.camera_center + X_GC[:3, 3] \
+                if job.facing and c.facing_neighbours > 1 else None
             dist, part, p, nrm = self.match(qG, labels, w, max_dist=corr, cam_G=cam_G)
             sel = dist <= corr
             if sel.sum() < 6:
@@ -591,7 +610,9 @@ class NumpyICPEngine:
             pts, nrm = pts[keep], nrm[keep]
         pC = pts @ X_CG[:3, :3].T + X_CG[:3, 3]
         nC = nrm @ X_CG[:3, :3].T
-        facing = (np.einsum("ij,ij->i", nC, pC) < 0) & (pC[:, 2] > 0)
+        # Facing the frame's own camera (camera m for X^{m->n}), and in front of it.
+        ray = pC - problem.camera_center
+        facing = (np.einsum("ij,ij->i", nC, ray) < 0) & (ray @ problem.camera_axis > 0)
         if facing.any():
             d, _ = tree.query(pC[facing], k=1, distance_upper_bound=radius)
             hit = np.isfinite(d)

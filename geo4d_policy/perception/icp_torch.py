@@ -313,6 +313,8 @@ class TorchICPEngine:
         corr_start = self._t([j.corr_start for j in jobs])
         corr_min = self._t([c.corr_dist_min if j.corr_min is None else j.corr_min for j in jobs])
         decay = self._t([c.corr_decay if j.decay is None else j.decay for j in jobs])
+        # Each frame's camera centre (camera m's for X^{m->n}): the facing test's viewpoint.
+        center = self._t(np.stack([j.problem.camera_center for j in jobs]))
         active = torch.ones(J, dtype=torch.bool, device=self.device)
         all_idx = torch.arange(J, device=self.device)
         for it in range(int(iters_np.max())):
@@ -324,14 +326,15 @@ class TorchICPEngine:
                 break
             if n_active == J:
                 a_idx = all_idx
-                Ra, ta, wa, qa, ea = R, t, w, q, elig
+                Ra, ta, wa, qa, ea, ca = R, t, w, q, elig, center
             else:
-                Ra, ta, wa, qa, ea = R[a_idx], t[a_idx], w[a_idx], q[a_idx], elig[a_idx]
+                Ra, ta, wa, qa, ea, ca = R[a_idx], t[a_idx], w[a_idx], q[a_idx], elig[a_idx], center[a_idx]
             # Coarse-to-fine trimming: the correspondence radius shrinks geometrically.
             cmin = corr_min[a_idx]
             corr = torch.maximum(cmin, corr_start[a_idx] * decay[a_idx] ** it)
             qG = qa @ Ra.transpose(1, 2) + ta[:, None, :]
-            dist, part, idx = self._match(qG, ea, wa, corr, ta if facing else None)
+            cam_G = (Ra @ ca[..., None]).squeeze(-1) + ta if facing else None
+            dist, part, idx = self._match(qG, ea, wa, corr, cam_G)
             p, nrm = self._matched_samples(part, idx, wa)
             sel = dist <= corr[:, None]
             m = sel.sum(-1)
@@ -444,7 +447,10 @@ class TorchICPEngine:
         labeled = torch.as_tensor([p.labels is not None for p in problems], device=self.device)
         present = torch.stack([((lab == k) & valid).any(-1) for k in _PARTS], -1)  # (J, 3)
         keep = ~labeled[:, None] | present[:, self.part_all]
-        facing = keep & ((nC * pC).sum(-1) < 0) & (pC[..., 2] > 0)
+        # Facing the frame's own camera (camera m for X^{m->n}), and in front of it.
+        ray = pC - self._t(np.stack([p.camera_center for p in problems]))[:, None, :]
+        axis = self._t(np.stack([p.camera_axis for p in problems]))[:, None, :]
+        facing = keep & ((nC * ray).sum(-1) < 0) & ((ray * axis).sum(-1) > 0)
         # Nearest observed point of every model sample, bounded by the radius.
         M = pC.shape[1]
         hit_parts = []

@@ -307,7 +307,9 @@ class ICPGripperTracker:
         # the model's box only (see NumpyICPEngine.evaluate).
         cluttered = False
         occlusion = None
+        X_CnCv = None
         if isinstance(observation, TrackingFrame):
+            X_CnCv = observation.X_CnCv
             if self.config.occlusion_aware:
                 occ = PixelProjection.of_frame(observation, seed=self.config.seed)
                 occlusion = occ if occ.ok else None
@@ -337,7 +339,7 @@ class ICPGripperTracker:
             idx = np.sort(self._rng.choice(len(q), self.config.max_points, replace=False))
             q = q[idx]
             labels = None if labels is None else labels[idx]
-        return ICPProblem(q, labels, cluttered, occlusion), ""
+        return ICPProblem(q, labels, cluttered, occlusion, X_CnCv), ""
 
     def _lost(self, reason: str, *, held: np.ndarray | None = None, fit: Fit | None = None) -> TrackResult:
         self._n_lost += 1
@@ -400,10 +402,12 @@ class ICPGripperTracker:
 
     # --- registration ------------------------------------------------------------------------
 
-    def _seeds(self, q: np.ndarray) -> list[np.ndarray]:
+    def _seeds(self, problem: ICPProblem) -> list[np.ndarray]:
         """Orientation seeds around the observed cloud's principal axes, with translations."""
         S = self.samples
-        c_obs, axes_obs = principal_axes(q)
+        c_obs, axes_obs = principal_axes(problem.q)
+        # Visibility is the frame's own camera's (camera m for X^{m->n}): test it in that frame.
+        X_CvCn = None if problem.X_CnCv is None else invert_transform(problem.X_CnCv)
         pts = np.concatenate(S.points)
         nrm = np.concatenate(S.normals)
         seeds = []
@@ -414,7 +418,10 @@ class ICPGripperTracker:
             # surface a camera would see under this orientation instead (twice, as visibility
             # depends on the position).
             for _ in range(2):
-                vis = visible_samples(pts @ R.T + t, nrm @ R.T)
+                pC, nC = pts @ R.T + t, nrm @ R.T
+                if X_CvCn is not None:
+                    pC, nC = pC @ X_CvCn[:3, :3].T + X_CvCn[:3, 3], nC @ X_CvCn[:3, :3].T
+                vis = visible_samples(pC, nC)
                 if vis.sum() < 10:
                     break
                 t = c_obs - R @ pts[vis].mean(axis=0)
@@ -431,7 +438,7 @@ class ICPGripperTracker:
         only fits within it."""
         c = self.config
         q = problem.q
-        seeds = self._seeds(q)
+        seeds = self._seeds(problem)
         if gate is not None:
             X_ref, gt, gr = gate
             seeds = [X for X in seeds if pose_delta(X_ref, X)[1] <= gr + np.deg2rad(30)]

@@ -22,6 +22,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from geo4d_policy.data.geometry import checked_transform
+
+RIGID_TOL = 1e-4
+"""How far from rigid (orthonormality, last row) a given camera pose may be before it is refused."""
+
 Status = Literal["ok", "lost"]
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,12 @@ class TrackResult:
 class TrackingFrame:
     """One view's frame as handed to a tracker. Everything is in camera n's frame.
 
+    View m's points ``X^{m->n}`` are in camera n's frame, but its pixels are camera m's: what
+    lies inside that image, what it hides and which side of the gripper faces the camera are
+    camera m's. ``X_CnCv`` says where that camera is; the ICP tracker projects, tests
+    visibility and coverage, and picks the camera-facing model surface with it
+    (:mod:`~geo4d_policy.perception.icp_core`). Without it a frame is taken as camera n's own.
+
     Attributes:
         pointmap: (H, W, 3) points (``X^n`` or ``X^{m->n}``).
         valid: (H, W) bool validity of the pointmap.
@@ -79,8 +90,11 @@ class TrackingFrame:
         rgb: optional (H, W, 3) uint8 image, for image-based trackers.
         K: optional 3x3 intrinsics of the camera that owns the pixels, for image-based trackers.
         X_CnCv: optional pose, in camera n, of the camera that owns the pixels (None = camera n
-            itself). Only image-based trackers need it, to recover that camera's own depth
-            from ``X^{m->n}``; see :func:`fusion.estimate_relative_pose`.
+            itself): known from calibration (evaluation, the oracle) or estimated from the
+            prediction (:mod:`~geo4d_policy.perception.view_pose`).
+
+    Raises:
+        ValueError: ``K`` not a finite 3x3, or ``X_CnCv`` not a finite rigid 4x4.
     """
 
     pointmap: np.ndarray
@@ -90,6 +104,20 @@ class TrackingFrame:
     rgb: np.ndarray | None = None
     K: np.ndarray | None = None
     X_CnCv: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.K is not None:
+            K = np.asarray(self.K, dtype=np.float64)
+            if K.shape != (3, 3) or not np.isfinite(K).all():
+                raise ValueError(f"TrackingFrame.K must be a finite 3x3 intrinsics matrix, got shape {K.shape}")
+        if self.X_CnCv is not None:
+            object.__setattr__(self, "X_CnCv", checked_transform(self.X_CnCv, "TrackingFrame.X_CnCv",
+                                                                 rigid_tol=RIGID_TOL))
+
+    @property
+    def camera_pose(self) -> np.ndarray:
+        """``X_CnCv``, the identity for camera n's own pixels."""
+        return np.eye(4) if self.X_CnCv is None else self.X_CnCv.copy()
 
     def points(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The valid (and segmented) points, (N, 3) float64, and their part codes or None."""
@@ -164,6 +192,7 @@ def track_gripper_sequence(
     part_labels: np.ndarray | Sequence[np.ndarray | None] | None = None,
     rgb: np.ndarray | None = None,
     K: np.ndarray | None = None,
+    X_CnCv: np.ndarray | None = None,
     first_pose_hint: np.ndarray | None = None,
     tracker: PoseTracker | None = None,
 ) -> list[TrackResult]:
@@ -178,7 +207,9 @@ def track_gripper_sequence(
         part_labels: like ``masks`` but (H, W) int part codes (-1 none, 0 palm, 1 left finger,
             2 right finger); where given for a frame it replaces the mask.
         rgb: optional (T, H, W, 3) uint8 frames (image-based trackers).
-        K: optional 3x3 intrinsics of the view (image-based trackers).
+        K: optional 3x3 intrinsics of the camera that owns the pixels.
+        X_CnCv: optional pose of that camera in camera n (None: camera n; see
+            :class:`TrackingFrame`). With ``K`` it gives the tracker the view's projection.
         first_pose_hint: optional ``X_CG`` guess for frame 0 (e.g. ``X_CnT @ X_TG`` of the
             current robot state, which a policy always knows).
         tracker: the tracker (default: a new
@@ -188,7 +219,8 @@ def track_gripper_sequence(
         T :class:`TrackResult`; frame 0 registers, later frames track.
     """
     return track_gripper_sequences([dict(pointmaps=pointmaps, valid=valid, masks=masks, part_labels=part_labels,
-                                         rgb=rgb, K=K, first_pose_hint=first_pose_hint, tracker=tracker)])[0]
+                                         rgb=rgb, K=K, X_CnCv=X_CnCv, first_pose_hint=first_pose_hint,
+                                         tracker=tracker)])[0]
 
 
 def track_gripper_sequences(sequences: Sequence[Mapping[str, Any]]) -> list[list[TrackResult]]:
@@ -200,7 +232,8 @@ def track_gripper_sequences(sequences: Sequence[Mapping[str, Any]]) -> list[list
     tracking each sequence alone.
 
     Raises:
-        ValueError: malformed arrays, or a frame 0 without segmentation or pose hint.
+        ValueError: malformed arrays (or ``K`` / ``X_CnCv``, see :class:`TrackingFrame`), or a
+            frame 0 without segmentation or pose hint.
     """
     from geo4d_policy.perception.icp_tracker import ICPGripperTracker, register_all, track_all
 
@@ -223,8 +256,8 @@ def track_gripper_sequences(sequences: Sequence[Mapping[str, Any]]) -> list[list
         masks_t = per_frame(seq.get("masks"), "masks")
         labels_t = per_frame(seq.get("part_labels"), "part_labels")
         rgb_t = per_frame(seq.get("rgb"), "rgb")
-        seq_frames = [TrackingFrame(pointmaps[t], valid[t], masks_t[t], labels_t[t], rgb_t[t], seq.get("K"))
-                      for t in range(T)]
+        seq_frames = [TrackingFrame(pointmaps[t], valid[t], masks_t[t], labels_t[t], rgb_t[t], seq.get("K"),
+                                    seq.get("X_CnCv")) for t in range(T)]
         hint = seq.get("first_pose_hint")
         if T and not seq_frames[0].segmented and hint is None:
             raise ValueError("frame 0 needs a mask/part labels or a first_pose_hint")

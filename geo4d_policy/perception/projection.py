@@ -28,10 +28,10 @@ class PixelProjection:
     A model point projecting onto a pixel whose observed point lies clearly nearer the camera
     is hidden by the scene (a shelf, the held object): it is not expected in the observation,
     and coverage must not count it as missing. The projection is the frame's ``K`` and camera
-    pose ``X_CnCv`` when it carries them; otherwise the pixels' camera is taken to sit at the
-    origin (true for view n's own pointmap) and ``K`` is fitted to the pointmap, a fit checked
-    by its reprojection error (a pointmap of another camera, e.g. ``X^{m->n}`` without its
-    pose, fails the check and gets no occlusion model: ``ok`` is False).
+    pose ``X_CnCv`` (identity when absent: camera n's own pixels). Without ``K`` it is fitted to
+    the pointmap seen from that camera (the points moved into its frame), a fit checked by its
+    reprojection error: a pointmap of another camera, e.g. ``X^{m->n}`` without its pose, fails
+    the check and gets no occlusion model (``ok`` is False).
 
     Attributes:
         points: (H, W, 3) the frame's points (camera n's frame).
@@ -46,11 +46,11 @@ class PixelProjection:
         self.points = points
         self.valid = valid
         self.ok = False
+        X_CnCv = frame.camera_pose
+        R, t = X_CnCv[:3, :3], X_CnCv[:3, 3]
+        extrinsic = np.c_[R.T, -R.T @ t]  # camera n's frame -> the pixels' camera
         if frame.K is not None:
-            K = np.asarray(frame.K, dtype=np.float64)
-            X_CnCv = np.eye(4) if frame.X_CnCv is None else np.asarray(frame.X_CnCv, dtype=np.float64)
-            R, t = X_CnCv[:3, :3], X_CnCv[:3, 3]
-            self.P = K @ np.c_[R.T, -R.T @ t]
+            self.P = np.asarray(frame.K, dtype=np.float64) @ extrinsic
             self.center = t.copy()
             self.ok = bool(np.isfinite(self.P).all())
             return
@@ -59,6 +59,8 @@ class PixelProjection:
             return
         pick = rng.choice(len(rows), min(samples, len(rows)), replace=False)
         X = points[rows[pick], cols[pick]]
+        if frame.X_CnCv is not None:
+            X = X @ extrinsic[:, :3].T + extrinsic[:, 3]
         if np.any(X[:, 2] <= 1e-6):
             return
         K = np.eye(3)
@@ -68,8 +70,8 @@ class PixelProjection:
             if not np.median(np.abs(A @ [f, c] - pix)) <= max_error_px or f <= 0:
                 return
             K[axis, axis], K[axis, 2] = f, c
-        self.P = np.c_[K, np.zeros(3)]
-        self.center = np.zeros(3)
+        self.P = K @ extrinsic
+        self.center = t.copy()
         self.ok = True
 
     @classmethod

@@ -220,3 +220,22 @@ def gripper_cut_by_border(model: GripperModel, *, shift: float = 0.0, seed: int 
     n = 80000
     wall = np.c_[rng.uniform(-0.8, 0.8, n), rng.uniform(-1.0, 0.6, n), np.full(n, X[2, 3] + 0.15)]
     return X, K, render_gripper(model, X, 0.08, K, H, W, seed=seed, noise=noise, background=wall)
+
+
+def gripper_cut_by_border_in_view_m(model: GripperModel, *, seed: int = 0, angle_deg: float = 120.0
+                                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, SyntheticView]:
+    """:func:`gripper_cut_by_border` taken by camera m and handed over as view m is: its points
+    ``X^{m->n}`` in the frame of a camera n that looks at the gripper from ``angle_deg`` around
+    camera m's y axis (from the side camera m does not see), about 0.9 m away.
+
+    Returns:
+        ``(X_CnG, X_CnCm, K, view)``; ``view.pointmap`` is in camera n's frame (zeros where
+        invalid), its pixels are camera m's (intrinsics ``K``).
+    """
+    X_CmG, K, view = gripper_cut_by_border(model, seed=seed)
+    X_CnCm = np.eye(4)
+    X_CnCm[:3, :3] = Rotation.from_euler("y", angle_deg, degrees=True).as_matrix()
+    X_CnCm[:3, 3] = np.array([0.05, -0.1, 0.9]) - X_CnCm[:3, :3] @ X_CmG[:3, 3]
+    pm = view.pointmap @ X_CnCm[:3, :3].T + X_CnCm[:3, 3]
+    pm = np.where(view.valid[..., None], pm, 0.0).astype(view.pointmap.dtype)
+    return X_CnCm @ X_CmG, X_CnCm, K, dataclasses.replace(view, pointmap=pm)

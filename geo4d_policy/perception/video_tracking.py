@@ -323,9 +323,12 @@ def track_video(
         candidate_widths: openings the hand takes in the task (e.g. holding its object, and the
             stroke); where the fingers were not seen well, the free space around them chooses
             among these (:func:`fused_finger_distance`). None leaves that out.
-        view_cameras: per view, ``(K, X_CnCv)`` of the camera that owns its pixels, for the
-            free-space choice and the consistency check (None entries: the projection is fitted
-            to the pointmap, which holds for view n only, so view m then gives no evidence).
+        view_cameras: per view, ``(K, X_CnCv)`` of the camera that owns its pixels (view n:
+            ``X_CnCv`` None), for the trackers' projection and camera-facing surface, the
+            free-space choice and the consistency check. ``(None, None)`` for view m (its pose
+            unknown): the projection is fitted to the pointmap, which holds for view n only, so
+            view m then gives no occlusion or free-space evidence and its camera-facing surface
+            is judged from camera n. A ``K`` without ``X_CnCv`` means camera n's pixels.
         fail_safe_config: when frames whose fused pose the views contradict are lost
             (:func:`fusion.fail_safe`; default :class:`~geo4d_policy.perception.fusion.FailSafeConfig`,
             ``enabled=False`` for none).
@@ -337,6 +340,9 @@ def track_video(
         raise ValueError("track_video tracks in pointmaps: this video is RGB-only")
     model = model or GripperModel.load()
     X_CnT = invert_transform(np.asarray(X_TCn, dtype=np.float64))
+    cams = list(view_cameras) if view_cameras is not None else [(None, None)] * 2
+    if len(cams) != 2:
+        raise ValueError(f"view_cameras needs (K, X_CnCv) for views n and m, got {len(cams)} entries")
     F = video.num_frames if max_frames is None else max(1, min(int(max_frames), video.num_frames))
     views = (0,) if single_view else (0, 1)
     pairs: dict[str, list[PoseTracker]] = {}
@@ -352,7 +358,7 @@ def track_video(
     # once per arm and copy the state to view m's tracker when registering it would do the same.
     reg_jobs, reg_of = [], {}
     for arm in X_TG_now:
-        first = TrackingFrame(current.pointmap, current.valid, None, current.part_labels.get(arm))
+        first = TrackingFrame(current.pointmap, current.valid, None, current.part_labels.get(arm), K=cams[0][0])
         for v in views:
             pair = pairs[arm]
             if v > 0 and _same_icp(pair[0], pair[v]):
@@ -386,7 +392,7 @@ def track_video(
             for v in views:
                 frame = TrackingFrame(video.pointmaps[v, t], video.valid[v, t],
                                       _frame_mask(None if masks is None else masks[v], video.valid[v], t),
-                                      None if labels is None else labels[v, t])
+                                      None if labels is None else labels[v, t], K=cams[v][0], X_CnCv=cams[v][1])
                 jobs.append((pairs[arm][v], frame))
                 keys.append((arm, v))
                 tracked[(arm, v)].append(frame)
@@ -399,10 +405,8 @@ def track_video(
         fused = fuse_views(res_n, res_m, X_TCn=X_TCn)
         if fail_safe_config is None or fail_safe_config.enabled:
             # Each frame as it was tracked, with the projection of its own pixels.
-            cams = list(view_cameras) if view_cameras is not None else [(None, None)] * 2
-            fused = fail_safe(fused, [[dataclasses.replace(tracked[(arm, v)][t], K=cams[v][0], X_CnCv=cams[v][1])
-                                       for v in views] for t in range(len(fused))], model=model,
-                              config=fail_safe_config)
+            fused = fail_safe(fused, [[tracked[(arm, v)][t] for v in views] for t in range(len(fused))],
+                              model=model, config=fail_safe_config)
         dist = np.array([_finger_distance(video, arm, f, t, model, candidate_widths=candidate_widths,
                                           view_cameras=view_cameras) for t, f in enumerate(fused)])
         out[arm] = ArmTrack(fused, registration[(arm, 0)], dist, (res_n, res_m or []))

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from geo4d_policy.data.geometry import depth_to_pointmap, pointmap_to_view
+from geo4d_policy.data.geometry import depth_to_pointmap, invert_transform, pointmap_to_view
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, Action, CameraFrame, Observation, canonical_task_name
 from geo4d_policy.perception.metrics import pose_errors
@@ -39,6 +39,7 @@ from geo4d_policy.policies.video_policy import (
     VideoPolicyConfig,
     check_segmenter_option,
     load_segmenter,
+    view_cameras,
 )
 
 
@@ -173,6 +174,15 @@ class OraclePolicy(VideoPolicy):
 
     def predict_video(self, obs: Observation) -> PredictedVideo:
         return video_from_frames(self.lookahead.rollout(obs), future_labels=self.future_labels)
+
+    def view_cameras(self, obs: Observation, video: PredictedVideo
+                     ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """The oracle knows the calibration: camera m's true pose in camera n (the look-ahead
+        renders the same cameras)."""
+        n, m = (obs.camera_specs[c] for c in obs.eval_cameras[:2])
+        self._stats["view_m_pose"]["calibrated"] += 1
+        return view_cameras(obs, video, invert_transform(np.asarray(n.X_TC, dtype=np.float64))
+                            @ np.asarray(m.X_TC, dtype=np.float64))
 
     def act(self, obs: Observation):
         self._close_replan(obs)

@@ -45,11 +45,12 @@ from geo4d_policy.control.receding_horizon import (
 from geo4d_policy.data.geometry import depth_to_pointmap
 from geo4d_policy.data.masks import masks_from_frame
 from geo4d_policy.interface import ARM_NAMES, ActionChunk, Observation
-from geo4d_policy.perception.fusion import FailSafeConfig, estimate_relative_pose
+from geo4d_policy.perception.fusion import FailSafeConfig
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.gripper_state import GripperStateEstimator
 from geo4d_policy.perception.icp_core import ICPTrackerConfig
 from geo4d_policy.perception.pose_tracker import part_label_image
+from geo4d_policy.perception.view_pose import ViewPoseEstimate, estimate_view_pose
 from geo4d_policy.perception.video_tracking import (
     ArmTrack,
     CurrentView,
@@ -442,30 +443,38 @@ def for_task(config: Any, *, task: str) -> Any:
     return dataclasses.replace(config, video=resolve_video_config(config.video, task=task))
 
 
-VIEW_M_MAX_RESIDUAL = 0.02
-"""Median residual (m) above which view m's estimated camera pose is not trusted."""
+def estimate_view_m_pose(obs: Observation, video: PredictedVideo) -> ViewPoseEstimate:
+    """Camera m's pose in camera n, as a policy recovers it without calibration
+    (:func:`~geo4d_policy.perception.view_pose.estimate_view_pose`): view m's observed depth (in
+    camera m's frame) against the first predicted ``X^{m->n}``, on the pixels that show no
+    gripper in either (the grippers move between the two; other moved pixels are the fit's
+    outliers). Untrusted when the prediction's static scene does not agree with the observation."""
+    m = obs.cameras[obs.eval_cameras[1]]
+    points_m, valid_m = depth_to_pointmap(m.depth, m.spec.intrinsics)
+    pm = np.asarray(video.pointmaps[1, 0], dtype=np.float64)
+    if pm.shape != points_m.shape:
+        return ViewPoseEstimate(None, 0, reason=f"predicted view m is {pm.shape[:2]}, observed {points_m.shape[:2]}")
+    static = masks_from_frame(m, arms=tuple(obs.arms)) == 0
+    for labels in (video.part_labels or {}).values():
+        static &= np.asarray(labels[1, 0]) < 0
+    for mask in (video.masks or {}).values():
+        static &= ~np.asarray(mask[1, 0], dtype=bool)
+    return estimate_view_pose(points_m, valid_m, pm, np.asarray(video.valid[1, 0], dtype=bool), static=static)
 
 
-def view_cameras(obs: Observation, video: PredictedVideo) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
-    """``(K, X_CnCv)`` of the camera owning each predicted view's pixels, as a policy knows them.
+def view_cameras(obs: Observation, video: PredictedVideo, X_CnCm: np.ndarray | None = None
+                 ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    """``(K, X_CnCv)`` of the camera owning each predicted view's pixels (see
+    :func:`~geo4d_policy.perception.video_tracking.track_video`).
 
-    The intrinsics are known; camera m's pose in camera n is not (only ``X_TCn`` is), so it is
-    estimated from the prediction itself: the observed depth of view m (in camera m's frame)
-    against the first predicted ``X^{m->n}``, whose static scene should agree with it. When that
-    fit is poor (a bad prediction) or impossible, view m gets no pose and no free-space evidence.
+    ``X_CnCm`` is camera m's pose in camera n when known (calibration); by default it is
+    estimated from the prediction (:func:`estimate_view_m_pose`). Without a trusted pose view m
+    gets ``(None, None)``: its pixels' projection unknown, as before camera poses were used.
     """
     n, m = (obs.cameras[c] for c in obs.eval_cameras[:2])
-    X_CnCm = None
-    pm = np.asarray(video.pointmaps[1, 0], dtype=np.float64)
-    points_m, valid_m = depth_to_pointmap(m.depth, m.spec.intrinsics)
-    if points_m.shape == pm.shape:
-        both = valid_m & np.asarray(video.valid[1, 0], dtype=bool) & np.isfinite(pm).all(axis=-1)
-        if both.sum() >= 50:
-            X = estimate_relative_pose(points_m, pm, valid=both)
-            res = np.linalg.norm(points_m[both] @ X[:3, :3].T + X[:3, 3] - pm[both], axis=1)
-            if np.median(res) <= VIEW_M_MAX_RESIDUAL:
-                X_CnCm = X
-    return [(n.spec.intrinsics.K, None), (m.spec.intrinsics.K, X_CnCm)]
+    if X_CnCm is None:
+        X_CnCm = estimate_view_m_pose(obs, video).X_CnCm
+    return [(n.spec.intrinsics.K, None), (None, None) if X_CnCm is None else (m.spec.intrinsics.K, X_CnCm)]
 
 
 def current_view(obs: Observation, *, arms: tuple[str, ...] = ARM_NAMES) -> CurrentView:
@@ -538,8 +547,23 @@ class VideoPolicy:
                            max_frames=self.frames_to_track, model=self.model,
                            tracker_config=cfg.tracker, single_view=cfg.single_view,
                            candidate_widths=(self._held_width, self.model.stroke) if free_space else None,
-                           view_cameras=view_cameras(obs, video) if free_space or cfg.fail_safe.enabled else None,
+                           view_cameras=self.view_cameras(obs, video),
                            fail_safe_config=cfg.fail_safe)
+
+    def view_cameras(self, obs: Observation, video: PredictedVideo
+                     ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """:func:`view_cameras` with camera m's pose estimated from the prediction (the policy is
+        not calibrated), counted in the diagnostics (``view_m_pose``: how often it was trusted
+        or fell back, the residuals, the last fallback's reason). A subclass that knows the
+        calibration (the oracle) overrides this."""
+        est = estimate_view_m_pose(obs, video)
+        rec = self._stats["view_m_pose"]
+        rec["estimated" if est.ok else "fallback"] += 1
+        if np.isfinite(est.residual_m):
+            rec["residual_mm"].append(round(1e3 * est.residual_m, 3))
+        if not est.ok:
+            rec["last_fallback_reason"] = est.reason
+        return view_cameras(obs, video, est.X_CnCm)
 
     def _update_peak(self, arm: str, kf: ArmKeyframes, *, closed_now: bool, z_now: float) -> None:
         """The highest commanded z since the arm's last change of state (for :func:`toggle_at_turn`)."""
@@ -567,6 +591,8 @@ class VideoPolicy:
         self._stats: dict[str, Any] = {
             "replans": 0, "lost_replans": 0, "lost_frames": 0, "tracked_frames": 0, "idle_holds": 0,
             "gripper_toggles": 0, "hand_resyncs": 0,
+            "view_m_pose": {"calibrated": 0, "estimated": 0, "fallback": 0, "residual_mm": [],
+                            "last_fallback_reason": ""},
         }
         self._times: dict[str, list[float]] = {key: [] for key in REPLAN_STAGES + ("predict",)}
         self._confidences: list[float] = []
@@ -679,6 +705,7 @@ class VideoPolicy:
 
     def diagnostics(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self._stats)
+        out["view_m_pose"] = {k: list(v) if isinstance(v, list) else v for k, v in self._stats["view_m_pose"].items()}
         for key, values in self._times.items():
             if values:
                 out[f"{key}_s_mean"] = float(np.mean(values))

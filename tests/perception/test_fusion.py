@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from geo4d_policy.perception.fusion import FusedPose, estimate_relative_pose, fuse_arms, fuse_views
+from geo4d_policy.perception.fusion import FusedPose, fuse_arms, fuse_views
 from geo4d_policy.perception.pose_tracker import TrackResult
 
 
@@ -64,21 +64,6 @@ def test_both_arms_and_bad_input():
         fuse_views([_res(Xl, 0.9)], [], X_TCn=X_TCn)
     with pytest.raises(ValueError):
         fuse_views([_res(Xl, 0.9)], None, X_TCn=np.full((4, 4), np.nan))
-
-
-def test_relative_pose_between_pixel_aligned_pointmaps(rng):
-    X = _pose(7)
-    src = rng.uniform(-0.5, 0.5, (40, 50, 3)) + [0, 0, 1.0]
-    dst = src @ X[:3, :3].T + X[:3, 3]
-    dst = dst + rng.normal(scale=0.002, size=dst.shape)
-    bad = rng.random(dst.shape[:2]) < 0.1
-    dst[bad] += rng.uniform(-0.3, 0.3, (bad.sum(), 3))  # 10 % outliers
-    valid = rng.random(src.shape[:2]) > 0.05
-    est = estimate_relative_pose(src, dst, valid=valid)
-    assert np.linalg.norm(est[:3, 3] - X[:3, 3]) < 0.002
-    assert Rotation.from_matrix(est[:3, :3].T @ X[:3, :3]).magnitude() < np.deg2rad(0.3)
-    with pytest.raises(ValueError):
-        estimate_relative_pose(src[:1, :2], dst[:1, :2])
 
 
 def test_the_opening_comes_from_the_view_that_saw_the_fingers_best():

@@ -17,7 +17,12 @@ from geo4d_policy.perception.icp_core import EvaluateJob, ICPProblem, ICPTracker
 from geo4d_policy.perception.icp_tracker import ICPGripperTracker
 from geo4d_policy.perception.pose_tracker import TrackingFrame, pose_delta, track_gripper_sequences
 from geo4d_policy.perception.projection import PixelProjection, finger_see_through
-from geo4d_policy.perception.synthetic import gripper_cut_by_border, render_gripper, smooth_trajectory
+from geo4d_policy.perception.synthetic import (
+    gripper_cut_by_border,
+    gripper_cut_by_border_in_view_m,
+    render_gripper,
+    smooth_trajectory,
+)
 
 K = np.array([[150.0, 0.0, 80.0], [0.0, 150.0, 64.0], [0.0, 0.0, 1.0]])
 SMALL = ICPTrackerConfig(model_points=(900, 250, 250), max_points=300, coarse_points=120, engine="numpy")
@@ -97,18 +102,27 @@ def test_score_pose_agrees_between_engines(model):
     _agree(out[0], out[1])
 
 
-def test_a_gripper_cut_by_the_image_border_is_scored_and_tracked_alike(model):
+@pytest.mark.parametrize("view", ["n", "m"])
+def test_a_gripper_cut_by_the_image_border_is_scored_and_tracked_alike(model, view):
     """Both coverages (the confidence's, over the whole camera-facing surface, and the one poses
     are chosen by, over the surface inside the image) agree between the engines, here where
-    the border hides most of the gripper and they differ; so do the tracks of a still gripper."""
+    the border hides most of the gripper and they differ; so do the tracks of a still gripper.
+    View m: the same gripper taken by camera m and given in camera n's frame with camera m's
+    pose, so the facing test (matching and coverage) and the projection are camera m's."""
     frames, X = [], None
     for k in range(3):
-        X, _, view = gripper_cut_by_border(model, seed=k)
-        frames.append(TrackingFrame(view.pointmap, view.valid, part_labels=view.part_labels))
+        if view == "n":  # no K: the projection is fitted to the pointmap
+            X, _, v = gripper_cut_by_border(model, seed=k)
+            frames.append(TrackingFrame(v.pointmap, v.valid, part_labels=v.part_labels))
+        else:
+            X, X_CnCm, K_m, v = gripper_cut_by_border_in_view_m(model, seed=k)
+            frames.append(TrackingFrame(v.pointmap, v.valid, part_labels=v.part_labels, K=K_m, X_CnCv=X_CnCm))
+    camera = frames[0].camera_pose
+    ray = X[:3, 3] - camera[:3, 3]
     slid = X.copy()
-    slid[:3, 3] *= 1.0 + 0.02 / np.linalg.norm(X[:3, 3])  # 2 cm further along the viewing ray
+    slid[:3, 3] += 0.02 * ray / np.linalg.norm(ray)  # 2 cm further along the viewing ray
     q, labels = frames[0].points()
-    problem = ICPProblem(q, labels, occlusion=PixelProjection.of_frame(frames[0]))
+    problem = ICPProblem(q, labels, occlusion=PixelProjection.of_frame(frames[0]), X_CnCv=frames[0].X_CnCv)
     fits = {}
     for engine in ("numpy", "torch"):
         engine_ = make_engine(model, dataclasses.replace(SMALL, engine=engine, device="cpu"))
@@ -120,7 +134,7 @@ def test_a_gripper_cut_by_the_image_border_is_scored_and_tracked_alike(model):
     assert truth.score > moved.score
     tracks = [track_gripper_sequences([dict(
         pointmaps=np.stack([f.pointmap for f in frames]), valid=np.stack([f.valid for f in frames]),
-        part_labels=[f.part_labels for f in frames], first_pose_hint=X,
+        part_labels=[f.part_labels for f in frames], K=frames[0].K, X_CnCv=frames[0].X_CnCv, first_pose_hint=X,
         tracker=ICPGripperTracker(model, config=dataclasses.replace(SMALL, engine=engine, device="cpu")))])[0]
         for engine in ("numpy", "torch")]
     for r, g in zip(*tracks):

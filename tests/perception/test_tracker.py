@@ -3,12 +3,20 @@
 import numpy as np
 import pytest
 
+from geo4d_policy.data.geometry import transform_points
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.metrics import pose_errors
-from geo4d_policy.perception.synthetic import gripper_cloud, gripper_cut_by_border, render_gripper, smooth_trajectory
-from geo4d_policy.perception.icp_core import ICPTrackerConfig
+from geo4d_policy.perception.synthetic import (
+    gripper_cloud,
+    gripper_cut_by_border,
+    gripper_cut_by_border_in_view_m,
+    render_gripper,
+    smooth_trajectory,
+)
+from geo4d_policy.perception.icp_core import ICPProblem, ICPTrackerConfig
 from geo4d_policy.perception.icp_tracker import ICPGripperTracker
 from geo4d_policy.perception.pose_tracker import PoseTracker, TrackingFrame, part_label_image, track_gripper_sequence
+from geo4d_policy.perception.projection import PixelProjection
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +119,81 @@ def test_a_still_gripper_cut_by_the_image_border_stays_where_it_is(model, dy):
     assert all(r.ok for r in results)
     assert trans_mm.max() < 6.0, trans_mm
     assert max(r.confidence for r in results) < 0.8
+
+
+def view_m_frames(model, *, with_camera: bool, n: int = 4):
+    """The border-cut gripper seen by camera m, as the tracker gets view m (``X^{m->n}``), with
+    or without camera m's intrinsics and pose."""
+    frames = []
+    for k in range(n):
+        X, X_CnCm, K, view = gripper_cut_by_border_in_view_m(model, seed=k)
+        frames.append(TrackingFrame(view.pointmap, view.valid, part_labels=view.part_labels,
+                                    K=K if with_camera else None, X_CnCv=X_CnCm if with_camera else None))
+    return X, frames
+
+
+def test_view_m_is_judged_from_its_own_camera(model):
+    """View m's points are in camera n's frame, but camera m took them: its image border, what
+    it hides and the model surface facing it are camera m's. With camera m's pose the track is
+    what the same view gives in its own frame (1-2 mm). Facing judged from camera n, the side
+    camera m never saw: with no pose at all every frame is lost; with camera m's projection
+    but facing still judged from n (the code before), the track slid 6-7 mm off."""
+    X, frames = view_m_frames(model, with_camera=True)
+    tracker = ICPGripperTracker(model)
+    results = [tracker.register(frames[0], init_pose=X)] + [tracker.track(f) for f in frames[1:]]
+    trans_mm, _ = pose_errors(np.stack([r.X_CG for r in results]), np.stack([X] * len(results)))
+    assert all(r.ok for r in results), [r.reason for r in results]
+    assert trans_mm.max() < 3.0, trans_mm
+    _, blind_frames = view_m_frames(model, with_camera=False)
+    blind = ICPGripperTracker(model)
+    blind_results = [blind.register(blind_frames[0], init_pose=X)] + [blind.track(f) for f in blind_frames[1:]]
+    assert not any(r.ok for r in blind_results)
+
+
+def test_a_view_cameras_projection_by_hand():
+    """Camera m 1 m along camera n's x, turned +90 deg about y (it looks along n's +x): the point
+    (2, 0.1, 1) in n is (0, 0.1, 1) in m, so f = 100, c = (80, 64) put it on pixel (80, 74);
+    camera m's pointmap in n's frame, without K, gets the same projection fitted."""
+    X_CnCm = np.eye(4)
+    X_CnCm[:3, :3] = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]
+    X_CnCm[:3, 3] = [1.0, 0.0, 1.0]
+    Km = np.array([[100.0, 0.0, 80.0], [0.0, 100.0, 64.0], [0.0, 0.0, 1.0]])
+    H, W = 128, 160
+    v, u = np.mgrid[:H, :W]
+    depth = 1.5 + 0.001 * u  # a slanted wall in front of camera m
+    pm_m = np.stack([(u - 80) / 100 * depth, (v - 64) / 100 * depth, depth], -1)
+    pm = transform_points(X_CnCm, pm_m)
+    ok = np.ones((H, W), bool)
+    given = PixelProjection.of_frame(TrackingFrame(pm, ok, K=Km, X_CnCv=X_CnCm))
+    fitted = PixelProjection.of_frame(TrackingFrame(pm, ok, X_CnCv=X_CnCm))
+    blind = PixelProjection.of_frame(TrackingFrame(pm, ok))
+    assert given.ok and fitted.ok and not blind.ok
+    np.testing.assert_allclose(given.center, [1.0, 0.0, 1.0])
+    for proj in (given, fitted):
+        h = proj.P @ [2.0, 0.1, 1.0, 1.0]
+        np.testing.assert_allclose(h[:2] / h[2], [80.0, 74.0], atol=1e-6)
+        # In front of the wall: seen; behind it (beyond 1.58 m along m's axis): hidden.
+        inside, expect = proj.visibility(np.array([[2.0, 0.1, 1.0], [3.0, 0.1, 1.0]]), margin=0.015)
+        assert inside.all() and expect.tolist() == [True, False]
+    problem = ICPProblem(np.zeros((1, 3)), X_CnCv=X_CnCm)
+    np.testing.assert_allclose(problem.camera_center, [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(problem.camera_axis, [1.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("scaled pose", dict(X_CnCv=np.diag([1.1, 1.0, 1.0, 1.0])), "rigid"),
+    ("mirrored pose", dict(X_CnCv=np.diag([-1.0, 1.0, 1.0, 1.0])), "rigid"),
+    ("projective last row", dict(X_CnCv=np.r_[np.eye(4)[:3], [[0.1, 0, 0, 1]]]), "rigid"),
+    ("3x3 pose", dict(X_CnCv=np.eye(3)), "4x4"),
+    ("NaN pose", dict(X_CnCv=np.full((4, 4), np.nan)), "finite"),
+    ("4x4 intrinsics", dict(K=np.eye(4)), "3x3"),
+])
+def test_a_malformed_camera_is_refused(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrackingFrame(np.ones((4, 5, 3)), np.ones((4, 5), bool), **kwargs)
+    with pytest.raises(ValueError, match=match):
+        track_gripper_sequence(np.ones((2, 4, 5, 3)), np.ones((2, 4, 5), bool), np.ones((2, 4, 5), bool),
+                               **{"X_CnCv" if "X_CnCv" in kwargs else "K": next(iter(kwargs.values()))})
 
 
 def test_bad_frames_are_lost_with_the_last_pose_held(model):

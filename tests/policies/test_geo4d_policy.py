@@ -58,6 +58,11 @@ def test_short_horizon_rollout_with_the_tiny_model(tiny_checkpoint):
             obs, done, _ = env.step(action)
     d = policy.diagnostics()
     assert d["replans"] == 2 and d["predict_s_mean"] > 0 and d["track_s_mean"] > 0
+    # Uncalibrated: camera m's pose is estimated from each prediction (an untrained generator's
+    # is not trusted, and the record says why).
+    pose = d["view_m_pose"]
+    assert pose["calibrated"] == 0 and pose["estimated"] + pose["fallback"] == 2
+    assert pose["fallback"] == 0 or pose["last_fallback_reason"]
     stages = policy.replan_seconds()
     assert all(len(v) == 2 for v in stages.values()) and d["generate_s_mean"] > 0 and d["control_s_mean"] > 0
     for k in range(2):  # the stages add up to the replan

@@ -124,4 +124,15 @@ def test_view_m_camera_is_recovered_from_the_prediction(env):
 
     rng = np.random.default_rng(0)
     noise = rng.uniform(-1.0, 1.0, size=video.pointmaps.shape).astype(video.pointmaps.dtype) + [0, 0, 2.0]
-    assert view_cameras(obs, dataclasses.replace(video, pointmaps=noise))[1][1] is None
+    assert view_cameras(obs, dataclasses.replace(video, pointmaps=noise))[1] == (None, None)
+
+    # The oracle knows the calibration; a learned policy estimates it, and the diagnostics
+    # count both and record why an estimate was not trusted.
+    from geo4d_policy.policies.video_policy import VideoPolicy
+
+    np.testing.assert_allclose(policy.view_cameras(obs, video)[1][1], truth, atol=1e-12)
+    VideoPolicy.view_cameras(policy, obs, video)
+    VideoPolicy.view_cameras(policy, obs, dataclasses.replace(video, pointmaps=noise))
+    rec = policy.diagnostics()["view_m_pose"]
+    assert (rec["calibrated"], rec["estimated"], rec["fallback"]) == (1, 1, 1)
+    assert rec["last_fallback_reason"] and len(rec["residual_mm"]) == 2 and rec["residual_mm"][0] < 5.0
