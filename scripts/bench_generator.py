@@ -67,7 +67,7 @@ def _bench_training(name: str, batch: int, steps: int) -> float:
 
 
 def _bench_training_paths(checkpoint: str, data: list[str], *, old_batch: int, new_batch: list[int], steps: int,
-                          workers: int, device: str) -> dict:
+                          workers: int, device: str, compile_mode: str | None = None) -> dict:
     """Clips per second of the old and the new generator training paths on the same data and GPU.
 
     old: clips read from HDF5 by a DataLoader (``workers`` processes), encoded by the frozen
@@ -131,7 +131,12 @@ def _bench_training_paths(checkpoint: str, data: list[str], *, old_batch: int, n
     ema = EMA(model.unet, decay=0.999)
     gdev = torch.Generator(device=dev).manual_seed(0)
     out["new"] = []
-    for b in new_batch:
+    runs = [(b, False) for b in new_batch]
+    if compile_mode is not None:  # then the same batches with the U-Net compiled (train --compile)
+        runs += [(b, True) for b in new_batch]
+    for b, compiled in runs:
+        if compiled and not getattr(model.unet, "_compiled_call_impl", None):
+            model.unet.compile(dynamic=False, mode=None if compile_mode == "default" else compile_mode)
         batches = cache.batch_factory(batch_size=b, num_frames=model.config.num_frames)(epoch=0, rank=0, world_size=1)
         try:
             for i in range(steps + 3):
@@ -147,11 +152,11 @@ def _bench_training_paths(checkpoint: str, data: list[str], *, old_batch: int, n
                 ema.update(i)
             sync()
         except torch.OutOfMemoryError as e:  # report the size that does not fit, keep the others
-            out["new"].append({"batch": b, "error": f"out of memory: {e}"[:200]})
+            out["new"].append({"batch": b, "compiled": compiled, "error": f"out of memory: {e}"[:200]})
             torch.cuda.empty_cache()
             continue
         dt = (time.perf_counter() - t0) / steps
-        out["new"].append({"batch": b, "s_per_step": dt, "clips_per_s": b / dt})
+        out["new"].append({"batch": b, "compiled": compiled, "s_per_step": dt, "clips_per_s": b / dt})
     best = max((r for r in out["new"] if "clips_per_s" in r), key=lambda r: r["clips_per_s"])
     out["speedup"] = best["clips_per_s"] / out["old"]["clips_per_s"]
     return out
@@ -170,7 +175,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                     help="weights dtype for prediction (fp32 runs under bf16 autocast on CUDA)")
     ap.add_argument(
-        "--compile", default=None, help="torch.compile mode for the U-Net (e.g. reduce-overhead; CUDA)"
+        "--compile", default=None,
+        help="torch.compile mode for the U-Net (default, reduce-overhead, ...; CUDA); with --paths-checkpoint "
+             "the new training path is also timed compiled (geo4d-train generator --compile)"
     )
     ap.add_argument("--train-batch", type=int, default=0, help="also time training steps at this batch size")
     ap.add_argument(
@@ -187,12 +194,12 @@ def main() -> None:
     if args.paths_checkpoint:
         r = _bench_training_paths(args.paths_checkpoint, args.paths_data, old_batch=args.old_batch,
                                   new_batch=args.new_batch, steps=args.train_steps, workers=args.workers,
-                                  device=args.device)
+                                  device=args.device, compile_mode=args.compile)
         print(f"training paths on {args.device}: old {r['old']['clips_per_s']:.1f} clips/s "
               f"(batch {args.old_batch}, {r['old']['s_per_step']:.3f} s/step); cache {r['cache_GB']:.2f} GB built "
               f"in {r['cache_build_s']:.1f} s")
         for n in r["new"]:
-            print(f"  new, batch {n['batch']}: " + (n["error"] if "error" in n else
+            print(f"  new{', compiled' if n['compiled'] else ''}, batch {n['batch']}: " + (n["error"] if "error" in n else
                   f"{n['clips_per_s']:.1f} clips/s ({n['s_per_step']:.3f} s/step), "
                   f"x{n['clips_per_s'] / r['old']['clips_per_s']:.1f}"))
         if args.json:

@@ -23,7 +23,7 @@
 #                                     else continuing the shipped assets/checkpoints/geo4d_small
 #     export NAME                     bf16/int8 checkpoint of the last generator -> $OUT (shards)
 # Environment: GEO4D_MODEL (default small), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64), GEN_RUN (run
-# directory name, default generator). The Dreamitate baseline's RGB-only generator continues the same way:
+# directory name, default generator), GEN_COMPILE (non-empty: geo4d-train generator --compile). The Dreamitate baseline's RGB-only generator continues the same way:
 #   GEO4D_MODEL=small_rgb GEN_RUN=dreamitate GEN_INIT=assets/checkpoints/dreamitate_small \
 #     bash scripts/gpu_generator.sh gen 300 && GEN_RUN=dreamitate bash scripts/gpu_generator.sh export dreamitate_small
 set -uo pipefail
@@ -164,7 +164,7 @@ PY
     fi
     $(train_cmd "$gpus" 29510) generator --task all --data $(train_dirs) --out "$runs/${GEN_RUN:-generator}" \
       --config "$cfg" "${ov[@]}" "${src[@]}" --steps 1000000 --batch-size "${GEN_BATCH:-64}" --lr "${GEN_LR:-2e-4}" \
-      --ckpt-every 500 --warmup-steps "${GEN_WARMUP:-200}" --ema-decay "${GEN_EMA:-0.995}" --gpu-data --workers 8 \
+      --ckpt-every 500 --warmup-steps "${GEN_WARMUP:-200}" --ema-decay "${GEN_EMA:-0.995}" --gpu-data --workers 8 ${GEN_COMPILE:+--compile} \
       --max-time "$secs" --resume > "$root/gen_${GEN_RUN:-generator}.log" 2>&1
     tail -n 3 "$root/gen_${GEN_RUN:-generator}.log"; tail -n 2 "$runs/${GEN_RUN:-generator}/metrics.jsonl"
     ;;

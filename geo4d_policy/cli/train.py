@@ -49,7 +49,7 @@ RECIPE_OVERRIDES = {"steps": "max_steps", "batch_size": "batch_size", "lr": "lr"
 """Command-line options that override a segmenter / Diffusion Policy recipe field (option -> field)."""
 
 SESSION_FIELDS = frozenset({"max_steps", "max_time_s", "progress", "num_workers", "num_threads", "device",
-                            "ckpt_every", "log_every", "keep_last"})
+                            "ckpt_every", "log_every", "keep_last", "compile_unet"})
 """Recipe fields that say how long or where a run trains, not what it trains: a resume may change them."""
 
 
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "initial generator's own autoencoders")
     g.add_argument("--pointmap-vae", default=None, help="trained pointmap VAE checkpoint")
     g.add_argument("--init-svd-unet", default=None, help="local SVD U-Net safetensors (paper config only)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the U-Net (same weights and checkpoints; pays on CUDA in long runs)")
     s = sub.add_parser("segmenter", help="gripper part segmenter (RGB -> palm/finger classes per arm)")
     s.add_argument("--data", nargs="+", required=True, help="dataset directories (geo4d-collect)")
     s.add_argument("--out", required=True, help="run directory")
@@ -403,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             init_from=args.init, init_svd_unet=getattr(args, "init_svd_unet", None),
             progress=sys.stderr.isatty() or bool(os.environ.get("GEO4D_PROGRESS")),
             data_seeds=training_seeds(args.data, init=args.init, max_episodes=args.max_episodes),
-            batch_size=args.batch_size, **overrides,
+            batch_size=args.batch_size, compile_unet=bool(getattr(args, "compile", False)), **overrides,
         )
         model = config.model if not isinstance(config.model, str) else load_model_config(config.model)
         _record_provenance(args, config, launch=launch, model=to_dict(model),

@@ -81,6 +81,9 @@ class TrainConfig(OptimRecipe):
         data_seeds: task -> data-stream seeds of every episode the weights have seen (this run's
             datasets plus those recorded by ``init_from``); evaluations refuse validation
             episodes among them.
+        compile_unet: for ``generator``, ``torch.compile`` the U-Net in place (same weights and
+            checkpoints; a one-off compile at the first step and at a new batch shape, then
+            fewer, fused kernels: it pays on CUDA in long runs).
         batch_size: clips (generator) or frames (VAEs) per step and process, as recorded (the
             data factory makes the batches; the global batch is this times the processes,
             stated in each checkpoint's ``training.launch``).
@@ -98,6 +101,7 @@ class TrainConfig(OptimRecipe):
     max_time_s: float | None = None
     data_seeds: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     batch_size: int | None = None
+    compile_unet: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -403,6 +403,9 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     module.to(accelerator.device)
+    if config.compile_unet and config.kind == "generator":
+        # In place (nn.Module.compile): parameter names, EMA, checkpoints are those of eager runs.
+        module.unet.compile(dynamic=False)
     ema = EMA(recipe.trainable, decay=config.ema_decay)
     # Training noise is drawn on the training device: CPU draws copied over every step would
     # make the host wait for the GPU. The same seed on every process: each draws the global

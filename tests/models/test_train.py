@@ -133,3 +133,17 @@ def test_tiny_model_overfit_clip_is_reproduced_by_the_sampler(tmp_path):
     mse = float(((z - x0) ** 2).mean())
     print(f"sample MSE {mse:.4f}, target variance {float(x0.var()):.4f}")
     assert mse < 0.3 * float(x0.var()), (mse, float(x0.var()))
+
+
+@pytest.mark.slow
+def test_compiled_unet_trains_like_the_eager_one(tmp_path):
+    """``compile_unet`` changes kernels, not the run: same checkpoint keys, close weights and losses."""
+    factory = batch_factory(3)
+    eager = train(_cfg(max_steps=2), data_iter_factory=factory, out_dir=tmp_path / "eager")
+    compiled = train(_cfg(max_steps=2, compile_unet=True), data_iter_factory=factory, out_dir=tmp_path / "comp")
+    a = load_file(str(eager.checkpoint / "model.safetensors"))
+    b = load_file(str(compiled.checkpoint / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4), k
+    assert abs(eager.metrics["loss"] - compiled.metrics["loss"]) <= 1e-3 * abs(eager.metrics["loss"])
