@@ -1,7 +1,8 @@
 """Where a generator's denoiser fails: its x0 error per noise level, view and modality.
 
 For validation clips of each dataset (held-out cameras), the clean latents ``x0`` (or, for a
-residual-target model, their change from the conditioning frame) are noised at each
+residual-target model, their change from the conditioning frame times ``edm.change_scale``, the
+diffused quantity) are noised at each
 ``--sigmas`` level and denoised once. Per (sigma, view n|m, rgb|pm) the RMS error of the
 denoised estimate is printed beside two references: "F = 0", the error of the preconditioning
 skip path alone (what a network that has learned nothing gives), and the RMS of the target
@@ -31,7 +32,7 @@ DEFAULT_SIGMAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 def profile(checkpoint: str, data: list[str], *, clips: int, sigmas: tuple[float, ...], seed: int = 0) -> dict:
     from geo4d_policy.data.datasets import GeneratorClipDataset
     from geo4d_policy.data.format import load_meta
-    from geo4d_policy.models.edm import denoise
+    from geo4d_policy.models.edm import change_scale, denoise
     from geo4d_policy.models.pipeline import Generator4D
     from geo4d_policy.models.pretrained import canonical_task
 
@@ -50,7 +51,8 @@ def profile(checkpoint: str, data: list[str], *, clips: int, sigmas: tuple[float
         pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:clips].tolist()
         batch = torch.utils.data.default_collate([ds[i] for i in pick])
         cond, x0 = g.encode_batch(batch)
-        target = x0 - cond[:, :, None] if cfg.edm.residual else x0
+        # What the model diffuses (edm_loss): frames, or their scaled change from the current frame.
+        target = (x0 - cond[:, :, None]) * change_scale(cfg, device="cpu") if cfg.edm.residual else x0
         tids = g.unet.task_ids([task] * len(pick), device="cpu")
         noise_gen = torch.Generator().manual_seed(seed + 1)
         for s in sigmas:

@@ -16,6 +16,7 @@ Sizes (parameter counts measured by ``scripts/bench_generator.py``):
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,11 @@ class EDMConfig:
     spread than the frames (latent std 0.06-0.24 against 0.5 on our data), so ``sigma_data``,
     ``p_mean`` and ``sigma_max`` should shrink with it. It needs the conditioning, so it
     excludes classifier-free guidance training (``cond_drop_prob`` > 0).
+
+    ``change_scale`` multiplies the change of each group (RGB n, RGB m, pointmap n, pointmap m)
+    before it is diffused, so that a group with a small spread is not drowned by noise levels
+    that suit the others (EDM assumes one ``sigma_data`` for every element): a group scaled by k
+    keeps its structure up to k times the noise level and weighs k^2 times as much in the loss.
     """
 
     sigma_data: float = 0.5
@@ -163,8 +169,17 @@ class EDMConfig:
     guidance_scale: float = 1.0
     cond_noise_aug: float = 0.0
     residual: bool = False
+    change_scale: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
+        self.change_scale = tuple(float(x) for x in self.change_scale)
+        if len(self.change_scale) != 4 or not all(math.isfinite(x) and x > 0 for x in self.change_scale):
+            raise ConfigError(
+                "EDMConfig.change_scale needs four positive numbers (RGB n, RGB m, pointmap n, pointmap m), "
+                f"got {self.change_scale}"
+            )
+        if self.change_scale != (1.0, 1.0, 1.0, 1.0) and not self.residual:
+            raise ConfigError("EDMConfig.change_scale scales residual targets; set residual: true or drop it")
         if self.residual and self.cond_drop_prob > 0:
             raise ConfigError(
                 "EDMConfig.residual diffuses the change from the conditioning frame; it cannot be "

@@ -16,9 +16,10 @@ Owns the diffusion maths around :class:`~geo4d_policy.models.generator.Geo4DUNet
   schedule (``sigma_max -> sigma_min`` with ``rho``, then 0), i.e. sgm's ``EulerEDMSampler``
   without churn; the initial noise and any noise augmentation come from one seeded
   ``torch.Generator`` on the CPU, so a seed gives the same sample on every device.
-* Residual targets (``edm.residual``): the diffused sample is ``x0 - cond`` (the conditioning
-  latents repeated over the frames); the sampler adds ``cond`` back. The anchor is the clean
-  conditioning, before any noise augmentation.
+* Residual targets (``edm.residual``): the diffused sample is ``(x0 - cond) * S`` (the
+  conditioning latents repeated over the frames; ``S`` = ``edm.change_scale`` per view and
+  modality, :func:`change_scale`); the sampler divides by ``S`` and adds ``cond`` back. The
+  anchor is the clean conditioning, before any noise augmentation.
 * Classifier-free guidance: with probability ``cond_drop_prob`` a training clip loses its
   conditioning (both views' conditioning latents set to 0 and the task token replaced by the
   null token; the view tokens stay). At sampling, ``guidance_scale`` w != 1 evaluates the
@@ -75,6 +76,16 @@ def added_time_ids(config: GeneratorConfig, batch: int, *, device: torch.device 
     """(B, 3) (fps, motion bucket 0, conditioning noise-augmentation strength)."""
     ids = torch.tensor([config.fps, 0.0, config.edm.cond_noise_aug], dtype=torch.float32, device=device)
     return ids[None].expand(batch, -1)
+
+
+def change_scale(config: GeneratorConfig, *, device: torch.device | str) -> torch.Tensor:
+    """(1, 2, 1, C, 1, 1) factors of ``edm.change_scale``: view n then m; RGB channels, then pointmap."""
+    rgb_n, rgb_m, pm_n, pm_m = config.edm.change_scale
+    lat, c = config.latent_channels, config.target_channels
+    s = torch.empty(2, c, device=device)
+    s[0, :lat], s[1, :lat] = rgb_n, rgb_m
+    s[0, lat:], s[1, lat:] = pm_n, pm_m
+    return s.reshape(1, 2, 1, c, 1, 1)
 
 
 def drop_conditioning(
@@ -197,7 +208,7 @@ def edm_loss(
         return draw(fn, shape, generator, device=dev).to(dev)
 
     if edm.residual:
-        x0 = x0 - cond[:, :, None].to(x0.dtype)
+        x0 = (x0 - cond[:, :, None].to(x0.dtype)) * change_scale(config, device=dev).to(x0.dtype)
     sigma = (rows(torch.randn, (b,)) * edm.p_std + edm.p_mean).exp()
     noise = rows(torch.randn, tuple(x0.shape)).to(x0.dtype)
     if edm.cond_noise_aug > 0:
@@ -307,4 +318,4 @@ def sample_edm(
             x = denoised
         if callback is not None:
             callback(i, denoised)
-    return x if anchor is None else x + anchor
+    return x if anchor is None else x / change_scale(config, device=dev) + anchor

@@ -156,3 +156,44 @@ def test_residual_targets_refuse_conditioning_dropout():
 
     with pytest.raises(ConfigError, match="residual"):
         EDMConfig(residual=True, cond_drop_prob=0.1)
+
+
+def test_change_scale_diffuses_each_group_scaled_and_samples_it_back():
+    """With ``change_scale`` S: training is plain training on ``(x0 - cond) * S``; sampling divides by S."""
+    from geo4d_policy.models.edm import change_scale
+
+    cfg = tiny_config()
+    scales = (1.0, 0.5, 2.0, 3.0)
+    res = dataclasses.replace(cfg, edm=dataclasses.replace(cfg.edm, residual=True, change_scale=scales))
+    s = change_scale(res, device="cpu")
+    lat = cfg.latent_channels
+    assert s[0, 0, 0, :lat].unique().tolist() == [1.0] and s[0, 1, 0, :lat].unique().tolist() == [0.5]
+    assert s[0, 0, 0, lat:].unique().tolist() == [2.0] and s[0, 1, 0, lat:].unique().tolist() == [3.0]
+    model, cond, tasks = _model_and_cond(cfg)
+    x0 = torch.randn(2, 2, F, 8, 4, 5) * 0.5
+    cond2 = cond.expand(2, -1, -1, -1, -1)
+
+    def loss(c, x):
+        return edm_loss(model, x, cond2, task_ids=tasks.expand(2), config=c,
+                        generator=torch.Generator().manual_seed(0))[0]
+
+    def sample(c):
+        return sample_edm(model, cond, task_ids=tasks, config=c, num_steps=3,
+                          generator=torch.Generator().manual_seed(1))
+
+    with torch.no_grad():
+        assert torch.allclose(loss(res, x0), loss(cfg, (x0 - cond2[:, :, None]) * s))
+        assert torch.allclose(sample(res), sample(cfg) / s + cond[:, :, None], atol=1e-6)
+
+
+def test_change_scale_needs_residual_targets_and_four_positive_numbers():
+    import pytest
+
+    from geo4d_policy.models.config import ConfigError, EDMConfig
+
+    with pytest.raises(ConfigError, match="residual"):
+        EDMConfig(change_scale=(1.0, 1.0, 2.0, 1.0))
+    for bad in ((1.0, 1.0, 2.0), (1.0, 1.0, 0.0, 1.0), (1.0, float("nan"), 1.0, 1.0)):
+        with pytest.raises(ConfigError, match="four positive numbers"):
+            EDMConfig(residual=True, change_scale=bad)
+    assert EDMConfig(residual=True, change_scale=[1, 1, 2.2, 1]).change_scale == (1.0, 1.0, 2.2, 1.0)
