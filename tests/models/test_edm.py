@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from diffusers import EDMEulerScheduler
 
@@ -127,48 +128,18 @@ def test_loss_terms_and_weights():
         assert torch.allclose(twice, 2 * loss)
 
 
-def test_residual_targets_diffuse_the_change_from_the_conditioning_frame():
-    """Residual training is plain training on ``x0 - cond``; residual sampling adds ``cond`` back."""
-    cfg = tiny_config()
-    res = dataclasses.replace(cfg, edm=dataclasses.replace(cfg.edm, residual=True))
-    model, cond, tasks = _model_and_cond(cfg)
-    x0 = torch.randn(2, 2, F, 8, 4, 5) * 0.5
-    cond2 = cond.expand(2, -1, -1, -1, -1)
-
-    def loss(c, x):
-        return edm_loss(model, x, cond2, task_ids=tasks.expand(2), config=c,
-                        generator=torch.Generator().manual_seed(0))[0]
-
-    def sample(c):
-        return sample_edm(model, cond, task_ids=tasks, config=c, num_steps=3,
-                          generator=torch.Generator().manual_seed(1))
-
-    with torch.no_grad():
-        assert torch.allclose(loss(res, x0), loss(cfg, x0 - cond2[:, :, None]))
-        assert not torch.allclose(loss(res, x0), loss(cfg, x0))
-        assert torch.allclose(sample(res), sample(cfg) + cond[:, :, None], atol=1e-6)
-
-
-def test_residual_targets_refuse_conditioning_dropout():
-    import pytest
-
-    from geo4d_policy.models.config import ConfigError, EDMConfig
-
-    with pytest.raises(ConfigError, match="residual"):
-        EDMConfig(residual=True, cond_drop_prob=0.1)
-
-
-def test_change_scale_diffuses_each_group_scaled_and_samples_it_back():
-    """With ``change_scale`` S: training is plain training on ``(x0 - cond) * S``; sampling divides by S."""
+@pytest.mark.parametrize("scales", [(1.0, 1.0, 1.0, 1.0), (1.0, 0.5, 2.0, 3.0)])
+def test_residual_targets_diffuse_the_scaled_change_from_the_conditioning_frame(scales):
+    """Residual training is plain training on ``(x0 - cond) * S``; residual sampling divides by S
+    and adds ``cond`` back (S: ``change_scale`` per view, RGB channels then pointmap channels)."""
     from geo4d_policy.models.edm import change_scale
 
     cfg = tiny_config()
-    scales = (1.0, 0.5, 2.0, 3.0)
     res = dataclasses.replace(cfg, edm=dataclasses.replace(cfg.edm, residual=True, change_scale=scales))
     s = change_scale(res, device="cpu")
     lat = cfg.latent_channels
-    assert s[0, 0, 0, :lat].unique().tolist() == [1.0] and s[0, 1, 0, :lat].unique().tolist() == [0.5]
-    assert s[0, 0, 0, lat:].unique().tolist() == [2.0] and s[0, 1, 0, lat:].unique().tolist() == [3.0]
+    for view, (rgb, pm) in enumerate((scales[0::2], scales[1::2])):
+        assert s[0, view, 0, :lat].unique().tolist() == [rgb] and s[0, view, 0, lat:].unique().tolist() == [pm]
     model, cond, tasks = _model_and_cond(cfg)
     x0 = torch.randn(2, 2, F, 8, 4, 5) * 0.5
     cond2 = cond.expand(2, -1, -1, -1, -1)
@@ -183,12 +154,18 @@ def test_change_scale_diffuses_each_group_scaled_and_samples_it_back():
 
     with torch.no_grad():
         assert torch.allclose(loss(res, x0), loss(cfg, (x0 - cond2[:, :, None]) * s))
+        assert not torch.allclose(loss(res, x0), loss(cfg, x0))
         assert torch.allclose(sample(res), sample(cfg) / s + cond[:, :, None], atol=1e-6)
 
 
-def test_change_scale_needs_residual_targets_and_four_positive_numbers():
-    import pytest
+def test_residual_targets_refuse_conditioning_dropout():
+    from geo4d_policy.models.config import ConfigError, EDMConfig
 
+    with pytest.raises(ConfigError, match="residual"):
+        EDMConfig(residual=True, cond_drop_prob=0.1)
+
+
+def test_change_scale_needs_residual_targets_and_four_positive_numbers():
     from geo4d_policy.models.config import ConfigError, EDMConfig
 
     with pytest.raises(ConfigError, match="residual"):
