@@ -6,8 +6,8 @@
 #     collect [TRAIN_EPS] [VAL_EPS]   expert demonstrations of the three tasks: training data from
 #                                     the data stream's base 0, validation data from base 7
 #                                     (seeds 700000+i, never trained on); defaults 24 / 6 per task
-#     ae SECONDS                      continue the committed image autoencoder (assets/checkpoints/
-#                                     autoencoders_small/image), measure its round trip on the
+#     ae SECONDS                      continue the committed image autoencoder (the one inside
+#                                     assets/checkpoints/geo4d_small), measure its round trip on the
 #                                     validation data, keep the better one ($GEO4D_WORK/ae.env;
 #                                     exported to $OUT when the new one)
 #     ae-sweep SECONDS                train the autoencoder candidates of $AE_CANDIDATES in parallel
@@ -70,7 +70,15 @@ ae_train() {  # name modality seconds overrides...
   echo "ae $name: $(tail -n 1 "$runs/ae_$name/metrics.jsonl")"
 }
 
-committed=assets/checkpoints/autoencoders_small
+# The committed image autoencoder is the shipped generator's own (no second copy is kept in the
+# repository); stages that need it as a VAE checkpoint write it out once per machine.
+committed=$root/committed_ae
+committed_image() {
+  [ -f "$committed/image/config.json" ] || python -c "import sys, torch
+from geo4d_policy.models.pipeline import Generator4D
+Generator4D.from_pretrained(sys.argv[1]).image_vae.save_pretrained(sys.argv[2], dtype=torch.float16)" \
+    assets/checkpoints/geo4d_small "$committed/image"
+}
 
 case $stage in
   collect) collect "$@" ;;
@@ -79,6 +87,7 @@ case $stage in
     # is the patch codec: nothing to train); its round trip measured before and after, the better
     # one kept for `gen` ($GEO4D_WORK/ae.env) and exported to $OUT when it is the new one.
     [ -d "$root/data/${tasks[0]}" ] || collect
+    committed_image
     $(train_cmd "$gpus" 29501) vae --modality rgb --data $(train_dirs) --out "$runs/ae_image" --config "$cfg" \
       --init "$committed/image" --steps 1000000 --batch-size "${AE_BATCH:-64}" --lr "${AE_LR:-4e-4}" --ckpt-every 2000 \
       --gpu-data --workers 4 --warmup-steps 200 --ema-decay 0.995 --max-time "$1" --resume > "$root/ae_image.log" 2>&1
@@ -157,6 +166,7 @@ PY
         { [ "$name" = "$IMG" ] || [ "$name" = "$PM" ]; } && for o in $o2; do ov+=(--override "$o"); done
       done <<< "$AE_CANDIDATES"
     elif [ -n "${PM_AE:-}" ]; then
+      [ -n "${IMG_AE:-}" ] || committed_image
       src=(--image-vae "${IMG_AE:-$committed/image}" --pointmap-vae "$PM_AE")
     else
       # Training accumulates: continue the shipped generator (its own autoencoders).

@@ -17,7 +17,7 @@
 #                           per task, trains DP_CONFIG, exports int8 and probes it; resumes)
 #     export NAME           the generator's bf16/int8 checkpoint -> $OUT (gpu_generator.sh export)
 # Environment: GEO4D_GPUS (all visible), GEO4D_MODEL (small), GEN_BATCH (64 per GPU), GEN_LR (2e-4),
-# IMG_AE / PM_AE (the committed autoencoders), SCALE_STEPS (60), SCALE_EPISODES (8 per task),
+# IMG_AE / PM_AE (as in gpu_generator.sh gen), SCALE_STEPS (60), SCALE_EPISODES (8 per task),
 # EVAL_CLIPS (30), DP_BATCH (64 per GPU). The learning rates are not scaled with the global batch.
 set -uo pipefail
 here=$(dirname "$0")
@@ -28,8 +28,6 @@ cfg=${GEO4D_MODEL:-small}
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
 n_gpus=$(gpu_count)
 export GEO4D_GPUS=${GEO4D_GPUS:-$(( n_gpus > 0 ? n_gpus : 1 ))}
-committed=assets/checkpoints/autoencoders_small
-img_ae=${IMG_AE:-$committed/image}
 train_dirs() { for d in "$root"/data/*/; do [ -f "$d/meta.json" ] && echo -n "${d%/} "; done; }
 val_dirs() { for d in "$root"/val/*/; do [ -f "$d/meta.json" ] && echo -n "${d%/} "; done; }
 have_data() { [ -n "$(train_dirs)" ] || bash "$here/gpu_generator.sh" collect; }

@@ -68,9 +68,10 @@ class TrainConfig(OptimRecipe):
         image_vae, pointmap_vae: trained VAE checkpoints (step or run directories) the
             generator encodes with; None builds random ones (tests only: the latents then
             mean nothing).
-        init_from: weights to start from: for ``pointmap_vae`` an image-VAE checkpoint (the
-            paper initialises the pointmap VAE from the image VAE); for ``generator`` a
-            generator checkpoint of the same config (fine-tuning).
+        init_from: weights to start from: for a VAE a VAE checkpoint or a generator checkpoint
+            (its image autoencoder; the paper initialises the pointmap VAE from the image VAE);
+            for ``generator`` a generator checkpoint of the same network (fine-tuning; its
+            ``edm`` settings may differ).
         init_svd_unet: for ``generator``, a local SVD U-Net safetensors file (paper size).
         vae_max_images: frames per VAE step and process, drawn from each clip batch (the
             device path's frame batches are used whole).

@@ -171,6 +171,15 @@ class _VAEModule(nn.Module):
         return self.vae.loss(x, valid=valid, gripper=grip, generator=generator)
 
 
+def init_vae_source(path: str | os.PathLike[str]) -> VAE:
+    """The autoencoder a VAE run's ``init_from`` names: a VAE checkpoint, or a generator checkpoint's
+    image autoencoder (a generator ships the frozen autoencoders it was trained with, so the
+    repository keeps no second copy of them)."""
+    if read_config_json(path).get("format") == GENERATOR_FORMAT:
+        return Generator4D.from_pretrained(path).image_vae
+    return VAE.from_pretrained(path)
+
+
 def build_generator(cfg: TrainConfig, mc: GeneratorConfig, tasks: tuple[str, ...]) -> Generator4D:
     """The generator a run trains: VAEs from ``cfg`` (or ``init_from``'s), U-Net initialised as asked."""
     model = Generator4D(mc, trained_tasks=tasks)
@@ -244,7 +253,7 @@ class _Recipe:
         vae = VAE(mc.image_vae if kind == "image" else mc.pointmap_vae, kind=kind)
         if cfg.init_from is not None:
             # Either VAE kind: the paper starts the pointmap VAE from the image VAE's weights.
-            vae.init_from(VAE.from_pretrained(cfg.init_from))
+            vae.init_from(init_vae_source(cfg.init_from))
         return _VAEModule(vae, cfg.kind, cfg.vae_max_images, tuple(mc.pointmap_range))
 
     def loss(self, module: nn.Module, batch: Batch, generator: Randomness):

@@ -116,6 +116,13 @@ def test_train_export_and_continue(data, tmp_path, capsys):
         assert torch.allclose(a, b.float(), atol=1e-3)
     cfg = json.loads((runs / "g2" / "step_1" / "config.json").read_text())
     assert cfg["training"]["train_config"]["data_seeds"] == {"PlaceAppleFromBowlIntoBin": [0, 1, 9]}
+    # An image autoencoder run may start from a generator checkpoint: its own image autoencoder.
+    from geo4d_policy.train.trainer import init_vae_source
+
+    for a, b in zip(init_vae_source(tmp_path / "shipped").state_dict().values(), g1.image_vae.state_dict().values()):
+        assert torch.allclose(a, b.float(), atol=1e-3)
+    assert main(["vae", "--modality", "rgb", "--data", str(data / "apple"), "--out", str(runs / "iv2"),
+                 "--init", str(tmp_path / "shipped"), "--steps", "1", *common]) == 0
     # The objective may change on the way (residual targets), the network may not.
     init = ["generator", "--task", "all", "--data", str(tmp_path / "more"), "--init", str(tmp_path / "shipped"),
             "--steps", "1", "--cache-pairs", "2", *common]
