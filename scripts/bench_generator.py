@@ -134,9 +134,11 @@ def _bench_training_paths(checkpoint: str, data: list[str], *, old_batch: int, n
     runs = [(b, False) for b in new_batch]
     if compile_mode is not None:  # then the same batches with the U-Net compiled (train --compile)
         runs += [(b, True) for b in new_batch]
+    is_compiled = False
     for b, compiled in runs:
-        if compiled and not getattr(model.unet, "_compiled_call_impl", None):
+        if compiled and not is_compiled:
             model.unet.compile(dynamic=False, mode=None if compile_mode == "default" else compile_mode)
+            is_compiled = True
         batches = cache.batch_factory(batch_size=b, num_frames=model.config.num_frames)(epoch=0, rank=0, world_size=1)
         try:
             for i in range(steps + 3):

@@ -29,10 +29,14 @@ import torch
 DEFAULT_SIGMAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
+def _rms(x: torch.Tensor) -> float:
+    return x.pow(2).mean().sqrt().item()
+
+
 def profile(checkpoint: str, data: list[str], *, clips: int, sigmas: tuple[float, ...], seed: int = 0) -> dict:
     from geo4d_policy.data.datasets import GeneratorClipDataset
     from geo4d_policy.data.format import load_meta
-    from geo4d_policy.models.edm import change_scale, denoise
+    from geo4d_policy.models.edm import denoise, diffused_target
     from geo4d_policy.models.pipeline import Generator4D
     from geo4d_policy.models.pretrained import canonical_task
 
@@ -51,8 +55,7 @@ def profile(checkpoint: str, data: list[str], *, clips: int, sigmas: tuple[float
         pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:clips].tolist()
         batch = torch.utils.data.default_collate([ds[i] for i in pick])
         cond, x0 = g.encode_batch(batch)
-        # What the model diffuses (edm_loss): frames, or their scaled change from the current frame.
-        target = (x0 - cond[:, :, None]) * change_scale(cfg, device="cpu") if cfg.edm.residual else x0
+        target = diffused_target(x0, cond, cfg)
         tids = g.unet.task_ids([task] * len(pick), device="cpu")
         noise_gen = torch.Generator().manual_seed(seed + 1)
         for s in sigmas:
@@ -63,11 +66,10 @@ def profile(checkpoint: str, data: list[str], *, clips: int, sigmas: tuple[float
             for v, view in ((0, "n"), (1, "m")):
                 for mod, sl in groups:
                     t = target[:, v, :, sl]
-                    rms = lambda x: x.pow(2).mean().sqrt().item()  # noqa: E731
                     rows.append({"task": task, "sigma": s, "view": view, "modality": mod,
-                                 "denoiser_rmse": rms(d[:, v, :, sl] - t),
-                                 "skip_only_rmse": rms(c_skip * noisy[:, v, :, sl] - t),
-                                 "target_rms": rms(t)})
+                                 "denoiser_rmse": _rms(d[:, v, :, sl] - t),
+                                 "skip_only_rmse": _rms(c_skip * noisy[:, v, :, sl] - t),
+                                 "target_rms": _rms(t)})
     means = defaultdict(list)
     for r in rows:
         means[(r["sigma"], r["view"], r["modality"])].append(r)

@@ -8,8 +8,9 @@
 #                                     (seeds 700000+i, never trained on); defaults 24 / 6 per task
 #     ae SECONDS                      continue the committed image autoencoder (the one inside
 #                                     assets/checkpoints/geo4d_small), measure its round trip on the
-#                                     validation data, keep the better one ($GEO4D_WORK/ae.env;
-#                                     exported to $OUT when the new one)
+#                                     validation data, name the better one in $GEO4D_WORK/ae.env
+#                                     (IMG_AE=...: give it to `gen` with PM_AE; exported to $OUT
+#                                     when it is the new one)
 #     ae-sweep SECONDS                train the autoencoder candidates of $AE_CANDIDATES in parallel
 #     ae-select SECONDS               measure every candidate's round trip on the validation data,
 #                                     pick the best image and pointmap autoencoders, train those on
@@ -85,7 +86,7 @@ case $stage in
   ae)
     # The image autoencoder, continued from the committed one (the shipped pointmap "autoencoder"
     # is the patch codec: nothing to train); its round trip measured before and after, the better
-    # one kept for `gen` ($GEO4D_WORK/ae.env) and exported to $OUT when it is the new one.
+    # one named in $GEO4D_WORK/ae.env and exported to $OUT when it is the new one.
     [ -d "$root/data/${tasks[0]}" ] || collect
     committed_image
     $(train_cmd "$gpus" 29501) vae --modality rgb --data $(train_dirs) --out "$runs/ae_image" --config "$cfg" \

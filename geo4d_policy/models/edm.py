@@ -88,6 +88,15 @@ def change_scale(config: GeneratorConfig, *, device: torch.device | str) -> torc
     return s.reshape(1, 2, 1, c, 1, 1)
 
 
+def diffused_target(x0: torch.Tensor, cond: torch.Tensor, config: GeneratorConfig) -> torch.Tensor:
+    """What the model diffuses for clean latents ``x0`` (B, 2, F, C, h, w): ``x0`` itself, or with
+    ``edm.residual`` the change from the conditioning latents ``cond`` (B, 2, C, h, w) times
+    :func:`change_scale` (:func:`sample_edm` inverts it)."""
+    if not config.edm.residual:
+        return x0
+    return (x0 - cond[:, :, None].to(x0.dtype)) * change_scale(config, device=x0.device).to(x0.dtype)
+
+
 def drop_conditioning(
     unet: Geo4DUNet, cond: torch.Tensor, task_ids: torch.Tensor, drop: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,8 +216,7 @@ def edm_loss(
         # Drawn where the generator lives (the training device in the trainer: no host copy).
         return draw(fn, shape, generator, device=dev).to(dev)
 
-    if edm.residual:
-        x0 = (x0 - cond[:, :, None].to(x0.dtype)) * change_scale(config, device=dev).to(x0.dtype)
+    x0 = diffused_target(x0, cond, config)
     sigma = (rows(torch.randn, (b,)) * edm.p_std + edm.p_mean).exp()
     noise = rows(torch.randn, tuple(x0.shape)).to(x0.dtype)
     if edm.cond_noise_aug > 0:

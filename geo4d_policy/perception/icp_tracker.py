@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from geo4d_policy.data.geometry import invert_transform
+from geo4d_policy.data.geometry import invert_transform, transform_points
 from geo4d_policy.perception.gripper_model import GripperModel
 from geo4d_policy.perception.icp_core import (
     OCTAHEDRAL,
@@ -420,7 +420,7 @@ class ICPGripperTracker:
             for _ in range(2):
                 pC, nC = pts @ R.T + t, nrm @ R.T
                 if X_CvCn is not None:
-                    pC, nC = pC @ X_CvCn[:3, :3].T + X_CvCn[:3, 3], nC @ X_CvCn[:3, :3].T
+                    pC, nC = transform_points(X_CvCn, pC), nC @ X_CvCn[:3, :3].T
                 vis = visible_samples(pC, nC)
                 if vis.sum() < 10:
                     break

@@ -557,10 +557,10 @@ class VideoPolicy:
         or fell back, the residuals, the last fallback's reason). A subclass that knows the
         calibration (the oracle) overrides this."""
         est = estimate_view_m_pose(obs, video)
-        rec = self._stats["view_m_pose"]
-        rec["estimated" if est.ok else "fallback"] += 1
-        if np.isfinite(est.residual_m):
-            rec["residual_mm"].append(round(1e3 * est.residual_m, 3))
+        summary, rec = est.record(), self._stats["view_m_pose"]
+        rec[summary["source"]] += 1
+        if summary["residual_mm"] is not None:
+            rec["residual_mm"].append(summary["residual_mm"])
         if not est.ok:
             rec["last_fallback_reason"] = est.reason
         return view_cameras(obs, video, est.X_CnCm)
