@@ -101,6 +101,8 @@ class UNetConfig:
     The last level uses plain spatio-temporal ResNet blocks, every other level cross-attention
     blocks (the SVD layout). Channels must be multiples of 32 (diffusers hard-wires 32 groups).
     ``xattn_head_dim`` sets the heads of the cross-view attention layers (channels / head dim).
+    ``fine_pointmap_channels`` > 0 adds the full-resolution pointmap path
+    (:mod:`geo4d_policy.models.fine_pointmap`; patch codec only) with that many channels.
     """
 
     block_out_channels: tuple[int, ...] = (64, 128, 256)
@@ -110,9 +112,13 @@ class UNetConfig:
     transformer_layers_per_block: int = 1
     addition_time_embed_dim: int = 32
     xattn_head_dim: int = 32
+    fine_pointmap_channels: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.block_out_channels)
+        if self.fine_pointmap_channels < 0 or self.fine_pointmap_channels % 32:
+            raise ConfigError("UNetConfig.fine_pointmap_channels must be 0 (off) or a positive multiple of 32, "
+                              f"got {self.fine_pointmap_channels}")
         if n < 2:
             raise ConfigError("UNetConfig.block_out_channels needs at least 2 levels")
         if len(self.num_attention_heads) != n:
@@ -246,6 +252,9 @@ class GeneratorConfig:
         lo, hi = self.pointmap_range
         if not hi > lo:
             raise ConfigError(f"GeneratorConfig.pointmap_range needs lo < hi, got {self.pointmap_range}")
+        if self.unet.fine_pointmap_channels and not (self.use_pointmaps and self.pointmap_vae.codec == "patch"):
+            raise ConfigError("GeneratorConfig: unet.fine_pointmap_channels needs pointmaps through the patch codec "
+                              "(use_pointmaps: true, pointmap_vae.codec: patch)")
 
     @property
     def latent_channels(self) -> int:

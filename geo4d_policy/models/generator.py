@@ -16,6 +16,10 @@ Built from diffusers ``UNetSpatioTemporalConditionModel`` parts (SVD's U-Net):
   stage. Output projections start at zero, so a new model's view-n output equals the plain
   single-branch U-Net's, and branch n never depends on branch m.
 
+* With the patch codec, an optional full-resolution pointmap path
+  (:mod:`~geo4d_policy.models.fine_pointmap`, ``unet.fine_pointmap_channels``) adds to
+  ``conv_in``'s output and to each decoder's pointmap output.
+
 Conditioning without CLIP (no image-encoder weights are reachable offline): the image
 conditioning is the concatenated latents above; ``encoder_hidden_states`` carries two learned
 tokens per view, a view token (n or m; the shared encoder is told which role it encodes) and
@@ -36,6 +40,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from geo4d_policy.models.config import NUM_ADDED_TIME_IDS, GeneratorConfig
+from geo4d_policy.models.fine_pointmap import FinePointmapPath
 
 NUM_VIEWS = 2
 CONTEXT_TOKENS = 2  # view token + task token
@@ -131,6 +136,15 @@ class Geo4DUNet(nn.Module):
             self.cross_view = nn.ModuleList(
                 CrossViewAttention(ch, head_dim=config.unet.xattn_head_dim) for ch in chans
             )
+        self.fine: FinePointmapPath | None = None
+        if config.unet.fine_pointmap_channels:
+            self.fine = FinePointmapPath(
+                config.unet.fine_pointmap_channels,
+                unet_channels=config.unet.block_out_channels[0],
+                temb_channels=self.unet.time_embedding.linear_2.out_features,
+                factor=config.pointmap_vae.downsample_factor,
+                heads=NUM_VIEWS if config.separate_decoders else 1,
+            )
         d = config.unet.cross_attention_dim
         self.view_tokens = nn.Parameter(torch.randn(NUM_VIEWS, d) * 0.02)
         self.task_tokens = nn.Embedding(len(config.tasks) + 1, d)
@@ -213,6 +227,10 @@ class Geo4DUNet(nn.Module):
         ehs = ehs.repeat_interleave(f, dim=0).to(emb.dtype)
 
         h = u.conv_in(s)
+        if self.fine is not None:
+            rgb, c = self.config.latent_channels, self.config.target_channels
+            fine_skip, coarse = self.fine.encode(s[:, rgb:c], s[:, c + rgb:], emb)
+            h = h + coarse
         ioi = torch.zeros(v * b, f, dtype=h.dtype, device=h.device)
         res: tuple[torch.Tensor, ...] = (h,)
         for blk in u.down_blocks:
@@ -243,10 +261,19 @@ class Geo4DUNet(nn.Module):
             if self.cross_view is not None:
                 h_m = self.cross_view[i](h_m, h_n)
 
-        out_n = u.conv_out(u.conv_act(u.conv_norm_out(h_n)))
+        a_n = u.conv_act(u.conv_norm_out(h_n))
+        out_n = u.conv_out(a_n)
         head_m = dec_m if dec_m is not None else u
         norm_m, conv_m = head_m.conv_norm_out, head_m.conv_out
-        out_m = conv_m(u.conv_act(norm_m(h_m)))
+        a_m = u.conv_act(norm_m(h_m))
+        out_m = conv_m(a_m)
+        if self.fine is not None:
+            rgb = self.config.latent_channels
+            skip_n, skip_m = fine_skip.chunk(2)
+            fine_n = self.fine.decode(0, a_n, skip_n, emb_n)
+            fine_m = self.fine.decode(1, a_m, skip_m, emb_m)
+            out_n = torch.cat([out_n[:, :rgb], out_n[:, rgb:] + fine_n], dim=1)
+            out_m = torch.cat([out_m[:, :rgb], out_m[:, rgb:] + fine_m], dim=1)
         out = torch.stack([out_n, out_m], dim=0)  # (2, B*F, C, h, w)
         return out.reshape(v, b, f, *out.shape[2:]).transpose(0, 1)
 

@@ -186,9 +186,12 @@ def build_generator(cfg: TrainConfig, mc: GeneratorConfig, tasks: tuple[str, ...
     src = None
     if cfg.init_from is not None:
         # Weights carry over between configs of the same network; the diffusion settings (edm.*)
-        # are the objective being fine-tuned, free to change (a resume still refuses that).
+        # are the objective being fine-tuned, free to change (a resume still refuses that). A
+        # network may also grow the fine pointmap path, which starts as the identity.
         src = Generator4D.from_pretrained(cfg.init_from)
-        diff = [d for d in config_differences(mc, src.config) if not d.startswith("edm.")]
+        grows_fine = src.config.unet.fine_pointmap_channels == 0 < mc.unet.fine_pointmap_channels
+        diff = [d for d in config_differences(mc, src.config) if not d.startswith("edm.")
+                and not (grows_fine and d.startswith("unet.fine_pointmap_channels:"))]
         if diff:
             raise CheckpointError(f"{cfg.init_from} was trained with another generator network:\n  "
                                   + "\n  ".join(diff))
@@ -216,7 +219,13 @@ def build_generator(cfg: TrainConfig, mc: GeneratorConfig, tasks: tuple[str, ...
         log.warning("generator training with random VAEs (no image_vae/pointmap_vae given): tests only")
     model.freeze_vaes()
     if src is not None:
-        model.unet.load_state_dict(src.unet.state_dict())
+        missing, unexpected = model.unet.load_state_dict(src.unet.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("fine.") for k in missing):
+            raise CheckpointError(f"{cfg.init_from}: U-Net weights do not fit this network "
+                                  f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        if missing:
+            log.info("--init %s: the fine pointmap path starts as the identity (%d new tensors)",
+                     cfg.init_from, len(missing))
     if cfg.init_svd_unet is not None:
         missing = load_svd_unet_weights(model.unet, load_file(cfg.init_svd_unet))
         if missing:

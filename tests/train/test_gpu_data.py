@@ -162,3 +162,11 @@ def test_patch_codec_run_and_generator_on_it(data, tmp_path):
                  "--cache-pairs", "2", *common, *patch]) == 0
     g = Generator4D.from_pretrained(runs / "g")
     assert g.config.pointmap_vae.codec == "patch" and g.config.latent_channels == 4
+    # A generator on the patch codec may grow the full-resolution pointmap path on --init.
+    fine = ["--override", "unet.fine_pointmap_channels=32"]
+    assert main(["generator", "--task", "all", "--data", str(data / "apple"), "--out", str(runs / "gf"),
+                 "--init", str(runs / "g"), "--steps", "1", "--cache-pairs", "2", *common, *patch, *fine]) == 0
+    gf = Generator4D.from_pretrained(runs / "gf")
+    assert gf.config.unet.fine_pointmap_channels == 32 and gf.unet.fine is not None
+    for k, v in g.unet.state_dict().items():
+        assert gf.unet.state_dict()[k].shape == v.shape
