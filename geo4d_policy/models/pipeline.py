@@ -459,13 +459,14 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def parameter_summary(model: Generator4D) -> dict[str, int]:
-    """Parameter counts per part (U-Net encoder + decoder n, decoder m, cross-view, VAEs)."""
+    """Parameter counts per part (U-Net encoder + decoder n, decoder m, cross-view, fine pointmap path, VAEs)."""
     u = model.unet
     out = {
         "unet_shared_and_decoder_n": count_parameters(u.unet),
         "decoder_m": count_parameters(u.decoder_m) if u.decoder_m is not None else 0,
         "cross_view_attention": count_parameters(u.cross_view) if u.cross_view is not None else 0,
         "context_tokens": u.view_tokens.numel() + u.task_tokens.weight.numel(),
+        "fine_pointmap_path": count_parameters(u.fine) if u.fine is not None else 0,
         "image_vae": count_parameters(model.image_vae),
         "pointmap_vae": count_parameters(model.pointmap_vae) if model.pointmap_vae is not None else 0,
     }

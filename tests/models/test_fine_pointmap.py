@@ -71,3 +71,12 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="patch codec"):
         cfg = tiny_config()
         dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, fine_pointmap_channels=32))
+
+
+def test_parameter_summary_counts_the_path():
+    from geo4d_policy.models.pipeline import Generator4D, parameter_summary
+
+    s = parameter_summary(Generator4D(_config(32)))
+    assert s["fine_pointmap_path"] > 0
+    parts = sum(v for k, v in s.items() if k not in ("unet_total", "total"))
+    assert parts == s["total"]
