@@ -304,7 +304,7 @@ class ICPGripperTracker:
         """The frame's problem (finite points cropped around ``center``, their labels), or a
         reason to give up."""
         # Unsegmented frames carry clutter near the gripper: fitness is then measured inside
-        # the model's box only (see NumpyICPEngine.evaluate).
+        # the model's box only (see NumpyICPEngine._evaluate).
         cluttered = False
         occlusion = None
         X_CnCv = None
