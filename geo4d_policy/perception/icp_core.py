@@ -534,35 +534,45 @@ class NumpyICPEngine:
                 jj, nn, x = jj[near], nn[near], x[near]
                 if not len(jj):
                     continue
-            if len(radii) == 1:
-                d, i = self._trees[k].query(x, k=kq, distance_upper_bound=radii[0])
-                d, i = d.reshape(-1, kq), i.reshape(-1, kq)
-            else:  # one query per distinct radius
-                bound = max_dist[jj]
-                d = np.full((len(jj), kq), np.inf)
-                i = np.full((len(jj), kq), len(S.points[k]), dtype=np.int64)
-                for b in radii:
-                    rows = np.flatnonzero(bound == b)
-                    if len(rows):
-                        d_b, i_b = self._trees[k].query(x[rows], k=kq, distance_upper_bound=b)
-                        d[rows], i[rows] = d_b.reshape(-1, kq), i_b.reshape(-1, kq)
+            d, i = self._query(k, x, max_dist[jj], radii, 1)
             if kq > 1:
-                # The first camera-facing one among the nearest (sentinel index len(tree): none);
-                # which samples face each job's camera is decided once per job.
+                # The first camera-facing one among the kq nearest; which samples face each
+                # job's camera is decided once per job. Most points' nearest sample faces the
+                # camera (they were seen): only the others need the kq nearest.
                 n_k = len(S.points[k])
                 facing_k = np.einsum("mi,jmi->jm", S.normals[k],
                                      S.points[k][None] + shift[:, None, :] - cam_G[:, None, :]) < 0
-                facing = facing_k[jj[:, None], np.minimum(i, n_k - 1)] & (i < n_k) & np.isfinite(d)
-                first = np.argmax(facing, axis=1)
-                r = np.arange(len(d))
-                d = np.where(facing[r, first], d[r, first], np.inf)
-                i = i[r, first]
-            else:
-                d, i = d[:, 0], i[:, 0]
+                found = np.isfinite(d)
+                redo = found & ~facing_k[jj, np.minimum(i, n_k - 1)]
+                if redo.any():
+                    r = np.flatnonzero(redo)
+                    d_r, i_r = self._query(k, x[r], max_dist[jj[r]], radii, kq)
+                    # Sentinel index len(tree): no neighbour.
+                    facing = facing_k[jj[r][:, None], np.minimum(i_r, n_k - 1)] & (i_r < n_k) & np.isfinite(d_r)
+                    first = np.argmax(facing, axis=1)
+                    rows = np.arange(len(r))
+                    d[r] = np.where(facing[rows, first], d_r[rows, first], np.inf)
+                    i[r] = i_r[rows, first]
             better = d < dist[jj, nn]
             jb, nb = jj[better], nn[better]
             dist[jb, nb], part[jb, nb], idx[jb, nb] = d[better], k, i[better]
         return dist, part, idx
+
+    def _query(self, k: int, x: np.ndarray, bound: np.ndarray, radii: np.ndarray, kq: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Part ``k``'s tree queried for the ``kq`` nearest samples of points ``x`` in the part's
+        frame strictly within their radius ``bound`` (one query per distinct radius of ``radii``):
+        (distances, indices), (n,) each for ``kq`` 1, else (n, kq)."""
+        if len(radii) == 1:
+            return self._trees[k].query(x, k=kq, distance_upper_bound=radii[0])
+        shape = (len(x),) if kq == 1 else (len(x), kq)
+        d = np.full(shape, np.inf)
+        i = np.full(shape, len(self.samples.points[k]), dtype=np.int64)
+        for b in radii:
+            rows = np.flatnonzero(bound == b)
+            if len(rows):
+                d[rows], i[rows] = self._trees[k].query(x[rows], k=kq, distance_upper_bound=b)
+        return d, i
 
     def _matched_samples(self, part: np.ndarray, idx: np.ndarray, width: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
