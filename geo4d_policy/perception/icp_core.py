@@ -536,19 +536,16 @@ class NumpyICPEngine:
                     continue
             d, i = self._query(k, x, max_dist[jj], radii, 1)
             if kq > 1:
-                # The first camera-facing one among the kq nearest; which samples face each
-                # job's camera is decided once per job. Most points' nearest sample faces the
-                # camera (they were seen): only the others need the kq nearest.
-                n_k = len(S.points[k])
-                facing_k = np.einsum("mi,jmi->jm", S.normals[k],
-                                     S.points[k][None] + shift[:, None, :] - cam_G[:, None, :]) < 0
-                found = np.isfinite(d)
-                redo = found & ~facing_k[jj, np.minimum(i, n_k - 1)]
-                if redo.any():
-                    r = np.flatnonzero(redo)
+                # The first camera-facing one among the kq nearest. Most points' nearest sample
+                # faces the camera (they were seen): only the others need the kq nearest.
+                found = np.flatnonzero(np.isfinite(d))
+                r = found[~self._facing(k, i[found], shift[jj[found]], cam_G[jj[found]])]
+                if len(r):
                     d_r, i_r = self._query(k, x[r], max_dist[jj[r]], radii, kq)
+                    n_k = len(S.points[k])
                     # Sentinel index len(tree): no neighbour.
-                    facing = facing_k[jj[r][:, None], np.minimum(i_r, n_k - 1)] & (i_r < n_k) & np.isfinite(d_r)
+                    facing = self._facing(k, np.minimum(i_r, n_k - 1), shift[jj[r]][:, None, :],
+                                          cam_G[jj[r]][:, None, :]) & (i_r < n_k) & np.isfinite(d_r)
                     first = np.argmax(facing, axis=1)
                     rows = np.arange(len(r))
                     d[r] = np.where(facing[rows, first], d_r[rows, first], np.inf)
@@ -557,6 +554,13 @@ class NumpyICPEngine:
             jb, nb = jj[better], nn[better]
             dist[jb, nb], part[jb, nb], idx[jb, nb] = d[better], k, i[better]
         return dist, part, idx
+
+    def _facing(self, k: int, i: np.ndarray, shift: np.ndarray, cam_G: np.ndarray) -> np.ndarray:
+        """Whether samples ``i`` (any shape) of part ``k``, shifted by ``shift``, face the camera at
+        ``cam_G`` (both broadcast against ``i``'s shape + (3,))."""
+        S = self.samples
+        rel = S.points[k][i] + shift - cam_G
+        return np.einsum("...j,...j->...", S.normals[k][i], rel) < 0
 
     def _query(self, k: int, x: np.ndarray, bound: np.ndarray, radii: np.ndarray, kq: int
                ) -> tuple[np.ndarray, np.ndarray]:
