@@ -517,13 +517,22 @@ class NumpyICPEngine:
         part = np.full((J, N), -1, dtype=np.int64)
         idx = np.zeros((J, N), dtype=np.int64)
         kq = 1 if cam_G is None else self.config.facing_neighbours
-        radii = np.unique(max_dist)
+        radii = max_dist[:1] if (max_dist == max_dist[0]).all() else np.unique(max_dist)
+        # Unlabelled points are candidates of every part: gathered once.
+        any_part = lab == -1
+        j_any, n_any = np.nonzero(any_part)
+        q_any = qG[j_any, n_any]
         for k in (PART_HAND, PART_LEFT, PART_RIGHT):
-            jj, nn = np.nonzero((lab == k) | (lab == -1))
+            own = lab == k
+            if own.any():
+                jj, nn = np.nonzero(own | any_part)
+                qk = qG[jj, nn]
+            else:
+                jj, nn, qk = j_any, n_any, q_any
             if not len(jj):
                 continue
             shift = (0.5 * S.sign[k] * width)[:, None] * S.axis  # (J, 3)
-            x = qG[jj, nn] - shift[jj]
+            x = qk - shift[jj]
             # A part can only give a point a match within its radius and nearer than the one it
             # has if the part's bounding box is that near: the other points are not searched
             # (the same result; a tree prunes them too, but slower per point).
