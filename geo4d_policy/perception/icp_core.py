@@ -10,8 +10,10 @@ This module owns:
     ICP from a start pose and opening, then scoring), :class:`EvaluateJob` (scoring a given pose)
     and :class:`WidthJob` (the grid of openings at a pose); results are :class:`Fit` and
     :class:`WidthCosts`.
-  * :class:`NumpyICPEngine`, the reference numerics (KD-trees, one job at a time); the torch
-    engine (:mod:`geo4d_policy.perception.icp_torch`) batches the same jobs and must agree with it.
+  * :class:`NumpyICPEngine`, the reference numerics (KD-trees; the jobs of one call batched);
+    the torch engine (:mod:`geo4d_policy.perception.icp_torch`) computes the same jobs by brute
+    force and must agree with it.
+  * :func:`run_jobs` and :func:`pack_clouds`, how both engines batch jobs.
   * :func:`make_engine`, the engine a config asks for (shared by every tracker of that model
     and config, so building a tracker per replan costs nothing).
 
@@ -422,8 +424,60 @@ class WidthCosts:
 # --------------------------------------------------------------------------------------------
 
 
+def pack_clouds(clouds: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """Clouds padded to one length, as the engines batch them: points (J, N, 3) (padding 0) and
+    labels (J, N) (-1 unlabelled, i.e. any part; -2 padding)."""
+    J = len(clouds)
+    n = max(1, max(len(q) for q, _ in clouds))
+    q = np.zeros((J, n, 3))
+    lab = np.full((J, n), -2, dtype=np.int64)
+    for j, (qj, lj) in enumerate(clouds):
+        q[j, :len(qj)] = qj
+        lab[j, :len(qj)] = -1 if lj is None else lj
+    return q, lab
+
+
+def run_jobs(engine: Any, jobs: Sequence[Job]) -> list[Any]:
+    """Each job's result (:class:`Fit` or :class:`WidthCosts`), in order, as an engine computes
+    them: the jobs of a kind together (refines by their facing test, all evaluations, opening
+    grids by their length), through the engine's ``_refine(jobs, facing=)``,
+    ``_evaluate_jobs(jobs)`` and ``_width_costs(jobs)``."""
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        if isinstance(job, RefineJob):
+            key: tuple = ("refine", bool(job.facing and engine.config.facing_neighbours > 1))
+        elif isinstance(job, EvaluateJob):
+            key = ("evaluate",)
+        elif isinstance(job, WidthJob):
+            key = ("width", len(job.grid))
+        else:
+            raise TypeError(f"unknown ICP job {type(job).__name__}")
+        groups.setdefault(key, []).append(i)
+    out: list[Any] = [None] * len(jobs)
+    for key, idx in groups.items():
+        batch = [jobs[i] for i in idx]
+        if key[0] == "refine":
+            results = engine._refine(batch, facing=key[1])
+        elif key[0] == "evaluate":
+            results = engine._evaluate_jobs(batch)
+        else:
+            results = engine._width_costs(batch)
+        for i, r in zip(idx, results):
+            out[i] = r
+    return out
+
+
 class NumpyICPEngine:
-    """The reference numerics: KD-trees over the model samples, one job at a time."""
+    """The reference numerics: KD-trees over the model samples, the jobs of one call together.
+
+    Every Gauss-Newton iteration of all refine jobs of a call is one step over the padded batch
+    (one tree query per part for all their points, 7x7 solves batched), and evaluations share one
+    coverage query per observed cloud: on a small CPU the cost of a job is mostly the per-call
+    overhead of numpy and the tree, not arithmetic, and a search hands over dozens of jobs at
+    once. A job that converged, ran out of correspondences or of iterations stops changing
+    while the others go on; results do not depend on which jobs share a call (up to rounding
+    of the batched sums).
+    """
 
     name = "numpy"
 
@@ -431,142 +485,227 @@ class NumpyICPEngine:
         self.samples = samples
         self.config = config
         self._trees = [cKDTree(p) for p in samples.points]
+        self._P_all = np.concatenate(samples.points)
+        self._N_all = np.concatenate(samples.normals)
+        self._part_all = np.concatenate([np.full(len(p), k) for k, p in enumerate(samples.points)])
+        self._half_sign_all = 0.5 * samples.sign[self._part_all]
+        ptp = config.point_to_point_weight
+        self._row_weights = np.array([1.0, ptp, ptp, ptp])  # plane row, then the three point rows
 
     def run(self, jobs: Sequence[Job]) -> list[Any]:
-        """Each job's result (:class:`Fit` or :class:`WidthCosts`), in order."""
-        out: list[Any] = []
-        for job in jobs:
-            if isinstance(job, RefineJob):
-                out.append(self.refine(job))
-            elif isinstance(job, EvaluateJob):
-                out.append(self.evaluate(job.problem, job.X_CG, job.width))
-            elif isinstance(job, WidthJob):
-                out.append(self.width_costs(job))
-            else:
-                raise TypeError(f"unknown ICP job {type(job).__name__}")
-        return out
+        """Each job's result (:class:`Fit` or :class:`WidthCosts`), in order (:func:`run_jobs`)."""
+        return run_jobs(self, jobs)
 
     # --- correspondences ---------------------------------------------------------------------
 
-    def match(self, qG: np.ndarray, labels: np.ndarray | None, width: float, max_dist: float = np.inf,
-              cam_G: np.ndarray | None = None):
-        """Nearest model sample for each point: (distance, part, model point, normal) in G.
+    def match(self, qG: np.ndarray, lab: np.ndarray, width: np.ndarray, max_dist: np.ndarray,
+              cam_G: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Nearest model sample of each point of a padded batch: (distance, part, sample index),
+        (J, N) each, for points ``qG`` (J, N, 3) in G with labels ``lab`` (J, N) (-1 any part, -2
+        padding) at openings ``width`` (J,).
 
-        Points with no sample within ``max_dist`` get distance ``inf`` (a bounded search is
-        several times faster, and such points are rejected anyway). With ``cam_G`` (the camera
-        centre in G) only samples facing the camera are eligible, found among the
-        ``facing_neighbours`` nearest: a one-sided observation matched to back faces would
-        otherwise pull the model through itself, a deep local minimum when the start is a few
-        centimetres off.
+        Points with no sample strictly within their job's ``max_dist`` (J,) get distance ``inf``
+        (a bounded search is several times faster, and such points are rejected anyway), part -1.
+        With ``cam_G`` (J, 3) (each job's camera centre in G) only samples facing the camera are
+        eligible, found among the ``facing_neighbours`` nearest: a one-sided observation matched
+        to back faces would otherwise pull the model through itself, a deep local minimum when
+        the start is a few centimetres off. Ties between parts go to the earlier part.
         """
         S = self.samples
-        shift = S.shifts(width)
-        n = len(qG)
-        dist = np.full(n, np.inf)
-        part = np.full(n, -1, dtype=np.int64)
-        idx = np.zeros(n, dtype=np.int64)
+        J, N, _ = qG.shape
+        dist = np.full((J, N), np.inf)
+        part = np.full((J, N), -1, dtype=np.int64)
+        idx = np.zeros((J, N), dtype=np.int64)
         kq = 1 if cam_G is None else self.config.facing_neighbours
+        radii = max_dist[:1] if (max_dist == max_dist[0]).all() else np.unique(max_dist)
+        # Unlabelled points are candidates of every part: gathered once.
+        any_part = lab == -1
+        j_any, n_any = np.nonzero(any_part)
+        q_any = qG[j_any, n_any]
         for k in (PART_HAND, PART_LEFT, PART_RIGHT):
-            sel = np.ones(n, dtype=bool) if labels is None else labels == k
-            if not sel.any():
+            own = lab == k
+            if own.any():
+                jj, nn = np.nonzero(own | any_part)
+                qk = qG[jj, nn]
+            else:
+                jj, nn, qk = j_any, n_any, q_any
+            if not len(jj):
                 continue
-            d, i = self._trees[k].query(qG[sel] - shift[k], k=kq, distance_upper_bound=max_dist)
+            shift = (0.5 * S.sign[k] * width)[:, None] * S.axis  # (J, 3)
+            x = qk - shift[jj]
+            # A part can only give a point a match within its radius and nearer than the one it
+            # has if the part's bounding box is that near: the other points are not searched
+            # (the same result; a tree prunes them too, but slower per point).
+            gap = np.maximum(np.maximum(S.lo[k] - x, x - S.hi[k]), 0.0)
+            limit = np.minimum(max_dist[jj], dist[jj, nn]) + 1e-9
+            near = np.einsum("ij,ij->i", gap, gap) < limit * limit
+            if not near.all():
+                jj, nn, x = jj[near], nn[near], x[near]
+                if not len(jj):
+                    continue
+            d, i = self._query(k, x, max_dist[jj], radii, 1)
             if kq > 1:
-                facing = np.einsum("ij,ij->i", S.normals[k], S.points[k] + shift[k] - cam_G) < 0
-                # Sentinel index len(tree) (no neighbour) maps to "not facing".
-                ok = np.append(facing, False)[i] & np.isfinite(d)
-                first = np.argmax(ok, axis=1)
-                rows = np.arange(len(d))
-                d = np.where(ok[rows, first], d[rows, first], np.inf)
-                i = i[rows, first]
-            better = d < dist[sel]
-            where = np.flatnonzero(sel)[better]
-            dist[where], part[where], idx[where] = d[better], k, i[better]
-        p = np.zeros((n, 3))
-        nrm = np.zeros((n, 3))
+                # The first camera-facing one among the kq nearest. Most points' nearest sample
+                # faces the camera (they were seen): only the others need the kq nearest.
+                found = np.flatnonzero(np.isfinite(d))
+                r = found[~self._facing(k, i[found], shift[jj[found]], cam_G[jj[found]])]
+                if len(r):
+                    d_r, i_r = self._query(k, x[r], max_dist[jj[r]], radii, kq)
+                    n_k = len(S.points[k])
+                    # Sentinel index len(tree): no neighbour.
+                    facing = self._facing(k, np.minimum(i_r, n_k - 1), shift[jj[r]][:, None, :],
+                                          cam_G[jj[r]][:, None, :]) & (i_r < n_k) & np.isfinite(d_r)
+                    first = np.argmax(facing, axis=1)
+                    rows = np.arange(len(r))
+                    d[r] = np.where(facing[rows, first], d_r[rows, first], np.inf)
+                    i[r] = i_r[rows, first]
+            better = d < dist[jj, nn]
+            jb, nb = jj[better], nn[better]
+            dist[jb, nb], part[jb, nb], idx[jb, nb] = d[better], k, i[better]
+        return dist, part, idx
+
+    def _facing(self, k: int, i: np.ndarray, shift: np.ndarray, cam_G: np.ndarray) -> np.ndarray:
+        """Whether samples ``i`` (any shape) of part ``k``, shifted by ``shift``, face the camera at
+        ``cam_G`` (both broadcast against ``i``'s shape + (3,))."""
+        S = self.samples
+        rel = S.points[k][i] + shift - cam_G
+        return np.einsum("...j,...j->...", S.normals[k][i], rel) < 0
+
+    def _query(self, k: int, x: np.ndarray, bound: np.ndarray, radii: np.ndarray, kq: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Part ``k``'s tree queried for the ``kq`` nearest samples of points ``x`` in the part's
+        frame strictly within their radius ``bound`` (one query per distinct radius of ``radii``):
+        (distances, indices), (n,) each for ``kq`` 1, else (n, kq)."""
+        if len(radii) == 1:
+            return self._trees[k].query(x, k=kq, distance_upper_bound=radii[0])
+        shape = (len(x),) if kq == 1 else (len(x), kq)
+        d = np.full(shape, np.inf)
+        i = np.full(shape, len(self.samples.points[k]), dtype=np.int64)
+        for b in radii:
+            rows = np.flatnonzero(bound == b)
+            if len(rows):
+                d[rows], i[rows] = self._trees[k].query(x[rows], k=kq, distance_upper_bound=b)
+        return d, i
+
+    def _matched_samples(self, part: np.ndarray, idx: np.ndarray, width: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Model points (at each job's opening) and normals of matches, (J, N, 3) each; zeros
+        for points without a match."""
+        S = self.samples
+        p = np.zeros(part.shape + (3,))
+        nrm = np.zeros(part.shape + (3,))
         for k in (PART_HAND, PART_LEFT, PART_RIGHT):
-            sel = part == k
-            p[sel] = S.points[k][idx[sel]] + shift[k]
-            nrm[sel] = S.normals[k][idx[sel]]
-        return dist, part, p, nrm
+            jj, nn = np.nonzero(part == k)
+            p[jj, nn] = S.points[k][idx[jj, nn]] + (0.5 * S.sign[k] * width[jj])[:, None] * S.axis
+            nrm[jj, nn] = S.normals[k][idx[jj, nn]]
+        return p, nrm
 
     # --- Gauss-Newton ICP --------------------------------------------------------------------
 
-    def refine(self, job: RefineJob) -> Fit:
+    def _normal_equations(self, qG: np.ndarray, p: np.ndarray, nrm: np.ndarray, s: np.ndarray,
+                          wt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """H (J, 7, 7) and g (J, 7) of the weighted rows: per correspondence one point-to-plane
+        residual ``n.(q - p)`` and three point-to-point residuals ``q - p``; unknowns (omega, v,
+        width), with the update applied as ``q <- q + omega x q + v`` and finger samples moving
+        by +-width/2 along the closing axis (rows ``[q x n, n, -s/2 n.axis]`` and
+        ``[-[q]_x, I, -s/2 axis]``). ``wt`` (J, N) is 0 for points without a correspondence."""
         c = self.config
-        q, labels = job.problem.q, job.problem.labels
-        iterations = job.iterations or c.iterations
-        corr_min = c.corr_dist_min if job.corr_min is None else job.corr_min
-        decay = c.corr_decay if job.decay is None else job.decay
         axis = self.samples.axis
-        X_GC = invert_transform(job.X_CG)
-        w = float(job.width)
-        w_prev = w
-        n_pose = 6
-        for it in range(iterations):
+        J, N, _ = qG.shape
+        diff = qG - p
+        half = -0.5 * s
+        A = np.zeros((J, N, 4, 7))
+        A[..., 0, :3] = np.cross(qG, nrm)
+        A[..., 0, 3:6] = nrm
+        A[..., 0, 6] = half * (nrm @ axis)
+        qx, qy, qz = qG[..., 0], qG[..., 1], qG[..., 2]
+        # -[q]_x, then the identity, then the finger shift.
+        A[..., 1, 1], A[..., 1, 2] = qz, -qy
+        A[..., 2, 0], A[..., 2, 2] = -qz, qx
+        A[..., 3, 0], A[..., 3, 1] = qy, -qx
+        A[..., 1, 3] = A[..., 2, 4] = A[..., 3, 5] = 1.0
+        A[..., 1:, 6] = half[..., None] * axis
+        if not c.fingers_in_pose:
+            A[..., :6] *= (s == 0)[..., None, None]
+        res = np.empty((J, N, 4))
+        res[..., 0] = np.einsum("jni,jni->jn", nrm, diff)
+        res[..., 1:] = diff
+        Aw = (A * (wt[..., None] * self._row_weights)[..., None]).reshape(J, 4 * N, 7)
+        A = A.reshape(J, 4 * N, 7)
+        Awt = Aw.transpose(0, 2, 1)
+        return Awt @ A, (Awt @ res.reshape(J, 4 * N, 1))[..., 0]
+
+    def _refine(self, jobs: Sequence[RefineJob], *, facing: bool) -> list[Fit]:
+        """Gauss-Newton ICP of every job from its start pose and opening (all iterations of the
+        batch in lock-step), then their scores."""
+        c = self.config
+        J = len(jobs)
+        q, lab = pack_clouds([(j.problem.q, j.problem.labels) for j in jobs])
+        X_GC = invert_transform(np.stack([j.X_CG for j in jobs]))
+        R, t = X_GC[:, :3, :3].copy(), X_GC[:, :3, 3].copy()
+        w = np.array([j.width for j in jobs], dtype=np.float64)
+        w_prev = w.copy()
+        iters = np.array([j.iterations or c.iterations for j in jobs])
+        corr_start = np.array([j.corr_start for j in jobs], dtype=np.float64)
+        corr_min = np.array([c.corr_dist_min if j.corr_min is None else j.corr_min for j in jobs],
+                            dtype=np.float64)
+        decay = np.array([c.corr_decay if j.decay is None else j.decay for j in jobs], dtype=np.float64)
+        # Each frame's camera centre (camera m's for X^{m->n}): the facing test's viewpoint.
+        center = np.stack([j.problem.camera_center for j in jobs])
+        active = np.ones(J, dtype=bool)
+        for it in range(int(iters.max())):
+            active &= iters > it
+            a = np.flatnonzero(active)
+            if not len(a):
+                break
+            whole = len(a) == J
+            Ra, ta, wa = (R, t, w) if whole else (R[a], t[a], w[a])
+            qa, la = (q, lab) if whole else (q[a], lab[a])
             # Coarse-to-fine trimming: the correspondence radius shrinks geometrically.
-            corr = max(corr_min, job.corr_start * decay ** it)
-            qG = q @ X_GC[:3, :3].T + X_GC[:3, 3]
-            cam_G = X_GC[:3, :3] @ job.problem.camera_center + X_GC[:3, 3] \
-                if job.facing and c.facing_neighbours > 1 else None
-            dist, part, p, nrm = self.match(qG, labels, w, max_dist=corr, cam_G=cam_G)
-            sel = dist <= corr
-            if sel.sum() < 6:
-                break
-            qs, ps, ns, ds = qG[sel], p[sel], nrm[sel], dist[sel]
-            s = self.samples.sign[part[sel]]
-            m = len(qs)
-            wt = np.where(ds <= c.huber_delta, 1.0, c.huber_delta / np.maximum(ds, 1e-12))
-            # Rows: one point-to-plane residual n.(q - p) and three point-to-point residuals
-            # (q - p) per correspondence; unknowns (omega, v, width), with the update applied
-            # as q <- q + omega x q + v and finger samples moving by +-width/2 along the axis.
-            J = np.zeros((4 * m, 7))
-            r = np.zeros(4 * m)
-            J[:m, :3] = np.cross(qs, ns)
-            J[:m, 3:6] = ns
-            J[:m, 6] = -0.5 * s * (ns @ axis)
-            r[:m] = np.einsum("ij,ij->i", ns, qs - ps)
-            # -[q]_x rows for the point-to-point block, laid out as x rows, y rows, z rows.
-            zero = np.zeros(m)
-            skew = (np.stack([zero, qs[:, 2], -qs[:, 1]], 1), np.stack([-qs[:, 2], zero, qs[:, 0]], 1),
-                    np.stack([qs[:, 1], -qs[:, 0], zero], 1))
-            for a in range(3):
-                rows = slice((a + 1) * m, (a + 2) * m)
-                J[rows, :3] = skew[a]
-                J[rows, 3 + a] = 1.0
-                J[rows, 6] = -0.5 * s * axis[a]
-                r[rows] = qs[:, a] - ps[:, a]
-            weights = np.concatenate([wt, np.tile(c.point_to_point_weight * wt, 3)])
-            if not c.fingers_in_pose:
-                J[np.tile(s != 0, 4), :n_pose] = 0.0
-            Jw = J * weights[:, None]
-            H = Jw.T @ J
-            g = Jw.T @ r
+            cmin = corr_min[a]
+            corr = np.maximum(cmin, corr_start[a] * decay[a] ** it)
+            qG = qa @ Ra.transpose(0, 2, 1) + ta[:, None, :]
+            cam_G = np.einsum("jik,jk->ji", Ra, center[a]) + ta if facing else None
+            dist, part, idx = self.match(qG, la, wa, corr, cam_G)
+            p, nrm = self._matched_samples(part, idx, wa)
+            sel = dist <= corr[:, None]
+            m = sel.sum(axis=1).astype(np.float64)
+            s = np.where(sel, self.samples.sign[np.maximum(part, 0)], 0.0)
+            wt = np.where(sel, c.huber_delta / np.maximum(np.where(sel, dist, 0.0), c.huber_delta), 0.0)
+            H, g = self._normal_equations(qG, p, nrm, s, wt)
             # Damping keeps the solve well posed (e.g. no finger seen -> width unobservable).
-            H[np.diag_indices(6)] += 1e-6 * m
+            d6 = np.arange(6)
+            H[:, d6, d6] += 1e-6 * m[:, None]
             if c.fit_width:
-                H[6, 6] += c.width_prior * m + 1e-9
-                g[6] += c.width_prior * m * (w - w_prev)
+                H[:, 6, 6] += c.width_prior * m + 1e-9
+                g[:, 6] += c.width_prior * m * (wa - w_prev[a])
             else:
-                H[6, :] = 0.0
-                H[:, 6] = 0.0
-                H[6, 6] = 1.0
-                g[6] = 0.0
-            try:
-                delta = -np.linalg.solve(H, g)
-            except np.linalg.LinAlgError:
-                break
-            if not np.isfinite(delta).all():
-                break
-            step = np.eye(4)
-            step[:3, :3] = Rotation.from_rotvec(delta[:3]).as_matrix()
-            step[:3, 3] = delta[3:6]
-            X_GC = step @ X_GC
-            w = float(np.clip(w + delta[6], 0.0, self.samples.stroke))
-            if corr <= corr_min and np.linalg.norm(delta[:3]) < 2e-4 and np.linalg.norm(delta[3:6]) < 1e-4:
-                break
-        X = orthonormalize(invert_transform(X_GC))
-        return self.evaluate(job.problem, X, w)
+                H[:, 6, :] = 0.0
+                H[:, :, 6] = 0.0
+                H[:, 6, 6] = 1.0
+                g[:, 6] = 0.0
+            # Jobs with too few correspondences stop (their system is replaced by a harmless one).
+            enough = m >= 6
+            H[~enough] = np.eye(7)
+            g[~enough] = 0.0
+            delta, solved = _solve_all(H, g)
+            ok = enough & solved & np.isfinite(delta).all(axis=1)
+            delta[~ok] = 0.0
+            Rs = Rotation.from_rotvec(delta[:, :3]).as_matrix()
+            R_new = Rs @ Ra
+            t_new = np.einsum("jik,jk->ji", Rs, ta) + delta[:, 3:6]
+            w_new = np.clip(wa + delta[:, 6], 0.0, self.samples.stroke)
+            converged = (corr <= cmin) & (np.linalg.norm(delta[:, :3], axis=1) < 2e-4) \
+                & (np.linalg.norm(delta[:, 3:6], axis=1) < 1e-4)
+            # A job that stopped (too few correspondences, no solution) keeps its last pose.
+            R[a[ok]], t[a[ok]], w[a[ok]] = R_new[ok], t_new[ok], w_new[ok]
+            active[a] = ok & ~converged
+        X_GC = np.zeros((J, 4, 4))
+        X_GC[:, :3, :3], X_GC[:, :3, 3], X_GC[:, 3, 3] = R, t, 1.0
+        X_CG = np.stack([orthonormalize(X) for X in invert_transform(X_GC)])
+        return self._evaluate([j.problem for j in jobs], X_CG, w, packed=(q, lab))
+
+    # --- scoring -----------------------------------------------------------------------------
 
     def _tree_and_spacing(self, problem: ICPProblem) -> tuple[cKDTree, float]:
         """The observed points' KD-tree and median nearest-neighbour spacing (cached per problem)."""
@@ -578,60 +717,106 @@ class NumpyICPEngine:
             cached = problem.cache["numpy_tree"] = (tree, spacing)
         return cached
 
-    def evaluate(self, problem: ICPProblem, X_CG: np.ndarray, width: float) -> Fit:
+    def _evaluate(self, problems: Sequence[ICPProblem], X_CG: np.ndarray, width: np.ndarray, *,
+                  packed: tuple[np.ndarray, np.ndarray] | None = None) -> list[Fit]:
+        """Score poses ``X_CG`` (J, 4, 4) at openings ``width`` (J,), one per problem."""
         c = self.config
         S = self.samples
-        q, labels = problem.q, problem.labels
+        J = len(problems)
+        q, lab = packed if packed is not None else pack_clouds([(p.q, p.labels) for p in problems])
+        valid = lab >= -1
         X_GC = invert_transform(X_CG)
-        qG = q @ X_GC[:3, :3].T + X_GC[:3, 3]
-        dist, part, _, _ = self.match(qG, labels, width, max_dist=c.inlier_dist)
+        qG = q @ X_GC[:, :3, :3].transpose(0, 2, 1) + X_GC[:, None, :3, 3]
+        dist, part, _ = self.match(qG, lab, width, np.full(J, c.inlier_dist))
         inl = dist <= c.inlier_dist
-        if problem.cluttered:
+        cluttered = np.array([p.cluttered for p in problems])
+        near = valid.copy()
+        if cluttered.any():
             # Fitness over the points inside the gripper's box (+ margin) at this pose: the
             # scene around it is not the tracker's to explain.
-            lo, hi = S.bounds(width)
-            near = np.all((qG >= lo - c.clutter_margin) & (qG <= hi + c.clutter_margin), axis=1)
-        else:
-            near = np.ones(len(q), dtype=bool)
-        n_near = int(near.sum())
-        fitness = float(inl[near].mean()) if n_near >= c.min_points else 0.0
-        rmse = float(np.sqrt(np.mean(dist[inl] ** 2))) if inl.any() else float("inf")
-        # Coverage: camera-facing model samples with an observed point within a radius that
-        # adapts to the observed point spacing (pixel footprint grows with distance).
-        tree, spacing = self._tree_and_spacing(problem)
-        radius = max(c.inlier_dist, 1.5 * spacing)
-        shift = S.shifts(width)
-        pts = np.concatenate([S.points[k] + shift[k] for k in range(3)])
-        nrm = np.concatenate(S.normals)
-        if labels is not None:
-            # Only score the parts that the segmentation claims to have seen.
-            present = [np.any(labels == k) for k in range(3)]
-            keep = np.concatenate([np.full(len(S.points[k]), present[k]) for k in range(3)])
-            pts, nrm = pts[keep], nrm[keep]
-        pC = pts @ X_CG[:3, :3].T + X_CG[:3, 3]
-        nC = nrm @ X_CG[:3, :3].T
+            for j in np.flatnonzero(cluttered):
+                lo, hi = S.bounds(float(width[j]))
+                near[j] &= np.all((qG[j] >= lo - c.clutter_margin) & (qG[j] <= hi + c.clutter_margin), axis=1)
+        n_near = near.sum(axis=1)
+        n_in_near = (inl & near).sum(axis=1)
+        n_inl = inl.sum(axis=1)
+        sq = np.where(inl, dist, 0.0) ** 2
+        coverage, frame_coverage = self._coverage(problems, X_CG, width)
+        out = []
+        for j in range(J):
+            fitness = float(n_in_near[j] / n_near[j]) if n_near[j] >= c.min_points else 0.0
+            rmse = float(np.sqrt(sq[j].sum() / n_inl[j])) if n_inl[j] else float("inf")
+            fingers = (int((inl[j] & (part[j] == PART_LEFT)).sum()),
+                       int((inl[j] & (part[j] == PART_RIGHT)).sum()))
+            out.append(Fit(X_CG[j].copy(), float(width[j]), fitness, float(coverage[j]), rmse, int(n_near[j]),
+                           int(n_in_near[j]), fingers, float(frame_coverage[j])))
+        return out
+
+    def _coverage(self, problems: Sequence[ICPProblem], X_CG: np.ndarray, width: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """``coverage`` and ``frame_coverage`` (:class:`Fit`) of each pose: camera-facing model
+        samples with an observed point within a radius that adapts to the observed point spacing
+        (pixel footprint grows with distance); one tree query (and one occlusion lookup) per
+        observed cloud for all the poses scored against it."""
+        c = self.config
+        S = self.samples
+        J = len(problems)
+        R, t = X_CG[:, :3, :3], X_CG[:, :3, 3]
+        pG = self._P_all + (self._half_sign_all * width[:, None])[..., None] * S.axis  # (J, M, 3)
+        pC = pG @ R.transpose(0, 2, 1) + t[:, None, :]
+        nC = self._N_all @ R.transpose(0, 2, 1)
+        center = np.stack([p.camera_center for p in problems])
+        axis = np.stack([p.camera_axis for p in problems])
         # Facing the frame's own camera (camera m for X^{m->n}), and in front of it.
-        ray = pC - problem.camera_center
-        facing = (np.einsum("ij,ij->i", nC, ray) < 0) & (ray @ problem.camera_axis > 0)
-        if facing.any():
-            d, _ = tree.query(pC[facing], k=1, distance_upper_bound=radius)
+        ray = pC - center[:, None, :]
+        facing = (np.einsum("jmi,jmi->jm", nC, ray) < 0) & (np.einsum("jmi,ji->jm", ray, axis) > 0)
+        for j, p in enumerate(problems):
+            if p.labels is not None:
+                # Only score the parts that the segmentation claims to have seen.
+                present = np.array([np.any(p.labels == k) for k in range(3)])
+                facing[j] &= present[self._part_all]
+        coverage = np.zeros(J)
+        frame_coverage = np.zeros(J)
+        groups: dict[int, list[int]] = {}
+        for j, p in enumerate(problems):
+            groups.setdefault(id(p), []).append(j)
+        for js in groups.values():
+            problem = problems[js[0]]
+            tree, spacing = self._tree_and_spacing(problem)
+            radius = max(c.inlier_dist, 1.5 * spacing)
+            counts = facing[js].sum(axis=1)
+            pts = pC[js][facing[js]]
+            if not len(pts):
+                continue
+            d, _ = tree.query(pts, k=1, distance_upper_bound=radius)
             hit = np.isfinite(d)
+            bounds = np.concatenate([[0], np.cumsum(counts)])
             occ = problem.occlusion
             if occ is not None:
-                inside, expect = occ.visibility(pC[facing], margin=c.occlusion_margin)
-                seen, n_exp = float((hit & expect).sum()), float(expect.sum())
-                coverage = min(1.0, seen / max(n_exp, c.min_visible_fraction * len(expect), 1.0))
-                frame_coverage = min(1.0, seen / max(n_exp, c.min_visible_fraction * float(inside.sum()), 1.0))
-            else:
-                coverage = frame_coverage = float(np.mean(hit))
-        else:
-            coverage = frame_coverage = 0.0
-        fingers = (int((inl & (part == PART_LEFT)).sum()), int((inl & (part == PART_RIGHT)).sum()))
-        return Fit(X_CG, width, fitness, coverage, rmse, n_near, int((inl & near).sum()), fingers, frame_coverage)
+                inside, expect = occ.visibility(pts, margin=c.occlusion_margin)
+            for u, j in enumerate(js):
+                sl = slice(bounds[u], bounds[u + 1])
+                if counts[u] == 0:
+                    continue
+                if occ is not None:
+                    seen, n_exp = float((hit[sl] & expect[sl]).sum()), float(expect[sl].sum())
+                    coverage[j] = min(1.0, seen / max(n_exp, c.min_visible_fraction * float(counts[u]), 1.0))
+                    n_inside = float(inside[sl].sum())
+                    frame_coverage[j] = min(1.0, seen / max(n_exp, c.min_visible_fraction * n_inside, 1.0))
+                else:
+                    coverage[j] = frame_coverage[j] = float(np.mean(hit[sl]))
+        return coverage, frame_coverage
 
     # --- the opening grid --------------------------------------------------------------------
 
-    def width_costs(self, job: WidthJob) -> WidthCosts:
+    def _evaluate_jobs(self, jobs: Sequence[EvaluateJob]) -> list[Fit]:
+        return self._evaluate([j.problem for j in jobs], np.stack([j.X_CG for j in jobs]),
+                              np.array([j.width for j in jobs], dtype=np.float64))
+
+    def _width_costs(self, jobs: Sequence[WidthJob]) -> list[WidthCosts]:
+        return [self._width_cost(j) for j in jobs]
+
+    def _width_cost(self, job: WidthJob) -> WidthCosts:
         tau = self.config.inlier_dist
         qG, lab = width_points(job)
         if len(qG) == 0:
@@ -647,15 +832,21 @@ class NumpyICPEngine:
             sel = np.ones(n, dtype=bool) if lab is None else lab == k
             if not sel.any():
                 continue
+            cols = np.flatnonzero(sel)
             if k == PART_HAND:
                 d, _ = self._trees[k].query(qG[sel], k=1, distance_upper_bound=tau)
                 d = np.broadcast_to(d, (G, len(d)))
             else:
-                shifts = np.stack([S.shifts(float(w))[k] for w in widths])  # (G, 3)
-                d, _ = self._trees[k].query((qG[sel][None] - shifts[:, None]).reshape(-1, 3), k=1,
-                                            distance_upper_bound=tau)
-                d = d.reshape(G, -1)
-            cols = np.flatnonzero(sel)
+                shifts = (0.5 * S.sign[k] * widths)[:, None] * S.axis  # (G, 3)
+                x = qG[sel][None] - shifts[:, None]  # (G, n_k, 3)
+                # Only points whose finger box (at that opening) is nearer than tau and than their
+                # match so far can change (as in match()).
+                gap = np.maximum(np.maximum(S.lo[k] - x, x - S.hi[k]), 0.0)
+                limit = np.minimum(tau, dist[:, cols]) + 1e-9
+                near = np.einsum("gni,gni->gn", gap, gap) < limit * limit
+                d = np.full(near.shape, np.inf)
+                if near.any():
+                    d[near], _ = self._trees[k].query(x[near], k=1, distance_upper_bound=tau)
             better = d < dist[:, cols]
             dist[:, cols] = np.where(better, d, dist[:, cols])
             part[:, cols] = np.where(better, k, part[:, cols])
@@ -664,6 +855,22 @@ class NumpyICPEngine:
         inl = dist[best] <= tau
         both = bool(np.any(inl & (part[best] == PART_LEFT)) and np.any(inl & (part[best] == PART_RIGHT)))
         return WidthCosts(costs[:-1], float(costs[-1]), both)
+
+
+def _solve_all(H: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``-H^-1 g`` of a batch of systems (J, 7, 7), (J, 7), and which could be solved (a singular
+    one gets zeros and False)."""
+    try:
+        return -np.linalg.solve(H, g[..., None])[..., 0], np.ones(len(H), dtype=bool)
+    except np.linalg.LinAlgError:
+        out = np.zeros_like(g)
+        ok = np.ones(len(H), dtype=bool)
+        for j in range(len(H)):
+            try:
+                out[j] = -np.linalg.solve(H[j], g[j])
+            except np.linalg.LinAlgError:
+                ok[j] = False
+        return out, ok
 
 
 def width_points(job: WidthJob) -> tuple[np.ndarray, np.ndarray | None]:

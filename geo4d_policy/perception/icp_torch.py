@@ -3,14 +3,12 @@
 This module owns :class:`TorchICPEngine`: the jobs of :mod:`geo4d_policy.perception.icp_core`
 (refine, evaluate, opening grid) computed for many jobs at once, padded to a common point
 count. It is the same algorithm as :class:`~geo4d_policy.perception.icp_core.NumpyICPEngine`,
-with two changes of means, not of results:
-
-* nearest model samples by brute force (distances of every point to every sample, then the
-  ``facing_neighbours`` smallest) instead of KD-trees: on a GPU a (jobs x points x samples)
-  distance block is one kernel, where a tree search is a sequential walk per point;
-* every Gauss-Newton iteration of all jobs in one batched step (normal equations accumulated
-  with einsum, 7x7 solves batched); a job that converged, ran out of correspondences or of
-  iterations stops changing while the others go on.
+batched as that one batches them (every Gauss-Newton iteration of all jobs in one step, 7x7
+solves batched; a job that converged, ran out of correspondences or of iterations stops
+changing while the others go on), with one change of means, not of results: nearest model
+samples by brute force (distances of every point to every sample, then the
+``facing_neighbours`` smallest) instead of KD-trees: on a GPU a (jobs x points x samples)
+distance block is one kernel, where a tree search is a sequential walk per point.
 
 Arithmetic is float64, as numpy's: results agree with the numpy engine to rounding (the
 tests check poses within 1e-6 m / 1e-6 rad on synthetic clouds); a decision on a threshold
@@ -38,6 +36,8 @@ from geo4d_policy.perception.icp_core import (
     RefineJob,
     WidthCosts,
     WidthJob,
+    pack_clouds,
+    run_jobs,
     width_points,
 )
 
@@ -144,32 +144,12 @@ class TorchICPEngine:
 
     @torch.no_grad()
     def run(self, jobs: Sequence[Job]) -> list[Any]:
-        """Each job's result (:class:`Fit` or :class:`WidthCosts`), in order; jobs of a kind are
-        computed together."""
-        out: list[Any] = [None] * len(jobs)
-        groups: dict[Any, list[int]] = {}
-        for i, job in enumerate(jobs):
-            if isinstance(job, RefineJob):
-                key: Any = ("refine", bool(job.facing and self.config.facing_neighbours > 1))
-            elif isinstance(job, EvaluateJob):
-                key = ("evaluate",)
-            elif isinstance(job, WidthJob):
-                key = ("width", len(job.grid))
-            else:
-                raise TypeError(f"unknown ICP job {type(job).__name__}")
-            groups.setdefault(key, []).append(i)
-        for key, idx in groups.items():
-            batch = [jobs[i] for i in idx]
-            if key[0] == "refine":
-                results = self._refine(batch, facing=key[1])
-            elif key[0] == "evaluate":
-                results = self._evaluate([j.problem for j in batch], self._t(np.stack([j.X_CG for j in batch])),
-                                         self._t([j.width for j in batch]))
-            else:
-                results = self._width_costs(batch)
-            for i, r in zip(idx, results):
-                out[i] = r
-        return out
+        """Each job's result (:class:`Fit` or :class:`WidthCosts`), in order (:func:`run_jobs`)."""
+        return run_jobs(self, jobs)
+
+    def _evaluate_jobs(self, jobs: Sequence[EvaluateJob]) -> list[Fit]:
+        return self._evaluate([j.problem for j in jobs], self._t(np.stack([j.X_CG for j in jobs])),
+                              self._t([j.width for j in jobs]))
 
     # ---------------------------------------------------------------------------------------
     # Packing
@@ -178,19 +158,10 @@ class TorchICPEngine:
     def _pack(self, clouds: Sequence[tuple[np.ndarray, np.ndarray | None]]):
         """Points (J, N, 3), validity (J, N), labels (J, N) (-1 unlabelled) and the per-part
         eligibility (J, 3, N) of padded clouds."""
-        J = len(clouds)
-        n = max(1, max(len(q) for q, _ in clouds))
-        q_np = np.zeros((J, n, 3))
-        valid_np = np.zeros((J, n), dtype=bool)
-        lab_np = np.full((J, n), -2, dtype=np.int64)
-        for j, (qj, lj) in enumerate(clouds):
-            m = len(qj)
-            q_np[j, :m] = qj
-            valid_np[j, :m] = True
-            lab_np[j, :m] = -1 if lj is None else lj
+        q_np, lab_np = pack_clouds(clouds)
         q = self._t(q_np)
-        valid = torch.as_tensor(valid_np, device=self.device)
         lab = torch.as_tensor(lab_np, device=self.device)
+        valid = lab >= -1
         parts = torch.arange(3, device=self.device)[None, :, None]
         elig = valid[:, None, :] & ((lab[:, None, :] == -1) | (lab[:, None, :] == parts))
         return q, valid, lab, elig
@@ -271,8 +242,8 @@ class TorchICPEngine:
 
     def _normal_equations(self, qG: torch.Tensor, p: torch.Tensor, nrm: torch.Tensor, s: torch.Tensor,
                           wt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """H (J, 7, 7) and g (J, 7) of the weighted rows of :meth:`NumpyICPEngine.refine`: per
-        correspondence a point-to-plane row ``[q x n, n, -s/2 n.axis]`` with residual
+        """H (J, 7, 7) and g (J, 7) of the weighted rows (:meth:`NumpyICPEngine._normal_equations`):
+        per correspondence a point-to-plane row ``[q x n, n, -s/2 n.axis]`` with residual
         ``n.(q - p)`` and point-to-point rows ``[-[q]_x, I, -s/2 axis]`` with residuals ``q - p``."""
         c = self.config
         diff = qG - p
@@ -436,7 +407,7 @@ class TorchICPEngine:
     def _coverage(self, problems: Sequence[ICPProblem], q: torch.Tensor, valid: torch.Tensor, lab: torch.Tensor,
                   X_CG: torch.Tensor, width: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``coverage`` and ``frame_coverage`` (:class:`Fit`): camera-facing model samples with an
-        observed point near them (see NumpyICPEngine.evaluate)."""
+        observed point near them (see NumpyICPEngine._coverage)."""
         c = self.config
         J = len(problems)
         radius = self._t([max(c.inlier_dist, 1.5 * self._spacing(p)) for p in problems])

@@ -304,7 +304,7 @@ class ICPGripperTracker:
         """The frame's problem (finite points cropped around ``center``, their labels), or a
         reason to give up."""
         # Unsegmented frames carry clutter near the gripper: fitness is then measured inside
-        # the model's box only (see NumpyICPEngine.evaluate).
+        # the model's box only (see NumpyICPEngine._evaluate).
         cluttered = False
         occlusion = None
         X_CnCv = None
@@ -402,8 +402,11 @@ class ICPGripperTracker:
 
     # --- registration ------------------------------------------------------------------------
 
-    def _seeds(self, problem: ICPProblem) -> list[np.ndarray]:
-        """Orientation seeds around the observed cloud's principal axes, with translations."""
+    def _seeds(self, problem: ICPProblem, *, max_rotation_from: tuple[np.ndarray, float] | None = None
+               ) -> list[np.ndarray]:
+        """Orientation seeds around the observed cloud's principal axes, with translations; with
+        ``max_rotation_from`` ``(X_ref, angle)`` only the orientations within ``angle`` of
+        ``X_ref``'s (placing a seed, the costly part, does not change its orientation)."""
         S = self.samples
         c_obs, axes_obs = principal_axes(problem.q)
         # Visibility is the frame's own camera's (camera m for X^{m->n}): test it in that frame.
@@ -413,6 +416,11 @@ class ICPGripperTracker:
         seeds = []
         for M in OCTAHEDRAL:
             R = axes_obs @ M @ S.axes.T
+            if max_rotation_from is not None:
+                X_R = np.eye(4)
+                X_R[:3, :3] = R
+                if pose_delta(max_rotation_from[0], X_R)[1] > max_rotation_from[1]:
+                    continue
             t = c_obs - R @ S.centroid
             # Only the visible part of the model is observed: match the centroid of the model
             # surface a camera would see under this orientation instead (twice, as visibility
@@ -438,10 +446,8 @@ class ICPGripperTracker:
         only fits within it."""
         c = self.config
         q = problem.q
-        seeds = self._seeds(problem)
-        if gate is not None:
-            X_ref, gt, gr = gate
-            seeds = [X for X in seeds if pose_delta(X_ref, X)[1] <= gr + np.deg2rad(30)]
+        near = None if gate is None else (gate[0], gate[2] + np.deg2rad(30))
+        seeds = self._seeds(problem, max_rotation_from=near)
         candidates = list(extra_seeds) + seeds
         if len(q) <= c.coarse_points:
             coarse_problem = problem
