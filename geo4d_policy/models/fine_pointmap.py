@@ -11,12 +11,16 @@ position against ``fine_pointmap_channels`` features):
 
 * ``stem`` (shared by both views, like the U-Net's encoder): the noisy and conditioning pointmaps
   (the patch latents shuffled back to images) -> a 2x2 patchify convolution -> a time-conditioned
-  ResNet block, kept as the skip; then two stride-2 convolutions down to the latent grid, added
-  to ``conv_in``'s output.
-* ``heads`` (one per view when the decoders are separate): a branch's final U-Net features,
-  upsampled 4x, concatenated with the skip -> two time-conditioned ResNet blocks -> a 2x2
-  transposed convolution to XYZ per pixel, re-packed into the 192 patch channels and added to the
-  U-Net's pointmap output.
+  pixel block, kept as the skip; then stride-2 convolutions down to the latent grid, added to
+  ``conv_in``'s output.
+* ``heads`` (one per view when the decoders are separate): a branch's final U-Net features ->
+  a 3x3 convolution on the latent grid, upsampled to the skip's resolution and concatenated with
+  it -> two pixel blocks -> a 2x2 transposed convolution to XYZ per pixel, re-packed into the 192
+  patch channels and added to the U-Net's pointmap output.
+
+The pixel blocks (norm, 1x1, a scale and shift from the noise level's embedding, 1x1, residual)
+keep the work per position small: this path sees 16x the U-Net's first-level positions, and the
+generator also runs on the CPU. Spatial context comes from the U-Net's features and the 2x2 blocks.
 
 Both the stem's last convolution and the heads' output convolution start at zero, so adding the
 path to a trained U-Net leaves its function unchanged (``geo4d-train generator --init`` grows a
@@ -27,16 +31,30 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 PATCH = 2
 """Pixels per side of one position of the path's feature maps."""
 
 
-def _block(cin: int, cout: int, temb: int) -> ResnetBlock2D:
-    return ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=temb,
-                         time_embedding_norm="scale_shift")
+class _PixelBlock(nn.Module):
+    """Norm, 1x1 to ``cout``, FiLM from the time embedding, 1x1; residual (per pixel: spatial context
+    comes from the U-Net's features)."""
+
+    def __init__(self, cin: int, cout: int, temb: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(32, cin, eps=1e-6)
+        self.pw1 = nn.Conv2d(cin, cout, 1)
+        self.norm2 = nn.GroupNorm(32, cout, eps=1e-6)
+        self.film = nn.Linear(temb, 2 * cout)
+        self.pw2 = nn.Conv2d(cout, cout, 1)
+        self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.pw1(F.silu(self.norm1(x)))
+        scale, shift = self.film(F.silu(temb))[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        return self.shortcut(x) + self.pw2(h)
 
 
 def _zero(conv: nn.Module) -> nn.Module:
@@ -50,15 +68,14 @@ class _Head(nn.Module):
         super().__init__()
         self.factor = factor
         self.lift = nn.Conv2d(unet_channels, channels, 3, padding=1)
-        self.block1 = _block(2 * channels, channels, temb)
-        self.block2 = _block(channels, channels, temb)
+        self.block1 = _PixelBlock(2 * channels, channels, temb)
+        self.block2 = _PixelBlock(channels, channels, temb)
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
         self.out = _zero(nn.ConvTranspose2d(channels, 3, PATCH, stride=PATCH))
 
     def forward(self, h: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(h, scale_factor=self.factor // PATCH, mode="nearest")
-        x = torch.cat([self.lift(up), skip], dim=1)
-        x = self.block2(self.block1(x, temb), temb)
+        up = F.interpolate(self.lift(h), scale_factor=self.factor // PATCH, mode="nearest")
+        x = self.block2(self.block1(torch.cat([up, skip], dim=1), temb), temb)
         return self.out(F.silu(self.norm(x)))
 
 
@@ -81,7 +98,7 @@ class FinePointmapPath(nn.Module):
                              f"(>= {2 * PATCH}), got {factor}")
         self.factor = factor
         self.patchify = nn.Conv2d(6, channels, PATCH, stride=PATCH)
-        self.stem_block = _block(channels, channels, temb_channels)
+        self.stem_block = _PixelBlock(channels, channels, temb_channels)
         down = []
         for _ in range(steps):
             down += [nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.SiLU()]
