@@ -21,7 +21,8 @@
 #                                     generator checkpoint, its own autoencoders), else a new U-Net on
 #                                     IMG_AE/PM_AE when given (PM_AE=$GEO4D_WORK/runs/pm_patch with
 #                                     GEN_OVERRIDES="pointmap_vae.codec=patch pointmap_vae.latent_channels=192"),
-#                                     else continuing the shipped assets/checkpoints/geo4d_small
+#                                     else continuing the shipped assets/checkpoints/geo4d_small (a
+#                                     checkpoint without the config's fine pointmap path grows it)
 #     export NAME                     bf16/int8 checkpoint of the last generator -> $OUT (shards)
 # Environment: GEO4D_MODEL (default small), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64), GEN_RUN (run
 # directory name, default generator), GEN_COMPILE (non-empty: geo4d-train generator --compile). The Dreamitate baseline's RGB-only generator continues the same way:
