@@ -275,9 +275,15 @@ class ModelSamples:
                    tuple(p.max(axis=0) for p in pts), float(model.stroke), all_pts.mean(axis=0),
                    principal_axes(all_pts)[1])
 
-    def shifts(self, width: float) -> list[np.ndarray]:
-        """Per part, the translation of its samples at opening ``width``."""
-        return [np.zeros(3), 0.5 * width * self.axis, -0.5 * width * self.axis]
+    def shift(self, k: int, width: np.ndarray) -> np.ndarray:
+        """The translation (..., 3) of part ``k``'s samples at openings ``width`` (...)."""
+        return (0.5 * self.sign[k] * width)[..., None] * self.axis
+
+    def box_sq_dist(self, k: int, x: np.ndarray) -> np.ndarray:
+        """Squared distance (...) of points ``x`` (..., 3), in part ``k``'s frame, to the part's
+        bounding box (0 inside)."""
+        gap = np.maximum(np.maximum(self.lo[k] - x, x - self.hi[k]), 0.0)
+        return np.einsum("...i,...i->...", gap, gap)
 
     def bounds(self, width: float) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned bounds in G of the model's samples at ``width``."""
@@ -531,14 +537,13 @@ class NumpyICPEngine:
                 jj, nn, qk = j_any, n_any, q_any
             if not len(jj):
                 continue
-            shift = (0.5 * S.sign[k] * width)[:, None] * S.axis  # (J, 3)
+            shift = S.shift(k, width)  # (J, 3)
             x = qk - shift[jj]
             # A part can only give a point a match within its radius and nearer than the one it
             # has if the part's bounding box is that near: the other points are not searched
             # (the same result; a tree prunes them too, but slower per point).
-            gap = np.maximum(np.maximum(S.lo[k] - x, x - S.hi[k]), 0.0)
             limit = np.minimum(max_dist[jj], dist[jj, nn]) + 1e-9
-            near = np.einsum("ij,ij->i", gap, gap) < limit * limit
+            near = S.box_sq_dist(k, x) < limit * limit
             if not near.all():
                 jj, nn, x = jj[near], nn[near], x[near]
                 if not len(jj):
@@ -596,7 +601,7 @@ class NumpyICPEngine:
         nrm = np.zeros(part.shape + (3,))
         for k in (PART_HAND, PART_LEFT, PART_RIGHT):
             jj, nn = np.nonzero(part == k)
-            p[jj, nn] = S.points[k][idx[jj, nn]] + (0.5 * S.sign[k] * width[jj])[:, None] * S.axis
+            p[jj, nn] = S.points[k][idx[jj, nn]] + S.shift(k, width[jj])
             nrm[jj, nn] = S.normals[k][idx[jj, nn]]
         return p, nrm
 
@@ -837,13 +842,11 @@ class NumpyICPEngine:
                 d, _ = self._trees[k].query(qG[sel], k=1, distance_upper_bound=tau)
                 d = np.broadcast_to(d, (G, len(d)))
             else:
-                shifts = (0.5 * S.sign[k] * widths)[:, None] * S.axis  # (G, 3)
-                x = qG[sel][None] - shifts[:, None]  # (G, n_k, 3)
+                x = qG[sel][None] - S.shift(k, widths)[:, None]  # (G, n_k, 3)
                 # Only points whose finger box (at that opening) is nearer than tau and than their
                 # match so far can change (as in match()).
-                gap = np.maximum(np.maximum(S.lo[k] - x, x - S.hi[k]), 0.0)
                 limit = np.minimum(tau, dist[:, cols]) + 1e-9
-                near = np.einsum("gni,gni->gn", gap, gap) < limit * limit
+                near = S.box_sq_dist(k, x) < limit * limit
                 d = np.full(near.shape, np.inf)
                 if near.any():
                     d[near], _ = self._trees[k].query(x[near], k=1, distance_upper_bound=tau)
