@@ -17,7 +17,9 @@
 #                                     for SECONDS; writes $GEO4D_WORK/chosen.env
 #     patch-codec                     the pointmap patch codec ($GEO4D_WORK/runs/pm_patch: no network,
 #                                     its latent normalisation measured on the training data)
-#     gen SECONDS                     train the generator on a latent cache: continuing GEN_INIT (a
+#     gen SECONDS                     the stage ends within SECONDS (loading, cache, training, the last
+#                                     checkpoint: training gets SECONDS - GEN_STARTUP_S, default 45);
+#                                     it trains the generator on a latent cache: continuing GEN_INIT (a
 #                                     generator checkpoint, its own autoencoders), else a new U-Net on
 #                                     IMG_AE/PM_AE when given (PM_AE=$GEO4D_WORK/runs/pm_patch with
 #                                     GEN_OVERRIDES="pointmap_vae.codec=patch pointmap_vae.latent_channels=192"),
@@ -156,7 +158,8 @@ PY
     fi
     ;;
   gen)
-    secs=$1
+    # --max-time counts training alone; the data load, the cache and the last save come on top.
+    secs=$(( $1 - ${GEN_STARTUP_S:-45} )); [ "$secs" -gt 0 ] || { echo "gen: $1 s leaves no time to train" >&2; exit 2; }
     [ -d "$root/data/${tasks[0]}" ] || collect
     ov=(); for o in ${GEN_OVERRIDES:-}; do ov+=(--override "$o"); done
     if [ -n "${GEN_INIT:-}" ]; then src=(--init "$GEN_INIT")

@@ -22,7 +22,9 @@
 #   env: P_EPISODES (30), P_WORKERS (parallel episodes per cell; default from the core count:
 #        eval "expert=max(1,cores/16) oracle=(cores-3*expert)/3", dev "oracle=cores/3"),
 #        P_TRACK_EPISODES (3 dev-seed demonstrations per task for geo4d-eval-tracking),
-#        P_TRACK_SECONDS (200 of the dev call's budget for them), P_DEVICE (cuda; cpu for a dry run).
+#        P_TRACK_SECONDS (200 of the dev call's budget for them), P_DEVICE (cuda; cpu for a dry run,
+#        or beside GPU training on the same machine: every cuda episode process holds 3-9 GB of GPU
+#        memory, and nine of them beside the generator's training ran the H100 out of memory).
 set -uo pipefail
 part=${1:?usage: gpu_precision.sh eval|dev SECONDS}; budget=${2:-540}
 t0=$(date +%s)
