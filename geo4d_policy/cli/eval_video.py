@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a clip counts when a gripper moves this far (m) over the executed frames")
     p.add_argument("--min-part-pixels", type=int, default=20,
                    help="... and shows this many gripper pixels in one of the two views")
+    p.add_argument("--single-view", action="store_true",
+                   help="track in view n only (the policy's single_view ablation: what view m adds)")
     args = p.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
@@ -68,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = GeneratorEvalConfig(clips=args.clips, steps=args.steps, seed=args.seed, segmenter=args.segmenter,
                                      workers=args.workers, rows=tuple(args.rows or ROWS),
-                                     min_motion_m=args.min_motion, min_part_pixels=args.min_part_pixels)
+                                     min_motion_m=args.min_motion, min_part_pixels=args.min_part_pixels,
+                                     single_view=args.single_view)
         record = provenance.new_provenance(
             command="geo4d-eval-video", device=args.device,
             config={"checkpoint": provenance.path_digest(args.checkpoint), "data": provenance.data_identity(args.data),

@@ -22,7 +22,7 @@ as :mod:`~geo4d_policy.eval.video_metrics`), median 3D error on ground-truth gri
 RGB PSNR. Per row, arm and future frame: the policy's own tracking path on the row's frames
 (:func:`~geo4d_policy.perception.video_tracking.track_video`: segmenter on the row's RGB, the
 current frame's labels from the recorded masks, registration seeded with the measured pose,
-both views fused, free space for unseen fingers) against the logged robot pose (translation mm,
+both views fused (view n alone with ``single_view``), free space for unseen fingers) against the logged robot pose (translation mm,
 rotation deg) and open/close against the measured width (the task's estimator on the finger
 distance). Summaries pool the frames the policy executes (``summary_frames``, 1-5 by default):
 tracking errors pooled over arms, clips and frames per task; depth and pixel metrics per task
@@ -65,6 +65,7 @@ class GeneratorEvalConfig:
     segmenter: str | None = "auto"
     workers: int = 0
     batch_size: int = 16
+    single_view: bool = False  # track in view n only (the policy's ``single_view`` ablation)
 
     def __post_init__(self) -> None:
         self.rows = tuple(self.rows)
@@ -289,7 +290,8 @@ def _track_job(job: dict[str, Any]) -> dict[str, Any]:
     tracks = track_video(video, current, X_TCn=clip.X_TC[0], X_TG_now={a: clip.X_TG[a][0] for a in arms},
                          width_now={a: float(clip.width[a][0]) for a in arms}, model=model,
                          candidate_widths=(held, model.stroke) if held is not None else None,
-                         view_cameras=[(clip.K[0], None), (clip.K[1], X_CnCm)])
+                         view_cameras=[(clip.K[0], None), (clip.K[1], X_CnCm)],
+                         single_view=bool(job.get("single_view", False)))
     res = {}
     for a in arms:
         tr = tracks[a]
@@ -427,7 +429,7 @@ def evaluate_generator(
                     classes = segmenter.predict(rgb.reshape(-1, *rgb.shape[2:])).reshape(rgb.shape[:4])
                     labels = {a: part_labels_for_arm(classes, a) for a in arms}
                 jobs.append({"key": (row, ci), "clip": c, "points": pts, "rgb": rgb, "labels": labels,
-                             "arms": arms})
+                             "arms": arms, "single_view": config.single_view})
         tracks: dict[tuple[str, int], dict[str, Any]] = {}
         workers = config.workers or min(16, len(os.sched_getaffinity(0)))
         if workers > 1 and len(jobs) > 1:

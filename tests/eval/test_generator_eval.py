@@ -86,6 +86,18 @@ def test_tracked_gripper_error_is_near_zero_on_true_frames_and_the_offset_on_shi
     assert np.allclose(m_moved["gripper_px_mm"], 30.0, atol=1e-2)
 
 
+def test_single_view_tracks_view_n_alone(clip):
+    """With single_view, view m's points play no part: a view m moved 10 cm gives the same track."""
+    true = np.where(clip.valid[:, 1:, ..., None], clip.points[:, 1:], np.nan).astype(np.float32)
+    bad_m = true.copy()
+    bad_m[1] += np.array([0.1, 0.0, 0.0], np.float32)
+    a = _track_job({**_job(clip, true), "single_view": True})["arms"]["right"]
+    b = _track_job({**_job(clip, bad_m), "single_view": True})["arms"]["right"]
+    np.testing.assert_array_equal(a["trans_mm"], b["trans_mm"])
+    assert np.median(a["trans_mm"]) < 8.0 and not a["lost"].any(), a
+    assert GeneratorEvalConfig(single_view=True).single_view
+
+
 def test_training_episodes_are_refused():
     cfg = {"training": {"train_config": {"data_seeds": {"PutSpatulaOnTable": [0, 1, 2]}}}}
     seeds = training_seeds_of(cfg)
