@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=25, help="sampler steps")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--segmenter", default="auto", help="segmenter of the rows' RGB: auto (shipped), none, or a path")
+    p.add_argument("--segmenter", default="auto", help="segmenter of the rows' RGB: auto (shipped), none, a path, or recorded (diagnostic: "
+                        "the recorded future masks label every row, separating geometry from segmentation)")
     p.add_argument("--workers", type=int, default=0, help="tracking processes (0: one per CPU, at most 16)")
     p.add_argument("--rows", nargs="+", default=None, help="subset of generator autoencoder repeat_current")
     p.add_argument("--min-motion", type=float, default=0.02,

@@ -20,13 +20,14 @@ Rows, for the same clips:
 Per row, view and future frame: depth AbsRel and delta1 on valid pixels (view m in its own frame,
 as :mod:`~geo4d_policy.eval.video_metrics`), median 3D error on ground-truth gripper pixels (mm),
 RGB PSNR. Per row, arm and future frame: the policy's own tracking path on the row's frames
-(:func:`~geo4d_policy.perception.video_tracking.track_video`: segmenter on the row's RGB, the
-current frame's labels from the recorded masks, registration seeded with the measured pose,
-both views fused (view n alone with ``single_view``), free space for unseen fingers) against the logged robot pose (translation mm,
-rotation deg) and open/close against the measured width (the task's estimator on the finger
-distance). Summaries pool the frames the policy executes (``summary_frames``, 1-5 by default):
-tracking errors pooled over arms, clips and frames per task; depth and pixel metrics per task
-and view; the headline numbers are means over tasks (and views).
+(:func:`~geo4d_policy.perception.video_tracking.track_video`: segmenter on the row's RGB, or as
+a diagnostic the recorded future masks (``segmenter="recorded"``); the current frame's labels
+from the recorded masks, registration seeded with the measured pose, both views fused (view n
+alone with ``single_view``), free space for unseen fingers) against the logged robot pose
+(translation mm, rotation deg) and open/close against the measured width (the task's estimator
+on the finger distance). Summaries pool the frames the policy executes (``summary_frames``, 1-5
+by default): tracking errors pooled over arms, clips and frames per task; depth and pixel metrics
+per task and view; the headline numbers are means over tasks (and views).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ from geo4d_policy.data.masks import part_bits
 ROWS: tuple[str, ...] = ("generator", "autoencoder", "repeat_current")
 SUMMARY_KEYS: tuple[str, ...] = ("gripper_track_mm_median", "gripper_track_mm_p90", "gripper_track_deg_median",
                                  "open_close_acc", "abs_rel", "delta1", "gripper_px_mm_median", "psnr")
+# ``segmenter`` value that labels every row's frames with the recorded future masks instead of a
+# segmenter: a diagnostic that separates the predicted geometry from the segmentation of the
+# predicted RGB (never the policy's setting: a policy has no future masks).
+RECORDED_LABELS = "recorded"
 MIN_DEPTH = 0.05  # predicted points nearer than this are invalid (as the geo4d policy reads them)
 
 
@@ -392,7 +397,8 @@ def evaluate_generator(
 
     model = Generator4D.from_pretrained(checkpoint, device=device)
     train_seeds = training_seeds_of(read_config_json(checkpoint))
-    segmenter = load_segmenter(config.segmenter, device=device)
+    recorded_labels = config.segmenter == RECORDED_LABELS
+    segmenter = None if recorded_labels else load_segmenter(config.segmenter, device=device)
     n_future = model.config.num_frames
     per_task: dict[str, Any] = {}
     clip_records: list[dict[str, Any]] = []
@@ -423,7 +429,11 @@ def evaluate_generator(
                 if not arms:
                     continue
                 labels = None
-                if segmenter is not None:
+                if recorded_labels:
+                    from geo4d_policy.perception.pose_tracker import part_label_image
+
+                    labels = {a: part_label_image(c.masks[:, 1:], a) for a in arms}
+                elif segmenter is not None:
                     from geo4d_policy.perception.segmenter import part_labels_for_arm
 
                     classes = segmenter.predict(rgb.reshape(-1, *rgb.shape[2:])).reshape(rgb.shape[:4])

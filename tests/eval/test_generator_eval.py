@@ -98,6 +98,21 @@ def test_single_view_tracks_view_n_alone(clip):
     assert GeneratorEvalConfig(single_view=True).single_view
 
 
+def test_recorded_labels_are_the_future_masks(clip):
+    """segmenter="recorded" labels each future frame with its recorded masks (the tracker then
+    sees the true parts); the value is accepted by the config."""
+    from geo4d_policy.eval.generator_eval import RECORDED_LABELS
+    from geo4d_policy.perception.pose_tracker import part_label_image
+
+    labels = part_label_image(clip.masks[:, 1:], "right")
+    assert labels.shape == clip.masks[:, 1:].shape and set(np.unique(labels)) <= {-1, 0, 1, 2}
+    assert (labels[0, 0] >= 0).sum() == ((clip.masks[0, 1] != 0)).sum()
+    true = np.where(clip.valid[:, 1:, ..., None], clip.points[:, 1:], np.nan).astype(np.float32)
+    r = _track_job({**_job(clip, true), "labels": {"right": labels}})["arms"]["right"]
+    assert np.median(r["trans_mm"]) < 8.0 and not r["lost"].any(), r
+    assert GeneratorEvalConfig(segmenter=RECORDED_LABELS).segmenter == "recorded"
+
+
 def test_training_episodes_are_refused():
     cfg = {"training": {"train_config": {"data_seeds": {"PutSpatulaOnTable": [0, 1, 2]}}}}
     seeds = training_seeds_of(cfg)
