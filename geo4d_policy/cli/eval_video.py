@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from geo4d_policy.config import atomic_write_text
     from geo4d_policy.data.format import DatasetError
     from geo4d_policy.eval.generator_eval import (
+        MOVING_KEYS,
         ROWS,
         SUMMARY_KEYS,
         GeneratorEvalConfig,
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table.add_column("metric")
     for row in results["rows"]:
         table.add_column(row, justify="right")
-    for k in SUMMARY_KEYS:
+    for k in (*SUMMARY_KEYS, *MOVING_KEYS):
         table.add_row(k, *(f"{r[k]:.4g}" for r in results["rows"].values()))
     Console().print(table)
     return 0

@@ -53,6 +53,10 @@ SUMMARY_KEYS: tuple[str, ...] = ("gripper_track_mm_median", "gripper_track_mm_p9
 # segmenter: a diagnostic that separates the predicted geometry from the segmentation of the
 # predicted RGB (never the policy's setting: a policy has no future masks).
 RECORDED_LABELS = "recorded"
+# Tracking figures of the arms that move (the policy's target; an idle arm is easy to track and
+# dominates the pooled medians): arms whose logged gripper moves >= ``min_motion_m`` from the
+# current frame within the summary window.
+MOVING_KEYS: tuple[str, ...] = ("moving_arm_track_mm_median", "moving_arm_track_mm_p90", "moving_arm_lost_rate")
 MIN_DEPTH = 0.05  # predicted points nearer than this are invalid (as the geo4d policy reads them)
 
 
@@ -308,7 +312,8 @@ def _track_job(job: dict[str, Any]) -> dict[str, Any]:
         states = [est.update(d if np.isfinite(d) else None).closed for d in tr.finger_distance]
         gt_closed = np.asarray(clip.width[a][1:]) < cut
         res[a] = {"trans_mm": trans, "rot_deg": rot, "state_correct": np.array(states) == gt_closed,
-                  "lost": np.array([f.status == "lost" for f in tr.fused])}
+                  "lost": np.array([f.status == "lost" for f in tr.fused]),
+                  "moved_m": np.linalg.norm(clip.X_TG[a][1:, :3, 3] - clip.X_TG[a][0, :3, 3], axis=-1)}
     return {"key": job["key"], "arms": res}
 
 
@@ -328,13 +333,17 @@ def _summaries(per_task: dict[str, Any], rows: Sequence[str]) -> dict[str, Any]:
     for row in rows:
         tasks = [per_task[t][row]["summary"] for t in per_task]
         out[row] = {k: float(np.nanmean([s[k] for s in tasks])) for k in SUMMARY_KEYS}
+        for k in MOVING_KEYS:  # a task without a moving arm has none of these
+            vals = [s[k] for s in tasks if np.isfinite(s.get(k, np.nan))]
+            out[row][k] = float(np.mean(vals)) if vals else float("nan")
         out[row]["per_task"] = {t: per_task[t][row] for t in per_task}
     return out
 
 
 def _summarize_row(frame_vals: dict[str, list[np.ndarray]], tracks: list[dict[str, Any]],
-                   window: tuple[int, int]) -> dict[str, Any]:
-    """One task's row: per-view and per-frame tables and the summary over ``window`` (1-based frames)."""
+                   window: tuple[int, int], min_motion_m: float = 0.02) -> dict[str, Any]:
+    """One task's row: per-view and per-frame tables and the summary over ``window`` (1-based frames),
+    with the tracking figures of the moving arms alone (:data:`MOVING_KEYS`)."""
     lo, hi = window[0] - 1, window[1]
     arr = {k: np.stack(v) for k, v in frame_vals.items()}  # (clips, 2, F)
     n_future = arr["abs_rel"].shape[2]
@@ -362,14 +371,24 @@ def _summarize_row(frame_vals: dict[str, list[np.ndarray]], tracks: list[dict[st
         return d
 
     window_sl = slice(lo, hi)
+    moved = (np.stack([a["moved_m"] for t in tracks for a in t.values()]) if tracks
+             else np.zeros((0, n_future)))
+    moving = moved[:, window_sl].max(axis=1) >= min_motion_m if moved.size else np.zeros(0, bool)
+    summary = stats(window_sl)
+    if moving.any():
+        summary.update(moving_arm_track_mm_median=float(np.median(trans[moving, window_sl])),
+                       moving_arm_track_mm_p90=float(np.percentile(trans[moving, window_sl], 90)),
+                       moving_arm_lost_rate=float(lost[moving, window_sl].mean()))
+    else:
+        summary.update({k: float("nan") for k in MOVING_KEYS})
     per_frame = [{"frame": k + 1, **stats(slice(k, k + 1))} for k in range(n_future)]
     per_view = {name: stats(window_sl, (v,)) for v, name in ((0, "n"), (1, "m"))}
     per_view_frame = {name: [{"frame": k + 1, **{kk: vv for kk, vv in stats(slice(k, k + 1), (v,)).items()
                                                  if not kk.startswith(("gripper_track", "open_close", "lost"))}}
                              for k in range(n_future)] for v, name in ((0, "n"), (1, "m"))}
-    return {"summary": stats(window_sl), "per_view": per_view, "per_frame": per_frame,
+    return {"summary": summary, "per_view": per_view, "per_frame": per_frame,
             "per_view_frame": per_view_frame, "n_clips": int(arr["abs_rel"].shape[0]),
-            "n_arm_clips": int(trans.shape[0])}
+            "n_arm_clips": int(trans.shape[0]), "n_moving_arm_clips": int(moving.sum())}
 
 
 def evaluate_generator(
@@ -453,7 +472,8 @@ def evaluate_generator(
         per_task[meta.task] = {}
         for row in config.rows:
             row_tracks = [tracks[(row, ci)] for ci in range(len(clips)) if (row, ci) in tracks]
-            per_task[meta.task][row] = _summarize_row(frame_vals[row], row_tracks, config.summary_frames)
+            per_task[meta.task][row] = _summarize_row(frame_vals[row], row_tracks, config.summary_frames,
+                                                      config.min_motion_m)
         for ci, c in enumerate(clips):
             clip_records.append({"task": c.task, "episode_seed": c.episode_seed, "start": c.start,
                                  "arms": sorted(tracks.get((config.rows[0], ci), {}))})

@@ -113,6 +113,26 @@ def test_recorded_labels_are_the_future_masks(clip):
     assert GeneratorEvalConfig(segmenter=RECORDED_LABELS).segmenter == "recorded"
 
 
+def test_moving_arm_figures_leave_the_idle_arm_out():
+    """The pooled track median mixes an idle arm (easy) with the moving one; the moving-arm
+    figures take only arms that move >= min_motion_m within the summary window."""
+    from geo4d_policy.eval.generator_eval import MOVING_KEYS, _summarize_row
+
+    F = 6
+    frame_vals = {k: [np.zeros((2, F))] for k in ("abs_rel", "delta1", "gripper_px_mm", "psnr")}
+    idle = {"trans_mm": np.full(F, 2.0), "rot_deg": np.zeros(F), "state_correct": np.ones(F, bool),
+            "lost": np.zeros(F, bool), "moved_m": np.full(F, 0.001)}
+    moving = {"trans_mm": np.full(F, 80.0), "rot_deg": np.zeros(F), "state_correct": np.ones(F, bool),
+              "lost": np.array([0, 1, 1, 0, 0, 0], bool), "moved_m": np.linspace(0.01, 0.06, F)}
+    r = _summarize_row(frame_vals, [{"left": idle, "right": moving}, {"left": idle}], (1, 5), 0.02)
+    s = r["summary"]
+    assert s["gripper_track_mm_median"] == 2.0  # 3 arm-clips pooled: the idle arm's 2 mm wins
+    assert s["moving_arm_track_mm_median"] == 80.0 and s["moving_arm_lost_rate"] == 0.4
+    assert r["n_moving_arm_clips"] == 1 and r["n_arm_clips"] == 3
+    r0 = _summarize_row(frame_vals, [{"left": idle}], (1, 5), 0.02)
+    assert all(np.isnan(r0["summary"][k]) for k in MOVING_KEYS)
+
+
 def test_training_episodes_are_refused():
     cfg = {"training": {"train_config": {"data_seeds": {"PutSpatulaOnTable": [0, 1, 2]}}}}
     seeds = training_seeds_of(cfg)
