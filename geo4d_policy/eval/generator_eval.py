@@ -53,10 +53,12 @@ SUMMARY_KEYS: tuple[str, ...] = ("gripper_track_mm_median", "gripper_track_mm_p9
 # segmenter: a diagnostic that separates the predicted geometry from the segmentation of the
 # predicted RGB (never the policy's setting: a policy has no future masks).
 RECORDED_LABELS = "recorded"
-# Tracking figures of the arms that move (the policy's target; an idle arm is easy to track and
-# dominates the pooled medians): arms whose logged gripper moves >= ``min_motion_m`` from the
-# current frame within the summary window.
-MOVING_KEYS: tuple[str, ...] = ("moving_arm_track_mm_median", "moving_arm_track_mm_p90", "moving_arm_lost_rate")
+# Figures of the arms that move (the policy's target; an idle arm is easy to track and dominates
+# the pooled medians): arms whose logged gripper moves >= ``min_motion_m`` from the current frame
+# within the summary window; their tracking, and the share of their motion the row's frames show
+# (:func:`motion_share`).
+MOVING_KEYS: tuple[str, ...] = ("moving_arm_track_mm_median", "moving_arm_track_mm_p90", "moving_arm_lost_rate",
+                                 "moving_arm_motion_share_median")
 MIN_DEPTH = 0.05  # predicted points nearer than this are invalid (as the geo4d policy reads them)
 
 
@@ -269,6 +271,36 @@ def frame_metrics(clip: ClipFrames, rgb: np.ndarray, points: np.ndarray) -> dict
 # --------------------------------------------------------------------------------------------
 
 _MODEL = None
+MIN_SHARE_PIXELS = 20  # gripper pixels a frame needs for its centroid to count in motion_share
+
+
+def motion_share(clip: ClipFrames, points: np.ndarray, labels: np.ndarray | None, arm: str) -> np.ndarray:
+    """(F,) share of one arm's true displacement that its predicted gripper covers, per future frame.
+
+    In view n: the centroid of the gripper's points now (recorded masks), in the prediction
+    (``labels``: the row's part codes of view n, (F, H, W)) and in the recorded future;
+    ``(pred - now) . (true - now) / |true - now|^2``: 1 where the prediction moves the gripper as
+    recorded, 0 where it keeps it still (repeating the current frame scores 0), NaN where the gripper
+    shows fewer than :data:`MIN_SHARE_PIXELS` pixels in either, or has not moved.
+    """
+    from geo4d_policy.perception.pose_tracker import part_label_image
+
+    n_future = points.shape[1]
+    out = np.full(n_future, np.nan)
+    now = (part_label_image(clip.masks[0, 0], arm) >= 0) & clip.valid[0, 0]
+    if labels is None or now.sum() < MIN_SHARE_PIXELS:
+        return out
+    c_now = clip.points[0, 0][now].mean(0)
+    for k in range(n_future):
+        true = (part_label_image(clip.masks[0, k + 1], arm) >= 0) & clip.valid[0, k + 1]
+        pred = (labels[k] >= 0) & np.isfinite(points[0, k]).all(-1)
+        if true.sum() < MIN_SHARE_PIXELS or pred.sum() < MIN_SHARE_PIXELS:
+            continue
+        d = clip.points[0, k + 1][true].mean(0) - c_now
+        if float(d @ d) < 1e-6:  # under 1 mm: nothing to cover
+            continue
+        out[k] = float((points[0, k][pred].mean(0) - c_now) @ d / (d @ d))
+    return out
 
 
 def _track_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -313,7 +345,9 @@ def _track_job(job: dict[str, Any]) -> dict[str, Any]:
         gt_closed = np.asarray(clip.width[a][1:]) < cut
         res[a] = {"trans_mm": trans, "rot_deg": rot, "state_correct": np.array(states) == gt_closed,
                   "lost": np.array([f.status == "lost" for f in tr.fused]),
-                  "moved_m": np.linalg.norm(clip.X_TG[a][1:, :3, 3] - clip.X_TG[a][0, :3, 3], axis=-1)}
+                  "moved_m": np.linalg.norm(clip.X_TG[a][1:, :3, 3] - clip.X_TG[a][0, :3, 3], axis=-1),
+                  "motion_share": motion_share(clip, points, None if job["labels"] is None else job["labels"][a][0],
+                                               a)}
     return {"key": job["key"], "arms": res}
 
 
@@ -379,6 +413,9 @@ def _summarize_row(frame_vals: dict[str, list[np.ndarray]], tracks: list[dict[st
         summary.update(moving_arm_track_mm_median=float(np.median(trans[moving, window_sl])),
                        moving_arm_track_mm_p90=float(np.percentile(trans[moving, window_sl], 90)),
                        moving_arm_lost_rate=float(lost[moving, window_sl].mean()))
+        shares = np.stack([a["motion_share"] for t in tracks for a in t.values()])[moving, window_sl]
+        shares = shares[np.isfinite(shares)]
+        summary["moving_arm_motion_share_median"] = float(np.median(shares)) if shares.size else float("nan")
     else:
         summary.update({k: float("nan") for k in MOVING_KEYS})
     per_frame = [{"frame": k + 1, **stats(slice(k, k + 1))} for k in range(n_future)]

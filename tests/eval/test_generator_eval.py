@@ -121,16 +121,32 @@ def test_moving_arm_figures_leave_the_idle_arm_out():
     F = 6
     frame_vals = {k: [np.zeros((2, F))] for k in ("abs_rel", "delta1", "gripper_px_mm", "psnr")}
     idle = {"trans_mm": np.full(F, 2.0), "rot_deg": np.zeros(F), "state_correct": np.ones(F, bool),
-            "lost": np.zeros(F, bool), "moved_m": np.full(F, 0.001)}
+            "lost": np.zeros(F, bool), "moved_m": np.full(F, 0.001), "motion_share": np.full(F, np.nan)}
     moving = {"trans_mm": np.full(F, 80.0), "rot_deg": np.zeros(F), "state_correct": np.ones(F, bool),
-              "lost": np.array([0, 1, 1, 0, 0, 0], bool), "moved_m": np.linspace(0.01, 0.06, F)}
+              "lost": np.array([0, 1, 1, 0, 0, 0], bool), "moved_m": np.linspace(0.01, 0.06, F),
+              "motion_share": np.array([np.nan, 0.1, 0.2, 0.3, 0.4, 0.9])}
     r = _summarize_row(frame_vals, [{"left": idle, "right": moving}, {"left": idle}], (1, 5), 0.02)
     s = r["summary"]
     assert s["gripper_track_mm_median"] == 2.0  # 3 arm-clips pooled: the idle arm's 2 mm wins
     assert s["moving_arm_track_mm_median"] == 80.0 and s["moving_arm_lost_rate"] == 0.4
+    assert np.isclose(s["moving_arm_motion_share_median"], 0.25)  # frames 2-5 of the window; NaN left out
     assert r["n_moving_arm_clips"] == 1 and r["n_arm_clips"] == 3
     r0 = _summarize_row(frame_vals, [{"left": idle}], (1, 5), 0.02)
     assert all(np.isnan(r0["summary"][k]) for k in MOVING_KEYS)
+
+
+def test_motion_share_is_one_for_the_recorded_future_and_zero_for_the_current_frame(clip):
+    from geo4d_policy.eval.generator_eval import motion_share
+    from geo4d_policy.perception.pose_tracker import part_label_image
+
+    true = np.where(clip.valid[:, 1:, ..., None], clip.points[:, 1:], np.nan).astype(np.float32)
+    labels = part_label_image(clip.masks[0, 1:], "right")
+    share = motion_share(clip, true, labels, "right")
+    assert np.isfinite(share).all() and np.allclose(share, 1.0), share
+    still = np.repeat(np.where(clip.valid[:, :1, ..., None], clip.points[:, :1], np.nan), N_FUTURE, axis=1)
+    still_labels = np.repeat(part_label_image(clip.masks[0, :1], "right"), N_FUTURE, axis=0)
+    assert np.allclose(motion_share(clip, still.astype(np.float32), still_labels, "right"), 0.0, atol=1e-6)
+    assert np.isnan(motion_share(clip, true, None, "right")).all()
 
 
 def test_training_episodes_are_refused():
