@@ -28,7 +28,7 @@
 #     export NAME                     bf16/int8 checkpoint of the last generator -> $OUT (shards)
 #     eval [CLIPS] [STEPS ...]        geo4d-eval-video of the run's last checkpoint on the validation
 #                                     data (CLIPS per task, default 5; each STEPS count, default 25)
-#                                     and its sigma profile -> $OUT (eval_STEPS.json, sigma_profile.json)
+#                                     and its sigma profile -> $OUT (eval_RUN_STEPS.json, sigma_profile_RUN.json)
 # Environment: GEO4D_MODEL (default small), GEN_EVAL_DEVICE (cuda; cpu for a dry run), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64), GEN_RUN (run
 # directory name, default generator), GEN_COMPILE (non-empty: geo4d-train generator --compile). The Dreamitate baseline's RGB-only generator continues the same way:
 #   GEO4D_MODEL=small_rgb GEN_RUN=dreamitate GEN_INIT=assets/checkpoints/dreamitate_small \
@@ -209,18 +209,18 @@ PY
   eval)
     # geo4d-eval-video of the last checkpoint of the run on the validation data (never trained on),
     # generator and floor rows, once per sampler-step count, with the sigma profile beside it; the
-    # metrics (moving_arm_* included) go to $OUT as eval_<steps>.json.
+    # metrics (moving_arm_* included) go to $OUT as eval_<run>_<steps>.json.
     clips=${1:-5}; shift || true
-    ck=$runs/${GEN_RUN:-generator}
+    run=${GEN_RUN:-generator}; ck=$runs/$run
     python scripts/generator_sigma_profile.py --checkpoint "$ck" --data $(val_dirs) --clips 3 --sigmas 0.03 0.1 0.3 \
-      --out "$root/sigma_profile.json" > "$root/sigma.log" 2>&1 &
+      --out "$root/sigma_profile_$run.json" > "$root/sigma_$run.log" 2>&1 &
     for steps in "${@:-25}"; do
-      python -m geo4d_policy.cli.eval_video --checkpoint "$ck" --data $(val_dirs) --out "$root/eval_$steps" \
+      python -m geo4d_policy.cli.eval_video --checkpoint "$ck" --data $(val_dirs) --out "$root/eval_${run}_$steps" \
         --clips "$clips" --steps "$steps" --rows generator repeat_current --device "${GEN_EVAL_DEVICE:-cuda}" \
         --workers $(( cores > 2 ? cores - 2 : 1 )) 2>&1 | tail -n 16
-      [ -n "${OUT:-}" ] && cp "$root/eval_$steps/metrics.json" "$OUT/eval_$steps.json"
+      [ -n "${OUT:-}" ] && cp "$root/eval_${run}_$steps/metrics.json" "$OUT/eval_${run}_$steps.json"
     done
-    wait; tail -n 12 "$root/sigma.log"; [ -n "${OUT:-}" ] && cp "$root/sigma_profile.json" "$OUT/"
+    wait; tail -n 12 "$root/sigma_$run.log"; [ -n "${OUT:-}" ] && cp "$root/sigma_profile_$run.json" "$OUT/"
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
