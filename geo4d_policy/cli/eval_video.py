@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="... and shows this many gripper pixels in one of the two views")
     p.add_argument("--single-view", action="store_true",
                    help="track in view n only (the policy's single_view ablation: what view m adds)")
+    p.add_argument("--training-episodes", action="store_true",
+                   help="diagnostic: accept episodes the checkpoint trained on (its fit, not generalisation; "
+                        "never a reported figure; recorded in metrics.json)")
     args = p.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
@@ -73,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = GeneratorEvalConfig(clips=args.clips, steps=args.steps, seed=args.seed, segmenter=args.segmenter,
                                      workers=args.workers, rows=tuple(args.rows or ROWS),
                                      min_motion_m=args.min_motion, min_part_pixels=args.min_part_pixels,
-                                     single_view=args.single_view)
+                                     single_view=args.single_view, training_episodes=args.training_episodes)
         record = provenance.new_provenance(
             command="geo4d-eval-video", device=args.device,
             config={"checkpoint": provenance.path_digest(args.checkpoint), "data": provenance.data_identity(args.data),
@@ -92,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     provenance.write_provenance(args.out, record)
     plot_error_by_frame(results, os.path.join(args.out, "error_by_frame.png"))
     lo, hi = config.summary_frames
-    table = Table(title=f"geo4d-eval-video: frames {lo}-{hi}, {args.steps} steps, policy cameras, validation episodes")
+    episodes = "TRAINING episodes (diagnostic)" if args.training_episodes else "validation episodes"
+    table = Table(title=f"geo4d-eval-video: frames {lo}-{hi}, {args.steps} steps, policy cameras, {episodes}")
     table.add_column("metric")
     for row in results["rows"]:
         table.add_column(row, justify="right")

@@ -183,6 +183,11 @@ def test_cli_refuses_bad_input(tmp_path, capsys):
     ev = ["--checkpoint", str(tmp_path / "gen"), "--clips", "2", "--steps", "1", "--segmenter", "none"]
     assert eval_main([*ev, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "e1")]) == 2
     assert "were used to train this checkpoint" in capsys.readouterr().err
+    # The diagnostic flag lets them through (here to the next refusal: no clip at 32x40).
+    assert eval_main([*ev, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "e1"),
+                      "--training-episodes"]) == 2
+    err = capsys.readouterr().err
+    assert "no clip" in err and "were used to train" not in err
     # At 32x40 no gripper shows 20 pixels: no clip qualifies, which is said, not averaged over.
     assert eval_main([*ev, "--data", str(tmp_path / "val"), "--out", str(tmp_path / "e2")]) == 2
     assert "no clip" in capsys.readouterr().err
