@@ -286,16 +286,15 @@ def motion_share(clip: ClipFrames, points: np.ndarray, labels: np.ndarray | None
     recorded, 0 where it keeps it still (repeating the current frame scores 0), NaN where the gripper
     shows fewer than :data:`MIN_SHARE_PIXELS` pixels in either, or has not moved.
     """
-    from geo4d_policy.perception.pose_tracker import part_label_image
-
+    bits = part_bits(arms=(arm,))
     n_future = points.shape[1]
     out = np.full(n_future, np.nan)
-    now = (part_label_image(clip.masks[0, 0], arm) >= 0) & clip.valid[0, 0]
+    now = ((clip.masks[0, 0] & bits) != 0) & clip.valid[0, 0]
     if labels is None or now.sum() < MIN_SHARE_PIXELS:
         return out
     c_now = clip.points[0, 0][now].mean(0)
     for k in range(n_future):
-        true = (part_label_image(clip.masks[0, k + 1], arm) >= 0) & clip.valid[0, k + 1]
+        true = ((clip.masks[0, k + 1] & bits) != 0) & clip.valid[0, k + 1]
         pred = (labels[k] >= 0) & np.isfinite(points[0, k]).all(-1)
         if true.sum() < MIN_SHARE_PIXELS or pred.sum() < MIN_SHARE_PIXELS:
             continue
@@ -384,10 +383,12 @@ def _summarize_row(frame_vals: dict[str, list[np.ndarray]], tracks: list[dict[st
     lo, hi = window[0] - 1, window[1]
     arr = {k: np.stack(v) for k, v in frame_vals.items()}  # (clips, 2, F)
     n_future = arr["abs_rel"].shape[2]
-    trans = np.stack([a["trans_mm"] for t in tracks for a in t.values()]) if tracks else np.zeros((0, n_future))
-    rot = np.stack([a["rot_deg"] for t in tracks for a in t.values()]) if tracks else np.zeros((0, n_future))
-    state = np.stack([a["state_correct"] for t in tracks for a in t.values()]) if tracks else np.zeros((0, n_future))
-    lost = np.stack([a["lost"] for t in tracks for a in t.values()]) if tracks else np.zeros((0, n_future))
+    arm_clips = [a for t in tracks for a in t.values()]
+
+    def per_arm_clip(key: str) -> np.ndarray:  # (arm-clips, F)
+        return np.stack([a[key] for a in arm_clips]) if arm_clips else np.zeros((0, n_future))
+
+    trans, rot, state, lost = (per_arm_clip(k) for k in ("trans_mm", "rot_deg", "state_correct", "lost"))
 
     def stats(sl: slice, views: Sequence[int] = (0, 1)) -> dict[str, float]:
         v = list(views)
@@ -408,15 +409,13 @@ def _summarize_row(frame_vals: dict[str, list[np.ndarray]], tracks: list[dict[st
         return d
 
     window_sl = slice(lo, hi)
-    moved = (np.stack([a["moved_m"] for t in tracks for a in t.values()]) if tracks
-             else np.zeros((0, n_future)))
-    moving = moved[:, window_sl].max(axis=1) >= min_motion_m if moved.size else np.zeros(0, bool)
+    moving = (per_arm_clip("moved_m")[:, window_sl] >= min_motion_m).any(axis=1)
     summary = stats(window_sl)
     if moving.any():
         summary.update(moving_arm_track_mm_median=float(np.median(trans[moving, window_sl])),
                        moving_arm_track_mm_p90=float(np.percentile(trans[moving, window_sl], 90)),
                        moving_arm_lost_rate=float(lost[moving, window_sl].mean()))
-        shares = np.stack([a["motion_share"] for t in tracks for a in t.values()])[moving, window_sl]
+        shares = per_arm_clip("motion_share")[moving, window_sl]
         shares = shares[np.isfinite(shares)]
         summary["moving_arm_motion_share_median"] = float(np.median(shares)) if shares.size else float("nan")
     else:
