@@ -8,7 +8,13 @@ denoised estimate is printed beside two references: "F = 0", the error of the pr
 skip path alone (what a network that has learned nothing gives), and the RMS of the target
 itself ("predict nothing": for residual targets, repeating the current frame). A trained denoiser
 is below both at every level; where it is not, the sampler passes that level's noise into the
-frames (docs/decisions.md).
+frames (docs/decisions.md). Each figure is given per region of latent cells: ``all``;
+``gripper``, the cells a gripper occupies in the conditioning frame or in the target frame (where
+the motion is); and its two parts that change, ``arrive`` (a gripper in the target frame, none in
+the conditioning frame) and ``leave`` (the reverse). At the high levels, where a sample's motion
+is decided, a denoiser that has not learned the motion is no better there than "predict
+nothing"; one that erases the gripper where it is but does not draw it where it goes is good on
+``leave`` and poor on ``arrive``.
 
     python scripts/generator_sigma_profile.py --checkpoint assets/checkpoints/geo4d_small \\
         --data VAL_DIR [VAL_DIR ...] --clips 6 --out profile.json
@@ -29,14 +35,19 @@ import torch
 DEFAULT_SIGMAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
-def _rms(x: torch.Tensor) -> float:
-    return x.pow(2).mean().sqrt().item()
+def _rms(x: torch.Tensor, cells: torch.Tensor | None = None) -> float:
+    """RMS of ``x`` (B, F, C, h, w), over every element or over the ``cells`` (B, F, h, w) only."""
+    if cells is None:
+        return x.pow(2).mean().sqrt().item()
+    w = cells[:, :, None].expand_as(x).to(x.dtype)
+    return (x.pow(2).mul(w).sum() / w.sum().clamp_min(1.0)).sqrt().item()
 
 
 def profile(checkpoint: str, data: list[str], *, clips: int, sigmas: tuple[float, ...], seed: int = 0) -> dict:
     from geo4d_policy.data.datasets import GeneratorClipDataset
     from geo4d_policy.data.format import load_meta
     from geo4d_policy.models.edm import denoise, diffused_target
+    from geo4d_policy.models.inputs import mask_any_on_latent_grid
     from geo4d_policy.models.pipeline import Generator4D
     from geo4d_policy.models.pretrained import canonical_task
 
@@ -56,6 +67,10 @@ def profile(checkpoint: str, data: list[str], *, clips: int, sigmas: tuple[float
         batch = torch.utils.data.default_collate([ds[i] for i in pick])
         cond, x0 = g.encode_batch(batch)
         target = diffused_target(x0, cond, cfg)
+        f = g.image_vae.downsample_factor
+        now = mask_any_on_latent_grid(batch["gripper_cond"], f)[:, :, None]  # (B, 2, 1, h, w)
+        future = mask_any_on_latent_grid(batch["gripper"], f)  # (B, 2, F, h, w)
+        regions = {"all": None, "gripper": future | now, "arrive": future & ~now, "leave": now & ~future}
         tids = g.unet.task_ids([task] * len(pick), device="cpu")
         noise_gen = torch.Generator().manual_seed(seed + 1)
         for s in sigmas:
@@ -66,16 +81,18 @@ def profile(checkpoint: str, data: list[str], *, clips: int, sigmas: tuple[float
             for v, view in ((0, "n"), (1, "m")):
                 for mod, sl in groups:
                     t = target[:, v, :, sl]
-                    rows.append({"task": task, "sigma": s, "view": view, "modality": mod,
-                                 "denoiser_rmse": _rms(d[:, v, :, sl] - t),
-                                 "skip_only_rmse": _rms(c_skip * noisy[:, v, :, sl] - t),
-                                 "target_rms": _rms(t)})
+                    for region, cells in regions.items():
+                        cells = None if cells is None else cells[:, v]
+                        rows.append({"task": task, "sigma": s, "view": view, "modality": mod, "region": region,
+                                     "denoiser_rmse": _rms(d[:, v, :, sl] - t, cells),
+                                     "skip_only_rmse": _rms(c_skip * noisy[:, v, :, sl] - t, cells),
+                                     "target_rms": _rms(t, cells)})
     means = defaultdict(list)
     for r in rows:
-        means[(r["sigma"], r["view"], r["modality"])].append(r)
-    mean_rows = [{"sigma": s, "view": v, "modality": m,
+        means[(r["region"], r["sigma"], r["view"], r["modality"])].append(r)
+    mean_rows = [{"sigma": s, "view": v, "modality": m, "region": reg,
                   **{k: sum(r[k] for r in rs) / len(rs) for k in ("denoiser_rmse", "skip_only_rmse", "target_rms")}}
-                 for (s, v, m), rs in sorted(means.items())]
+                 for (reg, s, v, m), rs in sorted(means.items())]
     return {"checkpoint": checkpoint, "residual": cfg.edm.residual, "sigma_data": sd, "clips_per_task": clips,
             "rows": rows, "means": mean_rows}
 
@@ -95,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     result = profile(args.checkpoint, args.data, clips=args.clips, sigmas=tuple(args.sigmas), seed=args.seed)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)
-    print("sigma  view mod  denoiser  skip-only  target")
+    print("region   sigma  view mod  denoiser  skip-only  target")
     for r in result["means"]:
-        print(f"{r['sigma']:<6} {r['view']:<4} {r['modality']:<4} {r['denoiser_rmse']:.4f}    "
+        print(f"{r['region']:<8} {r['sigma']:<6} {r['view']:<4} {r['modality']:<4} {r['denoiser_rmse']:.4f}    "
               f"{r['skip_only_rmse']:.4f}     {r['target_rms']:.4f}")
     return 0
 
