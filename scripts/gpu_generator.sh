@@ -26,10 +26,12 @@
 #                                     else continuing the shipped assets/checkpoints/geo4d_small (a
 #                                     checkpoint without the config's fine pointmap path grows it)
 #     export NAME                     bf16/int8 checkpoint of the last generator -> $OUT (shards)
-#     eval [CLIPS] [STEPS ...]        geo4d-eval-video of the run's last checkpoint on the validation
-#                                     data (CLIPS per task, default 5; each STEPS count, default 25)
-#                                     and its sigma profile -> $OUT (eval_RUN_STEPS.json, sigma_profile_RUN.json)
-# Environment: GEO4D_MODEL (default small), GEN_EVAL_DEVICE (cuda; cpu for a dry run), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64), GEN_RUN (run
+#     eval [CLIPS] [STEPS ...]        geo4d-eval-video of the run's last checkpoint (GEN_EVAL_CHECKPOINT:
+#                                     another one, e.g. the shipped assets/checkpoints/geo4d_small) on the
+#                                     validation data (CLIPS per task, default 5; each STEPS count,
+#                                     default 25) and its sigma profile -> $OUT (eval_RUN_STEPS.json,
+#                                     sigma_profile_RUN.json)
+# Environment: GEO4D_MODEL (default small), COLLECT_VAL_WORKERS (parallel validation episodes per task, 1), GEN_EVAL_DEVICE (cuda; cpu for a dry run), GEN_BATCH (64), GEN_LR (2e-4), AE_BATCH (64), GEN_RUN (run
 # directory name, default generator), GEN_COMPILE (non-empty: geo4d-train generator --compile). The Dreamitate baseline's RGB-only generator continues the same way:
 #   GEO4D_MODEL=small_rgb GEN_RUN=dreamitate GEN_INIT=assets/checkpoints/dreamitate_small \
 #     bash scripts/gpu_generator.sh gen 300 && GEN_RUN=dreamitate bash scripts/gpu_generator.sh export dreamitate_small
@@ -55,7 +57,7 @@ collect() {
       --workers $(( (cores - 3) / 3 )) --seed 0 --resume > "$root/collect_$t.log" 2>&1 &
     OMP_NUM_THREADS=1 ${COLLECT_SECONDS:+timeout --signal=INT "$COLLECT_SECONDS"} \
       python -m geo4d_policy.cli.collect --task "$t" --episodes "$v" --out "$root/val/$t" \
-      --workers 1 --seed 7 --resume > "$root/collect_val_$t.log" 2>&1 &
+      --workers "${COLLECT_VAL_WORKERS:-1}" --seed 7 --resume > "$root/collect_val_$t.log" 2>&1 &
   done
   wait
   echo "collect: $n train + $v val episodes per task in $(( $(date +%s) - t0 )) s on $cores cores"
@@ -211,7 +213,7 @@ PY
     # generator and floor rows, once per sampler-step count, with the sigma profile beside it; the
     # metrics (moving_arm_* included) go to $OUT as eval_<run>_<steps>.json.
     clips=${1:-5}; shift || true
-    run=${GEN_RUN:-generator}; ck=$runs/$run
+    run=${GEN_RUN:-generator}; ck=${GEN_EVAL_CHECKPOINT:-$runs/$run}
     python scripts/generator_sigma_profile.py --checkpoint "$ck" --data $(val_dirs) --clips 3 --sigmas 0.03 0.1 0.3 \
       --out "$root/sigma_profile_$run.json" > "$root/sigma_$run.log" 2>&1 &
     for steps in "${@:-25}"; do
