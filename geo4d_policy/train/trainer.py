@@ -186,11 +186,12 @@ def build_generator(cfg: TrainConfig, mc: GeneratorConfig, tasks: tuple[str, ...
     src = None
     if cfg.init_from is not None:
         # Weights carry over between configs of the same network; the diffusion settings (edm.*)
-        # are the objective being fine-tuned, free to change (a resume still refuses that). A
-        # network may also grow the fine pointmap path, which starts as the identity.
+        # are the objective being fine-tuned, free to change (a resume still refuses that), and so
+        # is the clip length (num_frames: no weight depends on it, the temporal layers embed frame
+        # indices). A network may also grow the fine pointmap path, which starts as the identity.
         src = Generator4D.from_pretrained(cfg.init_from)
         grows_fine = src.config.unet.fine_pointmap_channels == 0 < mc.unet.fine_pointmap_channels
-        diff = [d for d in config_differences(mc, src.config) if not d.startswith("edm.")
+        diff = [d for d in config_differences(mc, src.config) if not d.startswith(("edm.", "num_frames:"))
                 and not (grows_fine and d.startswith("unet.fine_pointmap_channels:"))]
         if diff:
             raise CheckpointError(f"{cfg.init_from} was trained with another generator network:\n  "

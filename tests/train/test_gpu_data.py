@@ -129,6 +129,10 @@ def test_train_export_and_continue(data, tmp_path, capsys):
     assert main([*init, "--out", str(runs / "g3"), "--override", "edm.residual=true",
                  "--override", "edm.sigma_data=0.15"]) == 0
     assert Generator4D.from_pretrained(runs / "g3").config.edm.residual
+    # So may the clip length: the same weights predict fewer frames.
+    assert main([*init, "--out", str(runs / "g5"), "--override", "num_frames=1"]) == 0
+    g5 = Generator4D.from_pretrained(runs / "g5")
+    assert g5.config.num_frames == 1 and g5.unet.state_dict().keys() == g1.unet.state_dict().keys()
     assert main([*init, "--out", str(runs / "g4"), "--override", "unet.layers_per_block=2"]) == 2
     assert "another generator network" in capsys.readouterr().err
 
