@@ -136,3 +136,53 @@ def test_view_m_camera_is_recovered_from_the_prediction(env):
     rec = policy.diagnostics()["view_m_pose"]
     assert (rec["calibrated"], rec["estimated"], rec["fallback"]) == (1, 1, 1)
     assert rec["last_fallback_reason"] and len(rec["residual_mm"]) == 2 and rec["residual_mm"][0] < 5.0
+
+
+class _DivergingEnv:
+    """A real environment whose ``fail_at``-th step (counted over its life) raises ``message``."""
+
+    def __init__(self, fail_at: int, message: str) -> None:
+        self._env, self._steps, self.fail_at, self.message = make_env_for_test(), 0, fail_at, message
+
+    def step(self, action):
+        self._steps += 1
+        if self._steps == self.fail_at:
+            raise RuntimeError(self.message)
+        return self._env.step(action)
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+
+def test_a_look_ahead_whose_simulation_diverges_ends_there(env):
+    """The private copy's non-finite state ends the look-ahead (never the episode): the frames
+    rendered before stand and the last repeats; before any frame, the current one holds; the
+    next look-ahead runs on a rebuilt copy."""
+    from geo4d_policy.policies.oracle import ExpertLookahead
+
+    made = []
+
+    def factory(task, fail_at):
+        made.append(_DivergingEnv(fail_at, "SceneGraph encountered a non-finite value (e.g., NaN) on a pose"))
+        return made[-1]
+
+    obs = env.reset(14)
+    lookahead = ExpertLookahead(TASK, num_frames=3, env_factory=lambda task: factory(task, 7))
+    lookahead.reset(seed=14)
+    frames = lookahead.rollout(obs)  # frame 1 at step 5, the divergence at step 7
+    assert len(frames) == 3 and frames[1] is frames[0] and frames[2] is frames[0]
+    assert lookahead.diverged == 1 and len(made) == 1
+    np.testing.assert_allclose(lookahead.frame_poses["right"][2], lookahead.frame_poses["right"][0])
+    frames = lookahead.rollout(obs)  # a rebuilt copy (failing at its 7th step again)
+    assert len(made) == 2 and lookahead.diverged == 2 and len(frames) == 3
+
+    early = ExpertLookahead(TASK, num_frames=2, env_factory=lambda task: factory(task, 2))
+    early.reset(seed=14)
+    frames = early.rollout(obs)  # diverged before the first frame: the current frame, held
+    assert frames[0][0] is obs.cameras[obs.eval_cameras[0]] and frames[1] is frames[0]
+    np.testing.assert_allclose(early.frame_poses["right"][0], obs.arms["right"].X_TG)
+
+    other = ExpertLookahead(TASK, num_frames=2, env_factory=lambda task: _DivergingEnv(2, "some other failure"))
+    other.reset(seed=14)
+    with pytest.raises(RuntimeError, match="some other failure"):
+        other.rollout(obs)
