@@ -24,7 +24,9 @@
 #        P_TRACK_EPISODES (3 dev-seed demonstrations per task for geo4d-eval-tracking),
 #        P_TRACK_SECONDS (200 of the dev call's budget for them), P_DEVICE (cuda; cpu for a dry run,
 #        or beside GPU training on the same machine: every cuda episode process holds 3-9 GB of GPU
-#        memory, and nine of them beside the generator's training ran the H100 out of memory).
+#        memory, and nine of them beside the generator's training ran the H100 out of memory),
+#        P_POLICIES (the eval part's policies, "expert oracle"; "oracle" once the expert's cells are
+#        recorded, as results/precision/expert_eval_seeds_2026-12-07/ is).
 set -uo pipefail
 part=${1:?usage: gpu_precision.sh eval|dev SECONDS}; budget=${2:-540}
 t0=$(date +%s)
@@ -34,9 +36,10 @@ episodes=${P_EPISODES:-30}
 # Cores before OMP_NUM_THREADS=1 counts (GNU nproc reports OMP_NUM_THREADS when it is set).
 cores=$(python -c 'import os; print(len(os.sched_getaffinity(0)))')
 case "$part" in
-  eval) policies=(expert oracle); stream=eval; track_s=0
+  eval) read -r -a policies <<< "${P_POLICIES:-expert oracle}"; stream=eval; track_s=0
         e=$(( cores / 16 > 1 ? cores / 16 : 1 ))
-        default_workers="expert=$e oracle=$(( (cores - 3 * e) / 3 > 1 ? (cores - 3 * e) / 3 : 1 ))" ;;
+        default_workers="expert=$e oracle=$(( (cores - 3 * e) / 3 > 1 ? (cores - 3 * e) / 3 : 1 ))"
+        [[ " ${policies[*]} " == *" expert "* ]] || default_workers="oracle=$(( cores / 3 > 1 ? cores / 3 : 1 ))" ;;
   dev) policies=(oracle); stream=dev; track_s=${P_TRACK_SECONDS:-200}
        default_workers="oracle=$(( cores / 3 > 1 ? cores / 3 : 1 ))" ;;
   *) echo "gpu_precision.sh: unknown part '$part'; valid parts: eval, dev" >&2; exit 2 ;;
