@@ -43,18 +43,8 @@ from geo4d_policy.policies.video_policy import (
 )
 
 
-def simulation_diverged(error: BaseException) -> bool:
-    """Whether ``error`` is the simulator reporting a non-finite state (Drake's "non-finite value")."""
-    return isinstance(error, RuntimeError) and "non-finite" in str(error).lower()
-
-
 class ExpertLookahead:
     """The scripted expert continued from the current state in a private copy of the episode.
-
-    When the private copy's simulation diverges (a non-finite state), the look-ahead ends there:
-    the frames rendered before stand and the last one repeats, as after the task ends (the
-    current frame when none was rendered), the copy is rebuilt for the next look-ahead, and
-    ``diverged`` counts it. The episode's own simulation is not affected.
 
     Args:
         task: canonical task name.
@@ -76,8 +66,6 @@ class ExpertLookahead:
         if self._seed != seed:
             self._env = None
         self._seed = seed
-        self.diverged = 0
-        """Look-aheads of this episode cut short by the private simulation's divergence."""
         self._shadow = self._make_expert()
         self._history: list[Observation] = []
         """Observations of the real episode the shadow expert consumed, in order."""
@@ -120,28 +108,19 @@ class ExpertLookahead:
         queue = list(self._pending)
         frames: list[tuple[CameraFrame, CameraFrame]] = []
         poses: list[dict[str, tuple[np.ndarray, float]]] = []
-        done = rendered_done = diverged = False
+        done = rendered_done = False
         n_name, m_name = obs.eval_cameras[:2]
         for k in range(self.num_frames * self.frame_steps):
             if not done:
                 if not queue:
                     queue = list(expert.act(o))
-                try:
-                    o, done, _ = self._env.step(queue.pop(0))
-                except RuntimeError as e:
-                    if not simulation_diverged(e):
-                        raise
-                    self.diverged += 1
-                    self._env = None  # rebuilt from scratch for the next look-ahead
-                    diverged, done, rendered_done = True, True, bool(frames)
+                o, done, _ = self._env.step(queue.pop(0))
             if (k + 1) % self.frame_steps == 0:
                 # Rendered now: a lazy camera goes stale at the next step. After the episode
-                # ends in the look-ahead (success or t_max) the last frame repeats; a look-ahead
-                # that diverged before its first frame shows the current (real) one.
+                # ends in the look-ahead (success or t_max) the last frame repeats.
                 if not (done and rendered_done):
-                    src = obs if diverged else o
-                    frames.append((src.cameras[n_name], src.cameras[m_name]))
-                    poses.append({arm: (s.X_TG.copy(), s.width) for arm, s in src.arms.items()})
+                    frames.append((o.cameras[n_name], o.cameras[m_name]))
+                    poses.append({arm: (s.X_TG.copy(), s.width) for arm, s in o.arms.items()})
                     rendered_done = done
                 else:
                     frames.append(frames[-1])
@@ -270,7 +249,6 @@ class OraclePolicy(VideoPolicy):
         episode (the record adds the placement error at the end)."""
         out = super().diagnostics()
         out["oracle_replans"] = self._replans
-        out["lookahead_diverged"] = self.lookahead.diverged
         for key in ("tracked_vs_true_mm", "lookahead_vs_executed_mm"):
             values = [a[key] for r in self._replans for a in r.values() if isinstance(a, dict) and key in a]
             if values:
