@@ -82,11 +82,11 @@ def profile(checkpoint: str, data: list[str], *, clips: int, sigmas: tuple[float
                 for mod, sl in groups:
                     t = target[:, v, :, sl]
                     for region, cells in regions.items():
-                        cells = None if cells is None else cells[:, v]
+                        view_cells = None if cells is None else cells[:, v]
                         rows.append({"task": task, "sigma": s, "view": view, "modality": mod, "region": region,
-                                     "denoiser_rmse": _rms(d[:, v, :, sl] - t, cells),
-                                     "skip_only_rmse": _rms(c_skip * noisy[:, v, :, sl] - t, cells),
-                                     "target_rms": _rms(t, cells)})
+                                     "denoiser_rmse": _rms(d[:, v, :, sl] - t, view_cells),
+                                     "skip_only_rmse": _rms(c_skip * noisy[:, v, :, sl] - t, view_cells),
+                                     "target_rms": _rms(t, view_cells)})
     means = defaultdict(list)
     for r in rows:
         means[(r["region"], r["sigma"], r["view"], r["modality"])].append(r)
