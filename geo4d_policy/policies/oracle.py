@@ -161,10 +161,11 @@ class OraclePolicy(VideoPolicy):
 
     def __init__(self, *, task: str, config: VideoPolicyConfig | None = None, num_frames: int = 10,
                  future_labels: bool = False, segmenter: Any = None, record_predictions: bool = False,
-                 env_factory: Any = None) -> None:
+                 env_factory: Any = None, device: str | None = None) -> None:
         self.lookahead = ExpertLookahead(task, num_frames=num_frames, env_factory=env_factory)
         self.future_labels = future_labels
-        super().__init__(task=task, config=config, segmenter=segmenter, record_predictions=record_predictions)
+        super().__init__(task=task, config=config, segmenter=segmenter, record_predictions=record_predictions,
+                         device=device)
 
     def reset(self, *, seed: int) -> None:
         super().reset(seed=seed)
@@ -309,7 +310,8 @@ def make_policy(*, task: str, config: OraclePolicyConfig | None = None, record_p
         task: task name (CamelCase or snake_case).
         config: every setting (default: :data:`CONFIG`'s defaults); see :class:`OraclePolicyConfig`.
         record_predictions: keep each replan's frames for :meth:`save_predictions`.
-        device: torch device of the segmenter.
+        device: torch device of the segmenter and the tracker (None: the segmenter on the CPU,
+            the tracker as ``video.tracker.device`` says).
         **options: settings overriding ``config``, as ``--policy-option`` takes them
             (``labels=``, ``num_frames=``, ``execute_frames=``, ``video.release_backdate_frames=`` ...).
 
@@ -325,4 +327,4 @@ def make_policy(*, task: str, config: OraclePolicyConfig | None = None, record_p
     seg = load_segmenter(config.segmenter if config.labels == "segmenter" else "none", device=device or "cpu")
     return OraclePolicy(task=task, config=config.video, num_frames=config.num_frames,
                         future_labels=config.labels == "ground_truth", segmenter=seg,
-                        record_predictions=record_predictions)
+                        record_predictions=record_predictions, device=device)

@@ -491,9 +491,17 @@ class VideoPolicy:
     name = "video"
 
     def __init__(self, *, task: str, config: VideoPolicyConfig | None = None, segmenter: Any = None,
-                 record_predictions: bool = False) -> None:
+                 record_predictions: bool = False, device: str | None = None) -> None:
+        """``device``: the torch device the policy was asked to run on; the tracker's ``auto``
+        device follows it, so a policy put on the CPU keeps its tracker off the GPU too (None:
+        the tracker's own setting decides)."""
         self.task = task
         self.config = config or VideoPolicyConfig()
+        tracker = self.config.tracker
+        if device not in (None, "auto") and tracker.device == "auto":
+            tracker = dataclasses.replace(tracker, device=device)
+        self.tracker_config = tracker
+        """The tracker settings :meth:`track` uses (``config.tracker`` with the device resolved)."""
         self.segmenter = segmenter
         self.record_predictions = record_predictions
         self.model = GripperModel.load()
@@ -545,7 +553,7 @@ class VideoPolicy:
                            X_TG_now={arm: obs.arms[arm].X_TG for arm in arms},
                            width_now={arm: obs.arms[arm].width for arm in arms},
                            max_frames=self.frames_to_track, model=self.model,
-                           tracker_config=cfg.tracker, single_view=cfg.single_view,
+                           tracker_config=self.tracker_config, single_view=cfg.single_view,
                            candidate_widths=(self._held_width, self.model.stroke) if free_space else None,
                            view_cameras=self.view_cameras(obs, video),
                            fail_safe_config=cfg.fail_safe)

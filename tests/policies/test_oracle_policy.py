@@ -136,3 +136,15 @@ def test_view_m_camera_is_recovered_from_the_prediction(env):
     rec = policy.diagnostics()["view_m_pose"]
     assert (rec["calibrated"], rec["estimated"], rec["fallback"]) == (1, 1, 1)
     assert rec["last_fallback_reason"] and len(rec["residual_mm"]) == 2 and rec["residual_mm"][0] < 5.0
+
+
+def test_a_policy_put_on_the_cpu_keeps_its_tracker_there():
+    """``--device cpu`` resolves the tracker's ``auto`` device to the CPU (on a GPU machine,
+    ``auto`` would put every episode process's ICP on the GPU); without a device the config's
+    setting stands, and an explicit tracker device is never overridden."""
+    assert make_policy(task=TASK, device="cpu").tracker_config.device == "cpu"
+    bare = make_policy(task=TASK)
+    assert bare.tracker_config.device == "auto" == bare.config.tracker.device
+    explicit = make_policy(task=TASK, device="cpu", **{"video.tracker.device": "cuda:0"})
+    assert explicit.tracker_config.device == "cuda:0"
+    assert make_policy(task=TASK, device="cpu").config.tracker.device == "auto"  # the recorded config is unchanged
