@@ -24,7 +24,8 @@
 #        P_TRACK_EPISODES (3 dev-seed demonstrations per task for geo4d-eval-tracking),
 #        P_TRACK_SECONDS (200 of the dev call's budget for them), P_DEVICE (cuda; cpu for a dry run,
 #        or beside GPU training on the same machine: every cuda episode process holds 3-9 GB of GPU
-#        memory, and nine of them beside the generator's training ran the H100 out of memory),
+#        memory, and nine of them beside the generator's training ran the H100 out of memory; before
+#        a5d0ecf the tracker stayed on CUDA even with cpu, and twelve such processes did it again),
 #        P_POLICIES (the eval part's policies, "expert oracle"; "oracle" once the expert's cells are
 #        recorded, as results/precision/expert_eval_seeds_2026-12-07/ is).
 set -uo pipefail
