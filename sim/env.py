@@ -91,6 +91,13 @@ class LazyCameras(Mapping[str, CameraFrame]):
         return len(self._specs)
 
 
+MAX_LAYOUT_ATTEMPTS = 8
+"""Layouts tried per seed before ``Env.reset`` gives up (one in hundreds needs a second)."""
+SETTLED_SPEED_LIMIT = 50.0
+"""Largest generalised velocity (m/s or rad/s) a settled scene may keep: valid scenes stay below
+10 (an apple may still roll in its bowl), a diverging one reaches hundreds."""
+
+
 class Env:
     """A task in the station. See the module docstring."""
 
@@ -106,6 +113,7 @@ class Env:
             self._meshcat = Meshcat()
         self.station: Station | None = None
         self.layout: Layout | None = None
+        self.layout_attempt = 0
         self.cameras: dict[str, CameraSpec] = {}
         self.train_cameras, self.heldout_cameras, self.eval_cameras = split_names(self.config.cameras)
         self.views = check_eval_views(views)
@@ -128,14 +136,47 @@ class Env:
         return self.station.time - self._t0 if self.station else 0.0
 
     def reset(self, seed: int) -> Observation:
-        """Start the episode of ``seed``: layout, cameras, settle objects, observe."""
+        """Start the episode of ``seed``: layout, cameras, settle objects, observe.
+
+        A layout whose objects do not come to rest while settling (interpenetrating meshes can
+        make the contact solver diverge) cannot be simulated by any policy; it is replaced by
+        the seed's next layout attempt (``Task.layout_for_seed``), deterministically, so every
+        env of a seed (the oracle's look-ahead copy too) gets the same scene. ``layout_attempt``
+        says which one was used (0 for nearly every seed).
+
+        Raises:
+            ValueError: negative seed.
+            RuntimeError: none of ``MAX_LAYOUT_ATTEMPTS`` layouts settled.
+        """
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.seed = seed
-        self.layout = self.task.layout_for_seed(seed)
         camera_seed = data_seed(FIXED_VIEWS_DATA_SEED, 0) if self.views == "fixed-train" else seed
         specs = sample_cameras(np.random.default_rng([camera_seed, CAMERA_STREAM]), self.config.cameras)
         self.cameras = {s.name: s for s in specs}
+        rejected = []
+        for attempt in range(MAX_LAYOUT_ATTEMPTS):
+            self.layout = self.task.layout_for_seed(seed, attempt)
+            self.layout_attempt = attempt
+            speed = self._build_and_settle()
+            if speed <= SETTLED_SPEED_LIMIT:
+                break
+            rejected.append(f"attempt {attempt}: largest generalised velocity {speed:.3g} after settling")
+        else:
+            raise RuntimeError(f"{self.task.name} seed {seed}: no layout settled ({'; '.join(rejected)}; "
+                               f"limit {SETTLED_SPEED_LIMIT})")
+        self._t0 = self.station.time
+        self._stamp += 1
+        self._frames = []
+        self._done = False
+        if self.record_video:
+            self._record_frame()
+        return self._observe()
+
+    def _build_and_settle(self) -> float:
+        """Build the station for ``self.layout``, let its objects settle (e.g. the apple onto the
+        fruit in the bowl) before time zero, and return the largest generalised velocity then
+        (inf when the simulation diverged)."""
         if self._meshcat is not None:
             self._meshcat.Delete()
         self.station = build_station(config=self.config.station, objects=self.layout.objects, meshcat=self._meshcat)
@@ -146,15 +187,13 @@ class Env:
             self._commands[arm] = (state.X_TG, state.width)
         if self._meshcat is not None and self.station.meshcat_visualizer is not None:
             self.station.meshcat_visualizer.StartRecording()
-        # Let objects settle (e.g. the apple onto the fruit in the bowl) before time zero.
-        self.station.advance(self.config.station.settle_time)
-        self._t0 = self.station.time
-        self._stamp += 1
-        self._frames = []
-        self._done = False
-        if self.record_video:
-            self._record_frame()
-        return self._observe()
+        try:
+            self.station.advance(self.config.station.settle_time)
+        except RuntimeError as exc:
+            if "non-finite" not in str(exc):
+                raise
+            return float("inf")
+        return self.station.max_speed()
 
     def step(self, action: Action) -> tuple[Observation, bool, StepInfo]:
         """Apply ``action`` for one control period (0.1 s)."""
@@ -183,6 +222,7 @@ class Env:
         extras = {f"ik_error_{arm}": self.station.controller_status(arm)[1] for arm in ARM_NAMES}
         if self._done:  # the episode's record keeps the last step's extras
             extras["placement_error_m"] = self.task.placement_error(self.station, self.layout)
+            extras["layout_attempt"] = self.layout_attempt
         info = StepInfo(time=self.time, success=evaluation.success, done=self._done, failure_reason=reason,
                         extras=extras)
         return self._observe(), self._done, info

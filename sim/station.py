@@ -249,6 +249,11 @@ class Station:
     def time(self) -> float:
         return self.context.get_time()
 
+    def max_speed(self) -> float:
+        """Largest absolute generalised velocity of the plant (inf when any is not finite)."""
+        v = self.plant.GetVelocities(self.plant_context)
+        return float(np.max(np.abs(v))) if np.all(np.isfinite(v)) else float("inf")
+
     def arm_state(self, arm: str) -> ArmState:
         q = self.plant.GetPositions(self.plant_context, self.arm_instances[arm])
         v = self.plant.GetVelocities(self.plant_context, self.arm_instances[arm])

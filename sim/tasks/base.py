@@ -69,9 +69,17 @@ class Task(abc.ABC):
     def sample_layout(self, rng: np.random.Generator) -> Layout:
         """Draw the episode's object layout (deterministic given ``rng``)."""
 
-    def layout_for_seed(self, seed: int) -> Layout:
-        """The layout of episode ``seed`` (its own random stream, independent of the cameras')."""
-        return self.sample_layout(np.random.default_rng([seed, LAYOUT_STREAM]))
+    def layout_for_seed(self, seed: int, attempt: int = 0) -> Layout:
+        """The layout of episode ``seed`` (its own random stream, independent of the cameras').
+
+        ``attempt`` k > 0 draws the k-th replacement layout, from a stream of its own, for a
+        seed whose first layout cannot be simulated (``Env.reset`` decides); attempt 0 is the
+        seed's layout as it always was.
+        """
+        if attempt < 0:
+            raise ValueError(f"attempt must be non-negative, got {attempt}")
+        key = [seed, LAYOUT_STREAM] if attempt == 0 else [seed, LAYOUT_STREAM, attempt]
+        return self.sample_layout(np.random.default_rng(key))
 
     @abc.abstractmethod
     def evaluate(self, station: Station, layout: Layout) -> Evaluation:

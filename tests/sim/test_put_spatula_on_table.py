@@ -6,7 +6,7 @@ from pydrake.math import RigidTransform
 from pydrake.multibody.inverse_kinematics import InverseKinematics
 from pydrake.solvers import Solve
 
-from geo4d_policy.interface import eval_seed
+from geo4d_policy.interface import dev_seed, eval_seed
 from sim.assets_gen.objects import SPATULA_HANDLE, SPATULA_HANDLE_END
 from sim.assets_gen.robot import TCP_Z
 from sim.env import make_env
@@ -58,6 +58,29 @@ def test_layouts_start_without_penetration():
         hits = [(inspector.GetName(p.id_A), inspector.GetName(p.id_B), p.depth)
                 for p in query.ComputePointPairPenetration()]
         assert not hits, (seed, hits)
+
+
+def test_a_layout_that_does_not_settle_is_replaced(monkeypatch):
+    """Development seed 2000000026's layout diverges while settling: reset uses the seed's next
+    layout attempt (the same in every env of the seed), while its neighbour keeps attempt 0."""
+    import sim.env
+
+    task, bad = make_task(TASK), dev_seed(0, 26)
+    env = make_env(TASK)
+    env.layout = task.layout_for_seed(bad)
+    assert env._build_and_settle() > sim.env.SETTLED_SPEED_LIMIT
+    env.reset(bad)
+    assert env.layout_attempt == 1
+    assert env.station.max_speed() <= sim.env.SETTLED_SPEED_LIMIT
+    assert env.layout.to_dict() == task.layout_for_seed(bad, 1).to_dict() != task.layout_for_seed(bad).to_dict()
+    env.reset(dev_seed(0, 25))
+    assert env.layout_attempt == 0 and env.layout.to_dict() == task.layout_for_seed(dev_seed(0, 25)).to_dict()
+    with pytest.raises(ValueError, match="attempt"):
+        task.layout_for_seed(bad, -1)
+    monkeypatch.setattr(sim.env, "MAX_LAYOUT_ATTEMPTS", 2)
+    monkeypatch.setattr(sim.env, "SETTLED_SPEED_LIMIT", -1.0)
+    with pytest.raises(RuntimeError, match=r"seed 2000000025: no layout settled \(attempt 0: .*attempt 1: "):
+        env.reset(dev_seed(0, 25))
 
 
 @pytest.fixture(scope="module")
