@@ -28,7 +28,7 @@ them; resolved with the task's values and checked, every cell, before any episod
     geo4d with ``decode_frames`` = the frames a replan tracks (``video.frames_to_track``, 5 with
     the shipped settings) and on CUDA ``compile_unet=true`` (CUDA graphs; the shared server
     pads every batch to its size).
-Both use bf16 weights on CUDA and the checkpoint's sampler steps unless ``--num-steps``.
+Both use bf16 weights on CUDA and the policy config's sampler steps (geo4d: 10) unless ``--num-steps``.
 
 ``--json FILE`` writes ``{"new"|"old": {policy: {device: {"replan_s_median", "replan_s_p90",
 "generate_s_median", "segment_s_median", "track_s_median", "control_s_median", "concurrency",
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replans", type=int, default=4, help="timed replans per episode stream (after one warm-up)")
     p.add_argument("--tasks", nargs="+", default=["PlaceAppleFromBowlIntoBin", "PutSpatulaOnTable",
                                                    "StoreCerealBoxUnderShelf"])
-    p.add_argument("--num-steps", type=int, default=None, help="geo4d sampler steps (default: the checkpoint's)")
+    p.add_argument("--num-steps", type=int, default=None, help="geo4d sampler steps (default: the policy config's, 10)")
     p.add_argument("--seed", type=int, default=0, help="base of the data-stream seeds")
     p.add_argument("--json", default=None, help="write the results here (after every cell)")
     p.add_argument("--resume", action="store_true", help="keep the cells already in --json and run the others")
