@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         env, rows = make_env(task), []
         for seed in seeds:
             env.layout = env.task.layout_for_seed(seed)
-            speed = env._build_and_settle()
+            speed = env.build_and_settle()
             far = max(float(np.linalg.norm(X[:3, 3])) for X in env.station.object_poses().values()) \
                 if np.isfinite(speed) else float("inf")
             rows.append({"seed": seed, "max_speed": speed, "farthest_object_m": far})

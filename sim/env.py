@@ -158,7 +158,7 @@ class Env:
         for attempt in range(MAX_LAYOUT_ATTEMPTS):
             self.layout = self.task.layout_for_seed(seed, attempt)
             self.layout_attempt = attempt
-            speed = self._build_and_settle()
+            speed = self.build_and_settle()
             if speed <= SETTLED_SPEED_LIMIT:
                 break
             rejected.append(f"attempt {attempt}: largest generalised velocity {speed:.3g} after settling")
@@ -173,10 +173,11 @@ class Env:
             self._record_frame()
         return self._observe()
 
-    def _build_and_settle(self) -> float:
+    def build_and_settle(self) -> float:
         """Build the station for ``self.layout``, let its objects settle (e.g. the apple onto the
         fruit in the bowl) before time zero, and return the largest generalised velocity then
-        (inf when the simulation diverged)."""
+        (inf when the simulation diverged). ``reset`` judges layouts by it;
+        ``scripts/scan_settling.py`` measures it over many seeds."""
         if self._meshcat is not None:
             self._meshcat.Delete()
         self.station = build_station(config=self.config.station, objects=self.layout.objects, meshcat=self._meshcat)

@@ -15,7 +15,6 @@ rollout workers share one copy of the model on a GPU.
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from geo4d_policy.policies.video_policy import (
     check_segmenter_option,
     load_segmenter,
 )
+
 
 @dataclasses.dataclass(frozen=True)
 class Geo4DPolicyConfig(GeneratorPolicyConfig):

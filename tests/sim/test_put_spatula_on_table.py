@@ -68,7 +68,7 @@ def test_a_layout_that_does_not_settle_is_replaced(monkeypatch):
     task, bad = make_task(TASK), dev_seed(0, 26)
     env = make_env(TASK)
     env.layout = task.layout_for_seed(bad)
-    assert env._build_and_settle() > sim.env.SETTLED_SPEED_LIMIT
+    assert env.build_and_settle() > sim.env.SETTLED_SPEED_LIMIT
     env.reset(bad)
     assert env.layout_attempt == 1
     assert env.station.max_speed() <= sim.env.SETTLED_SPEED_LIMIT
