@@ -229,13 +229,14 @@ def make_policy(*, task: str, config: Geo4DPolicyConfig | None = None, device: s
     task = canonical_task_name(task)
     config = configure(__name__, config, options, task=task)
     preflight(task=task, config=config, runtime={"server": server})
+    device = resolve_device(device)
     if server is not None:
         from geo4d_policy.policies.generator_server import GeneratorClient
 
         predictor = GeneratorClient(server, frames=config.decode_frames)
     else:
-        predictor = local_predictor(load_generator(config.checkpoint, task=task, device=resolve_device(device),
+        predictor = local_predictor(load_generator(config.checkpoint, task=task, device=device,
                                                    compile_unet=config.compile_unet), frames=config.decode_frames)
     return Geo4DPolicy(task=task, predictor=predictor, num_steps=config.num_steps, config=config.video,
-                       segmenter=load_segmenter(config.segmenter, device=resolve_device(device)),
-                       record_predictions=record_predictions, device=resolve_device(device))
+                       segmenter=load_segmenter(config.segmenter, device=device),
+                       record_predictions=record_predictions, device=device)
